@@ -41,10 +41,10 @@ log() { printf '[netns %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 if [ "${HARMONY_NETNS_INNER:-}" != 1 ]; then
   [ "$(id -u)" = 0 ] || { log "must run as root (unshare --net, rootful podman)"; exit 2; }
   export HARMONY_NETNS_INNER=1
-  # --kill-child: if this unshare dies, its child (the inner script) is SIGKILLed.
+  # --kill-child=SIGTERM: if this unshare dies, the inner script gets TERM and cleans up.
   # The outer timeout is a last resort above the inner one (which cleans up properly).
   exec timeout --kill-after=20 "$((TIMEOUT + 120))" \
-    unshare --net --fork --kill-child -- bash "$HERE/run-in-netns.sh" "$@"
+    unshare --net --fork --kill-child=SIGTERM -- bash "$HERE/run-in-netns.sh" "$@"
 fi
 
 # ------------------------------------------------------------------ inner: in the netns
