@@ -1,0 +1,153 @@
+"""Per-image features, computed once per catalog image and stored in the index.
+
+A record holds what both scorings need, so a query never touches catalog pixels:
+
+* ``sha256`` of the original bytes (the image's identity), its width and height;
+* ``gray``: the seed's 256x256 grayscale — ``cv2.resize`` of the colour image to 256x256
+  with OpenCV's default (bilinear) interpolation, then BGR to gray — from which SSIM is computed;
+* ``keypoints`` / ``descriptors``: OpenCV's default ORB (500 features) on ``gray``, as the seed
+  matches them;
+* ``thumb``: a 32x32 zero-mean, unit-norm thumbnail of ``gray`` — the global descriptor that
+  shortlists candidates for default scoring.
+
+Records are versioned (:data:`FEATURE_VERSION`); one of another version raises
+:class:`~harmony_image.errors.IndexFormatError` so the caller re-extracts from the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .decode import DEFAULT_MAX_PIXELS, decode_image
+from .errors import IndexFormatError
+
+FEATURE_VERSION = 1
+SEED_SIDE = 256
+THUMB_SIDE = 32
+
+_orb = None
+
+
+def _seed_orb() -> cv2.ORB:
+    global _orb
+    if _orb is None:
+        _orb = cv2.ORB_create()  # the seed's defaults: 500 features, 8 levels, scale 1.2
+    return _orb
+
+
+def seed_gray(bgr: np.ndarray) -> np.ndarray:
+    """The seed's 256x256 grayscale of a BGR image: resize first (bilinear), then convert."""
+    resized = cv2.resize(bgr, (SEED_SIDE, SEED_SIDE))
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
+
+
+def seed_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoint coordinates (n, 2) float32 and descriptors (n, 32) uint8 of ``gray``."""
+    keypoints, descriptors = _seed_orb().detectAndCompute(gray, None)
+    if descriptors is None or len(keypoints) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    xy = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    return xy, descriptors
+
+
+def thumbnail(gray: np.ndarray) -> np.ndarray:
+    """Zero-mean, unit-norm 32x32 float32 thumbnail (flattened) of a 256x256 grayscale."""
+    small = cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small -= small.mean()
+    norm = float(np.linalg.norm(small))
+    return (small / norm if norm > 0 else small).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Everything the engine keeps about one image. Arrays are read-only by convention."""
+
+    sha256: str
+    width: int
+    height: int
+    gray: np.ndarray
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    thumb: np.ndarray
+
+    @property
+    def keypoint_count(self) -> int:
+        return int(self.descriptors.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """Serialise as a versioned ``.npz`` record (no pickle)."""
+        meta = {"version": FEATURE_VERSION, "sha256": self.sha256, "width": self.width, "height": self.height}
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            gray=self.gray,
+            keypoints=self.keypoints,
+            descriptors=self.descriptors,
+            thumb=self.thumb,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ImageFeatures":
+        """Load a record written by :meth:`to_bytes`.
+
+        Raises
+        ------
+        IndexFormatError
+            The record is damaged or was written by another :data:`FEATURE_VERSION`;
+            re-extract the features from the image.
+        """
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                meta = json.loads(npz["meta"].tobytes())
+                if meta.get("version") != FEATURE_VERSION:
+                    raise IndexFormatError(
+                        f"feature record version {meta.get('version')} is not {FEATURE_VERSION}; re-index the image"
+                    )
+                return cls(
+                    sha256=meta["sha256"],
+                    width=int(meta["width"]),
+                    height=int(meta["height"]),
+                    gray=npz["gray"],
+                    keypoints=npz["keypoints"],
+                    descriptors=npz["descriptors"],
+                    thumb=npz["thumb"],
+                )
+        except IndexFormatError:
+            raise
+        except Exception as exc:  # zipfile/ValueError/KeyError: any damage means "rebuild"
+            raise IndexFormatError(f"feature record is damaged ({exc}); re-index the image") from exc
+
+
+def features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:
+    """Features of an already decoded BGR image whose original bytes hash to ``sha256``."""
+    gray = seed_gray(bgr)
+    keypoints, descriptors = seed_orb(gray)
+    return ImageFeatures(
+        sha256=sha256,
+        width=int(bgr.shape[1]),
+        height=int(bgr.shape[0]),
+        gray=gray,
+        keypoints=keypoints,
+        descriptors=descriptors,
+        thumb=thumbnail(gray),
+    )
+
+
+def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFeatures:
+    """Decode image bytes and compute their features.
+
+    Raises
+    ------
+    ImageError
+        The bytes are not a usable image (see :func:`harmony_image.decode.decode_image`).
+    """
+    bgr = decode_image(data, max_pixels=max_pixels)
+    return features_from_bgr(bgr, sha256=hashlib.sha256(data).hexdigest())

@@ -1,0 +1,18 @@
+"""Builds the optional C kernels; pyproject.toml holds everything else.
+
+``optional=True``: without a C compiler the install still succeeds and the engine uses its
+numpy implementation (same results, several times slower).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "harmony_image._kernels",
+            sources=["layers/engine/harmony_image/_kernels.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+            optional=True,
+        )
+    ]
+)
