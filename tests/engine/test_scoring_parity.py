@@ -1,0 +1,110 @@
+"""The engine's seed scoring against scikit-image and OpenCV, the seed's own tools."""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from harmony_image import kernels
+from harmony_image.features import extract_features, seed_gray, seed_orb
+from harmony_image.kernels import DescriptorPack, cross_check_counts, ssim_scores
+from harmony_image.ssim import SsimQuery
+from tests.conftest import CATALOG_PHOTOS, QUERY_VARIANTS, fixture_bytes
+
+RNG = np.random.default_rng(7)
+
+
+def _edge_cases() -> list[np.ndarray]:
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    checker = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    return [
+        np.zeros((256, 256), np.uint8),
+        np.full((256, 256), 255, np.uint8),
+        np.full((256, 256), 254, np.uint8),
+        ramp,
+        ramp.T.copy(),
+        checker,
+        RNG.integers(0, 256, (256, 256), dtype=np.uint8),
+        RNG.integers(250, 256, (256, 256), dtype=np.uint8),
+        RNG.integers(0, 6, (256, 256), dtype=np.uint8),
+    ]
+
+
+@pytest.fixture(scope="module")
+def grays() -> list[np.ndarray]:
+    photos = [seed_gray(cv2.imdecode(np.frombuffer(fixture_bytes(n), np.uint8), cv2.IMREAD_COLOR)) for n in CATALOG_PHOTOS + QUERY_VARIANTS]
+    inverted = [255 - photos[0]]
+    return photos + inverted + _edge_cases()
+
+
+def test_ssim_matches_scikit_image_on_all_pairs(grays):
+    stack = np.stack(grays)
+    worst = 0.0
+    for query in grays:
+        expected = np.array([structural_similarity(query, other) for other in grays])
+        worst = max(worst, float(np.abs(ssim_scores(query, stack) - expected).max()))
+    assert worst <= 1e-5, worst
+
+
+def test_numpy_ssim_matches_scikit_image(grays):
+    stack = np.stack(grays)
+    for query in grays[::3]:
+        expected = np.array([structural_similarity(query, other) for other in grays])
+        got = SsimQuery(query, chunk=3).scores(stack)
+        assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_ssim_of_identical_images_is_one(grays):
+    for gray in grays:
+        assert ssim_scores(gray, gray[None])[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ssim_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="256, 256"):
+        SsimQuery(np.zeros((10, 10), np.uint8))
+
+
+def test_cross_check_counts_equal_opencv_matcher(grays):
+    descriptor_sets = [seed_orb(g)[1] for g in grays]
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    pack = DescriptorPack(descriptor_sets)
+    for query in descriptor_sets:
+        expected = [len(matcher.match(query, d)) if len(query) and len(d) else 0 for d in descriptor_sets]
+        assert cross_check_counts(query, pack).tolist() == expected
+
+
+def test_cross_check_handles_exact_complements_and_ties():
+    """Distances of 256 (complements) and many equal distances: OpenCV's first-index rule."""
+    base = RNG.integers(0, 256, (40, 32), dtype=np.uint8)
+    catalog = [np.concatenate([~base[:10], base[:5], base[:5]]), ~base, np.repeat(base[:3], 4, axis=0)]
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    pack = DescriptorPack(catalog)
+    for query in (base, ~base, np.repeat(base[:2], 3, axis=0)):
+        assert cross_check_counts(query, pack).tolist() == [len(matcher.match(query, d)) for d in catalog]
+
+
+def test_numpy_fallback_equals_compiled_kernel(grays, monkeypatch):
+    if kernels._kernels is None:
+        pytest.skip("the C kernels were not built on this machine")
+    descriptor_sets = [seed_orb(g)[1] for g in grays[:8]]
+    pack = DescriptorPack(descriptor_sets)
+    stack = np.stack(grays[:8])
+    compiled = [(cross_check_counts(d, pack), ssim_scores(g, stack)) for d, g in zip(descriptor_sets, grays)]
+    monkeypatch.setattr(kernels, "_kernels", None)
+    for (counts, ssim), d, g in zip(compiled, descriptor_sets, grays):
+        assert np.array_equal(cross_check_counts(d, pack), counts)
+        assert np.abs(ssim_scores(g, stack) - ssim).max() <= 1e-6
+
+
+def test_features_are_the_seeds(catalog_photos):
+    for name, data in itertools.islice(catalog_photos.items(), 3):
+        feats = extract_features(data)
+        gray = cv2.cvtColor(cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (256, 256)), cv2.COLOR_BGR2GRAY)
+        assert np.array_equal(feats.gray, gray)
+        kps, des = cv2.ORB_create().detectAndCompute(gray, None)
+        assert np.array_equal(feats.descriptors, des)
+        assert np.allclose(feats.keypoints, [kp.pt for kp in kps])

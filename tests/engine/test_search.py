@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import seed_method
+from harmony_image import IndexFormatError, ImageFeatures, SearchIndex, extract_features
+from tests.conftest import QUERY_VARIANTS, fixture_bytes
+
+
+@pytest.fixture(scope="module")
+def index(catalog_photos) -> SearchIndex:
+    idx = SearchIndex()
+    for name, data in catalog_photos.items():
+        idx.add(name, extract_features(data))
+    return idx
+
+
+@pytest.mark.parametrize("query", QUERY_VARIANTS + ["coffee.webp", "flat_gray.png", "tiny_4x3.png"])
+def test_seed_scoring_equals_the_reference(index, catalog_photos, query):
+    data = fixture_bytes(query)
+    expected = seed_method.search(data, [(n, n, b) for n, b in catalog_photos.items()], k=5)
+    got = index.search(extract_features(data), k=5, scoring="seed")
+    assert [r.key for r in got] == [r["key"] for r in expected]
+    for r, e in zip(got, expected):
+        assert r.ssim == pytest.approx(e["ssim"], abs=1e-5)
+        assert r.orb == pytest.approx(e["orb"], abs=1e-12)
+        assert r.score == pytest.approx(e["score"], abs=1e-5)
+
+
+def test_identical_bytes_score_one(index, catalog_photos):
+    for name, data in catalog_photos.items():
+        for scoring in ("seed", "default"):
+            top = index.search(extract_features(data), k=1, scoring=scoring)[0]
+            assert top.key == name
+            assert top.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_duplicates_are_dropped_before_the_cut(catalog_photos):
+    """Three copies of one photo (same bytes twice, same URL once) still leave k distinct results."""
+    idx = SearchIndex()
+    for name, data in catalog_photos.items():
+        idx.add(name, extract_features(data))
+    coffee = catalog_photos["coffee.jpg"]
+    idx.add("copies/coffee-again.jpg", extract_features(coffee))  # same content hash
+    idx.add("copies/coffee-cdn.jpg", extract_features(fixture_bytes("coffee.webp")), url="coffee.jpg")  # same URL
+    for scoring in ("seed", "default"):
+        results = idx.search(extract_features(coffee), k=5, scoring=scoring)
+        assert len(results) == 5
+        assert len({r.url for r in results}) == 5
+        assert len({r.sha256 for r in results}) == 5
+        assert results[0].url == "coffee.jpg"
+
+
+def test_fewer_distinct_images_than_k(catalog_photos):
+    idx = SearchIndex()
+    idx.add("a.jpg", extract_features(catalog_photos["coffee.jpg"]))
+    idx.add("b.jpg", extract_features(catalog_photos["coffee.jpg"]))
+    idx.add("c.jpg", extract_features(catalog_photos["moon.jpg"]))
+    assert [r.key for r in idx.search(extract_features(catalog_photos["moon.jpg"]), k=5)] == ["c.jpg", "a.jpg"]
+
+
+def test_empty_index_returns_nothing(catalog_photos):
+    assert SearchIndex().search(extract_features(catalog_photos["moon.jpg"])) == []
+
+
+@pytest.mark.parametrize("query", QUERY_VARIANTS)
+def test_default_scoring_finds_the_original(index, query):
+    expected = query.split("__")[0] + ".jpg"
+    assert index.search(extract_features(fixture_bytes(query)), k=1)[0].key == expected
+
+
+def test_default_finds_mirrored_copy_that_seed_misses(index):
+    query = extract_features(fixture_bytes("chelsea__hflip.jpg"))
+    assert index.search(query, k=1, scoring="default")[0].key == "chelsea.jpg"
+
+
+def test_min_score_filters(index, catalog_photos):
+    results = index.search(extract_features(catalog_photos["rocket.jpg"]), k=5, min_score=0.9)
+    assert [r.key for r in results] == ["rocket.jpg"]
+
+
+def test_add_replace_remove(index, catalog_photos):
+    idx = SearchIndex()
+    idx.add("x.jpg", extract_features(catalog_photos["moon.jpg"]))
+    idx.add("x.jpg", extract_features(catalog_photos["coins.jpg"]))
+    assert len(idx) == 1
+    assert idx.search(extract_features(catalog_photos["coins.jpg"]), k=1)[0].score == pytest.approx(1.0)
+    assert idx.remove("x.jpg") and not idx.remove("x.jpg")
+    assert len(idx) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [({"k": 0}, "k must be"), ({"k": 51}, "k must be"), ({"scoring": "fast"}, "scoring must be")])
+def test_bad_arguments(index, catalog_photos, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        index.search(extract_features(catalog_photos["moon.jpg"]), **kwargs)
+
+
+def test_record_round_trip(catalog_photos):
+    feats = extract_features(catalog_photos["chelsea.jpg"])
+    again = ImageFeatures.from_bytes(feats.to_bytes())
+    assert again.sha256 == feats.sha256 and (again.width, again.height) == (320, 213)
+    assert (again.gray == feats.gray).all() and (again.descriptors == feats.descriptors).all()
+
+
+def test_damaged_record_asks_for_reindex(catalog_photos):
+    record = extract_features(catalog_photos["chelsea.jpg"]).to_bytes()
+    with pytest.raises(IndexFormatError, match="re-index"):
+        ImageFeatures.from_bytes(record[: len(record) // 2])
+    with pytest.raises(IndexFormatError, match="re-index"):
+        ImageFeatures.from_bytes(b"not a record")
