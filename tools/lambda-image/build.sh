@@ -49,10 +49,11 @@ ensure_apt() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+  local apt=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
+  if ! timeout 900 "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
     log "apt-get install failed; running apt-get update first"
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    timeout 600 "${apt[@]}" update >/dev/null
+    timeout 900 "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # podman needs runc as OCI runtime here; conmon comes as a dependency.
   command -v podman >/dev/null && command -v runc >/dev/null || die "podman/runc missing after install"
