@@ -72,3 +72,24 @@ class FetchError(HarmonyError):
 class UrlRefusedError(FetchError):
     code = "url_refused"
     status = 400
+
+
+class FetchTimeoutError(FetchError):
+    """The remote server did not answer (or finish sending) within the time allowed."""
+
+    code = "fetch_timeout"
+    status = 504
+
+
+class FetchNotFoundError(FetchError):
+    """The remote server answered 404/410 for the URL."""
+
+    code = "url_not_found"
+    status = 404
+
+
+class FetchTooLargeError(FetchError):
+    """The remote body is larger than the cap (by Content-Length or while streaming)."""
+
+    code = "fetch_too_large"
+    status = 413

@@ -1,0 +1,302 @@
+"""fetch_url: SSRF guard, redirects, size cap, timeouts — against a real local HTTP server.
+
+The server listens on 127.0.0.1, which fetch_url refuses unless private addresses are allowed
+explicitly (allow_private=True / HARMONY_ALLOW_PRIVATE_URLS=1). Redirect re-checking is tested
+by declaring 127.0.0.1 "the public internet" for one test (monkeypatching the address rule),
+so every other internal address stays refused.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harmony_image import FetchError, UrlRefusedError, extract_features
+from harmony_image import fetch as fetch_mod
+from harmony_image.errors import FetchNotFoundError, FetchTimeoutError, FetchTooLargeError
+from harmony_image.fetch import fetch_url, is_public_address
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+IMAGE = (FIXTURES / "chelsea.jpg").read_bytes()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen_hosts: list[str] = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status, body=b"", headers=None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if "Content-Length" not in (headers or {}) and "Transfer-Encoding" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        _Handler.seen_hosts.append(self.headers.get("Host", ""))
+        p = self.path
+        port = self.server.server_address[1]
+        if p == "/img.jpg":
+            self._send(200, IMAGE, {"Content-Type": "image/jpeg"})
+        elif p == "/redirect":
+            self._send(302, headers={"Location": "/img.jpg"})
+        elif p == "/redirect-abs":
+            self._send(301, headers={"Location": f"http://localhost:{port}/img.jpg"})
+        elif p == "/redirect-metadata":
+            self._send(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        elif p == "/redirect-private":
+            self._send(307, headers={"Location": "http://10.1.2.3/x.jpg"})
+        elif p == "/redirect-file":
+            self._send(302, headers={"Location": "file:///etc/passwd"})
+        elif p == "/loop":
+            self._send(302, headers={"Location": "/loop"})
+        elif p == "/missing":
+            self._send(404, b"nope")
+        elif p == "/error":
+            self._send(500, b"boom")
+        elif p == "/big-declared":
+            self.send_response(200)
+            self.send_header("Content-Length", str(50 * 1024 * 1024))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                self.wfile.write(b"\0" * 1024)
+            except OSError:
+                pass
+        elif p == "/big-chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for _ in range(64):
+                    chunk = b"\xff" * 65536
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+        elif p == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(3)
+            except OSError:
+                pass
+        else:
+            self._send(404)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def loopback_is_internet(monkeypatch):
+    """Treat exactly 127.0.0.1 as a public address; every other rule stays as it is."""
+    real = fetch_mod.is_public_address
+
+    def rule(ip):
+        if str(ip) == "127.0.0.1":
+            return True
+        return real(ip)
+
+    monkeypatch.setattr(fetch_mod, "is_public_address", rule)
+
+
+# --------------------------------------------------------------------------- fetching
+def test_fetches_image_from_local_server_with_opt_in(server):
+    data = fetch_url(f"{server}/img.jpg", allow_private=True)
+    assert data == IMAGE
+    assert extract_features(data).sha256 == extract_features(IMAGE).sha256
+
+
+def test_opt_in_by_env_var(server, monkeypatch):
+    monkeypatch.setenv("HARMONY_ALLOW_PRIVATE_URLS", "1")
+    assert fetch_url(f"{server}/img.jpg") == IMAGE
+
+
+def test_loopback_refused_by_default(server, monkeypatch):
+    monkeypatch.delenv("HARMONY_ALLOW_PRIVATE_URLS", raising=False)
+    with pytest.raises(UrlRefusedError) as e:
+        fetch_url(f"{server}/img.jpg")
+    assert e.value.status == 400 and e.value.code == "url_refused"
+    assert "127.0.0.1" in e.value.message
+
+
+def test_follows_redirects(server):
+    assert fetch_url(f"{server}/redirect", allow_private=True) == IMAGE
+    assert fetch_url(f"{server}/redirect-abs", allow_private=True) == IMAGE
+
+
+def test_redirect_to_metadata_endpoint_refused(server, loopback_is_internet):
+    assert fetch_url(f"{server}/redirect", allow_private=False) == IMAGE  # the stand-in works
+    with pytest.raises(UrlRefusedError, match="169.254.169.254"):
+        fetch_url(f"{server}/redirect-metadata", allow_private=False)
+    with pytest.raises(UrlRefusedError, match="10.1.2.3"):
+        fetch_url(f"{server}/redirect-private", allow_private=False)
+    with pytest.raises(UrlRefusedError, match="http and https"):
+        fetch_url(f"{server}/redirect-file", allow_private=False)
+
+
+def test_redirect_loop_stops(server):
+    with pytest.raises(FetchError, match="redirects") as e:
+        fetch_url(f"{server}/loop", allow_private=True, max_redirects=3)
+    assert e.value.status == 502
+
+
+def test_remote_404_is_404_and_500_is_502(server):
+    with pytest.raises(FetchNotFoundError) as e:
+        fetch_url(f"{server}/missing", allow_private=True)
+    assert e.value.status == 404
+    with pytest.raises(FetchError) as e:
+        fetch_url(f"{server}/error", allow_private=True)
+    assert e.value.status == 502 and "500" in e.value.message
+
+
+def test_size_cap_by_content_length_and_while_streaming(server):
+    with pytest.raises(FetchTooLargeError) as e:
+        fetch_url(f"{server}/big-declared", allow_private=True, max_bytes=1024 * 1024)
+    assert e.value.status == 413
+    t0 = time.monotonic()
+    with pytest.raises(FetchTooLargeError):
+        fetch_url(f"{server}/big-chunked", allow_private=True, max_bytes=256 * 1024)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(FetchTooLargeError):
+        fetch_url(f"{server}/img.jpg", allow_private=True, max_bytes=len(IMAGE) - 1)
+
+
+def test_timeout_is_504_and_bounded(server):
+    t0 = time.monotonic()
+    with pytest.raises(FetchTimeoutError) as e:
+        fetch_url(f"{server}/slow", allow_private=True, timeout=0.5)
+    assert e.value.status == 504
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_connection_refused_is_502():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(FetchError) as e:
+        fetch_url(f"http://127.0.0.1:{port}/x.jpg", allow_private=True, timeout=2)
+    assert e.value.status == 502
+
+
+def test_connects_to_vetted_address_without_resolving_again(server):
+    """The resolver is asked once per hop and the connection goes to the address it gave —
+    the name itself (which no DNS knows) is only sent as the Host header."""
+    port = int(server.rsplit(":", 1)[1])
+    calls = []
+
+    def resolver(host, p):
+        calls.append((host, p))
+        return ["127.0.0.1"]
+
+    _Handler.seen_hosts.clear()
+    data = fetch_url(f"http://images.example.invalid:{port}/img.jpg", allow_private=True, resolver=resolver)
+    assert data == IMAGE
+    assert calls == [("images.example.invalid", port)]
+    assert _Handler.seen_hosts[-1] == f"images.example.invalid:{port}"
+
+
+# --------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.jpg",
+        "http://localhost/x.jpg",
+        "http://10.0.0.1/x.jpg",
+        "http://172.16.5.4/x.jpg",
+        "http://192.168.1.1/x.jpg",
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://100.64.0.1/x.jpg",
+        "http://0.0.0.0/x.jpg",
+        "http://[::1]/x.jpg",
+        "http://[::]/x.jpg",
+        "http://[::ffff:127.0.0.1]/x.jpg",
+        "http://[::ffff:169.254.169.254]/x.jpg",
+        "http://[::ffff:a9fe:a9fe]/x.jpg",
+        "http://[64:ff9b::a9fe:a9fe]/x.jpg",
+        "http://[2002:a9fe:a9fe::1]/x.jpg",
+        "http://[fe80::1]/x.jpg",
+        "http://[ff02::1]/x.jpg",
+        "http://224.0.0.1/x.jpg",
+        "http://240.0.0.1/x.jpg",
+        "http://2130706433/x.jpg",
+        "http://0x7f000001/x.jpg",
+        "http://017700000001/x.jpg",
+        "https://127.0.0.1:8443/x.jpg",
+    ],
+)
+def test_internal_addresses_refused(url, monkeypatch):
+    monkeypatch.delenv("HARMONY_ALLOW_PRIVATE_URLS", raising=False)
+    with pytest.raises(UrlRefusedError) as e:
+        fetch_url(url, timeout=2)
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x.jpg",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "example.com/x.jpg",
+        "",
+        "   ",
+        "http://",
+        "http://user:pw@example.com/x.jpg",
+        "http://exa mple.com/x.jpg",
+        "http://example.com:99999/x.jpg",
+        "http://example.com/" + "a" * 3000,
+    ],
+)
+def test_malformed_or_non_http_refused(url):
+    with pytest.raises(UrlRefusedError) as e:
+        fetch_url(url, timeout=2)
+    assert e.value.status == 400
+
+
+def test_any_private_answer_among_public_ones_refuses():
+    """DNS answering one public and one private address: refused (the connection could land on
+    either)."""
+    with pytest.raises(UrlRefusedError, match="10.0.0.5"):
+        fetch_url("http://mixed.example/x.jpg", resolver=lambda h, p: ["93.184.216.34", "10.0.0.5"])
+
+
+def test_unresolvable_host_is_502():
+    with pytest.raises(FetchError) as e:
+        fetch_url("http://no-such-host.invalid/x.jpg", timeout=3)
+    assert e.value.status == 502 and not isinstance(e.value, UrlRefusedError)
+
+
+def test_public_address_rule():
+    for ip in ("93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"):
+        assert is_public_address(ip), ip
+    for ip in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "::1", "::ffff:10.0.0.1", "192.0.2.1", "198.18.0.1"):
+        assert not is_public_address(ip), ip
