@@ -1,0 +1,37 @@
+# Harmony-Image — one entry point for people and CI.
+#   make demo   index the bundled sample catalog and search it (sets everything up first)
+#   make test   the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-engine clean
+
+help:
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
+
+demo: setup ## index the bundled sample catalog and print the top 5 for the sample queries
+	$(VENV)/bin/harmony demo --workdir .harmony-demo
+
+test: setup ## run all tests
+	$(PY) -m pytest
+
+test-engine: setup ## run the engine's tests only
+	$(PY) -m pytest tests/engine
+
+clean: ## remove build outputs and caches (keeps .venv)
+	rm -rf .aws-sam build .pytest_cache .harmony-demo .bench
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+-include tools/sam-local/sam-local.mk
+-include benchmarks/bench.mk
+-include functions/functions.mk
