@@ -108,3 +108,29 @@ def test_features_are_the_seeds(catalog_photos):
         kps, des = cv2.ORB_create().detectAndCompute(gray, None)
         assert np.array_equal(feats.descriptors, des)
         assert np.allclose(feats.keypoints, [kp.pt for kp in kps])
+
+
+def _brute_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_nearest_two_and_count_close_against_brute_force(grays, monkeypatch, pure):
+    if pure:
+        monkeypatch.setattr(kernels, "_kernels", None)
+    sets = [seed_orb(g)[1] for g in grays[:6]] + [np.zeros((0, 32), np.uint8), seed_orb(grays[0])[1][:1]]
+    pack = DescriptorPack(sets)
+    query = sets[1]
+    dist = [_brute_distances(query, d) if len(d) else None for d in sets]
+    for threshold in (30, 64):
+        expected = [int((dd.min(axis=1) <= threshold).sum()) if dd is not None else 0 for dd in dist]
+        assert kernels.count_close(query, pack, threshold).tolist() == expected
+    for j, d in enumerate(sets):
+        idx, d1, d2 = kernels.nearest_two(query, pack.words(j))
+        if dist[j] is None:
+            assert (idx == -1).all()
+            continue
+        ordered = np.sort(dist[j], axis=1)
+        assert np.array_equal(idx, dist[j].argmin(axis=1))
+        assert np.array_equal(d1, ordered[:, 0])
+        assert np.array_equal(d2, ordered[:, 1] if len(d) > 1 else np.full(len(query), 0xFFFF))

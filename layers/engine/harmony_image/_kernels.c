@@ -325,6 +325,117 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- default scoring helpers */
+
+/* For each image j: how many query descriptors have a catalog descriptor within `threshold`. */
+static PyObject *count_close(PyObject *self, PyObject *args)
+{
+    Py_buffer query, planes, offsets, out;
+    int threshold;
+    if (!PyArg_ParseTuple(args, "y*y*y*iw*", &query, &planes, &offsets, &threshold, &out))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
+    const int64_t *off = (const int64_t *)offsets.buf;
+    if (query.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "count_close: buffer sizes do not match");
+        goto done;
+    }
+    int64_t maxc = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
+            PyErr_SetString(PyExc_ValueError, "count_close: offsets out of range");
+            goto done;
+        }
+        if (off[j + 1] - off[j] > maxc)
+            maxc = off[j + 1] - off[j];
+    }
+    uint16_t *dist = malloc(sizeof(uint16_t) * (maxc + 1));
+    if (!dist) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
+    int32_t *counts = (int32_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t j = 0; j < n; j++) {
+        int64_t nc = off[j + 1] - off[j];
+        int32_t count = 0;
+        if (nc > 0) {
+            for (int64_t i = 0; i < nq; i++) {
+                row_distances(q + 4 * i, p + 4 * off[j], nc, dist);
+                count += row_min(dist, nc) <= threshold;
+            }
+        }
+        counts[j] = count;
+    }
+    Py_END_ALLOW_THREADS
+    free(dist);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&query);
+    PyBuffer_Release(&planes);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* For one image: each query descriptor's nearest catalog descriptor (first index) and the two
+ * smallest distances, for Lowe's ratio test. */
+static PyObject *nearest_two(PyObject *self, PyObject *args)
+{
+    Py_buffer query, planes, out_idx, out_d1, out_d2;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*w*", &query, &planes, &out_idx, &out_d1, &out_d2))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t nq = query.len / 32, nc = planes.len / 32;
+    if (query.len % 32 != 0 || planes.len % 32 != 0 || out_idx.len < nq * 4 || out_d1.len < nq * 2 || out_d2.len < nq * 2) {
+        PyErr_SetString(PyExc_ValueError, "nearest_two: buffer sizes do not match");
+        goto done;
+    }
+    uint16_t *dist = malloc(sizeof(uint16_t) * (nc + 1));
+    if (!dist) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
+    int32_t *idx = (int32_t *)out_idx.buf;
+    uint16_t *d1 = (uint16_t *)out_d1.buf, *d2 = (uint16_t *)out_d2.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < nq; i++) {
+        uint16_t best = 0xFFFF, second = 0xFFFF;
+        int32_t arg = -1;
+        if (nc > 0) {
+            row_distances(q + 4 * i, p, nc, dist);
+            for (int64_t k = 0; k < nc; k++) {
+                uint16_t d = dist[k];
+                if (d < best) {
+                    second = best;
+                    best = d;
+                    arg = (int32_t)k;
+                } else if (d < second) {
+                    second = d;
+                }
+            }
+        }
+        idx[i] = arg;
+        d1[i] = best;
+        d2[i] = second;
+    }
+    Py_END_ALLOW_THREADS
+    free(dist);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&query);
+    PyBuffer_Release(&planes);
+    PyBuffer_Release(&out_idx);
+    PyBuffer_Release(&out_d1);
+    PyBuffer_Release(&out_d2);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cross_check_counts", cross_check_counts, METH_VARARGS,
      "cross_check_counts(query, planes, offsets, out) -> None\n\n"
@@ -333,6 +444,12 @@ static PyMethodDef methods[] = {
     {"ssim_scores", ssim_scores, METH_VARARGS,
      "ssim_scores(query, images, out) -> None\n\n"
      "query: 256x256 uint8; images: n x 256 x 256 uint8; out: writable float64[n]."},
+    {"count_close", count_close, METH_VARARGS,
+     "count_close(query, planes, offsets, threshold, out) -> None\n\n"
+     "out[j] = number of query descriptors with a descriptor of image j within threshold bits."},
+    {"nearest_two", nearest_two, METH_VARARGS,
+     "nearest_two(query, planes, out_idx, out_d1, out_d2) -> None\n\n"
+     "For one image's planes: nearest index (int32) and two smallest distances (uint16) per query row."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};

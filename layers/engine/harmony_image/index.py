@@ -13,7 +13,7 @@ import numpy as np
 
 from .features import ImageFeatures
 from .kernels import DescriptorPack
-from .scoring import SCORINGS, Candidates, score_catalog
+from .scoring import SCORINGS, VOTE_DESCRIPTORS, Candidates, score_catalog, subsample
 
 DEFAULT_K = 5
 MAX_K = 50
@@ -52,6 +52,7 @@ class PackedCatalog:
             self.thumbs[i] = entry.features.thumb
         self._descriptor_sets = [e.features.descriptors for e in entries]
         self.descriptors = DescriptorPack(self._descriptor_sets)
+        self.vote_descriptors = DescriptorPack([subsample(d, VOTE_DESCRIPTORS) for d in self._descriptor_sets])
         self.keypoint_counts = np.diff(self.descriptors.offsets)
 
     def __len__(self) -> int:
@@ -62,7 +63,9 @@ class PackedCatalog:
 
     @property
     def nbytes(self) -> int:
-        return int(self.grays.nbytes + self.thumbs.nbytes + self.descriptors.planes.nbytes + self.descriptors.offsets.nbytes)
+        packs = (self.descriptors, self.vote_descriptors)
+        keypoints = sum(e.features.keypoints.nbytes for e in self.entries)
+        return int(self.grays.nbytes + self.thumbs.nbytes + keypoints + sum(p.planes.nbytes + p.offsets.nbytes for p in packs))
 
 
 class SearchIndex:

@@ -114,10 +114,56 @@ def cross_check_counts(query: np.ndarray, pack: DescriptorPack) -> np.ndarray:
         c = pack.words(j)
         if c.shape[1] == 0:
             continue
-        dist = np.bitwise_count(q_words[:, 0, None] ^ c[0]).astype(np.uint16)
-        for w in (1, 2, 3):
-            dist += np.bitwise_count(q_words[:, w, None] ^ c[w])
+        dist = _distances(q_words, c)
         nearest_catalog = dist.argmin(axis=1)  # first minimum, as OpenCV
         nearest_query = dist.argmin(axis=0)
         out[j] = int(np.count_nonzero(nearest_query[nearest_catalog] == rows))
     return out
+
+def count_close(query: np.ndarray, pack: DescriptorPack, threshold: int) -> np.ndarray:
+    """Per packed image: how many rows of ``query`` have a descriptor within ``threshold`` bits."""
+    n = len(pack)
+    out = np.zeros(n, dtype=np.int32)
+    if n == 0 or len(query) == 0:
+        return out
+    query = np.ascontiguousarray(query, dtype=np.uint8)
+    if _kernels is not None:
+        _parallel(lambda lo, hi: _kernels.count_close(query, pack.planes, pack.offsets[lo : hi + 1], threshold, out[lo:hi]), n)
+        return out
+    q_words = query.view(np.uint64).reshape(-1, 4)
+    for j in range(n):
+        c = pack.words(j)
+        if c.shape[1]:
+            out[j] = int(np.count_nonzero(_distances(q_words, c).min(axis=1) <= threshold))
+    return out
+
+
+def nearest_two(query: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of ``query``: index of its nearest descriptor in ``planes`` ((4, n) uint64,
+    see :meth:`DescriptorPack.words`; first index on ties), and the two smallest distances
+    (65535 where there is none)."""
+    nq = len(query)
+    idx = np.full(nq, -1, dtype=np.int32)
+    d1 = np.full(nq, 0xFFFF, dtype=np.uint16)
+    d2 = np.full(nq, 0xFFFF, dtype=np.uint16)
+    if nq == 0 or planes.shape[1] == 0:
+        return idx, d1, d2
+    query = np.ascontiguousarray(query, dtype=np.uint8)
+    if _kernels is not None:
+        _kernels.nearest_two(query, np.ascontiguousarray(planes), idx, d1, d2)
+        return idx, d1, d2
+    dist = _distances(query.view(np.uint64).reshape(-1, 4), planes)
+    idx[:] = dist.argmin(axis=1)
+    rows = np.arange(nq)
+    d1[:] = dist[rows, idx]
+    if planes.shape[1] > 1:
+        dist[rows, idx] = 0xFFFF
+        d2[:] = dist.min(axis=1)
+    return idx, d1, d2
+
+
+def _distances(q_words: np.ndarray, c_planes: np.ndarray) -> np.ndarray:
+    dist = np.bitwise_count(q_words[:, 0, None] ^ c_planes[0]).astype(np.uint16)
+    for w in (1, 2, 3):
+        dist += np.bitwise_count(q_words[:, w, None] ^ c_planes[w])
+    return dist
