@@ -1,0 +1,104 @@
+"""SearchFunction: POST /search and GET /search behind API Gateway (REST).
+
+Parsing and formatting only; the work is in harmony_aws.service / harmony_image.
+See harmony_aws/service.py for the request forms and the response shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Literal, Optional
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from harmony_aws import runtime
+from harmony_aws.service import error_body
+from harmony_image import HarmonyError
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayRestResolver(enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300))
+app.enable_swagger(path="/openapi", title="Harmony-Image search API", version="1.0.0")
+
+K = Annotated[int, Query(ge=1, le=50, description="number of results (1-50)")]
+Scoring = Annotated[Optional[Literal["default", "seed"]], Query(description="scoring: default or seed")]
+MinScore = Annotated[Optional[float], Query(ge=0.0, le=1.0, description="drop results scoring below this")]
+
+
+def _json_error(status: int, code: str, message: str) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=error_body(code, message))
+
+
+def _body_bytes() -> bytes:
+    ev = app.current_event
+    body = ev.body or ""
+    return base64.b64decode(body) if ev.is_base64_encoded else body.encode("utf-8")
+
+
+def _search(data_fn, k: int, scoring: str | None, min_score: float | None) -> dict:
+    t0 = time.perf_counter()
+    service = runtime.search_service()
+    service.check_params(k, scoring, min_score)  # parameters first: a bad k costs no download
+    out = service.search(data_fn(service), k=k, scoring=scoring, min_score=min_score, t0=t0)
+    metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=out["took_ms"])
+    metrics.add_metric(name="CatalogSize", unit=MetricUnit.Count, value=out["catalog_size"])
+    logger.info("search", extra={"took_ms": out["took_ms"], "catalog_size": out["catalog_size"],
+                                 "results": len(out["results"]), "query_sha256": out["query"]["sha256"]})
+    return out
+
+
+@app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
+@tracer.capture_method
+def post_search(k: K = 5, scoring: Scoring = None, min_score: MinScore = None) -> dict:
+    ctype = app.current_event.get_header_value("content-type")
+    return _search(lambda svc: svc.image_from_body(_body_bytes(), ctype), k, scoring, min_score)
+
+
+@app.get("/search", summary="Search with the image at `url`")
+@tracer.capture_method
+def get_search(url: Annotated[str, Query(min_length=1, max_length=2048)], k: K = 5, scoring: Scoring = None,
+               min_score: MinScore = None) -> dict:
+    return _search(lambda svc: svc.image_from_url(url), k, scoring, min_score)
+
+
+@app.exception_handler(HarmonyError)
+def handle_harmony_error(exc: HarmonyError) -> Response:
+    if exc.status >= 500:
+        logger.exception("request failed", extra={"code": exc.code})
+    else:
+        logger.info("request refused", extra={"code": exc.code, "status": exc.status, "reason": exc.message})
+    metrics.add_metric(name="RequestErrors", unit=MetricUnit.Count, value=1)
+    return _json_error(exc.status, exc.code, exc.message)
+
+
+@app.exception_handler(RequestValidationError)
+def handle_validation_error(exc: RequestValidationError) -> Response:
+    msgs = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body"))
+        msgs.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return _json_error(422, "validation_error", "; ".join(msgs) or "invalid request")
+
+
+@app.not_found
+def handle_not_found(exc: Exception) -> Response:
+    return _json_error(404, "not_found", f"no route {app.current_event.http_method} {app.current_event.path}")
+
+
+@app.exception_handler(Exception)
+def handle_unexpected(exc: Exception) -> Response:
+    logger.exception("unexpected error")
+    return _json_error(500, "internal_error", "internal error; see the function's logs (correlation id in the request)")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict, context) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,310 @@
+"""harmony_aws.store: per-object index records, reconcile, warm index, result URLs.
+
+Runs each behaviour against moto in-process (mock_aws) and against moto's HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from harmony_aws import runtime
+from harmony_aws.store import (
+    RECORDS_PREFIX,
+    CatalogStore,
+    parse_manifest,
+    record_name,
+    rel_from_record_name,
+)
+from harmony_image import ImageFeatures, extract_features
+
+from tests.aws_fixtures import BUCKET, CATALOG_NAMES, all_keys, put_catalog, s3_event
+
+
+@pytest.fixture(params=["mock_aws", "moto_server"])
+def bucket(request, images):
+    """(client, bucket name) — in-process moto or moto's HTTP server."""
+    if request.param == "mock_aws":
+        client = request.getfixturevalue("s3")
+        return client, BUCKET
+    client = request.getfixturevalue("s3_server")
+    return client, client.harmony_bucket
+
+
+def make_store(client, name, **kw) -> CatalogStore:
+    """A store with its own client, made the way the functions make it (s3v4, env endpoint)."""
+    return CatalogStore(name, **kw)
+
+
+def records(client, name) -> dict[str, dict]:
+    """catalog key -> record metadata, read straight from S3."""
+    out = {}
+    for rk in all_keys(client, name, RECORDS_PREFIX):
+        head = client.head_object(Bucket=name, Key=rk)
+        from urllib.parse import unquote
+
+        out[unquote(head["Metadata"]["catalog-key"])] = head["Metadata"]
+    return out
+
+
+def test_record_names_roundtrip():
+    for rel in ["a.jpg", "dir/sub/é ü.png", "x" * 600, "weird+key=1&b.jpg"]:
+        name = record_name(rel)
+        assert "/" not in name and name.endswith(".npz")
+        assert rel_from_record_name(name) == rel
+    long = "é" * 500  # 1000 bytes: too long for base64 in a 1024-byte S3 key
+    name = record_name(long)
+    assert name.endswith(".h.npz") and len(name) < 100
+    assert rel_from_record_name(name) is None
+
+
+def test_manifest_mapping():
+    m = parse_manifest(json.dumps([
+        {"url": "https://cdn.example.com/img/chelsea.jpg"},
+        {"url": "https://cdn.example.com/x?id=1", "key": "sub/coffee.jpg"},
+        {"url": "https://cdn.example.com/a%20b.png"},
+        {"nourl": 1},
+    ]).encode())
+    assert m == {
+        "chelsea.jpg": "https://cdn.example.com/img/chelsea.jpg",
+        "sub/coffee.jpg": "https://cdn.example.com/x?id=1",
+        "a b.png": "https://cdn.example.com/a%20b.png",
+    }
+
+
+def test_reconcile_add_replace_remove(bucket, images):
+    client, name = bucket
+    store = make_store(client, name)
+    key = "catalog/photos/chelsea one.jpg"
+    client.put_object(Bucket=name, Key=key, Body=images["chelsea.jpg"])
+    r = store.reconcile(key)
+    assert r.action == "indexed"
+    recs = records(client, name)
+    assert list(recs) == [key]
+    etag = client.head_object(Bucket=name, Key=key)["ETag"]
+    assert recs[key]["source-etag"] == etag
+    # stored features are the object's
+    rk = store.record_key(key)
+    feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
+    assert feats.sha256 == hashlib.sha256(images["chelsea.jpg"]).hexdigest()
+
+    # duplicate event: nothing rewritten
+    rec_etag = client.head_object(Bucket=name, Key=rk)["ETag"]
+    assert store.reconcile(key).action == "unchanged"
+    assert client.head_object(Bucket=name, Key=rk)["ETag"] == rec_etag
+
+    # replaced content
+    client.put_object(Bucket=name, Key=key, Body=images["coffee.jpg"])
+    assert store.reconcile(key).action == "indexed"
+    feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
+    assert feats.sha256 == hashlib.sha256(images["coffee.jpg"]).hexdigest()
+
+    # removed
+    client.delete_object(Bucket=name, Key=key)
+    assert store.reconcile(key).action == "removed"
+    assert records(client, name) == {}
+    assert store.reconcile(key).action == "absent"  # delivered twice
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"", "empty_image"),
+    (b"just some text, not an image", "not_an_image"),
+    ("truncated", "truncated_image"),
+    ("huge", "image_too_large"),
+])
+def test_bad_catalog_objects_write_no_record(bucket, images, body, code):
+    client, name = bucket
+    if body == "truncated":
+        body = images["chelsea.jpg"][: len(images["chelsea.jpg"]) // 3]
+    elif body == "huge":  # a real PNG header claiming 50,000 x 50,000
+        import struct
+        import zlib
+
+        ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+        body = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF) + b"\0" * 64)
+    store = make_store(client, name)
+    key = "catalog/bad.png"
+    client.put_object(Bucket=name, Key=key, Body=body)
+    r = store.reconcile(key)
+    assert r.action == "skipped" and r.detail.startswith(code), r
+    assert all_keys(client, name, "index/") == {}
+
+
+def test_bad_replacement_removes_stale_record(bucket, images):
+    client, name = bucket
+    store = make_store(client, name)
+    key = "catalog/x.jpg"
+    client.put_object(Bucket=name, Key=key, Body=images["chelsea.jpg"])
+    store.reconcile(key)
+    client.put_object(Bucket=name, Key=key, Body=b"<html>not an image</html>")
+    assert store.reconcile(key).action == "skipped"
+    assert all_keys(client, name, "index/") == {}
+
+
+def test_manifest_and_folders_are_not_indexed(bucket, images):
+    client, name = bucket
+    store = make_store(client, name)
+    client.put_object(Bucket=name, Key="catalog/manifest.json", Body=b"[]")
+    client.put_object(Bucket=name, Key="catalog/folder/", Body=b"")
+    assert store.reconcile("catalog/manifest.json").action == "skipped"
+    assert store.reconcile("catalog/folder/").action == "skipped"
+    assert store.reconcile("queries/x.jpg").action == "skipped"
+    assert all_keys(client, name, "index/") == {}
+
+
+def test_warm_index_picks_up_changes_and_urls(bucket, images):
+    client, name = bucket
+    put_catalog(client, name, images, names=CATALOG_NAMES[:4],
+                metadata={"astronaut.jpg": {"source-url": "https://images.example.com/astro naut.jpg?a=1&b=%20"}})
+    client.put_object(Bucket=name, Key="catalog/manifest.json", Body=json.dumps(
+        [{"url": "https://cdn.example.com/brick.jpg"}, {"url": "https://cdn.example.com/astronaut.jpg"}]).encode())
+    store = make_store(client, name, index_ttl=0.0)
+    for n in CATALOG_NAMES[:4]:
+        store.reconcile("catalog/" + n)
+    index = store.index()
+    assert sorted(index.keys()) == sorted("catalog/" + n for n in CATALOG_NAMES[:4])
+    assert store.last_refresh["loaded"] == 4
+
+    by_key = {e: index.get(e).url for e in index.keys()}
+    # object metadata wins over the manifest; manifest next; else the key (presigned at response time)
+    assert by_key["catalog/astronaut.jpg"] == "https://images.example.com/astro naut.jpg?a=1&b=%20"
+    assert by_key["catalog/brick.jpg"] == "https://cdn.example.com/brick.jpg"
+    assert by_key["catalog/camera.jpg"] == "catalog/camera.jpg"
+    url = store.result_url("catalog/camera.jpg", "catalog/camera.jpg")
+    q = parse_qs(urlsplit(url).query)
+    assert "X-Amz-Signature" in q and q["X-Amz-Expires"] == ["900"]
+    assert urlsplit(url).path.endswith("/catalog/camera.jpg")
+
+    # nothing changed: a refresh loads nothing
+    store.index()
+    assert store.last_refresh["loaded"] == 0 and store.last_refresh["removed"] == 0
+
+    # a change, a removal and a new manifest are picked up
+    client.put_object(Bucket=name, Key="catalog/camera.jpg", Body=images["coins.jpg"])
+    store.reconcile("catalog/camera.jpg")
+    client.delete_object(Bucket=name, Key="catalog/brick.jpg")
+    store.reconcile("catalog/brick.jpg")
+    client.put_object(Bucket=name, Key="catalog/manifest.json", Body=json.dumps(
+        [{"url": "https://cdn2.example.com/c.jpg", "key": "camera.jpg"}]).encode())
+    index = store.index()
+    assert store.last_refresh == {**store.last_refresh, "loaded": 1, "removed": 1, "manifest_changed": True}
+    assert "catalog/brick.jpg" not in index
+    assert index.get("catalog/camera.jpg").features.sha256 == hashlib.sha256(images["coins.jpg"]).hexdigest()
+    assert index.get("catalog/camera.jpg").url == "https://cdn2.example.com/c.jpg"
+
+
+def test_ttl_keeps_warm_index_between_refreshes(bucket, images):
+    client, name = bucket
+    store = make_store(client, name, index_ttl=3600)
+    put_catalog(client, name, images, names=["chelsea.jpg"])
+    store.reconcile("catalog/chelsea.jpg")
+    assert len(store.index()) == 1
+    put_catalog(client, name, images, names=["coffee.jpg"])
+    store.reconcile("catalog/coffee.jpg")
+    assert len(store.index()) == 1  # within the TTL: served from memory
+    assert len(store.index(force=True)) == 2
+
+
+def test_damaged_record_is_skipped_not_fatal(bucket, images):
+    client, name = bucket
+    store = make_store(client, name, index_ttl=0)
+    put_catalog(client, name, images, names=["chelsea.jpg", "coffee.jpg"])
+    store.reconcile("catalog/chelsea.jpg")
+    store.reconcile("catalog/coffee.jpg")
+    rk = store.record_key("catalog/coffee.jpg")
+    meta = client.head_object(Bucket=name, Key=rk)["Metadata"]
+    client.put_object(Bucket=name, Key=rk, Body=b"garbage", Metadata=meta)
+    assert store.index().keys() == ["catalog/chelsea.jpg"]
+    # a forced re-index repairs it
+    assert store.reindex(force=True) == {"indexed": 2}
+    assert sorted(store.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
+
+
+# --------------------------------------------------------------------------- the event storm
+def _expected_state(client, name) -> dict[str, str]:
+    """catalog key -> sha256 for every catalog object that is a usable image."""
+    out = {}
+    for key in all_keys(client, name, "catalog/"):
+        if key == "catalog/manifest.json":
+            continue
+        data = client.get_object(Bucket=name, Key=key)["Body"].read()
+        try:
+            out[key] = extract_features(data).sha256
+        except Exception:  # noqa: BLE001 - not an image: must not be indexed
+            pass
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_event_storm_converges_to_bucket(s3_server, images, index_fn, lambda_context, seed):
+    """Many concurrent IndexFunction invocations while the catalog keeps changing; events are
+    duplicated and shuffled. When the storm is over, the records are exactly the bucket."""
+    client, name = s3_server, s3_server.harmony_bucket
+    rng = random.Random(seed)
+    keys = [f"catalog/storm/{i:02d} photo é.jpg" for i in range(10)]
+    contents = [images[n] for n in CATALOG_NAMES] + [b"not an image at all"]
+    events: list[dict] = []
+    events_lock = threading.Lock()
+
+    def mutate():
+        for _ in range(60):
+            key = rng.choice(keys)
+            if rng.random() < 0.3:
+                client.delete_object(Bucket=name, Key=key)
+                ev = s3_event("s3-catalog-delete.json", name, key)
+            else:
+                client.put_object(Bucket=name, Key=key, Body=rng.choice(contents))
+                ev = s3_event("s3-catalog-put.json", name, key)
+            with events_lock:
+                for _ in range(rng.choice([1, 1, 2, 3])):  # at-least-once delivery
+                    events.append(ev)
+            time.sleep(rng.random() * 0.01)
+
+    def deliver_until_done(writer: threading.Thread):
+        delivered = 0
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = []
+            while writer.is_alive() or delivered < len(events):
+                with events_lock:
+                    batch = events[delivered:]
+                    delivered = len(events)
+                rng.shuffle(batch)  # out of order
+                futures += [pool.submit(index_fn.lambda_handler, ev, lambda_context) for ev in batch]
+                time.sleep(0.005)
+            for f in futures:
+                f.result()  # no invocation may fail
+        return delivered
+
+    writer = threading.Thread(target=mutate)
+    writer.start()
+    n = deliver_until_done(writer)
+    writer.join()
+    assert n >= 60
+
+    expected = _expected_state(client, name)
+    got = records(client, name)
+    assert sorted(got) == sorted(expected)
+    for key, meta in got.items():
+        assert meta["source-etag"] == client.head_object(Bucket=name, Key=key)["ETag"], key
+    index = runtime.store(name).index(force=True)
+    assert {k: index.get(k).features.sha256 for k in index.keys()} == expected
+
+
+def test_reindex_backfills_and_drops_orphans(bucket, images):
+    client, name = bucket
+    store = make_store(client, name, index_ttl=0)
+    put_catalog(client, name, images, names=CATALOG_NAMES[:3])  # uploaded before any trigger
+    client.put_object(Bucket=name, Key="catalog/readme.txt", Body=b"hello")
+    store.reconcile("catalog/" + CATALOG_NAMES[0])
+    client.delete_object(Bucket=name, Key="catalog/" + CATALOG_NAMES[0])  # its event was lost
+    counts = store.reindex()
+    assert counts == {"removed": 1, "indexed": 2, "skipped": 1}
+    assert sorted(store.index().keys()) == sorted("catalog/" + n for n in CATALOG_NAMES[1:3])
+    assert store.reindex() == {"unchanged": 2, "skipped": 1}
