@@ -4,7 +4,6 @@ Parsing and formatting only; the work is in harmony_aws.service / harmony_image.
 See harmony_aws/service.py for the request forms and the response shape.
 """
 
-from __future__ import annotations
 
 import base64
 import time
@@ -17,6 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from harmony_aws import runtime
+from harmony_aws.errors import BadRequestError
 from harmony_aws.service import error_body
 from harmony_image import HarmonyError
 
@@ -38,7 +38,12 @@ def _json_error(status: int, code: str, message: str) -> Response:
 def _body_bytes() -> bytes:
     ev = app.current_event
     body = ev.body or ""
-    return base64.b64decode(body) if ev.is_base64_encoded else body.encode("utf-8")
+    if not ev.is_base64_encoded:
+        return body.encode("utf-8")
+    try:
+        return base64.b64decode(body, validate=True)
+    except ValueError as exc:
+        raise BadRequestError(f"the request body is marked base64 but is not valid base64: {exc}") from exc
 
 
 def _search(data_fn, k: int, scoring: str | None, min_score: float | None) -> dict:
@@ -56,7 +61,7 @@ def _search(data_fn, k: int, scoring: str | None, min_score: float | None) -> di
 @app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
 @tracer.capture_method
 def post_search(k: K = 5, scoring: Scoring = None, min_score: MinScore = None) -> dict:
-    ctype = app.current_event.get_header_value("content-type")
+    ctype = app.current_event.headers.get("content-type")  # case-insensitive in Powertools v3
     return _search(lambda svc: svc.image_from_body(_body_bytes(), ctype), k, scoring, min_score)
 
 
@@ -83,6 +88,7 @@ def handle_validation_error(exc: RequestValidationError) -> Response:
     for e in exc.errors():
         where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body"))
         msgs.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    metrics.add_metric(name="RequestErrors", unit=MetricUnit.Count, value=1)
     return _json_error(422, "validation_error", "; ".join(msgs) or "invalid request")
 
 
