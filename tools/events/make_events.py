@@ -74,10 +74,12 @@ def main() -> None:
     ev = api(a.sam, "POST", json.dumps({"s3": {"key": "catalog/chelsea.jpg"}}), {"Content-Type": "application/json"}, None)
     out["api-search-s3.json"] = ev
     out["s3-catalog-put.json"] = sam(a.sam, "s3", "put", "--bucket", BUCKET, "--key", "catalog/chelsea.jpg")
-    out["s3-catalog-delete.json"] = sam(a.sam, "s3", "delete", "--bucket", BUCKET, "--key", "catalog/old+photo.jpg")
+    out["s3-catalog-delete.json"] = sam(a.sam, "s3", "delete", "--bucket", BUCKET, "--key", "catalog/old photo.jpg")
     out["s3-query-put.json"] = sam(a.sam, "s3", "put", "--bucket", BUCKET, "--key", "queries/chelsea-query.jpg")
     for rec in out["s3-catalog-put.json"]["Records"] + out["s3-query-put.json"]["Records"]:
         rec["s3"]["object"]["size"] = len(jpeg)
+    for rec in out["s3-catalog-delete.json"]["Records"]:  # real S3 encodes a space as '+'
+        rec["s3"]["object"]["key"] = rec["s3"]["object"]["key"].replace("%20", "+")
     for name, ev in out.items():
         (EVENTS / name).write_text(json.dumps(ev, indent=2) + "\n")
         print(f"wrote events/{name}")
