@@ -7,6 +7,7 @@ See harmony_aws/service.py for the request forms and the response shape.
 
 import base64
 import time
+from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -56,6 +57,18 @@ def _search(data_fn, k: int, scoring: str | None, min_score: float | None) -> di
     logger.info("search", extra={"took_ms": out["took_ms"], "catalog_size": out["catalog_size"],
                                  "results": len(out["results"]), "query_sha256": out["query"]["sha256"]})
     return out
+
+
+# The web page (one static file, see web/index.html), served at GET / with relative API URLs.
+PAGE = Path(__file__).parent / "web" / "index.html"
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+@app.get("/", include_in_schema=False)
+def index_page():  # no return annotation: validation would try to model Response
+    return Response(status_code=200, content_type="text/html; charset=utf-8", body=PAGE.read_text("utf-8"),
+                    headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
 
 
 @app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
