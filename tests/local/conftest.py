@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,9 +40,9 @@ def _start(template: Path, tmp: Path, **kw):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The repository's template.yaml, the sample catalog uploaded (and indexed by IndexFunction)."""
-    template = REPO / "template.yaml"
+    template = Path(os.environ.get("HARMONY_LOCAL_TEMPLATE") or REPO / "template.yaml")
     if not template.is_file():
-        pytest.skip("template.yaml is not in the repository yet")
+        pytest.skip(f"{template} does not exist (the SAM template of the app)")
     st = _start(template, tmp_path_factory.mktemp("harmony-local"), bucket="harmony-local-test")
     try:
         st.seed_catalog()
