@@ -11,7 +11,8 @@ setup(
         Extension(
             "harmony_image._kernels",
             sources=["layers/engine/harmony_image/_kernels.c"],
-            extra_compile_args=["-O3", "-std=c11"],
+            # Python builds with -fwrapv, which keeps GCC from vectorising the int32 loops (2x slower).
+            extra_compile_args=["-O3", "-std=c11", "-fno-wrapv"],
             optional=True,
         )
     ]

@@ -235,7 +235,7 @@ class LocalCatalog:
                 if record.exists():
                     return key, st, (sha256, False)
                 kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-                features = extract_features(data, **kwargs)
+                features = extract_features(data, query=False, **kwargs)
                 write_atomic(record, features.to_bytes())
                 return key, st, (sha256, True)
             except HarmonyError as exc:

@@ -8,7 +8,10 @@ A record holds what both scorings need, so a query never touches catalog pixels:
 * ``keypoints`` / ``descriptors``: OpenCV's default ORB (500 features) on ``gray``, as the seed
   matches them;
 * ``thumb``: a 32x32 zero-mean, unit-norm thumbnail of ``gray`` — the global descriptor that
-  shortlists candidates for default scoring.
+  shortlists candidates for default scoring;
+* ``detail_keypoints`` / ``detail_descriptors``: ORB (1,000 features) on the grayscale scaled
+  to 512 px on its longer side, aspect kept — finer detail for verifying crops, small copies and
+  other views of the same object in default scoring.
 
 Records are versioned (:data:`FEATURE_VERSION`); one of another version raises
 :class:`~harmony_image.errors.IndexFormatError` so the caller re-extracts from the image.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -27,11 +30,14 @@ import numpy as np
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .errors import IndexFormatError
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 SEED_SIDE = 256
 THUMB_SIDE = 32
+DETAIL_SIDE = 512
+DETAIL_FEATURES = 1000
 
 _orb = None
+_detail_orb = None
 
 
 def _seed_orb() -> cv2.ORB:
@@ -39,6 +45,13 @@ def _seed_orb() -> cv2.ORB:
     if _orb is None:
         _orb = cv2.ORB_create()  # the seed's defaults: 500 features, 8 levels, scale 1.2
     return _orb
+
+
+def _orb_arrays(detector: cv2.ORB, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keypoints, descriptors = detector.detectAndCompute(gray, None)
+    if descriptors is None or len(keypoints) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    return np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2), descriptors
 
 
 def seed_gray(bgr: np.ndarray) -> np.ndarray:
@@ -49,11 +62,24 @@ def seed_gray(bgr: np.ndarray) -> np.ndarray:
 
 def seed_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ORB keypoint coordinates (n, 2) float32 and descriptors (n, 32) uint8 of ``gray``."""
-    keypoints, descriptors = _seed_orb().detectAndCompute(gray, None)
-    if descriptors is None or len(keypoints) == 0:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    xy = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    return xy, descriptors
+    return _orb_arrays(_seed_orb(), gray)
+
+
+def detail_gray(bgr: np.ndarray) -> np.ndarray:
+    """Grayscale scaled (up or down) to DETAIL_SIDE px on its longer side, aspect kept."""
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
+    h, w = gray.shape
+    f = DETAIL_SIDE / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+
+
+def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints and descriptors of a :func:`detail_gray` image."""
+    global _detail_orb
+    if _detail_orb is None:
+        _detail_orb = cv2.ORB_create(nfeatures=DETAIL_FEATURES, fastThreshold=10)
+    return _orb_arrays(_detail_orb, gray)
 
 
 def thumbnail(gray: np.ndarray) -> np.ndarray:
@@ -75,6 +101,10 @@ class ImageFeatures:
     keypoints: np.ndarray
     descriptors: np.ndarray
     thumb: np.ndarray
+    detail_keypoints: np.ndarray
+    detail_descriptors: np.ndarray
+    # Queries keep their detail image so the mirrored query can be featurised; not stored.
+    detail_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def keypoint_count(self) -> int:
@@ -91,6 +121,8 @@ class ImageFeatures:
             keypoints=self.keypoints,
             descriptors=self.descriptors,
             thumb=self.thumb,
+            detail_keypoints=self.detail_keypoints,
+            detail_descriptors=self.detail_descriptors,
         )
         return buffer.getvalue()
 
@@ -119,6 +151,8 @@ class ImageFeatures:
                     keypoints=npz["keypoints"],
                     descriptors=npz["descriptors"],
                     thumb=npz["thumb"],
+                    detail_keypoints=npz["detail_keypoints"],
+                    detail_descriptors=npz["detail_descriptors"],
                 )
         except IndexFormatError:
             raise
@@ -126,10 +160,12 @@ class ImageFeatures:
             raise IndexFormatError(f"feature record is damaged ({exc}); re-index the image") from exc
 
 
-def features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:
+def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
     """Features of an already decoded BGR image whose original bytes hash to ``sha256``."""
     gray = seed_gray(bgr)
     keypoints, descriptors = seed_orb(gray)
+    detail = detail_gray(bgr)
+    detail_keypoints, detail_descriptors = detail_orb(detail)
     return ImageFeatures(
         sha256=sha256,
         width=int(bgr.shape[1]),
@@ -138,16 +174,22 @@ def features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:
         keypoints=keypoints,
         descriptors=descriptors,
         thumb=thumbnail(gray),
+        detail_keypoints=detail_keypoints,
+        detail_descriptors=detail_descriptors,
+        detail_image=detail if keep_detail_image else None,
     )
 
 
-def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFeatures:
+def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, query: bool = True) -> ImageFeatures:
     """Decode image bytes and compute their features.
 
     Raises
     ------
     ImageError
         The bytes are not a usable image (see :func:`harmony_image.decode.decode_image`).
+
+    ``query=True`` keeps the 512 px grayscale in memory so default scoring can also match the
+    mirrored query at full detail; indexers pass ``query=False``. Records never store it.
     """
     bgr = decode_image(data, max_pixels=max_pixels)
-    return features_from_bgr(bgr, sha256=hashlib.sha256(data).hexdigest())
+    return features_from_bgr(bgr, sha256=hashlib.sha256(data).hexdigest(), keep_detail_image=query)

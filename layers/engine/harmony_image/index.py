@@ -61,10 +61,18 @@ class PackedCatalog:
     def descriptors_of(self, row: int) -> np.ndarray:
         return self._descriptor_sets[row]
 
+    def detail_planes(self, row: int) -> np.ndarray:
+        """Row's detail descriptors as (4, n) uint64 planes (built on demand: few rows need them)."""
+        descriptors = self.entries[row].features.detail_descriptors
+        return np.ascontiguousarray(np.ascontiguousarray(descriptors).view(np.uint64).reshape(-1, 4).T)
+
     @property
     def nbytes(self) -> int:
         packs = (self.descriptors, self.vote_descriptors)
-        keypoints = sum(e.features.keypoints.nbytes for e in self.entries)
+        keypoints = sum(
+            e.features.keypoints.nbytes + e.features.detail_keypoints.nbytes + e.features.detail_descriptors.nbytes
+            for e in self.entries
+        )
         return int(self.grays.nbytes + self.thumbs.nbytes + keypoints + sum(p.planes.nbytes + p.offsets.nbytes for p in packs))
 
 

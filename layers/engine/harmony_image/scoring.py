@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .features import ImageFeatures, seed_orb, thumbnail
+from .features import DETAIL_SIDE, ImageFeatures, detail_orb, seed_orb, thumbnail
 from .kernels import DescriptorPack, count_close, cross_check_counts, nearest_two, ssim_scores
 
 if TYPE_CHECKING:
@@ -45,8 +45,17 @@ SHORTLIST_PER_RESULT = 4
 RATIO = 0.8
 MAX_MATCH_DISTANCE = 64
 RANSAC_THRESHOLD = 4.0
+RANSAC_ITERATIONS = 400
+MAX_RANSAC_MATCHES = 200
+MIN_AREA_SCALE = 1.0 / 64
+MIN_INLIER_SPREAD = 8.0
+DETAIL_RANSAC_THRESHOLD = 5.0 * DETAIL_SIDE / 512
 INLIER_FLOOR = 8.0
 INLIER_SCALE = 12.0
+DETAIL_INLIER_FLOOR = 8.0
+DETAIL_INLIER_SCALE = 10.0
+DETAIL_CANDIDATES = 6
+DETAIL_SKIP_ABOVE = 0.95
 SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
 PRIOR_WEIGHT = 0.3
@@ -91,9 +100,18 @@ def seed_candidates(query: ImageFeatures, packed: "PackedCatalog", rows: np.ndar
 
 
 def mirrored(query: ImageFeatures) -> ImageFeatures:
-    """The query flipped left-right, with its features recomputed."""
+    """The query flipped left-right, with its features recomputed.
+
+    Detail features are recomputed only when the query kept its detail image (queries do,
+    stored records do not); otherwise the mirror has none.
+    """
     gray = np.ascontiguousarray(query.gray[:, ::-1])
     keypoints, descriptors = seed_orb(gray)
+    detail_image = None
+    detail_keypoints, detail_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    if query.detail_image is not None:
+        detail_image = np.ascontiguousarray(query.detail_image[:, ::-1])
+        detail_keypoints, detail_descriptors = detail_orb(detail_image)
     return ImageFeatures(
         sha256=query.sha256,
         width=query.width,
@@ -102,6 +120,9 @@ def mirrored(query: ImageFeatures) -> ImageFeatures:
         keypoints=keypoints,
         descriptors=descriptors,
         thumb=thumbnail(gray),
+        detail_keypoints=detail_keypoints,
+        detail_descriptors=detail_descriptors,
+        detail_image=detail_image,
     )
 
 
@@ -120,48 +141,104 @@ def shortlist(query: ImageFeatures, mirror: ImageFeatures, packed: "PackedCatalo
     return np.union1d(by_votes, by_looks)
 
 
-def verified_inliers(query: ImageFeatures, keypoints: np.ndarray, planes: np.ndarray) -> int:
-    """Ratio-test ORB matches that agree with one RANSAC affine transform."""
-    if query.keypoint_count < 3 or planes.shape[1] < 3:
+def verified_inliers(
+    query_descriptors: np.ndarray,
+    query_keypoints: np.ndarray,
+    keypoints: np.ndarray,
+    planes: np.ndarray,
+    *,
+    homography: bool = False,
+) -> int:
+    """Ratio-test ORB matches that agree with one RANSAC transform (affine, or a homography
+    for detail features, where viewpoint changes show)."""
+    if len(query_descriptors) < 4 or planes.shape[1] < 4:
         return 0
-    idx, d1, d2 = nearest_two(query.descriptors, planes)
+    idx, d1, d2 = nearest_two(query_descriptors, planes)
     good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
-    if np.count_nonzero(good) < 4:
+    if np.count_nonzero(good) < 5:
         return 0
-    _, mask = cv2.estimateAffine2D(
-        query.keypoints[good], keypoints[idx[good]], method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD
-    )
-    return 0 if mask is None else int(mask.sum())
+    matches = np.flatnonzero(good)
+    if len(matches) > MAX_RANSAC_MATCHES:  # RANSAC time grows with matches; the closest carry the signal
+        matches = matches[np.argsort(d1[matches], kind="stable")[:MAX_RANSAC_MATCHES]]
+    src, dst = query_keypoints[matches], keypoints[idx[matches]]
+    if homography:
+        model, mask = cv2.findHomography(src, dst, cv2.RANSAC, DETAIL_RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS)
+    else:
+        model, mask = cv2.estimateAffine2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS
+        )
+    if model is None or mask is None or not plausible(model, src[mask.ravel() > 0]):
+        return 0
+    return int(mask.sum())
 
 
-def calibrated(inliers: np.ndarray, ssim: np.ndarray, seed_score: np.ndarray) -> np.ndarray:
+def plausible(model: np.ndarray, inlier_points: np.ndarray) -> bool:
+    """Reject transforms no copy or photo of the same thing produces, which RANSAC still fits
+    to chance matches: mirror images (the mirrored query covers those), extreme scaling,
+    points mapped behind the camera, and inliers bunched in one spot.
+
+    The scale and orientation tests use the transform's local Jacobian at the inliers'
+    centroid, which for a homography differs from its upper-left 2x2 block.
+    """
+    if not np.isfinite(model).all() or len(inlier_points) < 3:
+        return False
+    if float(inlier_points.std(axis=0).min()) < MIN_INLIER_SPREAD:
+        return False
+    h = model if model.shape[0] == 3 else np.vstack([model, [0.0, 0.0, 1.0]])
+    w = inlier_points @ h[2, :2] + h[2, 2]
+    if not (w > 0).all() and not (w < 0).all():
+        return False
+    x, y = inlier_points.mean(axis=0)
+    wc = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    u = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / wc
+    v = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / wc
+    jacobian = (h[:2, :2] - np.outer([u, v], h[2, :2])) / wc
+    det = float(np.linalg.det(jacobian))
+    return MIN_AREA_SCALE < det < 1.0 / MIN_AREA_SCALE
+
+
+def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray, seed_score: np.ndarray) -> np.ndarray:
     """Score in [0, 1]; >= SAME_IMAGE_THRESHOLD means the same image or a copy."""
-    geometric = 1.0 - np.exp(-np.maximum(0.0, inliers - INLIER_FLOOR) / INLIER_SCALE)
+    geometric = np.maximum(
+        1.0 - np.exp(-np.maximum(0.0, inliers - INLIER_FLOOR) / INLIER_SCALE),
+        1.0 - np.exp(-np.maximum(0.0, detail_inliers - DETAIL_INLIER_FLOOR) / DETAIL_INLIER_SCALE),
+    )
     structural = np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
     evidence = np.maximum(geometric, structural)
     return evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
 
 
 def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int) -> Candidates:
-    mirror = mirrored(query)
-    rows = shortlist(query, mirror, packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
-    direct = seed_candidates(query, packed, rows)
-    flipped = seed_candidates(mirror, packed, rows)
-    inliers = np.zeros(len(rows))
-    flipped_inliers = np.zeros(len(rows))
+    views = (query, mirrored(query))
+    rows = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
+    seeds = [seed_candidates(view, packed, rows) for view in views]
+    inliers = np.zeros((2, len(rows)))
+    detail_inliers = np.zeros((2, len(rows)))
     for i, row in enumerate(rows):
         planes = packed.descriptors.words(int(row))
         keypoints = packed.entries[int(row)].features.keypoints
-        inliers[i] = verified_inliers(query, keypoints, planes)
-        flipped_inliers[i] = verified_inliers(mirror, keypoints, planes)
-    score_direct = calibrated(inliers, direct.ssim, direct.score)
-    score_flipped = calibrated(flipped_inliers, flipped.ssim, flipped.score)
-    use_flip = score_flipped > score_direct
+        for v, view in enumerate(views):
+            inliers[v, i] = verified_inliers(view.descriptors, view.keypoints, keypoints, planes)
+    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    # Detail verification costs ~1 ms per image and view: only for the few best candidates,
+    # and only while the evidence so far is short of certain.
+    best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
+    for i in best:
+        if scores[:, i].max() >= DETAIL_SKIP_ABOVE:
+            continue
+        entry = packed.entries[int(rows[i])].features
+        planes = packed.detail_planes(int(rows[i]))
+        for v, view in enumerate(views):
+            detail_inliers[v, i] = verified_inliers(
+                view.detail_descriptors, view.detail_keypoints, entry.detail_keypoints, planes, homography=True
+            )
+    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    use_flip = scores[1] > scores[0]
     return Candidates(
         rows=rows,
-        score=np.where(use_flip, score_flipped, score_direct),
-        ssim=np.where(use_flip, flipped.ssim, direct.ssim),
-        orb=np.where(use_flip, flipped.orb, direct.orb),
+        score=np.where(use_flip, scores[1], scores[0]),
+        ssim=np.where(use_flip, seeds[1].ssim, seeds[0].ssim),
+        orb=np.where(use_flip, seeds[1].orb, seeds[0].orb),
     )
 
 
