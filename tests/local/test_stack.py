@@ -17,6 +17,9 @@ def _search(stack, name: str, ctype: str = "image/jpeg", k: int = 5):
 
 
 def test_page_is_served_at_root(stack):
+    route = stack.template.route_for("GET", "/")
+    assert route is not None and route[0].function == "SearchFunction", (
+        "template.yaml needs an Api event {Path: /, Method: get} on SearchFunction: the page is served there")
     status, headers, body = request(stack.url)
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b"Harmony-Image" in body and b"<script" in body
@@ -67,7 +70,8 @@ def test_catalog_upload_is_indexed_and_searchable(stack):
     inv = [i for i in stack.invocations if i.function == "IndexFunction" and i.source.endswith(key)]
     assert inv and inv[-1].ok and inv[-1].result["results"][0]["action"] == "indexed"
     # the SearchFunction picks it up (its warm index refreshes after HARMONY_INDEX_TTL_SECONDS)
-    deadline = time.monotonic() + 30
+    ttl = float(stack.template.functions["SearchFunction"].environment.get("HARMONY_INDEX_TTL_SECONDS") or 10)
+    deadline = time.monotonic() + max(30.0, ttl + 10)
     while True:
         status, doc = _search(stack, "rocket__brighter.jpg", k=10)
         assert status == 200

@@ -4,6 +4,7 @@
     harmony search --catalog DIR [--k 5] [--scoring seed|default] [--min-score S] [--json] QUERY...
     harmony import images.json --catalog DIR
     harmony demo   [--workdir DIR]
+    harmony serve  [--port 3000] ...   the local stack: page + API + embedded S3 (harmony_local)
 
 Exit status: 0 on success, 1 when some queries or downloads failed, 2 on usage errors.
 """
@@ -136,6 +137,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), k=args.k, scoring=args.scoring)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from harmony_local.cli import run_serve
+
+    return run_serve(args)
+
+
 def _k(value: str) -> int:
     k = int(value)
     if not 1 <= k <= MAX_K:
@@ -184,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="harmony-demo", help="where the sample catalog is copied (default ./harmony-demo)")
     search_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="run the local stack: web page, API (template.yaml's handlers), embedded S3")
+    try:
+        from harmony_local.cli import add_serve_arguments
+    except ImportError:  # harmony_local not installed
+        pass
+    else:
+        add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
