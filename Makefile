@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
 
-demo: setup ## index the bundled sample catalog and print the top 5 for the sample queries
-	$(VENV)/bin/harmony demo --workdir .harmony-demo
+demo: setup ## start the local stack on the sample catalog, print its URL and the top 5 for a sample query
+	$(PY) -m harmony_local demo
 
 test: setup ## run all tests
 	$(PY) -m pytest
@@ -29,9 +29,10 @@ test-engine: setup ## run the engine's tests only
 	$(PY) -m pytest tests/engine
 
 clean: ## remove build outputs and caches (keeps .venv)
-	rm -rf .aws-sam build .pytest_cache .harmony-demo .bench
+	rm -rf .aws-sam build .pytest_cache .harmony-demo .harmony-local .bench
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 -include tools/sam-local/sam-local.mk
 -include benchmarks/bench.mk
 -include functions/functions.mk
+-include layers/engine/harmony_local/local.mk

@@ -7,7 +7,7 @@ cheap; the packed arrays that scoring reads are rebuilt lazily on the next searc
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -43,13 +43,18 @@ class PackedCatalog:
     """Arrays over all entries, in one order, as the scoring functions read them."""
 
     def __init__(self, entries: list[CatalogEntry]) -> None:
-        self.entries = entries
         n = len(entries)
         self.grays = np.empty((n, 256, 256), dtype=np.uint8)
         self.thumbs = np.empty((n, entries[0].features.thumb.size if n else 0), dtype=np.float32)
         for i, entry in enumerate(entries):
             self.grays[i] = entry.features.gray
             self.thumbs[i] = entry.features.thumb
+        # The entries' grayscales and thumbnails become views into the packed arrays, so the
+        # largest feature (64 KB of ~100 KB per image) is held once, not twice.
+        self.entries = [
+            replace(e, features=replace(e.features, gray=self.grays[i], thumb=self.thumbs[i]))
+            for i, e in enumerate(entries)
+        ]
         self._descriptor_sets = [e.features.descriptors for e in entries]
         self.descriptors = DescriptorPack(self._descriptor_sets)
         self.vote_descriptors = DescriptorPack([subsample(d, VOTE_DESCRIPTORS) for d in self._descriptor_sets])
@@ -114,6 +119,7 @@ class SearchIndex:
         with self._lock:
             if self._packed is None:
                 self._packed = PackedCatalog(sorted(self._entries.values(), key=lambda e: e.key))
+                self._entries = {e.key: e for e in self._packed.entries}
             return self._packed
 
     def search(
