@@ -35,6 +35,9 @@ SEED_SIDE = 256
 THUMB_SIDE = 32
 DETAIL_SIDE = 512
 DETAIL_FEATURES = 1000
+# below OpenCV's default (20) so smooth, low-contrast images still get keypoints; textured
+# images are capped at DETAIL_FEATURES by corner strength either way
+DETAIL_FAST_THRESHOLD = 5
 
 _orb = None
 _detail_orb = None
@@ -78,7 +81,7 @@ def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ORB keypoints and descriptors of a :func:`detail_gray` image."""
     global _detail_orb
     if _detail_orb is None:
-        _detail_orb = cv2.ORB_create(nfeatures=DETAIL_FEATURES, fastThreshold=10)
+        _detail_orb = cv2.ORB_create(nfeatures=DETAIL_FEATURES, fastThreshold=DETAIL_FAST_THRESHOLD)
     return _orb_arrays(_detail_orb, gray)
 
 

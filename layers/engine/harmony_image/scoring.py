@@ -47,7 +47,7 @@ MAX_MATCH_DISTANCE = 64
 RANSAC_THRESHOLD = 4.0
 RANSAC_ITERATIONS = 400
 MAX_RANSAC_MATCHES = 200
-MIN_AREA_SCALE = 1.0 / 64
+MIN_AREA_SCALE = 1.0 / 16
 MIN_INLIER_SPREAD = 8.0
 DETAIL_RANSAC_THRESHOLD = 5.0 * DETAIL_SIDE / 512
 INLIER_FLOOR = 8.0
@@ -55,6 +55,7 @@ INLIER_SCALE = 12.0
 DETAIL_INLIER_FLOOR = 8.0
 DETAIL_INLIER_SCALE = 10.0
 DETAIL_CANDIDATES = 6
+DETAIL_BY_LOOKS = 3
 DETAIL_SKIP_ABOVE = 0.95
 SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
@@ -126,19 +127,21 @@ def mirrored(query: ImageFeatures) -> ImageFeatures:
     )
 
 
-def shortlist(query: ImageFeatures, mirror: ImageFeatures, packed: "PackedCatalog", size: int) -> np.ndarray:
-    """Sorted rows of up to ``2 * size`` candidates: the best ``size`` by keypoint votes and by thumbnails."""
+def shortlist(query: ImageFeatures, mirror: ImageFeatures, packed: "PackedCatalog", size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
+    thumbnail correlation — and each one's thumbnail correlation."""
+    looks = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
     n = len(packed)
     if size >= n:
-        return np.arange(n)
+        return np.arange(n), looks
     votes = np.maximum(
         count_close(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
         count_close(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
     )
-    looks = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
     by_votes = np.argpartition(-votes, size - 1)[:size]
     by_looks = np.argpartition(-looks, size - 1)[:size]
-    return np.union1d(by_votes, by_looks)
+    rows = np.union1d(by_votes, by_looks)
+    return rows, looks[rows]
 
 
 def verified_inliers(
@@ -210,7 +213,7 @@ def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray
 
 def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int) -> Candidates:
     views = (query, mirrored(query))
-    rows = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
+    rows, looks = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
     seeds = [seed_candidates(view, packed, rows) for view in views]
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
@@ -222,8 +225,10 @@ def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int)
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     # Detail verification costs ~1 ms per image and view: only for the few best candidates,
     # and only while the evidence so far is short of certain.
+    # ... the best so far, and the best-looking (keypoint-poor images have no evidence yet)
     best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
-    for i in best:
+    best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
+    for i in dict.fromkeys([*best.tolist(), *best_looking.tolist()]):
         if scores[:, i].max() >= DETAIL_SKIP_ABOVE:
             continue
         entry = packed.entries[int(rows[i])].features
