@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,6 +271,8 @@ class CatalogStore:
             return ReconcileResult(key, "skipped", "not a catalog image key")
         rkey = self.record_key(key)
         for rounds in range(1, MAX_ROUNDS + 1):
+            if rounds > 2:  # the object keeps changing: back off a little (jittered)
+                time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** rounds)))
             src = self.head(key)
             if src is None:
                 existed = self.head(rkey) is not None
@@ -327,6 +330,8 @@ class CatalogStore:
             after = self.head(key)
             if after is not None and after.etag == src.etag and after.metadata.get("source-url") == source_url:
                 return ReconcileResult(key, "indexed", f"{feats.width}x{feats.height}", rounds=rounds)
+        # Giving up silently would be unsafe (our last write may be stale): fail, so that Lambda's
+        # asynchronous retry (then the dead-letter queue, then `reindex`) reconciles it later.
         raise StorageError(f"{key} kept changing while being indexed ({MAX_ROUNDS} rounds); retry")
 
     def reindex(self, *, force: bool = False, workers: int = 8) -> dict[str, int]:
