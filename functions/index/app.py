@@ -1,5 +1,8 @@
 """IndexFunction: S3 ObjectCreated/ObjectRemoved under catalog/ -> reconcile that key's index record.
 
+Invoked directly with {"action": "reindex", "bucket": "<bucket>", "force": false} it reconciles
+every catalog object and record (backfill of images uploaded before the trigger existed, repairs).
+
 The event is only a hint: harmony_aws.store.CatalogStore.reconcile looks at the object itself,
 so duplicated, reordered and concurrent events converge to the bucket's state.
 """
@@ -20,6 +23,10 @@ metrics = Metrics()
 
 @tracer.capture_method
 def handle(event: S3Event) -> dict:
+    if event.get("action") == "reindex":  # direct invoke: {"action": "reindex", "bucket": "...", "force": false}
+        counts = runtime.store(event["bucket"]).reindex(force=bool(event.get("force", False)))
+        logger.info("reindexed", extra={"bucket": event["bucket"], **counts})
+        return {"reindexed": counts}
     done: dict[tuple[str, str], dict] = {}
     for record in event.records:
         bucket = record.s3.bucket.name

@@ -103,3 +103,12 @@ def test_s3_functions_against_moto_server(s3_server, images, index_fn, query_dro
     assert out["results"][0]["action"] == "answered"
     doc = json.loads(s3_server.get_object(Bucket=bucket, Key="results/sub dir/q 1.png.json")["Body"].read())
     assert doc["results"][0]["key"] == "catalog/coffee.jpg"
+
+
+def test_index_reindex_action_backfills(s3, images, index_fn, lambda_context):
+    put_catalog(s3, BUCKET, images, names=CATALOG_NAMES[:3])  # uploaded before the trigger existed
+    out = index_fn.lambda_handler({"action": "reindex", "bucket": BUCKET}, lambda_context)
+    assert out == {"reindexed": {"indexed": 3}}
+    assert len(all_keys(s3, BUCKET, "index/records/")) == 3
+    out = index_fn.lambda_handler({"action": "reindex", "bucket": BUCKET}, lambda_context)
+    assert out == {"reindexed": {"unchanged": 3}}

@@ -300,3 +300,12 @@ class TestAgainstMotoServer:
         status, body = call(search_fn, lambda_context, api_event(
             body=json.dumps({"s3": {"bucket": bucket, "key": "catalog/missing.jpg"}}), content_type="application/json"))
         _assert_error(status, body, 404, "s3_object_not_found")
+
+
+def test_openapi_document(s3, search_fn, lambda_context):
+    status, body = call(search_fn, lambda_context, api_event("GET", path="/openapi", query={"format": "json"}))
+    assert status == 200
+    assert body["info"]["title"] == "Harmony-Image search API"
+    post = body["paths"]["/search"]["post"]
+    assert {p["name"] for p in post["parameters"]} == {"k", "scoring", "min_score"}
+    assert {p["name"] for p in body["paths"]["/search"]["get"]["parameters"]} == {"url", "k", "scoring", "min_score"}
