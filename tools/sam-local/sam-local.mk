@@ -5,12 +5,14 @@
 SAM_LOCAL_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
 SAM_LOCAL_REPO := $(abspath $(SAM_LOCAL_DIR)/../..)
 
+# What sam-local-test needs first: the project venv (.venv with moto[server], pytest, boto3,
+# PyYAML), made by the main Makefile's `setup` target.
+SAM_LOCAL_PREREQS ?= setup
+
 .PHONY: sam-local-image sam-local-test
 
-## Build/import the local python3.13 x86_64 Lambda base image into podman (cached).
-sam-local-image:
+sam-local-image: ## build/import the local python3.13 x86_64 Lambda base image into podman (cached; root)
 	bash $(SAM_LOCAL_REPO)/tools/lambda-image/build.sh
 
-## Image + sam build + pytest tests/sam_local (HARMONY_SAM_LOCAL=1) inside the netns.
-sam-local-test:
+sam-local-test: $(SAM_LOCAL_PREREQS) ## real `sam local invoke` of every function against moto, via podman in a private netns (root)
 	bash $(SAM_LOCAL_REPO)/tools/sam-local/test.sh
