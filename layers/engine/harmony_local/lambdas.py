@@ -50,8 +50,10 @@ def lambda_environment(spec: FunctionSpec, extra: dict[str, str]) -> dict[str, s
         "AWS_SAM_LOCAL": "true",  # what sam local sets; Powertools then skips X-Ray
         "PYTHONUNBUFFERED": "1",
     })
-    env.update(extra)  # credentials and endpoint of the embedded S3
-    env.update(spec.environment)  # the template wins, as in Lambda
+    env.update(spec.environment)
+    # Then the embedded S3's credentials and endpoint, as `sam local --env-vars` overrides the
+    # template (which declares AWS_ENDPOINT_URL_S3 empty for exactly this purpose).
+    env.update(extra)
     return env
 
 
