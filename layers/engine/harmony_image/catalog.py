@@ -74,29 +74,37 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def read_manifest(root: Path) -> dict[str, str]:
-    """Key -> source URL from ``root/manifest.json`` (empty if there is none).
+def parse_manifest(data: bytes) -> dict[str, str]:
+    """Key -> source URL from manifest bytes: a JSON list of ``{"url": ...}`` (the seed's format),
+    each optionally naming its file with ``"key"``; items without a string URL are skipped.
 
     Raises
     ------
     HarmonyError
-        The manifest is not a JSON list of objects with a ``url``.
+        The manifest is not JSON or not a list.
     """
-    path = root / MANIFEST_NAME
-    if not path.exists():
-        return {}
     try:
-        items = json.loads(path.read_text())
+        items = json.loads(data)
     except ValueError as exc:
-        raise HarmonyError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("url"), str) for i in items):
-        raise HarmonyError(f'{path} must be a JSON list of {{"url": ...}} objects (the seed\'s format)')
+        raise HarmonyError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise HarmonyError(f'{MANIFEST_NAME} must be a JSON list of {{"url": ...}} objects (the seed\'s format)')
     urls: dict[str, str] = {}
     for item in items:
-        key = item.get("key") or posixpath.basename(unquote(urlsplit(item["url"]).path))
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            continue
+        key = item.get("key")
+        if not isinstance(key, str) or not key:
+            key = posixpath.basename(unquote(urlsplit(item["url"]).path))
         if key:
-            urls[key] = item["url"]
+            urls[key.lstrip("/")] = item["url"]
     return urls
+
+
+def read_manifest(root: Path) -> dict[str, str]:
+    """:func:`parse_manifest` of ``root/manifest.json`` (empty if there is none)."""
+    path = root / MANIFEST_NAME
+    return parse_manifest(path.read_bytes()) if path.exists() else {}
 
 
 class _Claim:
