@@ -225,6 +225,7 @@ def _assert_error(status, body, want_status, want_code):
     (lambda im: None, "image/jpeg", 400, "empty_image"),
     (lambda im: im["chelsea.jpg"][: len(im["chelsea.jpg"]) // 2], "image/jpeg", 422, "truncated_image"),
     (lambda im: huge_png_header(), "image/png", 413, "image_too_large"),
+    (lambda im: im["chelsea.jpg"] + b"\0" * (6 * 1024 * 1024), "image/jpeg", 413, "payload_too_large"),
     (lambda im: b"%PDF-1.4\n%\xe2\xe3", "application/octet-stream", 415, "not_an_image"),
     (lambda im: "{not json", "application/json", 400, "invalid_json"),
     (lambda im: json.dumps({"url": "http://a/x.jpg", "image_base64": "AA=="}), "application/json", 422, "validation_error"),
