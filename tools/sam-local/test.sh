@@ -37,10 +37,14 @@ step() {  # name command...
   TIMES+=("$(printf '%-22s %5d s  rc=%d' "$name" $((SECONDS - t0)) "$rc")")
   return $rc
 }
+PYTEST_OUT="$(mktemp /tmp/harmony-sam-local-pytest.XXXXXX)"
 summary() {
   local rc=$?
   { echo "---- sam-local timings ----"; printf '%s\n' "${TIMES[@]}"
     [ -s "$HARMONY_SAM_TIMINGS" ] && cat "$HARMONY_SAM_TIMINGS"; } >&2
+  # Repeat pytest's closing line last, so it stays the run's closing line after the timings.
+  grep -E '(passed|failed|errors?|skipped|no tests ran)( |,).* in [0-9.]+s' "$PYTEST_OUT" 2>/dev/null | tail -n1 || true
+  rm -f "$PYTEST_OUT"
   exit $rc
 }
 trap summary EXIT
@@ -83,5 +87,9 @@ export HARMONY_SAM_TEMPLATE="$BUILD_DIR/template.yaml"
 
 # ---- 4. the tests, in a private network namespace with podman + moto
 read -r -a EXTRA <<< "${PYTEST_ARGS:--v}"
-step "pytest tests/sam_local" "$HERE/run-in-netns.sh" \
-  env HARMONY_SAM_LOCAL=1 "$PY" -m pytest -p no:cacheprovider "$REPO/tests/sam_local" "${EXTRA[@]}"
+run_pytest() {
+  set -o pipefail
+  "$HERE/run-in-netns.sh" env HARMONY_SAM_LOCAL=1 "$PY" -m pytest -p no:cacheprovider \
+    "$REPO/tests/sam_local" "${EXTRA[@]}" | tee "$PYTEST_OUT"
+}
+step "pytest tests/sam_local" run_pytest
