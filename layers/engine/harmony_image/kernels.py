@@ -43,6 +43,17 @@ def _parallel(fn, n: int, min_per_thread: int = 32) -> None:
         future.result()
 
 
+def map_threads(fn, items) -> None:
+    """Call ``fn(item)`` for each item on the kernel threads (for work that releases the GIL)."""
+    items = list(items)
+    if _pool is None or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    for future in [_pool.submit(fn, item) for item in items]:
+        future.result()
+
+
 def ssim_scores(query: np.ndarray, grays: np.ndarray) -> np.ndarray:
     """SSIM (scikit-image defaults) of a 256x256 uint8 ``query`` against ``grays`` (n, 256, 256)."""
     n = grays.shape[0]

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from .features import DETAIL_SIDE, ImageFeatures, detail_orb, seed_orb, thumbnail
-from .kernels import DescriptorPack, count_close, cross_check_counts, nearest_two, ssim_scores
+from .kernels import DescriptorPack, count_close, cross_check_counts, map_threads, nearest_two, ssim_scores
 
 if TYPE_CHECKING:
     from .index import PackedCatalog
@@ -151,14 +151,16 @@ def verified_inliers(
     planes: np.ndarray,
     *,
     homography: bool = False,
+    floor: float = 0.0,
 ) -> int:
     """Ratio-test ORB matches that agree with one RANSAC transform (affine, or a homography
-    for detail features, where viewpoint changes show)."""
+    for detail features, where viewpoint changes show). Returns 0 without fitting when there
+    are no more candidate matches than ``floor`` (fewer inliers than that count for nothing)."""
     if len(query_descriptors) < 4 or planes.shape[1] < 4:
         return 0
     idx, d1, d2 = nearest_two(query_descriptors, planes)
     good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
-    if np.count_nonzero(good) < 5:
+    if np.count_nonzero(good) <= max(4, floor):
         return 0
     matches = np.flatnonzero(good)
     if len(matches) > MAX_RANSAC_MATCHES:  # RANSAC time grows with matches; the closest carry the signal
@@ -217,26 +219,31 @@ def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int)
     seeds = [seed_candidates(view, packed, rows) for view in views]
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
-    for i, row in enumerate(rows):
-        planes = packed.descriptors.words(int(row))
-        keypoints = packed.entries[int(row)].features.keypoints
+
+    def verify(i: int) -> None:
+        planes = packed.descriptors.words(int(rows[i]))
+        keypoints = packed.entries[int(rows[i])].features.keypoints
         for v, view in enumerate(views):
-            inliers[v, i] = verified_inliers(view.descriptors, view.keypoints, keypoints, planes)
-    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
-    # Detail verification costs ~1 ms per image and view: only for the few best candidates,
-    # and only while the evidence so far is short of certain.
-    # ... the best so far, and the best-looking (keypoint-poor images have no evidence yet)
-    best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
-    best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
-    for i in dict.fromkeys([*best.tolist(), *best_looking.tolist()]):
-        if scores[:, i].max() >= DETAIL_SKIP_ABOVE:
-            continue
+            inliers[v, i] = verified_inliers(view.descriptors, view.keypoints, keypoints, planes, floor=INLIER_FLOOR)
+
+    def verify_detail(i: int) -> None:
         entry = packed.entries[int(rows[i])].features
         planes = packed.detail_planes(int(rows[i]))
         for v, view in enumerate(views):
             detail_inliers[v, i] = verified_inliers(
-                view.detail_descriptors, view.detail_keypoints, entry.detail_keypoints, planes, homography=True
+                view.detail_descriptors, view.detail_keypoints, entry.detail_keypoints, planes,
+                homography=True, floor=DETAIL_INLIER_FLOOR,
             )
+
+    map_threads(verify, range(len(rows)))
+    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    # Detail verification costs ~1 ms per image and view: only for the best candidates so far
+    # and the best-looking ones (keypoint-poor images have no evidence yet), and only while the
+    # evidence is short of certain.
+    best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
+    best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
+    todo = [i for i in dict.fromkeys([*best.tolist(), *best_looking.tolist()]) if scores[:, i].max() < DETAIL_SKIP_ABOVE]
+    map_threads(verify_detail, todo)
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     use_flip = scores[1] > scores[0]
     return Candidates(
