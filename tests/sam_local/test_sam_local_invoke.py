@@ -76,8 +76,9 @@ MOTO_FOR_CONTAINERS = os.environ.get("HARMONY_MOTO_CONTAINER_ENDPOINT", "")
 FIXTURES = REPO / "tests" / "fixtures" / "images"
 TIMINGS_FILE = os.environ.get("HARMONY_SAM_TIMINGS")  # optional: one JSON line per invoke
 
-# Explicit event files per function logical id, replacing the automatic matching for that
-# function. Paths are relative to the repo.
+# Event files per function logical id, invoked in addition to the ones matched automatically
+# (S3 events by the function's S3 triggers, API events by path + method). Use it for events
+# of other shapes (e.g. a direct-invoke payload); those must just not raise. Repo-relative.
 EVENTS: dict[str, list[str]] = {}
 
 # Event files run before the others of their kind (the catalog must be indexed before a
@@ -237,17 +238,17 @@ def cases(tpl: dict) -> list[tuple[str, str, str]]:
         except (OSError, ValueError):
             continue
     for lid in functions(tpl):
-        if lid in EVENTS:
-            for rel in EVENTS[lid]:
-                ev = json.loads((REPO / rel).read_text(encoding="utf-8"))
-                out.append((event_kind(ev) or "other", lid, rel))
-            continue
+        for rel in EVENTS.get(lid, []):
+            ev = json.loads((REPO / rel).read_text(encoding="utf-8"))
+            out.append((event_kind(ev) or "other", lid, rel))
         fev = function_events(tpl, lid)
         for p, ev in files:
             kind = event_kind(ev)
             rel = str(p.relative_to(REPO))
             for e in fev:
                 props = e.get("Properties") or {}
+                if (kind, lid, rel) in out:
+                    break
                 if kind in ("s3", "s3-removed") and e.get("Type") == "S3":
                     if _s3_trigger_accepts(props, ev):
                         out.append((kind, lid, rel))
