@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-engine clean
+.PHONY: help setup demo test test-engine layer layer-test clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -27,6 +27,12 @@ test: setup ## run all tests
 
 test-engine: setup ## run the engine's tests only
 	$(PY) -m pytest tests/engine
+
+layer: setup ## build the two Lambda layers without Docker and print their sizes (limit 250 MB)
+	$(PY) tools/layers/build_layers.py
+
+layer-test: setup ## build the layers and test the size limit and what they import
+	HARMONY_LAYER_TEST=1 $(PY) -m pytest tests/aws/test_layers.py
 
 clean: ## remove build outputs and caches (keeps .venv)
 	rm -rf .aws-sam build .pytest_cache .harmony-demo .harmony-local .bench

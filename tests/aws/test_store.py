@@ -14,12 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from harmony_image.catalog import parse_manifest
 from harmony_aws import runtime
 from harmony_aws.errors import StorageError
 from harmony_aws.store import (
     RECORDS_PREFIX,
     CatalogStore,
-    parse_manifest,
+
     record_name,
     rel_from_record_name,
 )

@@ -32,14 +32,13 @@ import base64
 import hashlib
 import json
 import logging
-import posixpath
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import boto3
 from botocore.config import Config
@@ -47,12 +46,15 @@ from botocore.exceptions import ClientError
 
 from harmony_image import (
     FEATURE_VERSION,
+    HarmonyError,
     ImageError,
     ImageFeatures,
     IndexFormatError,
     SearchIndex,
     extract_features,
 )
+
+from harmony_image.catalog import parse_manifest
 
 from .errors import PayloadTooLargeError, S3ObjectNotFoundError, StorageError
 
@@ -106,23 +108,6 @@ def rel_from_record_name(name: str) -> str | None:
         return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def parse_manifest(data: bytes) -> dict[str, str]:
-    """catalog-relative key -> source URL from manifest.json bytes (see the module doc)."""
-    items = json.loads(data)
-    if not isinstance(items, list):
-        raise ValueError("manifest.json must be a JSON list of {\"url\": ...} objects")
-    urls: dict[str, str] = {}
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-            continue
-        key = item.get("key")
-        if not isinstance(key, str) or not key:
-            key = posixpath.basename(unquote(urlsplit(item["url"]).path))
-        if key:
-            urls[key.lstrip("/")] = item["url"]
-    return urls
 
 
 @dataclass(frozen=True)
@@ -391,7 +376,7 @@ class CatalogStore:
         try:
             data, got = self.read_object(MANIFEST_KEY, max_bytes=64 * 1024 * 1024)
             self._manifest = parse_manifest(data)
-        except (ValueError, S3ObjectNotFoundError) as exc:
+        except (HarmonyError, S3ObjectNotFoundError) as exc:
             log.warning("catalog/manifest.json ignored: %s", exc)
             self._manifest = {}
             got = head
