@@ -10,36 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from harmony_local.template import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 SAM = os.environ.get("HARMONY_SAM") or str(REPO / ".tools" / "sam" / "bin" / "sam")
 
 
-class CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        v = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        v = loader.construct_sequence(node, deep=True)
-    else:
-        v = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": v}
-    if suffix == "GetAtt" and isinstance(v, str):
-        v = v.split(".", 1)
-    return {f"Fn::{suffix}": v}
-
-
-CfnLoader.add_multi_constructor("!", _tag)
-
-
 def load_template(path: Path = TEMPLATE) -> dict:
-    return yaml.load(path.read_text(), Loader=CfnLoader)
+    return load_yaml(path)
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import pytest
 
+from harmony_local.template import load_yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 if os.environ.get("HARMONY_SAM_LOCAL") != "1":
@@ -92,31 +94,8 @@ ALLOW_PRIVATE_URLS_VAR = "HARMONY_ALLOW_PRIVATE_URLS"
 
 
 # --------------------------------------------------------------------------- template
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that turns CloudFormation short tags (!Ref, !GetAtt, !Sub ...) into the
-    long form ({"Ref": x}, {"Fn::GetAtt": [x, y]}, ...)."""
-
-
-def _cfn_tag(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 def load_template(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=_CfnLoader) or {}
+    return load_yaml(path)
 
 
 def _resources(tpl: dict) -> dict:

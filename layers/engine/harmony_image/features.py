@@ -163,16 +163,26 @@ class ImageFeatures:
             raise IndexFormatError(f"feature record is damaged ({exc}); re-index the image") from exc
 
 
-def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
-    """Features of an already decoded BGR image whose original bytes hash to ``sha256``."""
-    gray = seed_gray(bgr)
+def features_from_images(
+    gray: np.ndarray,
+    detail: np.ndarray | None,
+    *,
+    sha256: str,
+    width: int,
+    height: int,
+    keep_detail_image: bool = False,
+) -> ImageFeatures:
+    """Features from the seed's 256x256 ``gray`` and the 512 px ``detail`` grayscale (None: no
+    detail features)."""
     keypoints, descriptors = seed_orb(gray)
-    detail = detail_gray(bgr)
-    detail_keypoints, detail_descriptors = detail_orb(detail)
+    if detail is None:
+        detail_keypoints, detail_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    else:
+        detail_keypoints, detail_descriptors = detail_orb(detail)
     return ImageFeatures(
         sha256=sha256,
-        width=int(bgr.shape[1]),
-        height=int(bgr.shape[0]),
+        width=width,
+        height=height,
         gray=gray,
         keypoints=keypoints,
         descriptors=descriptors,
@@ -180,6 +190,18 @@ def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool =
         detail_keypoints=detail_keypoints,
         detail_descriptors=detail_descriptors,
         detail_image=detail if keep_detail_image else None,
+    )
+
+
+def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
+    """Features of an already decoded BGR image whose original bytes hash to ``sha256``."""
+    return features_from_images(
+        seed_gray(bgr),
+        detail_gray(bgr),
+        sha256=sha256,
+        width=int(bgr.shape[1]),
+        height=int(bgr.shape[0]),
+        keep_detail_image=keep_detail_image,
     )
 
 

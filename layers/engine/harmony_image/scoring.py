@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .features import DETAIL_SIDE, ImageFeatures, detail_orb, seed_orb, thumbnail
+from .features import DETAIL_SIDE, ImageFeatures, features_from_images
 from .kernels import DescriptorPack, count_close, cross_check_counts, map_threads, nearest_two, ssim_scores
 
 if TYPE_CHECKING:
@@ -106,24 +106,14 @@ def mirrored(query: ImageFeatures) -> ImageFeatures:
     Detail features are recomputed only when the query kept its detail image (queries do,
     stored records do not); otherwise the mirror has none.
     """
-    gray = np.ascontiguousarray(query.gray[:, ::-1])
-    keypoints, descriptors = seed_orb(gray)
-    detail_image = None
-    detail_keypoints, detail_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    if query.detail_image is not None:
-        detail_image = np.ascontiguousarray(query.detail_image[:, ::-1])
-        detail_keypoints, detail_descriptors = detail_orb(detail_image)
-    return ImageFeatures(
+    detail = None if query.detail_image is None else np.ascontiguousarray(query.detail_image[:, ::-1])
+    return features_from_images(
+        np.ascontiguousarray(query.gray[:, ::-1]),
+        detail,
         sha256=query.sha256,
         width=query.width,
         height=query.height,
-        gray=gray,
-        keypoints=keypoints,
-        descriptors=descriptors,
-        thumb=thumbnail(gray),
-        detail_keypoints=detail_keypoints,
-        detail_descriptors=detail_descriptors,
-        detail_image=detail_image,
+        keep_detail_image=True,
     )
 
 
