@@ -230,7 +230,7 @@ def index_catalog(items: list[tuple[str, Path]]) -> tuple[SearchIndex, dict]:
     for key, path in items:
         data = path.read_bytes()
         t0 = time.perf_counter()
-        idx.add(key, extract_features(data))
+        idx.add(key, extract_features(data, query=False))
         elapsed += time.perf_counter() - t0
     t0 = time.perf_counter()
     packed = idx.packed()

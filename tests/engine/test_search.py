@@ -82,7 +82,10 @@ def test_min_score_filters(index, catalog_photos):
 def test_add_replace_remove(index, catalog_photos):
     idx = SearchIndex()
     idx.add("x.jpg", extract_features(catalog_photos["moon.jpg"]))
-    idx.add("x.jpg", extract_features(catalog_photos["coins.jpg"]))
+    query_like = extract_features(catalog_photos["coins.jpg"])
+    assert query_like.detail_image is not None  # queries keep it for mirrored matching
+    idx.add("x.jpg", query_like)
+    assert idx.get("x.jpg").features.detail_image is None  # entries do not hold it
     assert len(idx) == 1
     assert idx.search(extract_features(catalog_photos["coins.jpg"]), k=1)[0].score == pytest.approx(1.0)
     assert idx.remove("x.jpg") and not idx.remove("x.jpg")

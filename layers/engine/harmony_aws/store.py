@@ -288,7 +288,7 @@ class CatalogStore:
                         continue
                     raise
                 try:
-                    feats = extract_features(data, max_pixels=self.max_pixels)
+                    feats = extract_features(data, max_pixels=self.max_pixels, query=False)
                 except ImageError as exc:
                     problem = f"{exc.code}: {exc.message}"
             if problem is not None:

@@ -103,6 +103,8 @@ class SearchIndex:
 
     def add(self, key: str, features: ImageFeatures, *, url: str | None = None) -> None:
         """Add or replace the entry ``key``; its result URL is ``url`` or else the key."""
+        if features.detail_image is not None:  # only queries need it; don't hold 200 KB per entry
+            features = replace(features, detail_image=None)
         with self._lock:
             self._entries[key] = CatalogEntry(key=key, url=url or key, features=features)
             self._packed = None
