@@ -48,8 +48,22 @@ def test_index_is_incremental(catalog_dir: Path):
     index = catalog.load_index()
     assert sorted(index.keys()) == ["chelsea.jpg", "coffee.jpg", "coins.jpg", "shoes/rocket.jpg"]
     assert index.get("chelsea.jpg").features.sha256 == LocalCatalog(catalog_dir).load_index().get("chelsea.jpg").features.sha256
-    records = list((catalog_dir / ".harmony" / "records").glob("*.npz"))
+    records = list(LocalCatalog(catalog_dir).records_dir.glob("*.npz"))
     assert len(records) == 4  # the old chelsea and moon records were collected
+
+
+def test_damaged_or_old_records_are_rebuilt(catalog_dir: Path):
+    catalog = LocalCatalog(catalog_dir)
+    catalog.sync()
+    old = catalog.index_dir / "records-v0"
+    old.mkdir()
+    (old / "x.npz").write_bytes(b"old format")
+    damaged = sorted(catalog.records_dir.glob("*.npz"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    index, report = LocalCatalog(catalog_dir).open()
+    assert len(index) == 4 and report is not None and report.featurised == 1
+    assert not old.exists()
+    assert LocalCatalog(catalog_dir).load_index().search(index.get("coffee.jpg").features, k=1)[0].key == "coffee.jpg"
 
 
 def test_copies_share_one_record(catalog_dir: Path):

@@ -5,7 +5,7 @@ Layout::
     DIR/                     the images, in any sub-folders (keys are DIR-relative paths)
     DIR/manifest.json        optional: source URLs, in the seed's format (see below)
     DIR/.harmony/catalog.json   key -> sha256, size, mtime, url
-    DIR/.harmony/records/<sha256>.npz   one feature record per distinct image content
+    DIR/.harmony/records-v<N>/<sha256>.npz   one feature record per distinct image content
 
 :meth:`LocalCatalog.sync` brings the index up to date incrementally: unchanged files (same size
 and modification time) are not read again, changed and new files are hashed and, unless a record
@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 import threading
 import time
@@ -121,7 +122,8 @@ class LocalCatalog:
         if not self.root.is_dir():
             raise HarmonyError(f"catalog folder {self.root} does not exist; create it or pass another --catalog")
         self.index_dir = self.root / INDEX_DIRNAME
-        self.records_dir = self.index_dir / "records"
+        # one folder per feature version: records of another version are never mistaken for current
+        self.records_dir = self.index_dir / f"records-v{FEATURE_VERSION}"
         self.workers = workers or min(8, (os.cpu_count() or 1) + 1)
         self.max_pixels = max_pixels
         self._state = self._load_state()
@@ -257,6 +259,9 @@ class LocalCatalog:
             return key, st, f"cannot read: {exc.strerror or exc}"
 
     def _collect_garbage(self) -> None:
+        for stale in self.index_dir.glob("records*"):
+            if stale.is_dir() and stale != self.records_dir:
+                shutil.rmtree(stale, ignore_errors=True)
         if not self.records_dir.exists():
             return
         live = {entry["sha256"] for entry in self._state.values() if "sha256" in entry}
@@ -275,9 +280,13 @@ class LocalCatalog:
         stale: list[str] = []
 
         def load(sha256: str) -> tuple[str, ImageFeatures | None]:
+            path = self._record_path(sha256)
             try:
-                return sha256, ImageFeatures.from_bytes(self._record_path(sha256).read_bytes())
-            except (OSError, IndexFormatError):
+                return sha256, ImageFeatures.from_bytes(path.read_bytes())
+            except OSError:
+                return sha256, None
+            except IndexFormatError:
+                path.unlink(missing_ok=True)  # damaged: the next sync writes it anew
                 return sha256, None
 
         hashes = sorted({e["sha256"] for e in self._state.values() if "sha256" in e})
