@@ -141,6 +141,17 @@ def test_identical_bytes_score_one_and_seed_scoring(catalog, search_fn, lambda_c
         assert len(body["results"]) == 2
 
 
+def test_min_score_keeps_only_copies(catalog, search_fn, lambda_context, images):
+    """min_score=0.5 is the documented "same image or a copy" threshold of default scoring."""
+    status, body = call(search_fn, lambda_context, api_event(
+        body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0.5"}))
+    assert status == 200, body
+    assert [r["key"] for r in body["results"]] == ["catalog/chelsea.jpg"]
+    status, body = call(search_fn, lambda_context, api_event(
+        body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0"}))
+    assert len(body["results"]) == 5
+
+
 def test_result_urls_source_url_else_presigned(catalog, search_fn, lambda_context, images):
     status, body = call(search_fn, lambda_context, api_event(body=images["coffee.jpg"], content_type="image/png",
                                                              query={"k": "50"}))
