@@ -46,7 +46,7 @@ RATIO = 0.8
 MAX_MATCH_DISTANCE = 64
 RANSAC_THRESHOLD = 4.0
 RANSAC_ITERATIONS = 400
-MAX_RANSAC_MATCHES = 200
+MAX_RANSAC_MATCHES = 100
 MIN_AREA_SCALE = 1.0 / 16
 MIN_INLIER_SPREAD = 8.0
 DETAIL_RANSAC_THRESHOLD = 5.0 * DETAIL_SIDE / 512
@@ -152,12 +152,13 @@ def verified_inliers(
     good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
     if np.count_nonzero(good) <= max(4, floor):
         return 0
+    # Closest first: RHO (PROSAC) samples in that order, and RANSAC time grows with matches
+    # while the closest carry the signal.
     matches = np.flatnonzero(good)
-    if len(matches) > MAX_RANSAC_MATCHES:  # RANSAC time grows with matches; the closest carry the signal
-        matches = matches[np.argsort(d1[matches], kind="stable")[:MAX_RANSAC_MATCHES]]
+    matches = matches[np.argsort(d1[matches], kind="stable")[:MAX_RANSAC_MATCHES]]
     src, dst = query_keypoints[matches], keypoints[idx[matches]]
     if homography:
-        model, mask = cv2.findHomography(src, dst, cv2.RANSAC, DETAIL_RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS)
+        model, mask = cv2.findHomography(src, dst, cv2.RHO, DETAIL_RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS)
     else:
         model, mask = cv2.estimateAffine2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS
