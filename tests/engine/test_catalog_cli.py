@@ -66,6 +66,20 @@ def test_damaged_or_old_records_are_rebuilt(catalog_dir: Path):
     assert LocalCatalog(catalog_dir).load_index().search(index.get("coffee.jpg").features, k=1)[0].key == "coffee.jpg"
 
 
+def test_read_only_catalog_keeps_its_index_in_the_cache(catalog_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != catalog_dir)  # as for a non-root user
+    code, out, _ = run_cli(capsys, "search", "--catalog", str(catalog_dir), "--json", "--k", "1", str(FIXTURES / "moon.jpg"))
+    assert code == 0 and json.loads(out)["results"][0]["key"] == "moon.jpg"
+    assert not (catalog_dir / ".harmony").exists()
+    assert list((tmp_path / "cache" / "harmony").glob("catalog-*/records-v*/*.npz"))
+
+
+def test_explicit_index_dir(catalog_dir: Path, tmp_path: Path, capsys):
+    code, out, _ = run_cli(capsys, "index", "--catalog", str(catalog_dir), "--index-dir", str(tmp_path / "idx"))
+    assert code == 0 and (tmp_path / "idx" / "catalog.json").exists() and not (catalog_dir / ".harmony").exists()
+
+
 def test_copies_share_one_record(catalog_dir: Path):
     shutil.copyfile(catalog_dir / "coffee.jpg", catalog_dir / "coffee-copy.jpg")
     report = LocalCatalog(catalog_dir).sync()

@@ -5,6 +5,7 @@ Layout::
     DIR/                     the images, in any sub-folders (keys are DIR-relative paths)
     DIR/manifest.json        optional: source URLs, in the seed's format (see below)
     DIR/.harmony/catalog.json   key -> sha256, size, mtime, url
+                             (a read-only DIR keeps its index under ~/.cache/harmony/ instead)
     DIR/.harmony/records-v<N>/<sha256>.npz   one feature record per distinct image content
 
 :meth:`LocalCatalog.sync` brings the index up to date incrementally: unchanged files (same size
@@ -108,6 +109,16 @@ def read_manifest(root: Path) -> dict[str, str]:
     return parse_manifest(path.read_bytes()) if path.exists() else {}
 
 
+def default_index_dir(root: Path) -> Path:
+    """``root/.harmony`` — or, when the catalog folder is read-only, a folder per catalog under
+    ``$XDG_CACHE_HOME/harmony`` (``~/.cache/harmony``)."""
+    beside = root / INDEX_DIRNAME
+    if os.access(beside if beside.exists() else root, os.W_OK):
+        return beside
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harmony"
+    return cache / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}"
+
+
 class _Claim:
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -117,11 +128,18 @@ class _Claim:
 class LocalCatalog:
     """A folder of images and its incrementally maintained feature index."""
 
-    def __init__(self, root: str | os.PathLike, *, workers: int | None = None, max_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        workers: int | None = None,
+        max_pixels: int | None = None,
+        index_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise HarmonyError(f"catalog folder {self.root} does not exist; create it or pass another --catalog")
-        self.index_dir = self.root / INDEX_DIRNAME
+        self.index_dir = Path(index_dir).resolve() if index_dir else default_index_dir(self.root)
         # one folder per feature version: records of another version are never mistaken for current
         self.records_dir = self.index_dir / f"records-v{FEATURE_VERSION}"
         self.workers = workers or min(8, (os.cpu_count() or 1) + 1)

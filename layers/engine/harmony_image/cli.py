@@ -65,7 +65,7 @@ def _summary(report: SyncReport | None, catalog: LocalCatalog) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    catalog = LocalCatalog(args.catalog, workers=args.workers)
+    catalog = LocalCatalog(args.catalog, workers=args.workers, index_dir=args.index_dir)
     report = catalog.sync(progress=ProgressBar("indexing"))
     print(_summary(report, catalog))
     return 0
@@ -114,7 +114,7 @@ def run_search(index: SearchIndex, queries: list[str], args: argparse.Namespace)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    catalog = LocalCatalog(args.catalog, workers=args.workers)
+    catalog = LocalCatalog(args.catalog, workers=args.workers, index_dir=args.index_dir)
     index, report = catalog.open(progress=ProgressBar("indexing"))
     if report is not None:
         print(_summary(report, catalog), file=sys.stderr)
@@ -167,13 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scoring", choices=SCORINGS, default="default", help="default (better, faster) or seed (the original, exact)")
         p.add_argument("--min-score", type=_score, default=None, help="drop results scoring below this (0-1)")
 
+    index_help = "where the index lives (default DIR/.harmony, or ~/.cache/harmony/... for a read-only DIR)"
     p = sub.add_parser("index", help="index (or refresh the index of) a catalog folder")
     p.add_argument("--catalog", required=True, help="the catalog folder")
+    p.add_argument("--index-dir", default=None, help=index_help)
     p.add_argument("--workers", type=int, default=None, help="parallel featurisers (default: cores + 1)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search a catalog folder (indexing it first when needed)")
     p.add_argument("--catalog", required=True)
+    p.add_argument("--index-dir", default=None, help=index_help)
     search_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line per query")
     p.add_argument("--workers", type=int, default=None)
