@@ -15,6 +15,8 @@ def test_upload_shows_top_5(page, web_stack, tmp_path):
     assert results.first.get_attribute("data-key") == "catalog/chelsea.jpg"
     score = float(results.first.locator(".score").inner_text())
     assert 0.5 < score <= 1.0
+    assert results.first.locator(".copy").is_visible()  # above the copy threshold: badged
+    assert not results.nth(1).locator(".copy").is_visible()
     assert results.first.locator(".bar.ssim .v").inner_text() and results.first.locator(".bar.orb .v").inner_text()
     assert "ms" in page.locator("#took").inner_text()
     assert page.locator("#error").is_hidden()
