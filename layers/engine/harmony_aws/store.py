@@ -148,7 +148,7 @@ class CatalogStore:
         max_image_bytes: int = 20 * 1024 * 1024,
         presign_seconds: int = 900,
         index_ttl: float = 10.0,
-        load_workers: int = 16,
+        load_workers: int = 32,  # as many as the client's connection pool: cold loads are latency-bound
     ) -> None:
         if not bucket:
             raise ValueError("bucket is required")
