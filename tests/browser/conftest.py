@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.local.conftest import REPO, _start
+from tests.local.conftest import REPO, app_stack
 
 CHROMIUM = os.environ.get("HARMONY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,15 +55,8 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def web_stack(tmp_path_factory):
-    template = Path(os.environ.get("HARMONY_LOCAL_TEMPLATE") or REPO / "template.yaml")
-    if not template.is_file():
-        pytest.skip(f"{template} does not exist (the SAM template of the app)")
-    st = _start(template, tmp_path_factory.mktemp("harmony-web"), bucket="harmony-web-test")
-    try:
-        st.seed_catalog()
+    with app_stack(tmp_path_factory.mktemp("harmony-web"), bucket="harmony-web-test") as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,18 +38,25 @@ def _start(template: Path, tmp: Path, **kw):
     return LocalStack(cfg, echo=lambda msg: print(msg)).start()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """The repository's template.yaml, the sample catalog uploaded (and indexed by IndexFunction)."""
+@contextmanager
+def app_stack(workdir: Path, *, bucket: str):
+    """The repository's template.yaml on a local stack, the sample catalog uploaded (and indexed
+    by IndexFunction)."""
     template = Path(os.environ.get("HARMONY_LOCAL_TEMPLATE") or REPO / "template.yaml")
     if not template.is_file():
         pytest.skip(f"{template} does not exist (the SAM template of the app)")
-    st = _start(template, tmp_path_factory.mktemp("harmony-local"), bucket="harmony-local-test")
+    st = _start(template, workdir, bucket=bucket)
     try:
         st.seed_catalog()
         yield st
     finally:
         st.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    with app_stack(tmp_path_factory.mktemp("harmony-local"), bucket="harmony-local-test") as st:
+        yield st
 
 
 @pytest.fixture(scope="session")
