@@ -215,12 +215,13 @@ class LocalStack:
                 continue
             for m in msgs:
                 body = json.loads(m["Body"])
+                records = [] if body.get("Event") == "s3:TestEvent" else body.get("Records", [])
+                # counted in flight before the message leaves the queue, so that wait_idle never
+                # sees a moment with the event neither queued nor running
+                with self._cond:
+                    self._inflight += len(records)
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-                if body.get("Event") == "s3:TestEvent":
-                    continue
-                for rec in body.get("Records", []):
-                    with self._cond:
-                        self._inflight += 1
+                for rec in records:
                     self._executors[function].submit(self._invoke_async, function, {"Records": [s3_record(rec)]})
 
     def _invoke_async(self, function: str, event: dict) -> None:
