@@ -286,7 +286,7 @@ def shortlist_loss(idx: SearchIndex, feats: dict, seed_run: Run, truth, queries:
         answer_lost = answer_lost_seed_had = positives = 0
         for q in queries:
             f = feats[q]
-            rows, _looks = engine_scoring.shortlist(f, engine_scoring.mirrored(f), packed, size)
+            rows, _looks, _votes = engine_scoring.shortlist(f, engine_scoring.mirrored(f), packed, size)
             kept = {packed.entries[int(r)].key for r in rows}
             top = seed_run.keys[q]
             missing = [key for key in top if key not in kept]

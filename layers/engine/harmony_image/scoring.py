@@ -56,6 +56,7 @@ DETAIL_INLIER_FLOOR = 8.0
 DETAIL_INLIER_SCALE = 10.0
 DETAIL_CANDIDATES = 6
 DETAIL_BY_LOOKS = 3
+DETAIL_BY_VOTES = 6
 DETAIL_SKIP_ABOVE = 0.95
 SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
@@ -117,21 +118,23 @@ def mirrored(query: ImageFeatures) -> ImageFeatures:
     )
 
 
-def shortlist(query: ImageFeatures, mirror: ImageFeatures, packed: "PackedCatalog", size: int) -> tuple[np.ndarray, np.ndarray]:
+def shortlist(
+    query: ImageFeatures, mirror: ImageFeatures, packed: "PackedCatalog", size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
-    thumbnail correlation — and each one's thumbnail correlation."""
+    thumbnail correlation — with each one's thumbnail correlation and vote count."""
     looks = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
-    n = len(packed)
-    if size >= n:
-        return np.arange(n), looks
     votes = np.maximum(
         count_close(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
         count_close(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
     )
+    n = len(packed)
+    if size >= n:
+        return np.arange(n), looks, votes
     by_votes = np.argpartition(-votes, size - 1)[:size]
     by_looks = np.argpartition(-looks, size - 1)[:size]
     rows = np.union1d(by_votes, by_looks)
-    return rows, looks[rows]
+    return rows, looks[rows], votes[rows]
 
 
 def verified_inliers(
@@ -206,7 +209,7 @@ def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray
 
 def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int) -> Candidates:
     views = (query, mirrored(query))
-    rows, looks = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
+    rows, looks, votes = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
     seeds = [seed_candidates(view, packed, rows) for view in views]
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
@@ -228,12 +231,15 @@ def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int)
 
     map_threads(verify, range(len(rows)))
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
-    # Detail verification costs ~1 ms per image and view: only for the best candidates so far
-    # and the best-looking ones (keypoint-poor images have no evidence yet), and only while the
-    # evidence is short of certain.
+    # Detail verification costs ~1 ms per image and view: only for the best candidates so far,
+    # the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
+    # crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
+    # short of certain.
     best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
     best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
-    todo = [i for i in dict.fromkeys([*best.tolist(), *best_looking.tolist()]) if scores[:, i].max() < DETAIL_SKIP_ABOVE]
+    most_voted = np.argsort(-votes, kind="stable")[:DETAIL_BY_VOTES]
+    candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
+    todo = [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
     map_threads(verify_detail, todo)
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     use_flip = scores[1] > scores[0]
