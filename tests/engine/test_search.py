@@ -111,3 +111,28 @@ def test_damaged_record_asks_for_reindex(catalog_photos):
         ImageFeatures.from_bytes(record[: len(record) // 2])
     with pytest.raises(IndexFormatError, match="re-index"):
         ImageFeatures.from_bytes(b"not a record")
+
+
+def _recoloured(data: bytes, hue_shift: int) -> bytes:
+    """The same photo in another colourway: hue rotated, lightness and saturation kept."""
+    import cv2
+    import numpy as np
+
+    hsv = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2HSV)
+    hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + hue_shift) % 180
+    return cv2.imencode(".png", cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))[1].tobytes()
+
+
+@pytest.mark.parametrize("photo", ["rocket.jpg", "coffee.jpg", "chelsea.jpg"])
+def test_the_matching_colourway_ranks_first(catalog_photos, photo):
+    """Grayscale evidence cannot tell colourways apart; colour breaks the tie. The recoloured
+    copy's key sorts first, so only the colour check puts the original on top."""
+    idx = SearchIndex()
+    for name, data in catalog_photos.items():
+        idx.add(name, extract_features(data))
+    idx.add("0-recoloured.png", extract_features(_recoloured(catalog_photos[photo], 60)))
+    results = idx.search(extract_features(catalog_photos[photo]), k=2)
+    assert [r.key for r in results] == [photo, "0-recoloured.png"]
+    assert results[1].score >= 0.5  # still reported as a copy (a colour change is an edit)
+    gray_query = extract_features(fixture_bytes("camera_gray.png"))  # gray images: no colour opinion
+    assert idx.search(gray_query, k=1)[0].key == "camera.jpg"

@@ -9,6 +9,8 @@ A record holds what both scorings need, so a query never touches catalog pixels:
   matches them;
 * ``thumb``: a 32x32 zero-mean, unit-norm thumbnail of ``gray`` — the global descriptor that
   shortlists candidates for default scoring;
+* ``colours``: a saturation-weighted hue histogram (12 bins) and the mean saturation — the
+  features above are all grayscale, so this is what tells two colourways of a product apart;
 * ``detail_keypoints`` / ``detail_descriptors``: ORB (1,000 features) on the grayscale scaled
   to 512 px on its longer side, aspect kept — finer detail for verifying crops, small copies and
   other views of the same object in default scoring.
@@ -30,9 +32,10 @@ import numpy as np
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .errors import IndexFormatError
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 SEED_SIDE = 256
 THUMB_SIDE = 32
+HUE_BINS = 12
 DETAIL_SIDE = 512
 DETAIL_FEATURES = 1000
 # below OpenCV's default (20) so smooth, low-contrast images still get keypoints; textured
@@ -85,6 +88,22 @@ def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _orb_arrays(_detail_orb, gray)
 
 
+def colour_signature(bgr: np.ndarray) -> np.ndarray:
+    """Hue histogram (HUE_BINS bins, weighted by saturation, summing to 1 or all 0 for a gray
+    image) followed by the mean saturation in [0, 1]; float32 of length HUE_BINS + 1."""
+    h, w = bgr.shape[:2]
+    f = 64 / max(h, w)
+    small = cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    saturation = hsv[:, :, 1].astype(np.float32).ravel() / 255.0
+    hue_bin = (hsv[:, :, 0].astype(np.int32).ravel() * HUE_BINS) // 180
+    hist = np.bincount(hue_bin, weights=saturation, minlength=HUE_BINS).astype(np.float32)
+    total = float(hist.sum())
+    if total > 0:
+        hist /= total
+    return np.append(hist, np.float32(saturation.mean())).astype(np.float32)
+
+
 def thumbnail(gray: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-norm 32x32 float32 thumbnail (flattened) of a 256x256 grayscale."""
     small = cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -106,6 +125,7 @@ class ImageFeatures:
     thumb: np.ndarray
     detail_keypoints: np.ndarray
     detail_descriptors: np.ndarray
+    colours: np.ndarray
     # Queries keep their detail image so the mirrored query can be featurised; not stored.
     detail_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -126,6 +146,7 @@ class ImageFeatures:
             thumb=self.thumb,
             detail_keypoints=self.detail_keypoints,
             detail_descriptors=self.detail_descriptors,
+            colours=self.colours,
         )
         return buffer.getvalue()
 
@@ -156,6 +177,7 @@ class ImageFeatures:
                     thumb=npz["thumb"],
                     detail_keypoints=npz["detail_keypoints"],
                     detail_descriptors=npz["detail_descriptors"],
+                    colours=npz["colours"],
                 )
         except IndexFormatError:
             raise
@@ -166,14 +188,15 @@ class ImageFeatures:
 def features_from_images(
     gray: np.ndarray,
     detail: np.ndarray | None,
+    colours: np.ndarray,
     *,
     sha256: str,
     width: int,
     height: int,
     keep_detail_image: bool = False,
 ) -> ImageFeatures:
-    """Features from the seed's 256x256 ``gray`` and the 512 px ``detail`` grayscale (None: no
-    detail features)."""
+    """Features from the seed's 256x256 ``gray``, the 512 px ``detail`` grayscale (None: no
+    detail features) and a :func:`colour_signature`."""
     keypoints, descriptors = seed_orb(gray)
     if detail is None:
         detail_keypoints, detail_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
@@ -189,6 +212,7 @@ def features_from_images(
         thumb=thumbnail(gray),
         detail_keypoints=detail_keypoints,
         detail_descriptors=detail_descriptors,
+        colours=colours,
         detail_image=detail if keep_detail_image else None,
     )
 
@@ -198,6 +222,7 @@ def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool =
     return features_from_images(
         seed_gray(bgr),
         detail_gray(bgr),
+        colour_signature(bgr),
         sha256=sha256,
         width=int(bgr.shape[1]),
         height=int(bgr.shape[0]),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .features import ImageFeatures
+from .features import HUE_BINS, ImageFeatures
 from .kernels import DescriptorPack
 from .scoring import SCORINGS, VOTE_DESCRIPTORS, Candidates, score_catalog, subsample
 
@@ -46,9 +46,11 @@ class PackedCatalog:
         n = len(entries)
         self.grays = np.empty((n, 256, 256), dtype=np.uint8)
         self.thumbs = np.empty((n, entries[0].features.thumb.size if n else 0), dtype=np.float32)
+        self.colours = np.zeros((n, HUE_BINS + 1), dtype=np.float32)
         for i, entry in enumerate(entries):
             self.grays[i] = entry.features.gray
             self.thumbs[i] = entry.features.thumb
+            self.colours[i] = entry.features.colours
         # The entries' grayscales and thumbnails become views into the packed arrays, so the
         # largest feature (64 KB of ~100 KB per image) is held once, not twice.
         self.entries = [

@@ -62,6 +62,8 @@ SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
 PRIOR_WEIGHT = 0.3
 SAME_IMAGE_THRESHOLD = 0.5
+COLOURFUL = 0.12
+COLOUR_TIEBREAK = 0.02
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def mirrored(query: ImageFeatures) -> ImageFeatures:
     return features_from_images(
         np.ascontiguousarray(query.gray[:, ::-1]),
         detail,
+        query.colours,  # a hue histogram does not change with a flip
         sha256=query.sha256,
         width=query.width,
         height=query.height,
@@ -207,6 +210,14 @@ def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray
     return evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
 
 
+def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.ndarray:
+    """Hue-histogram intersection in [0, 1] of the query with each catalog row; 1 (no
+    opinion) where either image is nearly gray — a grayscale copy is still a copy."""
+    agreement = np.minimum(catalog_colours[:, :-1], query.colours[:-1]).sum(axis=1)
+    neutral = (catalog_colours[:, -1] < COLOURFUL) | (query.colours[-1] < COLOURFUL)
+    return np.where(neutral, 1.0, agreement)
+
+
 def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int) -> Candidates:
     views = (query, mirrored(query))
     rows, looks, votes = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
@@ -242,6 +253,10 @@ def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int)
     todo = [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
     map_threads(verify_detail, todo)
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    # All evidence above is grayscale: among equally strong candidates (two colourways of one
+    # product), the one whose colours agree with the query's goes first.
+    scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours[rows]))
+    np.clip(scores, 0.0, 1.0, out=scores)
     use_flip = scores[1] > scores[0]
     return Candidates(
         rows=rows,
