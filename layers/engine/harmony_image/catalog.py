@@ -329,8 +329,9 @@ class LocalCatalog:
     def open(self, *, progress: Progress | None = None) -> tuple[SearchIndex, SyncReport | None]:
         """Sync if anything changed, then load: the usual way to get a ready index."""
         report = self.sync(progress=progress) if self.needs_sync() else None
+        entries = len(self)
         index = self.load_index()
-        if self.needs_sync():  # a record was missing or damaged: redo those files once
+        if len(self) < entries:  # load_index forgot entries whose record was missing or damaged: redo them
             report = self.sync(progress=progress)
             index = self.load_index()
         return index, report

@@ -71,7 +71,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_query(query: str, args: argparse.Namespace) -> bytes:
+def _read_query(query: str) -> bytes:
     if query.startswith(("http://", "https://")):
         from .fetch import fetch_url
 
@@ -96,7 +96,7 @@ def run_search(index: SearchIndex, queries: list[str], args: argparse.Namespace)
     for query in queries:
         started = time.perf_counter()
         try:
-            features = extract_features(_read_query(query, args))
+            features = extract_features(_read_query(query))
             results = index.search(features, k=args.k, scoring=args.scoring, min_score=args.min_score)
         except HarmonyError as exc:
             failures += 1

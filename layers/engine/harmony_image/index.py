@@ -60,7 +60,6 @@ class PackedCatalog:
         self._descriptor_sets = [e.features.descriptors for e in entries]
         self.descriptors = DescriptorPack(self._descriptor_sets)
         self.vote_descriptors = DescriptorPack([subsample(d, VOTE_DESCRIPTORS) for d in self._descriptor_sets])
-        self.keypoint_counts = np.diff(self.descriptors.offsets)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -90,17 +90,28 @@ def orb_ratio(matches: np.ndarray, query_keypoints: int) -> np.ndarray:
     return matches.astype(np.float64) / query_keypoints
 
 
-def seed_candidates(query: ImageFeatures, packed: "PackedCatalog", rows: np.ndarray | None = None) -> Candidates:
-    """The exact seed score of ``query`` against ``rows`` of the catalog (all rows if None)."""
+def seed_candidates(
+    query: ImageFeatures,
+    packed: "PackedCatalog",
+    rows: np.ndarray | None = None,
+    *,
+    subset: tuple[np.ndarray, DescriptorPack] | None = None,
+) -> Candidates:
+    """The exact seed score of ``query`` against ``rows`` of the catalog (all rows if None).
+    ``subset`` is :func:`catalog_subset` of those rows, when the caller scores several queries."""
     if rows is None:
         rows = np.arange(len(packed))
         grays, descriptors = packed.grays, packed.descriptors
     else:
-        grays = packed.grays[rows]
-        descriptors = DescriptorPack([packed.descriptors_of(int(r)) for r in rows])
+        grays, descriptors = subset if subset is not None else catalog_subset(packed, rows)
     ssim = ssim_scores(query.gray, grays)
     orb = orb_ratio(cross_check_counts(query.descriptors, descriptors), query.keypoint_count)
     return Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb)
+
+
+def catalog_subset(packed: "PackedCatalog", rows: np.ndarray) -> tuple[np.ndarray, DescriptorPack]:
+    """The grayscales and packed seed descriptors of ``rows``, as the seed kernels read them."""
+    return packed.grays[rows], DescriptorPack([packed.descriptors_of(int(r)) for r in rows])
 
 
 def mirrored(query: ImageFeatures) -> ImageFeatures:
@@ -221,7 +232,8 @@ def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.nd
 def default_candidates(query: ImageFeatures, packed: "PackedCatalog", *, k: int) -> Candidates:
     views = (query, mirrored(query))
     rows, looks, votes = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
-    seeds = [seed_candidates(view, packed, rows) for view in views]
+    subset = catalog_subset(packed, rows)  # gathered once for the query and its mirror
+    seeds = [seed_candidates(view, packed, rows, subset=subset) for view in views]
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
 
