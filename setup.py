@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "harmony_image._kernels",
-            sources=["layers/engine/harmony_image/_kernels.c"],
+            sources=["src/harmony_image/_kernels.c"],
             # Python builds with -fwrapv, which keeps GCC from vectorising the int32 loops (2x slower).
             extra_compile_args=["-O3", "-std=c11", "-fno-wrapv"],
             optional=True,

@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from harmony_image import SearchIndex, extract_features
+from harmony_image import SearchIndex, SearchParams, extract_features
 from harmony_image import kernels
 from harmony_image import scoring as engine_scoring
 
@@ -262,10 +262,10 @@ def index_catalog(items: list[tuple[str, Path]]) -> tuple[SearchIndex, dict]:
 def run_engine(idx: SearchIndex, feats: dict, queries: list[str], scoring: str, warmup: int = 2) -> Run:
     run = Run(scoring)
     for q in queries[:warmup]:
-        idx.search(feats[q], k=K, scoring=scoring)
+        idx.search(feats[q], SearchParams(k=K, scoring=scoring))
     for q in queries:
         t0 = time.perf_counter()
-        results = idx.search(feats[q], k=K, scoring=scoring)
+        results = idx.search(feats[q], SearchParams(k=K, scoring=scoring))
         run.search_ms[q] = ms(time.perf_counter() - t0)
         run.keys[q] = [r.key for r in results]
         run.scores[q] = [r.score for r in results]
@@ -351,7 +351,7 @@ def seed_method_vs_engine(idx, items, query_bytes, feats_ms, feats, picks, repea
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 f = extract_features(query_bytes[q])
-                res = idx.search(f, k=K, scoring=scoring)
+                res = idx.search(f, SearchParams(k=K, scoring=scoring))
                 samples.append(ms(time.perf_counter() - t0))
             timings[scoring] = float(np.median(samples))
             if scoring == "seed":

@@ -7,6 +7,7 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from harmony_aws import runtime
 from harmony_aws.querydrop import answer_query
 
@@ -21,7 +22,7 @@ def handle(event: S3Event) -> dict:
     for record in event.records:
         bucket = record.s3.bucket.name
         key = unquote_plus(record.s3.get_object.key)  # S3 event keys arrive URL-encoded
-        result = answer_query(runtime.search_service(bucket), key)
+        result = answer_query(runtime.search_service(bucket), key, runtime.settings().search_params())
         logger.info("query drop", extra={"bucket": bucket, **result.to_dict()})
         metrics.add_metric(name=f"QueryDrop{result.action.capitalize()}", unit=MetricUnit.Count, value=1)
         out.append(result.to_dict())
@@ -32,5 +33,5 @@ def handle(event: S3Event) -> dict:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 @event_source(data_class=S3Event)
-def lambda_handler(event: S3Event, context) -> dict:
+def lambda_handler(event: S3Event, context: LambdaContext) -> dict:
     return handle(event)

@@ -1,14 +1,13 @@
-"""SearchFunction: POST /search and GET /search behind API Gateway (REST).
+"""SearchFunction: POST /search and GET /search behind API Gateway (REST), and the web page.
 
-Parsing and formatting only; the work is in harmony_aws.service / harmony_image.
-See harmony_aws/service.py for the request forms and the response shape.
+The handler turns the request into a query source and search parameters and hands both to
+harmony_aws.service; request forms and the answer's shape: harmony_aws/sources.py, service.py.
 """
-
 
 import base64
 import time
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
@@ -16,10 +15,11 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from harmony_aws import runtime
-from harmony_aws.errors import BadRequestError
-from harmony_aws.service import error_body
-from harmony_image import HarmonyError
+from harmony_aws.errors import BadRequestError, error_body
+from harmony_aws.sources import MAX_URL_LENGTH, ImageUrl, QuerySource, source_from_body
+from harmony_image import DEFAULT_K, MAX_K, MAX_SCORE, MIN_SCORE, HarmonyError, Scoring
 
 logger = Logger()
 tracer = Tracer()
@@ -27,9 +27,14 @@ metrics = Metrics()
 app = APIGatewayRestResolver(enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300))
 app.enable_swagger(path="/openapi", title="Harmony-Image search API", version="1.0.0")
 
-K = Annotated[int, Query(ge=1, le=50, description="number of results (1-50)")]
-Scoring = Annotated[Optional[Literal["default", "seed"]], Query(description="scoring: default or seed")]
-MinScore = Annotated[Optional[float], Query(ge=0.0, le=1.0, description="drop results scoring below this")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description=f"number of results (1-{MAX_K})")]
+ScoringParam = Annotated[Optional[Scoring], Query(description="scoring: default or seed")]
+MinScore = Annotated[Optional[float], Query(ge=MIN_SCORE, le=MAX_SCORE, description="drop results scoring below this")]
+
+# The web page (one static file, see web/index.html), served at GET / with relative API URLs.
+PAGE = Path(__file__).parent / "web" / "index.html"
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 
 
 def _json_error(status: int, code: str, message: str) -> Response:
@@ -47,22 +52,15 @@ def _body_bytes() -> bytes:
         raise BadRequestError(f"the request body is marked base64 but is not valid base64: {exc}") from exc
 
 
-def _search(data_fn, k: int, scoring: str | None, min_score: float | None) -> dict:
-    t0 = time.perf_counter()
-    service = runtime.search_service()
-    service.check_params(k, scoring, min_score)  # parameters first: a bad k costs no download
-    out = service.search(data_fn(service), k=k, scoring=scoring, min_score=min_score, t0=t0)
+def _search(source: QuerySource, k: int, scoring: Optional[Scoring], min_score: Optional[float]) -> dict[str, Any]:
+    started = time.perf_counter()
+    params = runtime.settings().search_params(k, scoring, min_score)
+    out = runtime.search_service().search(source, params, started=started)
     metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=out["took_ms"])
     metrics.add_metric(name="CatalogSize", unit=MetricUnit.Count, value=out["catalog_size"])
     logger.info("search", extra={"took_ms": out["took_ms"], "catalog_size": out["catalog_size"],
                                  "results": len(out["results"]), "query_sha256": out["query"]["sha256"]})
     return out
-
-
-# The web page (one static file, see web/index.html), served at GET / with relative API URLs.
-PAGE = Path(__file__).parent / "web" / "index.html"
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-            "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 
 
 @app.get("/", include_in_schema=False)
@@ -73,16 +71,16 @@ def index_page():  # no return annotation: validation would try to model Respons
 
 @app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
 @tracer.capture_method
-def post_search(k: K = 5, scoring: Scoring = None, min_score: MinScore = None) -> dict:
-    ctype = app.current_event.headers.get("content-type")  # case-insensitive in Powertools v3
-    return _search(lambda svc: svc.image_from_body(_body_bytes(), ctype), k, scoring, min_score)
+def post_search(k: K = DEFAULT_K, scoring: ScoringParam = None, min_score: MinScore = None) -> dict[str, Any]:
+    source = source_from_body(_body_bytes(), app.current_event.headers.get("content-type"))
+    return _search(source, k, scoring, min_score)
 
 
 @app.get("/search", summary="Search with the image at `url`")
 @tracer.capture_method
-def get_search(url: Annotated[str, Query(min_length=1, max_length=2048)], k: K = 5, scoring: Scoring = None,
-               min_score: MinScore = None) -> dict:
-    return _search(lambda svc: svc.image_from_url(url), k, scoring, min_score)
+def get_search(url: Annotated[str, Query(min_length=1, max_length=MAX_URL_LENGTH)], k: K = DEFAULT_K,
+               scoring: ScoringParam = None, min_score: MinScore = None) -> dict[str, Any]:
+    return _search(ImageUrl(url), k, scoring, min_score)
 
 
 @app.exception_handler(HarmonyError)
@@ -119,5 +117,5 @@ def handle_unexpected(exc: Exception) -> Response:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict, context) -> dict:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -14,11 +14,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, image_path
+
 sys.path.insert(0, str(REPO / "tools" / "layers"))
 
 pytestmark = [
@@ -70,7 +70,10 @@ def test_layer_contents(built):
     engine = out / "EngineLayer" / "python"
     assert list(engine.glob("harmony_image/_kernels.cpython-313-x86_64-linux-gnu.so"))
     assert not list(engine.rglob("*cpython-311*"))
-    assert (engine / "harmony_aws" / "store.py").exists()
+    assert (engine / "harmony_aws" / "service.py").exists()
+    # what ships is what runs: the engine and the adapters, never the CLI, the local stack or samples
+    assert sorted(p.name for p in engine.iterdir()) == ["harmony_aws", "harmony_image"]
+    assert not list(engine.rglob("*.jpg")) and not list(engine.rglob("*.png"))
 
 
 def test_layers_work_on_python313(built):
@@ -82,21 +85,20 @@ def test_layers_work_on_python313(built):
         "import sys, json, time\n"
         "t0 = time.perf_counter()\n"
         "import numpy, cv2\n"
-        "from harmony_image import extract_features, SearchIndex\n"
+        "from harmony_image import extract_features, SearchIndex, SearchParams\n"
         "from harmony_image import kernels\n"
         "import harmony_image._kernels\n"
         "import pydantic, aws_lambda_powertools.event_handler\n"
         "t_import = time.perf_counter() - t0\n"
         "a = extract_features(open(sys.argv[1], 'rb').read()); b = extract_features(open(sys.argv[2], 'rb').read())\n"
         "ix = SearchIndex(); ix.add('a', a); ix.add('b', b)\n"
-        "r = ix.search(a, k=2)\n"
+        "r = ix.search(a, SearchParams(k=2))\n"
         "print(json.dumps({'top': r[0].key, 'score': r[0].score, 'numpy': numpy.__version__, 'cv2': cv2.__version__,"
         " 'import_s': t_import, 'kernels': harmony_image._kernels.__file__}))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{out}/EngineLayer/python:{out}/DepsLayer/python",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
-    fx = REPO / "tests" / "fixtures" / "images"
-    res = subprocess.run([py, "-s", "-c", code, str(fx / "chelsea.jpg"), str(fx / "coffee.jpg")],
+    res = subprocess.run([py, "-s", "-c", code, str(image_path("chelsea.jpg")), str(image_path("coffee.jpg"))],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])

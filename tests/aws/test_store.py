@@ -1,4 +1,5 @@
-"""harmony_aws.store: per-object index records, reconcile, warm index, result URLs.
+"""harmony_aws records (write path), reader (warm index) and urls: per-object index records,
+reconcile, warm index, result URLs.
 
 Runs each behaviour against moto in-process (mock_aws) and against moto's HTTP server."""
 
@@ -14,19 +15,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from harmony_image.catalog import parse_manifest
+from harmony_aws import records as records_mod
 from harmony_aws import runtime
 from harmony_aws.errors import StorageError
-from harmony_aws.store import (
-    RECORDS_PREFIX,
-    CatalogStore,
-
-    record_name,
-    rel_from_record_name,
-)
-from harmony_image import ImageFeatures, extract_features
-
-from tests.aws_fixtures import BUCKET, CATALOG_NAMES, all_keys, put_catalog, s3_event
+from harmony_aws.layout import RECORDS_PREFIX, record_key, record_name, rel_from_record_name
+from harmony_aws.reader import IndexReader
+from harmony_aws.records import RecordWriter
+from harmony_aws.s3 import Bucket
+from harmony_aws.urls import ResultUrls
+from harmony_image import DEFAULT_MAX_PIXELS, ImageFeatures, extract_features, parse_manifest
+from tests.support import BUCKET, CATALOG_NAMES, all_keys, put_catalog, s3_event
 
 
 @pytest.fixture(params=["mock_aws", "moto_server"])
@@ -39,9 +37,18 @@ def bucket(request, images):
     return client, client.harmony_bucket
 
 
-def make_store(client, name, **kw) -> CatalogStore:
-    """A store with its own client, made the way the functions make it (s3v4, env endpoint)."""
-    return CatalogStore(name, **kw)
+class Store:
+    """One bucket's adapters with their own client, wired as harmony_aws.runtime wires them."""
+
+    def __init__(self, name: str, *, index_ttl: float = 10.0) -> None:
+        self.bucket = Bucket(name)
+        self.records = RecordWriter(self.bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+        self.urls = ResultUrls(self.bucket, presign_seconds=900)
+        self.reader = IndexReader(self.bucket, self.urls, ttl=index_ttl)
+
+
+def make_store(client, name, **kw) -> Store:
+    return Store(name, **kw)
 
 
 def records(client, name) -> dict[str, dict]:
@@ -85,33 +92,33 @@ def test_reconcile_add_replace_remove(bucket, images):
     store = make_store(client, name)
     key = "catalog/photos/chelsea one.jpg"
     client.put_object(Bucket=name, Key=key, Body=images["chelsea.jpg"])
-    r = store.reconcile(key)
+    r = store.records.reconcile(key)
     assert r.action == "indexed"
     recs = records(client, name)
     assert list(recs) == [key]
     etag = client.head_object(Bucket=name, Key=key)["ETag"]
     assert recs[key]["source-etag"] == etag
     # stored features are the object's
-    rk = store.record_key(key)
+    rk = record_key(key)
     feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
     assert feats.sha256 == hashlib.sha256(images["chelsea.jpg"]).hexdigest()
 
     # duplicate event: nothing rewritten
     rec_etag = client.head_object(Bucket=name, Key=rk)["ETag"]
-    assert store.reconcile(key).action == "unchanged"
+    assert store.records.reconcile(key).action == "unchanged"
     assert client.head_object(Bucket=name, Key=rk)["ETag"] == rec_etag
 
     # replaced content
     client.put_object(Bucket=name, Key=key, Body=images["coffee.jpg"])
-    assert store.reconcile(key).action == "indexed"
+    assert store.records.reconcile(key).action == "indexed"
     feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
     assert feats.sha256 == hashlib.sha256(images["coffee.jpg"]).hexdigest()
 
     # removed
     client.delete_object(Bucket=name, Key=key)
-    assert store.reconcile(key).action == "removed"
+    assert store.records.reconcile(key).action == "removed"
     assert records(client, name) == {}
-    assert store.reconcile(key).action == "absent"  # delivered twice
+    assert store.records.reconcile(key).action == "absent"  # delivered twice
 
 
 @pytest.mark.parametrize("body,code", [
@@ -134,7 +141,7 @@ def test_bad_catalog_objects_write_no_record(bucket, images, body, code):
     store = make_store(client, name)
     key = "catalog/bad.png"
     client.put_object(Bucket=name, Key=key, Body=body)
-    r = store.reconcile(key)
+    r = store.records.reconcile(key)
     assert r.action == "skipped" and r.detail.startswith(code), r
     assert all_keys(client, name, "index/") == {}
 
@@ -144,9 +151,9 @@ def test_bad_replacement_removes_stale_record(bucket, images):
     store = make_store(client, name)
     key = "catalog/x.jpg"
     client.put_object(Bucket=name, Key=key, Body=images["chelsea.jpg"])
-    store.reconcile(key)
+    store.records.reconcile(key)
     client.put_object(Bucket=name, Key=key, Body=b"<html>not an image</html>")
-    assert store.reconcile(key).action == "skipped"
+    assert store.records.reconcile(key).action == "skipped"
     assert all_keys(client, name, "index/") == {}
 
 
@@ -155,9 +162,9 @@ def test_manifest_and_folders_are_not_indexed(bucket, images):
     store = make_store(client, name)
     client.put_object(Bucket=name, Key="catalog/manifest.json", Body=b"[]")
     client.put_object(Bucket=name, Key="catalog/folder/", Body=b"")
-    assert store.reconcile("catalog/manifest.json").action == "skipped"
-    assert store.reconcile("catalog/folder/").action == "skipped"
-    assert store.reconcile("queries/x.jpg").action == "skipped"
+    assert store.records.reconcile("catalog/manifest.json").action == "skipped"
+    assert store.records.reconcile("catalog/folder/").action == "skipped"
+    assert store.records.reconcile("queries/x.jpg").action == "skipped"
     assert all_keys(client, name, "index/") == {}
 
 
@@ -169,34 +176,34 @@ def test_warm_index_picks_up_changes_and_urls(bucket, images):
         [{"url": "https://cdn.example.com/brick.jpg"}, {"url": "https://cdn.example.com/astronaut.jpg"}]).encode())
     store = make_store(client, name, index_ttl=0.0)
     for n in CATALOG_NAMES[:4]:
-        store.reconcile("catalog/" + n)
-    index = store.index()
+        store.records.reconcile("catalog/" + n)
+    index = store.reader.index()
     assert sorted(index.keys()) == sorted("catalog/" + n for n in CATALOG_NAMES[:4])
-    assert store.last_refresh["loaded"] == 4
+    assert store.reader.last_refresh["loaded"] == 4
 
     by_key = {e: index.get(e).url for e in index.keys()}
     # object metadata wins over the manifest; manifest next; else the key (presigned at response time)
     assert by_key["catalog/astronaut.jpg"] == "https://images.example.com/astro naut.jpg?a=1&b=%20"
     assert by_key["catalog/brick.jpg"] == "https://cdn.example.com/brick.jpg"
     assert by_key["catalog/camera.jpg"] == "catalog/camera.jpg"
-    url = store.result_url("catalog/camera.jpg", "catalog/camera.jpg")
+    url = store.urls.for_result("catalog/camera.jpg", "catalog/camera.jpg")
     q = parse_qs(urlsplit(url).query)
     assert "X-Amz-Signature" in q and q["X-Amz-Expires"] == ["900"]
     assert urlsplit(url).path.endswith("/catalog/camera.jpg")
 
     # nothing changed: a refresh loads nothing
-    store.index()
-    assert store.last_refresh["loaded"] == 0 and store.last_refresh["removed"] == 0
+    store.reader.index()
+    assert store.reader.last_refresh["loaded"] == 0 and store.reader.last_refresh["removed"] == 0
 
     # a change, a removal and a new manifest are picked up
     client.put_object(Bucket=name, Key="catalog/camera.jpg", Body=images["coins.jpg"])
-    store.reconcile("catalog/camera.jpg")
+    store.records.reconcile("catalog/camera.jpg")
     client.delete_object(Bucket=name, Key="catalog/brick.jpg")
-    store.reconcile("catalog/brick.jpg")
+    store.records.reconcile("catalog/brick.jpg")
     client.put_object(Bucket=name, Key="catalog/manifest.json", Body=json.dumps(
         [{"url": "https://cdn2.example.com/c.jpg", "key": "camera.jpg"}]).encode())
-    index = store.index()
-    assert store.last_refresh == {**store.last_refresh, "loaded": 1, "removed": 1, "manifest_changed": True}
+    index = store.reader.index()
+    assert store.reader.last_refresh == {**store.reader.last_refresh, "loaded": 1, "removed": 1, "manifest_changed": True}
     assert "catalog/brick.jpg" not in index
     assert index.get("catalog/camera.jpg").features.sha256 == hashlib.sha256(images["coins.jpg"]).hexdigest()
     assert index.get("catalog/camera.jpg").url == "https://cdn2.example.com/c.jpg"
@@ -206,27 +213,27 @@ def test_ttl_keeps_warm_index_between_refreshes(bucket, images):
     client, name = bucket
     store = make_store(client, name, index_ttl=3600)
     put_catalog(client, name, images, names=["chelsea.jpg"])
-    store.reconcile("catalog/chelsea.jpg")
-    assert len(store.index()) == 1
+    store.records.reconcile("catalog/chelsea.jpg")
+    assert len(store.reader.index()) == 1
     put_catalog(client, name, images, names=["coffee.jpg"])
-    store.reconcile("catalog/coffee.jpg")
-    assert len(store.index()) == 1  # within the TTL: served from memory
-    assert len(store.index(force=True)) == 2
+    store.records.reconcile("catalog/coffee.jpg")
+    assert len(store.reader.index()) == 1  # within the TTL: served from memory
+    assert len(store.reader.index(force=True)) == 2
 
 
 def test_damaged_record_is_skipped_not_fatal(bucket, images):
     client, name = bucket
     store = make_store(client, name, index_ttl=0)
     put_catalog(client, name, images, names=["chelsea.jpg", "coffee.jpg"])
-    store.reconcile("catalog/chelsea.jpg")
-    store.reconcile("catalog/coffee.jpg")
-    rk = store.record_key("catalog/coffee.jpg")
+    store.records.reconcile("catalog/chelsea.jpg")
+    store.records.reconcile("catalog/coffee.jpg")
+    rk = record_key("catalog/coffee.jpg")
     meta = client.head_object(Bucket=name, Key=rk)["Metadata"]
     client.put_object(Bucket=name, Key=rk, Body=b"garbage", Metadata=meta)
-    assert store.index().keys() == ["catalog/chelsea.jpg"]
+    assert store.reader.index().keys() == ["catalog/chelsea.jpg"]
     # a forced re-index repairs it
-    assert store.reindex(force=True) == {"indexed": 2}
-    assert sorted(store.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
+    assert store.records.reindex(force=True) == {"indexed": 2}
+    assert sorted(store.reader.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
 
 
 # --------------------------------------------------------------------------- the event storm
@@ -259,16 +266,15 @@ def test_event_storm_converges_to_bucket(s3_server, images, index_fn, lambda_con
     contents = [images[n] for n in CATALOG_NAMES] + [b"not an image at all"]
     results: list[dict] = []
     retries: list[str] = []
-    import harmony_aws.store as store_mod
 
-    real_extract = store_mod.extract_features
+    real_extract = records_mod.extract_features
     jitter = random.Random(seed + 100)
 
     def slow_extract(data, **kw):
         time.sleep(jitter.random() * 0.04)
         return real_extract(data, **kw)
 
-    monkeypatch.setattr(store_mod, "extract_features", slow_extract)
+    monkeypatch.setattr(records_mod, "extract_features", slow_extract)
 
     def deliver(ev, delay, attempt=0):
         time.sleep(delay)
@@ -302,7 +308,7 @@ def test_event_storm_converges_to_bucket(s3_server, images, index_fn, lambda_con
     assert sorted(got) == sorted(expected)
     for key, meta in got.items():
         assert meta["source-etag"] == client.head_object(Bucket=name, Key=key)["ETag"], key
-    index = runtime.store(name).index(force=True)
+    index = runtime.search_service(name).reader.index(force=True)
     assert {k: index.get(k).features.sha256 for k in index.keys()} == expected
 
 
@@ -311,12 +317,11 @@ def test_slow_stale_writer_is_corrected(bucket, images, monkeypatch):
     and is slow; meanwhile the object becomes version 2 and invocation B indexes it; then A
     writes its stale record. A must notice (the source changed) and end with version 2."""
     client, name = bucket
-    import harmony_aws.store as store_mod
 
     key = "catalog/race.jpg"
     v1, v2 = images["chelsea.jpg"], images["coffee.jpg"]
     client.put_object(Bucket=name, Key=key, Body=v1)
-    real_extract = store_mod.extract_features
+    real_extract = records_mod.extract_features
     a_reading, a_go = threading.Event(), threading.Event()
 
     def extract(data, **kw):
@@ -325,17 +330,17 @@ def test_slow_stale_writer_is_corrected(bucket, images, monkeypatch):
             assert a_go.wait(10)
         return real_extract(data, **kw)
 
-    monkeypatch.setattr(store_mod, "extract_features", extract)
+    monkeypatch.setattr(records_mod, "extract_features", extract)
     store_a, store_b = make_store(client, name), make_store(client, name)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(store_a.reconcile, key)
+        fut = pool.submit(store_a.records.reconcile, key)
         assert a_reading.wait(10)
         client.put_object(Bucket=name, Key=key, Body=v2)
-        assert store_b.reconcile(key).action == "indexed"
+        assert store_b.records.reconcile(key).action == "indexed"
         a_go.set()
         result = fut.result(timeout=30)
     assert result.action == "indexed" and result.rounds == 2
-    rk = store_a.record_key(key)
+    rk = record_key(key)
     feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
     assert feats.sha256 == hashlib.sha256(v2).hexdigest()
     assert client.head_object(Bucket=name, Key=rk)["Metadata"]["source-etag"] == client.head_object(Bucket=name, Key=key)["ETag"]

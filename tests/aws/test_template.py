@@ -11,20 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from harmony_local.template import load_yaml
+from harmony_local.stack.template import load_template, load_yaml
+from tests.support import REPO, TEMPLATE
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "template.yaml"
 SAM = os.environ.get("HARMONY_SAM") or str(REPO / ".tools" / "sam" / "bin" / "sam")
-
-
-def load_template(path: Path = TEMPLATE) -> dict:
-    return load_yaml(path)
 
 
 @pytest.fixture(scope="module")
 def tpl() -> dict:
-    return load_template()
+    """The template as written (intrinsics unresolved)."""
+    return load_yaml(TEMPLATE)
 
 
 def _env():
@@ -74,11 +70,14 @@ def test_runtime_architecture_layers(tpl):
     assert tpl["Parameters"]["Architecture"]["Default"] == "x86_64"
     assert set(tpl["Parameters"]["Architecture"]["AllowedValues"]) == {"x86_64", "arm64"}
     assert g["Layers"] == [{"Ref": "DepsLayer"}, {"Ref": "EngineLayer"}]
-    for lid in ("DepsLayer", "EngineLayer"):
-        layer = tpl["Resources"][lid]
-        assert layer["Metadata"]["BuildMethod"] == "makefile"
-        src = REPO / layer["Properties"]["ContentUri"]
-        assert f"build-{lid}:" in (src / "Makefile").read_text()
+    layers = load_template(TEMPLATE).layers
+    assert sorted(layers) == ["DepsLayer", "EngineLayer"]
+    for lid, layer in layers.items():
+        assert layer.build_method == "makefile"
+        assert f"build-{lid}:" in (layer.build_dir / "Makefile").read_text()
+    # the engine layer is built from the packages' source; its Makefile packs only what ships
+    assert layers["EngineLayer"].content_uri == REPO / "src"
+    assert "PACKAGES := harmony_image harmony_aws\n" in (layers["EngineLayer"].build_dir / "Makefile").read_text()
     assert "opencv-python-headless==5.0.0.93" in (REPO / "layers/deps/requirements.txt").read_text()
     assert "numpy==2.4.6" in (REPO / "layers/deps/requirements.txt").read_text()
 

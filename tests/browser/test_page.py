@@ -4,11 +4,11 @@ error shows; a refused URL -> the error shows. Saves docs/img/page.png."""
 from __future__ import annotations
 
 from tests.browser.conftest import SCREENSHOT
-from tests.local.conftest import FIXTURES
+from tests.support import image_path
 
 
 def test_upload_shows_top_5(page, web_stack, tmp_path):
-    page.set_input_files("#file", str(FIXTURES / "chelsea__hflip.jpg"))
+    page.set_input_files("#file", str(image_path("chelsea__hflip.jpg")))
     page.wait_for_selector("#results .result >> nth=4", timeout=30_000)
     results = page.locator("#results .result")
     assert results.count() == 5

@@ -17,7 +17,7 @@ from harmony_image import (
     decode_image,
     read_image_info,
 )
-from tests.conftest import fixture_bytes
+from tests.support import image_bytes
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ from tests.conftest import fixture_bytes
     ],
 )
 def test_every_supported_format_decodes_to_bgr8(name, fmt, size):
-    data = fixture_bytes(name)
+    data = image_bytes(name)
     info = read_image_info(data)
     assert (info.format, info.width, info.height) == (fmt, *size)
     image = decode_image(data)
@@ -42,26 +42,26 @@ def test_every_supported_format_decodes_to_bgr8(name, fmt, size):
 
 def test_decoded_formats_agree_on_pixels():
     """The same picture as BMP, TIFF (lossless) and 16-bit PNG decodes to the same pixels."""
-    bmp = decode_image(fixture_bytes("coffee.bmp")).astype(int)
-    assert np.array_equal(decode_image(fixture_bytes("coffee.tiff")).astype(int), bmp)
-    assert np.abs(decode_image(fixture_bytes("coffee_16bit.png")).astype(int) - bmp).max() == 0
+    bmp = decode_image(image_bytes("coffee.bmp")).astype(int)
+    assert np.array_equal(decode_image(image_bytes("coffee.tiff")).astype(int), bmp)
+    assert np.abs(decode_image(image_bytes("coffee_16bit.png")).astype(int) - bmp).max() == 0
 
 
 def test_exif_orientation_is_applied():
-    upright = decode_image(fixture_bytes("chelsea.jpg"))
-    rotated_on_disk = decode_image(fixture_bytes("chelsea_exif_rotate_90.jpg"))
+    upright = decode_image(image_bytes("chelsea.jpg"))
+    rotated_on_disk = decode_image(image_bytes("chelsea_exif_rotate_90.jpg"))
     assert rotated_on_disk.shape == upright.shape
     assert np.abs(rotated_on_disk.astype(int) - upright.astype(int)).mean() < 4
 
 
 def test_alpha_is_composited_on_white():
-    image = decode_image(fixture_bytes("rocket_alpha.png"))
+    image = decode_image(image_bytes("rocket_alpha.png"))
     assert (image[:, :48] == 255).all()
     assert (image[:, 48:] != 255).any()
 
 
 def test_grayscale_becomes_three_equal_channels():
-    image = decode_image(fixture_bytes("camera_gray.png"))
+    image = decode_image(image_bytes("camera_gray.png"))
     assert np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2])
 
 
@@ -95,14 +95,14 @@ def test_huge_header_is_refused_before_decoding():
 
 
 def test_pixel_cap_is_configurable():
-    data = fixture_bytes("coffee.jpg")  # 320 x 213
+    data = image_bytes("coffee.jpg")  # 320 x 213
     with pytest.raises(ImageTooLargeError, match="limit is 10,000 pixels"):
         decode_image(data, max_pixels=10_000)
     assert decode_image(data, max_pixels=320 * 213).shape == (213, 320, 3)
 
 
 def test_huge_jpeg_header_is_refused():
-    data = bytearray(fixture_bytes("coffee.jpg"))
+    data = bytearray(image_bytes("coffee.jpg"))
     sof = data.find(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60_000, 60_000)
     with pytest.raises(ImageTooLargeError):
@@ -111,13 +111,13 @@ def test_huge_jpeg_header_is_refused():
 
 @pytest.mark.parametrize("name", ["coffee.jpg", "coffee.webp", "camera_gray.png", "coffee.gif"])
 def test_truncated_files(name):
-    data = fixture_bytes(name)
+    data = image_bytes(name)
     with pytest.raises((TruncatedImageError, CorruptImageError)):
         decode_image(data[: len(data) // 2])
 
 
 def test_truncated_jpeg_names_the_problem():
-    data = fixture_bytes("coffee.jpg")
+    data = image_bytes("coffee.jpg")
     with pytest.raises(TruncatedImageError, match="truncated"):
         decode_image(data[:-500])
     with pytest.raises(TruncatedImageError):
@@ -125,15 +125,15 @@ def test_truncated_jpeg_names_the_problem():
 
 
 def test_corrupt_body_with_valid_header():
-    data = bytearray(fixture_bytes("camera_gray.png"))
+    data = bytearray(image_bytes("camera_gray.png"))
     data[60:-12] = b"\x00" * (len(data) - 72)
     with pytest.raises(CorruptImageError):
         decode_image(bytes(data))
 
 
 def test_tiny_and_flat_images_decode():
-    assert decode_image(fixture_bytes("tiny_4x3.png")).shape == (3, 4, 3)
-    assert decode_image(fixture_bytes("flat_gray.png")).shape == (64, 64, 3)
+    assert decode_image(image_bytes("tiny_4x3.png")).shape == (3, 4, 3)
+    assert decode_image(image_bytes("flat_gray.png")).shape == (64, 64, 3)
 
 
 def test_round_trip_of_encoded_array():

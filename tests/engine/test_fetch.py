@@ -20,9 +20,9 @@ from harmony_image import FetchError, UrlRefusedError, extract_features
 from harmony_image import fetch as fetch_mod
 from harmony_image.errors import FetchNotFoundError, FetchTimeoutError, FetchTooLargeError
 from harmony_image.fetch import fetch_url, is_public_address
+from tests.support import image_bytes
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
-IMAGE = (FIXTURES / "chelsea.jpg").read_bytes()
+IMAGE = image_bytes("chelsea.jpg")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -13,7 +13,7 @@ from harmony_image import kernels
 from harmony_image.features import extract_features, seed_gray, seed_orb
 from harmony_image.kernels import DescriptorPack, cross_check_counts, ssim_scores
 from harmony_image.ssim import SsimQuery
-from tests.conftest import CATALOG_PHOTOS, QUERY_VARIANTS, fixture_bytes
+from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_bytes
 
 RNG = np.random.default_rng(7)
 
@@ -36,7 +36,7 @@ def _edge_cases() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def grays() -> list[np.ndarray]:
-    photos = [seed_gray(cv2.imdecode(np.frombuffer(fixture_bytes(n), np.uint8), cv2.IMREAD_COLOR)) for n in CATALOG_PHOTOS + QUERY_VARIANTS]
+    photos = [seed_gray(cv2.imdecode(np.frombuffer(image_bytes(n), np.uint8), cv2.IMREAD_COLOR)) for n in CATALOG_NAMES + QUERY_VARIANTS]
     inverted = [255 - photos[0]]
     return photos + inverted + _edge_cases()
 

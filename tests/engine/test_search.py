@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import seed_method
-from harmony_image import IndexFormatError, ImageFeatures, SearchIndex, extract_features
-from tests.conftest import QUERY_VARIANTS, fixture_bytes
+from harmony_image import ImageFeatures, IndexFormatError, InvalidParameterError, SearchIndex, SearchParams, extract_features
+from tests.support import QUERY_VARIANTS, image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def index(catalog_photos) -> SearchIndex:
 
 @pytest.mark.parametrize("query", QUERY_VARIANTS + ["coffee.webp", "flat_gray.png", "tiny_4x3.png"])
 def test_seed_scoring_equals_the_reference(index, catalog_photos, query):
-    data = fixture_bytes(query)
+    data = image_bytes(query)
     expected = seed_method.search(data, [(n, n, b) for n, b in catalog_photos.items()], k=5)
-    got = index.search(extract_features(data), k=5, scoring="seed")
+    got = index.search(extract_features(data), SearchParams(k=5, scoring="seed"))
     assert [r.key for r in got] == [r["key"] for r in expected]
     for r, e in zip(got, expected):
         assert r.ssim == pytest.approx(e["ssim"], abs=1e-5)
@@ -30,7 +30,7 @@ def test_seed_scoring_equals_the_reference(index, catalog_photos, query):
 def test_identical_bytes_score_one(index, catalog_photos):
     for name, data in catalog_photos.items():
         for scoring in ("seed", "default"):
-            top = index.search(extract_features(data), k=1, scoring=scoring)[0]
+            top = index.search(extract_features(data), SearchParams(k=1, scoring=scoring))[0]
             assert top.key == name
             assert top.score == pytest.approx(1.0, abs=1e-6)
 
@@ -42,9 +42,9 @@ def test_duplicates_are_dropped_before_the_cut(catalog_photos):
         idx.add(name, extract_features(data))
     coffee = catalog_photos["coffee.jpg"]
     idx.add("copies/coffee-again.jpg", extract_features(coffee))  # same content hash
-    idx.add("copies/coffee-cdn.jpg", extract_features(fixture_bytes("coffee.webp")), url="coffee.jpg")  # same URL
+    idx.add("copies/coffee-cdn.jpg", extract_features(image_bytes("coffee.webp")), url="coffee.jpg")  # same URL
     for scoring in ("seed", "default"):
-        results = idx.search(extract_features(coffee), k=5, scoring=scoring)
+        results = idx.search(extract_features(coffee), SearchParams(k=5, scoring=scoring))
         assert len(results) == 5
         assert len({r.url for r in results}) == 5
         assert len({r.sha256 for r in results}) == 5
@@ -56,7 +56,7 @@ def test_fewer_distinct_images_than_k(catalog_photos):
     idx.add("a.jpg", extract_features(catalog_photos["coffee.jpg"]))
     idx.add("b.jpg", extract_features(catalog_photos["coffee.jpg"]))
     idx.add("c.jpg", extract_features(catalog_photos["moon.jpg"]))
-    assert [r.key for r in idx.search(extract_features(catalog_photos["moon.jpg"]), k=5)] == ["c.jpg", "a.jpg"]
+    assert [r.key for r in idx.search(extract_features(catalog_photos["moon.jpg"]), SearchParams(k=5))] == ["c.jpg", "a.jpg"]
 
 
 def test_empty_index_returns_nothing(catalog_photos):
@@ -66,16 +66,16 @@ def test_empty_index_returns_nothing(catalog_photos):
 @pytest.mark.parametrize("query", QUERY_VARIANTS)
 def test_default_scoring_finds_the_original(index, query):
     expected = query.split("__")[0] + ".jpg"
-    assert index.search(extract_features(fixture_bytes(query)), k=1)[0].key == expected
+    assert index.search(extract_features(image_bytes(query)), SearchParams(k=1))[0].key == expected
 
 
 def test_default_finds_mirrored_copy_that_seed_misses(index):
-    query = extract_features(fixture_bytes("chelsea__hflip.jpg"))
-    assert index.search(query, k=1, scoring="default")[0].key == "chelsea.jpg"
+    query = extract_features(image_bytes("chelsea__hflip.jpg"))
+    assert index.search(query, SearchParams(k=1, scoring="default"))[0].key == "chelsea.jpg"
 
 
 def test_min_score_filters(index, catalog_photos):
-    results = index.search(extract_features(catalog_photos["rocket.jpg"]), k=5, min_score=0.9)
+    results = index.search(extract_features(catalog_photos["rocket.jpg"]), SearchParams(k=5, min_score=0.9))
     assert [r.key for r in results] == ["rocket.jpg"]
 
 
@@ -87,15 +87,19 @@ def test_add_replace_remove(index, catalog_photos):
     idx.add("x.jpg", query_like)
     assert idx.get("x.jpg").features.detail_image is None  # entries do not hold it
     assert len(idx) == 1
-    assert idx.search(extract_features(catalog_photos["coins.jpg"]), k=1)[0].score == pytest.approx(1.0)
+    assert idx.search(extract_features(catalog_photos["coins.jpg"]), SearchParams(k=1))[0].score == pytest.approx(1.0)
     assert idx.remove("x.jpg") and not idx.remove("x.jpg")
     assert len(idx) == 0
 
 
-@pytest.mark.parametrize("kwargs, message", [({"k": 0}, "k must be"), ({"k": 51}, "k must be"), ({"scoring": "fast"}, "scoring must be")])
-def test_bad_arguments(index, catalog_photos, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        index.search(extract_features(catalog_photos["moon.jpg"]), **kwargs)
+@pytest.mark.parametrize("kwargs, message", [
+    ({"k": 0}, "k must be"), ({"k": 51}, "k must be"), ({"k": 2.5}, "k must be"), ({"k": True}, "k must be"),
+    ({"scoring": "fast"}, "scoring must be"), ({"min_score": 1.5}, "min_score must be"), ({"min_score": -0.1}, "min_score must be"),
+])
+def test_bad_parameters(kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message) as err:
+        SearchParams(**kwargs)
+    assert err.value.status == 422 and err.value.code == "validation_error"
 
 
 def test_record_round_trip(catalog_photos):
@@ -131,8 +135,8 @@ def test_the_matching_colourway_ranks_first(catalog_photos, photo):
     for name, data in catalog_photos.items():
         idx.add(name, extract_features(data))
     idx.add("0-recoloured.png", extract_features(_recoloured(catalog_photos[photo], 60)))
-    results = idx.search(extract_features(catalog_photos[photo]), k=2)
+    results = idx.search(extract_features(catalog_photos[photo]), SearchParams(k=2))
     assert [r.key for r in results] == [photo, "0-recoloured.png"]
     assert results[1].score >= 0.5  # still reported as a copy (a colour change is an edit)
-    gray_query = extract_features(fixture_bytes("camera_gray.png"))  # gray images: no colour opinion
-    assert idx.search(gray_query, k=1)[0].key == "camera.jpg"
+    gray_query = extract_features(image_bytes("camera_gray.png"))  # gray images: no colour opinion
+    assert idx.search(gray_query, SearchParams(k=1))[0].key == "camera.jpg"

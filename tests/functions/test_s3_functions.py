@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.aws_fixtures import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
+from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
 
 
 def test_index_put_then_delete_events(s3, images, index_fn, lambda_context):

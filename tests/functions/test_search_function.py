@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.aws_fixtures import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
+from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
 
 RESULT_FIELDS = {"url", "key", "score", "ssim", "orb", "sha256"}
 
@@ -203,10 +203,10 @@ def test_warm_index_picks_up_new_images(catalog, search_fn, index_fn, lambda_con
 
     runtime.reset()
     call(search_fn, lambda_context, api_event(body=images["moon.jpg"], content_type="image/jpeg"))
-    store = runtime.store()
-    assert store.last_refresh["loaded"] == len(CATALOG_NAMES)
+    reader = runtime.search_service().reader
+    assert reader.last_refresh["loaded"] == len(CATALOG_NAMES)
     call(search_fn, lambda_context, api_event(body=images["moon.jpg"], content_type="image/jpeg"))
-    assert store.last_refresh["loaded"] == 0  # warm: nothing reloaded
+    assert reader.last_refresh["loaded"] == 0  # warm: nothing reloaded
     catalog.put_object(Bucket=BUCKET, Key="catalog/new/coffee copy.jpg", Body=images["coffee__resize_half.png"])
     index_fn.lambda_handler(s3_event("s3-catalog-put.json", BUCKET, "catalog/new/coffee copy.jpg"), lambda_context)
     status, body = call(search_fn, lambda_context, api_event(body=images["coffee__resize_half.png"], content_type="image/png"))

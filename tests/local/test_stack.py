@@ -8,11 +8,11 @@ import json
 import time
 import uuid
 
-from tests.local.conftest import FIXTURES, request, request_json
+from tests.support import image_bytes, request, request_json
 
 
 def _search(stack, name: str, ctype: str = "image/jpeg", k: int = 5):
-    return request_json(f"{stack.url}search?k={k}", (FIXTURES / name).read_bytes(), method="POST",
+    return request_json(f"{stack.url}search?k={k}", image_bytes(name), method="POST",
                         headers={"Content-Type": ctype})
 
 
@@ -41,7 +41,7 @@ def test_post_image_gets_top_5(stack):
 
 def test_multipart_upload(stack):
     boundary = "harmonyBoundary" + uuid.uuid4().hex
-    data = (FIXTURES / "coffee__resize_half.png").read_bytes()
+    data = image_bytes("coffee__resize_half.png")
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     status, doc = request_json(f"{stack.url}search?k=3", body, method="POST",
@@ -65,7 +65,7 @@ def test_private_url_is_refused(stack):
 def test_catalog_upload_is_indexed_and_searchable(stack):
     s3, bucket = stack.client(), stack.config.bucket
     key = f"catalog/added/{uuid.uuid4().hex[:8]} rocket.jpg"  # a space: S3 event keys are URL-encoded
-    s3.put_object(Bucket=bucket, Key=key, Body=(FIXTURES / "rocket__brighter.jpg").read_bytes())
+    s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("rocket__brighter.jpg"))
     stack.wait_idle(60)
     inv = [i for i in stack.invocations if i.function == "IndexFunction" and i.source.endswith(key)]
     assert inv and inv[-1].ok and inv[-1].result["results"][0]["action"] == "indexed"
@@ -89,7 +89,7 @@ def test_catalog_upload_is_indexed_and_searchable(stack):
 def test_query_drop_writes_results_and_nothing_fires_on_results(stack):
     s3, bucket = stack.client(), stack.config.bucket
     name = f"drop-{uuid.uuid4().hex[:8]}.jpg"
-    s3.put_object(Bucket=bucket, Key=f"queries/{name}", Body=(FIXTURES / "chelsea__hflip.jpg").read_bytes())
+    s3.put_object(Bucket=bucket, Key=f"queries/{name}", Body=image_bytes("chelsea__hflip.jpg"))
     stack.wait_idle(60)
     doc = json.loads(s3.get_object(Bucket=bucket, Key=f"results/{name}.json")["Body"].read())
     assert len(doc["results"]) == 5 and doc["results"][0]["key"] == "catalog/chelsea.jpg"

@@ -8,10 +8,10 @@ import base64
 import json
 import time
 
-from harmony_local.stack import s3_record
-from harmony_local.template import load_template, media_type_matches
+from harmony_local.stack.server import s3_record
+from harmony_local.stack.template import load_template, media_type_matches
 
-from tests.local.conftest import TOY_TEMPLATE, request, request_json
+from tests.support import TOY_TEMPLATE, request, request_json
 
 
 def test_template_is_read_like_sam():
@@ -78,7 +78,8 @@ def test_handler_errors_become_502(toy):
     assert request_json(f"{toy.url}boom") == (502, {"message": "Internal server error"})
     assert request_json(f"{toy.url}missing") == (502, {"message": "Internal server error"})
     bad = [i for i in toy.invocations if i.function == "MissingFunction"]
-    assert bad and bad[-1].error["errorType"] == "Runtime.ImportModuleError"
+    # what Lambda reports when the module imports but has no such function
+    assert bad and bad[-1].error["errorType"] == "Runtime.HandlerNotFound"
 
 
 def test_timeout_kills_the_invocation(toy):

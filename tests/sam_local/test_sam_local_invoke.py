@@ -52,7 +52,7 @@ from pathlib import Path
 
 import pytest
 
-from harmony_local.template import load_yaml
+from harmony_local.stack.template import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,10 +1,12 @@
-"""Build the Lambda layers without Docker and print their sizes (`make layer`).
+"""Build the Lambda layers without Docker and print their sizes and what they pack (`make layer`).
 
     .venv/bin/python tools/layers/build_layers.py [--arch x86_64|arm64] [--out .build/layers] [--json FILE]
 
-Runs the same Makefile targets that `sam build` runs (layers/deps, layers/engine), copies each
-function's code, and reports unzipped and zipped sizes. Lambda's limit is 250 MB unzipped for a
-function plus all its layers (5 layers at most); exits 1 if a function exceeds it.
+Reads template.yaml (harmony_local.stack.template, the project's one template reader): every
+layer with ``BuildMethod: makefile`` is built by running its Makefile's ``build-<LogicalId>``
+target in the layer's ContentUri, as `sam build` does; every function's CodeUri is copied. Reports
+unzipped and zipped sizes. Lambda's limit is 250 MB unzipped for a function plus all its layers
+(5 layers at most); exits 1 if a function exceeds it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
+
+from harmony_local.stack.template import Template, load_template
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 250 * 1024 * 1024
-LAYERS = {"DepsLayer": REPO / "layers" / "deps", "EngineLayer": REPO / "layers" / "engine"}
-FUNCTIONS = {"SearchFunction": "search", "IndexFunction": "index", "QueryDropFunction": "query_drop"}
 
 
 def tree_size(path: Path) -> int:
@@ -43,21 +46,25 @@ def mb(n: int) -> str:
     return f"{n / 1024 / 1024:7.1f} MB"
 
 
-def build(arch: str, out: Path) -> dict:
+def build(arch: str, out: Path, template: Template | None = None) -> dict[str, Any]:
+    template = template or load_template(REPO / "template.yaml")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HARMONY_ARCH": arch, "PY": sys.executable}
-    sizes: dict = {"arch": arch, "layers": {}, "functions": {}}
-    for name, src in LAYERS.items():
+    sizes: dict[str, Any] = {"arch": arch, "layers": {}, "functions": {}}
+    for name, layer in template.layers.items():
+        if layer.build_method != "makefile":
+            raise SystemExit(f"{name}: only makefile-built layers are built here (BuildMethod {layer.build_method})")
         dest = out / name
         t0 = time.monotonic()
-        subprocess.run(["make", "-s", "-C", str(src), f"build-{name}", f"ARTIFACTS_DIR={dest}", f"HARMONY_ARCH={arch}",
-                        f"PY={sys.executable}"], check=True, env=env)
+        subprocess.run(["make", "-s", "-C", str(layer.content_uri), "-f", str(layer.build_dir / "Makefile"),
+                        f"build-{name}", f"ARTIFACTS_DIR={dest}", f"HARMONY_ARCH={arch}", f"PY={sys.executable}"],
+                       check=True, env=env)
         sizes["layers"][name] = {"unzipped": tree_size(dest), "zipped": zipped_size(dest),
                                  "build_s": round(time.monotonic() - t0, 1)}
-    for name, d in FUNCTIONS.items():
+    for name, fn in template.functions.items():
         dest = out / name
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(REPO / "functions" / d, dest, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+        shutil.copytree(fn.code_uri, dest, ignore=shutil.ignore_patterns("__pycache__", "tests"))
         code = tree_size(dest)
         total = code + sum(v["unzipped"] for v in sizes["layers"].values())
         sizes["functions"][name] = {"code": code, "total_unzipped": total, "limit": LIMIT, "ok": total <= LIMIT}

@@ -1,0 +1,81 @@
+"""Settings of the Lambda functions, from environment variables (set in template.yaml).
+
+Every variable the code reads is listed in :data:`ENV_VARS`; :meth:`Settings.from_env` refuses an
+unknown ``HARMONY_*`` variable, so a misspelt name in the template fails at cold start instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from harmony_image import DEFAULT_MAX_PIXELS, HarmonyError, DEFAULT_SCORING, Scoring, SearchParams
+from harmony_image.params import DEFAULT_K, check_scoring
+
+from .errors import ConfigError
+
+ENV_VARS: dict[str, str] = {
+    "HARMONY_BUCKET": "the catalog bucket (SearchFunction; S3-triggered functions use the event's bucket)",
+    "HARMONY_INDEX_TTL_SECONDS": "how long a warm SearchFunction trusts its in-memory index (default 10)",
+    "HARMONY_PRESIGN_SECONDS": "lifetime of presigned result URLs (default 900)",
+    "HARMONY_MAX_PIXELS": "largest image accepted, in pixels (default 40000000)",
+    "HARMONY_MAX_IMAGE_BYTES": "largest image fetched from a URL or S3, in bytes (default 20 MiB)",
+    "HARMONY_FETCH_TIMEOUT_SECONDS": "timeout of a URL query (default 10)",
+    "HARMONY_DEFAULT_SCORING": "scoring when the request names none: default|seed (default: default)",
+    "HARMONY_ALLOW_PRIVATE_URLS": "tests only: allow URL queries to private addresses (default off)",
+}
+
+
+def _num(env: Mapping[str, str], name: str, default: float, *, lo: float, hi: float) -> float:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={raw!r} must be between {lo:g} and {hi:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str | None = None
+    index_ttl: float = 10.0
+    presign_seconds: int = 900
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = 20 * 1024 * 1024
+    fetch_timeout: float = 10.0
+    default_scoring: Scoring = DEFAULT_SCORING
+
+    def search_params(self, k: int = DEFAULT_K, scoring: Scoring | None = None, min_score: float | None = None) -> SearchParams:
+        """The request's parameters, with this deployment's default scoring when it names none."""
+        return SearchParams(k=k, scoring=scoring or self.default_scoring, min_score=min_score)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, require_bucket: bool = False) -> "Settings":
+        env = os.environ if env is None else env
+        unknown = sorted(k for k in env if k.startswith("HARMONY_") and k not in ENV_VARS)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(ENV_VARS))}"
+            )
+        bucket = env.get("HARMONY_BUCKET", "").strip() or None
+        if require_bucket and not bucket:
+            raise ConfigError("HARMONY_BUCKET is not set: the function does not know its bucket")
+        try:
+            scoring = check_scoring(env.get("HARMONY_DEFAULT_SCORING", "").strip() or DEFAULT_SCORING)
+        except HarmonyError as exc:
+            raise ConfigError(f"HARMONY_DEFAULT_SCORING: {exc.message}") from None
+        return cls(
+            bucket=bucket,
+            index_ttl=_num(env, "HARMONY_INDEX_TTL_SECONDS", 10.0, lo=0, hi=86400),
+            presign_seconds=int(_num(env, "HARMONY_PRESIGN_SECONDS", 900, lo=1, hi=604800)),
+            max_pixels=int(_num(env, "HARMONY_MAX_PIXELS", DEFAULT_MAX_PIXELS, lo=1, hi=1e9)),
+            max_image_bytes=int(_num(env, "HARMONY_MAX_IMAGE_BYTES", 20 * 1024 * 1024, lo=1, hi=2**31)),
+            fetch_timeout=_num(env, "HARMONY_FETCH_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=300),
+            default_scoring=scoring,
+        )

@@ -1,0 +1,70 @@
+"""Where things live in the catalog bucket, and how a catalog key names its index record.
+
+    catalog/<rel>                 catalog images (any sub-folders)
+    catalog/manifest.json         optional source URLs, the seed's format
+    index/records/<name>.npz      one feature record per catalog object
+    queries/<rel>                 dropped query images (QueryDrop)
+    results/<rel>.json            QueryDrop's answers
+
+``<name>`` is the URL-safe base64 (no padding) of the UTF-8 ``<rel>``; a key too long for that
+(S3 keys are at most 1024 bytes) uses ``<sha256 of rel>.h`` instead — base64 never contains a
+dot, so the two forms cannot collide. Readers take the key from the record's metadata either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from harmony_image import MANIFEST_NAME
+
+CATALOG_PREFIX = "catalog/"
+INDEX_PREFIX = "index/"
+RECORDS_PREFIX = "index/records/"
+QUERIES_PREFIX = "queries/"
+RESULTS_PREFIX = "results/"
+MANIFEST_KEY = CATALOG_PREFIX + MANIFEST_NAME
+
+RECORD_SUFFIX = ".npz"
+_HASHED_SUFFIX = ".h.npz"
+_MAX_B64_NAME = 900  # base64 names up to here keep the record key under S3's 1024 bytes
+
+
+def is_catalog_image_key(key: str) -> bool:
+    return key.startswith(CATALOG_PREFIX) and key != MANIFEST_KEY and not key.endswith("/")
+
+
+def catalog_rel(key: str) -> str:
+    """``catalog/<rel>`` -> ``<rel>``."""
+    if not key.startswith(CATALOG_PREFIX):
+        raise ValueError(f"{key!r} is not under {CATALOG_PREFIX}")
+    return key[len(CATALOG_PREFIX) :]
+
+
+def record_name(rel: str) -> str:
+    """Record object name (under index/records/) of the catalog-relative key ``rel``."""
+    b64 = base64.urlsafe_b64encode(rel.encode("utf-8")).decode("ascii").rstrip("=")
+    if len(b64) <= _MAX_B64_NAME:
+        return b64 + RECORD_SUFFIX
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest() + _HASHED_SUFFIX
+
+
+def record_key(key: str) -> str:
+    """The record object key of catalog object ``key``."""
+    return RECORDS_PREFIX + record_name(catalog_rel(key))
+
+
+def rel_from_record_name(name: str) -> str | None:
+    """The catalog-relative key encoded in a record name (None for the hashed form)."""
+    if name.endswith(_HASHED_SUFFIX) or not name.endswith(RECORD_SUFFIX):
+        return None
+    b64 = name[: -len(RECORD_SUFFIX)]
+    try:
+        return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def result_key(query_key: str) -> str:
+    """Where QueryDrop answers ``queries/<rel>``: ``results/<rel>.json``."""
+    return RESULTS_PREFIX + query_key[len(QUERIES_PREFIX) :] + ".json"

@@ -1,0 +1,70 @@
+"""Per-process singletons for the Lambda handlers: settings, one S3 client, and per bucket its
+record writer and search service.
+
+Created on first use (not at import, so tests can set the environment and moto first) and kept
+for warm invocations: the SearchFunction's in-memory index lives in its reader. ``reset()``
+drops everything (tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .config import Settings
+from .reader import IndexReader
+from .records import RecordWriter
+from .s3 import Bucket, s3_client
+from .service import SearchService
+from .urls import ResultUrls
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_client: Any = None
+_services: dict[str, SearchService] = {}
+_writers: dict[str, RecordWriter] = {}
+
+
+def settings() -> Settings:
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+def _bucket(name: str) -> Bucket:
+    global _client
+    if _client is None:
+        _client = s3_client()
+    return Bucket(name, _client)
+
+
+def search_service(bucket: str | None = None) -> SearchService:
+    """The search service of ``bucket`` (default: HARMONY_BUCKET, required then)."""
+    s = settings()
+    name = bucket or Settings.from_env(require_bucket=True).bucket
+    assert name
+    with _lock:
+        if name not in _services:
+            b = _bucket(name)
+            urls = ResultUrls(b, presign_seconds=s.presign_seconds)
+            _services[name] = SearchService(b, IndexReader(b, urls, ttl=s.index_ttl), urls, s)
+        return _services[name]
+
+
+def record_writer(bucket: str) -> RecordWriter:
+    s = settings()
+    with _lock:
+        if bucket not in _writers:
+            _writers[bucket] = RecordWriter(_bucket(bucket), max_pixels=s.max_pixels, max_image_bytes=s.max_image_bytes)
+        return _writers[bucket]
+
+
+def reset() -> None:
+    global _settings, _client
+    with _lock:
+        _settings = None
+        _client = None
+        _services.clear()
+        _writers.clear()

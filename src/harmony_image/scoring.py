@@ -1,0 +1,272 @@
+"""Scoring a query against a packed catalog: ``seed`` (exact, exhaustive) and ``default``.
+
+``seed`` — the original Harmony-Image score, for every catalog image:
+    ssim  = SSIM of the two 256x256 grayscales (scikit-image defaults)
+    orb   = cross-checked Hamming brute-force matches / query keypoints
+    score = (ssim + orb) / 2
+
+``default`` — shortlist, then verify (docs/SCORING.md has the reasoning and measurements):
+
+1. Shortlist: every catalog image gets two cheap votes — how many of (a subsample of) the
+   query's ORB descriptors have a near neighbour (<= 50 bits) among a subsample of the image's,
+   and how well 32x32 thumbnails correlate — both for the query and its mirror image. The best
+   few dozen by either vote go on.
+2. Verify each candidate, for the query and its mirror: ORB matches that pass Lowe's ratio
+   test, then a RANSAC affine fit; the number of inliers is geometric evidence that the two
+   images show the same thing, robust to crops, padding, overlays and rotation. SSIM of the
+   256x256 grayscales (the seed's) is evidence of a near-identical copy.
+3. Calibrate: ``evidence = max(inlier term, SSIM term)`` in [0, 1]; the score is
+   ``evidence + (1 - evidence) * 0.3 * seed_score``, so images without evidence still rank by
+   the seed's score but stay below 0.3. A score >= :data:`SAME_IMAGE_THRESHOLD` means "the same
+   image or a copy of it".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .features import DETAIL_SIDE, ImageFeatures, features_from_images
+from .kernels import DescriptorPack, count_close, cross_check_counts, map_threads, nearest_two, ssim_scores
+from .packed import PackedCatalog, subsample
+from .params import Scoring
+
+VOTE_QUERY_DESCRIPTORS = 200
+VOTE_THRESHOLD = 50
+SHORTLIST_MIN = 24
+SHORTLIST_PER_RESULT = 4
+RATIO = 0.8
+MAX_MATCH_DISTANCE = 64
+RANSAC_THRESHOLD = 4.0
+RANSAC_ITERATIONS = 400
+MAX_RANSAC_MATCHES = 100
+MIN_AREA_SCALE = 1.0 / 16
+MIN_INLIER_SPREAD = 8.0
+DETAIL_RANSAC_THRESHOLD = 5.0 * DETAIL_SIDE / 512
+INLIER_FLOOR = 8.0
+INLIER_SCALE = 12.0
+DETAIL_INLIER_FLOOR = 8.0
+DETAIL_INLIER_SCALE = 10.0
+DETAIL_CANDIDATES = 6
+DETAIL_BY_LOOKS = 3
+DETAIL_BY_VOTES = 6
+DETAIL_SKIP_ABOVE = 0.95
+SSIM_FLOOR = 0.85
+SSIM_SPAN = 0.12
+PRIOR_WEIGHT = 0.3
+SAME_IMAGE_THRESHOLD = 0.5
+COLOURFUL = 0.12
+COLOUR_TIEBREAK = 0.02
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Scores of some catalog rows (indices into the packed catalog)."""
+
+    rows: np.ndarray
+    score: np.ndarray
+    ssim: np.ndarray
+    orb: np.ndarray
+
+
+def orb_ratio(matches: np.ndarray, query_keypoints: int) -> np.ndarray:
+    """The seed's ORB score: matches over query keypoints (0 when the query has none)."""
+    if query_keypoints == 0:
+        return np.zeros(matches.shape, dtype=np.float64)
+    return matches.astype(np.float64) / query_keypoints
+
+
+def seed_candidates(
+    query: ImageFeatures,
+    packed: PackedCatalog,
+    rows: np.ndarray | None = None,
+    *,
+    subset: tuple[np.ndarray, DescriptorPack] | None = None,
+) -> Candidates:
+    """The exact seed score of ``query`` against ``rows`` of the catalog (all rows if None).
+    ``subset`` is :func:`catalog_subset` of those rows, when the caller scores several queries."""
+    if rows is None:
+        rows = np.arange(len(packed))
+        grays, descriptors = packed.grays, packed.descriptors
+    else:
+        grays, descriptors = subset if subset is not None else catalog_subset(packed, rows)
+    ssim = ssim_scores(query.gray, grays)
+    orb = orb_ratio(cross_check_counts(query.descriptors, descriptors), query.keypoint_count)
+    return Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb)
+
+
+def catalog_subset(packed: PackedCatalog, rows: np.ndarray) -> tuple[np.ndarray, DescriptorPack]:
+    """The grayscales and packed seed descriptors of ``rows``, as the seed kernels read them."""
+    return packed.grays[rows], DescriptorPack([packed.descriptors_of(int(r)) for r in rows])
+
+
+def mirrored(query: ImageFeatures) -> ImageFeatures:
+    """The query flipped left-right, with its features recomputed.
+
+    Detail features are recomputed only when the query kept its detail image (queries do,
+    stored records do not); otherwise the mirror has none.
+    """
+    detail = None if query.detail_image is None else np.ascontiguousarray(query.detail_image[:, ::-1])
+    return features_from_images(
+        np.ascontiguousarray(query.gray[:, ::-1]),
+        detail,
+        query.colours,  # a hue histogram does not change with a flip
+        sha256=query.sha256,
+        width=query.width,
+        height=query.height,
+        keep_detail_image=True,
+    )
+
+
+def shortlist(
+    query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatalog, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
+    thumbnail correlation — with each one's thumbnail correlation and vote count."""
+    looks = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
+    votes = np.maximum(
+        count_close(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
+        count_close(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
+    )
+    n = len(packed)
+    if size >= n:
+        return np.arange(n), looks, votes
+    by_votes = np.argpartition(-votes, size - 1)[:size]
+    by_looks = np.argpartition(-looks, size - 1)[:size]
+    rows = np.union1d(by_votes, by_looks)
+    return rows, looks[rows], votes[rows]
+
+
+def verified_inliers(
+    query_descriptors: np.ndarray,
+    query_keypoints: np.ndarray,
+    keypoints: np.ndarray,
+    planes: np.ndarray,
+    *,
+    homography: bool = False,
+    floor: float = 0.0,
+) -> int:
+    """Ratio-test ORB matches that agree with one RANSAC transform (affine, or a homography
+    for detail features, where viewpoint changes show). Returns 0 without fitting when there
+    are no more candidate matches than ``floor`` (fewer inliers than that count for nothing)."""
+    if len(query_descriptors) < 4 or planes.shape[1] < 4:
+        return 0
+    idx, d1, d2 = nearest_two(query_descriptors, planes)
+    good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
+    if np.count_nonzero(good) <= max(4, floor):
+        return 0
+    # Closest first: RHO (PROSAC) samples in that order, and RANSAC time grows with matches
+    # while the closest carry the signal.
+    matches = np.flatnonzero(good)
+    matches = matches[np.argsort(d1[matches], kind="stable")[:MAX_RANSAC_MATCHES]]
+    src, dst = query_keypoints[matches], keypoints[idx[matches]]
+    if homography:
+        model, mask = cv2.findHomography(src, dst, cv2.RHO, DETAIL_RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS)
+    else:
+        model, mask = cv2.estimateAffine2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS
+        )
+    if model is None or mask is None or not plausible(model, src[mask.ravel() > 0]):
+        return 0
+    return int(mask.sum())
+
+
+def plausible(model: np.ndarray, inlier_points: np.ndarray) -> bool:
+    """Reject transforms no copy or photo of the same thing produces, which RANSAC still fits
+    to chance matches: mirror images (the mirrored query covers those), extreme scaling,
+    points mapped behind the camera, and inliers bunched in one spot.
+
+    The scale and orientation tests use the transform's local Jacobian at the inliers'
+    centroid, which for a homography differs from its upper-left 2x2 block.
+    """
+    if not np.isfinite(model).all() or len(inlier_points) < 3:
+        return False
+    if float(inlier_points.std(axis=0).min()) < MIN_INLIER_SPREAD:
+        return False
+    h = model if model.shape[0] == 3 else np.vstack([model, [0.0, 0.0, 1.0]])
+    w = inlier_points @ h[2, :2] + h[2, 2]
+    if not (w > 0).all() and not (w < 0).all():
+        return False
+    x, y = inlier_points.mean(axis=0)
+    wc = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    u = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / wc
+    v = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / wc
+    jacobian = (h[:2, :2] - np.outer([u, v], h[2, :2])) / wc
+    det = float(np.linalg.det(jacobian))
+    return MIN_AREA_SCALE < det < 1.0 / MIN_AREA_SCALE
+
+
+def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray, seed_score: np.ndarray) -> np.ndarray:
+    """Score in [0, 1]; >= SAME_IMAGE_THRESHOLD means the same image or a copy."""
+    geometric = np.maximum(
+        1.0 - np.exp(-np.maximum(0.0, inliers - INLIER_FLOOR) / INLIER_SCALE),
+        1.0 - np.exp(-np.maximum(0.0, detail_inliers - DETAIL_INLIER_FLOOR) / DETAIL_INLIER_SCALE),
+    )
+    structural = np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
+    evidence = np.maximum(geometric, structural)
+    return evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
+
+
+def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.ndarray:
+    """Hue-histogram intersection in [0, 1] of the query with each catalog row; 1 (no
+    opinion) where either image is nearly gray — a grayscale copy is still a copy."""
+    agreement = np.minimum(catalog_colours[:, :-1], query.colours[:-1]).sum(axis=1)
+    neutral = (catalog_colours[:, -1] < COLOURFUL) | (query.colours[-1] < COLOURFUL)
+    return np.where(neutral, 1.0, agreement)
+
+
+def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
+    views = (query, mirrored(query))
+    rows, looks, votes = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
+    subset = catalog_subset(packed, rows)  # gathered once for the query and its mirror
+    seeds = [seed_candidates(view, packed, rows, subset=subset) for view in views]
+    inliers = np.zeros((2, len(rows)))
+    detail_inliers = np.zeros((2, len(rows)))
+
+    def verify(i: int) -> None:
+        planes = packed.descriptors.words(int(rows[i]))
+        keypoints = packed.entries[int(rows[i])].features.keypoints
+        for v, view in enumerate(views):
+            inliers[v, i] = verified_inliers(view.descriptors, view.keypoints, keypoints, planes, floor=INLIER_FLOOR)
+
+    def verify_detail(i: int) -> None:
+        entry = packed.entries[int(rows[i])].features
+        planes = packed.detail_planes(int(rows[i]))
+        for v, view in enumerate(views):
+            detail_inliers[v, i] = verified_inliers(
+                view.detail_descriptors, view.detail_keypoints, entry.detail_keypoints, planes,
+                homography=True, floor=DETAIL_INLIER_FLOOR,
+            )
+
+    map_threads(verify, range(len(rows)))
+    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    # Detail verification costs ~1 ms per image and view: only for the best candidates so far,
+    # the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
+    # crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
+    # short of certain.
+    best = np.argsort(-scores.max(axis=0), kind="stable")[: max(DETAIL_CANDIDATES, k)]
+    best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
+    most_voted = np.argsort(-votes, kind="stable")[:DETAIL_BY_VOTES]
+    candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
+    todo = [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
+    map_threads(verify_detail, todo)
+    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
+    # All evidence above is grayscale: among equally strong candidates (two colourways of one
+    # product), the one whose colours agree with the query's goes first.
+    scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours[rows]))
+    np.clip(scores, 0.0, 1.0, out=scores)
+    use_flip = scores[1] > scores[0]
+    return Candidates(
+        rows=rows,
+        score=np.where(use_flip, scores[1], scores[0]),
+        ssim=np.where(use_flip, seeds[1].ssim, seeds[0].ssim),
+        orb=np.where(use_flip, seeds[1].orb, seeds[0].orb),
+    )
+
+
+def score_catalog(query: ImageFeatures, packed: PackedCatalog, *, scoring: Scoring, k: int) -> Candidates:
+    if scoring == "seed":
+        return seed_candidates(query, packed)
+    return default_candidates(query, packed, k=k)

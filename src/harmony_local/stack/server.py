@@ -1,0 +1,436 @@
+"""The local stack: embedded S3 (moto's server), the template's functions in warm worker
+processes, S3 -> function triggers, and an HTTP server in front of the API routes.
+
+S3 triggers go through moto's own bucket notifications: each S3-triggered function gets an SQS
+queue in the embedded moto, the bucket's NotificationConfiguration gets one QueueConfiguration
+per template S3 event (its Events and S3Key prefix/suffix rules), and a dispatcher thread per
+function turns each message into an asynchronous invocation with the S3 event record in the
+shape S3 sends (missing fields of moto's record filled in). So a write under a prefix no trigger
+watches (``results/``, ``index/``) invokes nothing, exactly as on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus, unquote_plus
+
+from .apigw import BadLambdaResponse, build_event, parse_response
+from .lambdas import FunctionPool, Invocation, InvokeError, lambda_environment
+from .template import REGION, Template, load_template
+
+MAX_API_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+ASYNC_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def find_template(start: Path | None = None) -> Path:
+    """template.yaml in ``start`` (default: the working directory) or a parent, else the repository's."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "template.yaml").is_file():
+            return d / "template.yaml"
+    repo = Path(__file__).resolve().parents[3] / "template.yaml"
+    if repo.is_file():
+        return repo
+    raise FileNotFoundError("no template.yaml here or above; pass --template")
+
+
+def s3_record(moto_record: dict) -> dict:
+    """moto's S3 event record completed to the shape S3 sends (and `sam local generate-event s3` makes)."""
+    rec = json.loads(json.dumps(moto_record))
+    rec.setdefault("eventVersion", "2.1")
+    rec.setdefault("eventSource", "aws:s3")
+    rec.setdefault("awsRegion", REGION)
+    rec.setdefault("userIdentity", {"principalId": "AWS:HARMONYLOCAL"})
+    rec.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
+    rec.setdefault("responseElements", {"x-amz-request-id": uuid.uuid4().hex[:16].upper(),
+                                        "x-amz-id-2": uuid.uuid4().hex})
+    s3 = rec.setdefault("s3", {})
+    bucket = s3.setdefault("bucket", {})
+    bucket.setdefault("ownerIdentity", {"principalId": "HARMONYLOCAL"})
+    obj = s3.setdefault("object", {})
+    if "key" in obj:  # moto percent-encodes "/" too; S3 leaves it (spaces as "+", the rest %XX)
+        obj["key"] = quote_plus(unquote_plus(obj["key"]), safe="/")
+    obj.setdefault("sequencer", f"{time.time_ns():018X}")
+    if str(rec.get("eventName", "")).startswith("ObjectRemoved"):
+        obj.pop("size", None)
+        obj.pop("eTag", None)
+    return rec
+
+
+@dataclass
+class StackConfig:
+    template: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    s3_port: int = 0
+    bucket: str = "harmony-local"
+    workdir: Path = field(default_factory=lambda: Path(".harmony-local"))
+    max_concurrency: int = 2
+    function_logs: bool = False  # True: function output on this console, else workdir/logs/<fn>.log
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig | None = None, *, echo: Callable[[str], None] | None = print) -> None:
+        self.config = config or StackConfig()
+        self.echo = echo or (lambda _msg: None)
+        self.template: Template = load_template(self.config.template or find_template(),
+                                                bucket_name=self.config.bucket,
+                                                parameter_overrides=self.config.parameter_overrides)
+        self.invocations: list[Invocation] = []
+        self._cond = threading.Condition()
+        self._pools: dict[str, FunctionPool] = {}
+        self._queues: dict[str, str] = {}  # function -> queue url
+        self._threads: list[threading.Thread] = []
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._inflight = 0
+        self._stop = threading.Event()
+        self._moto = None
+        self._http: ThreadingHTTPServer | None = None
+        self.s3_endpoint = ""
+        self.url = ""
+        self.page_fallback: Path | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "LocalStack":
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._start_s3()
+        log_dir = None
+        if not cfg.function_logs:
+            log_dir = Path(cfg.workdir) / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+        extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.s3_endpoint}
+        for name, spec in self.template.functions.items():
+            pool = FunctionPool(spec, lambda_environment(spec, extra), log_dir=log_dir,
+                                max_concurrency=cfg.max_concurrency)
+            pool.prewarm()  # spawn now; the imports run in parallel with the rest of start()
+            self._pools[name] = pool
+        self._start_triggers()
+        self._start_http()
+        for pool in self._pools.values():
+            pool.wait_warm()
+        self.echo(f"harmony-local: {len(self._pools)} functions warm, S3 {self.s3_endpoint} "
+                  f"bucket {cfg.bucket}, API {self.url} ({time.perf_counter() - t0:.1f} s)"
+                  + (f"; function logs in {log_dir}" if log_dir else ""))
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        for ex in self._executors.values():
+            ex.shutdown(wait=True, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.close()
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ S3
+    def client(self, service: str = "s3") -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=REGION, endpoint_url=self.s3_endpoint,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def _start_s3(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+        port = self.config.s3_port or free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._moto.start()
+        self.s3_endpoint = f"http://127.0.0.1:{port}"
+        s3 = self.client()
+        try:
+            s3.create_bucket(Bucket=self.config.bucket)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def _start_triggers(self) -> None:
+        triggers = self.template.s3_triggers
+        if not triggers:
+            return
+        sqs = self.client("sqs")
+        configs = []
+        for trig in triggers:
+            if trig.function not in self._queues:
+                qname = f"harmony-local-{trig.function}-{uuid.uuid4().hex[:6]}"
+                url = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "900"})["QueueUrl"]
+                self._queues[trig.function] = url
+            arn = sqs.get_queue_attributes(QueueUrl=self._queues[trig.function],
+                                           AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            conf: dict[str, Any] = {"Id": f"{trig.function}-{trig.name}", "QueueArn": arn, "Events": list(trig.events)}
+            if trig.rules:
+                conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in trig.rules]}}
+            configs.append(conf)
+        self.client().put_bucket_notification_configuration(
+            Bucket=self.config.bucket, NotificationConfiguration={"QueueConfigurations": configs})
+        for function, url in self._queues.items():
+            self._executors[function] = ThreadPoolExecutor(self.config.max_concurrency,
+                                                           thread_name_prefix=f"s3-{function}")
+            t = threading.Thread(target=self._dispatch, args=(function, url), name=f"dispatch-{function}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _dispatch(self, function: str, queue_url: str) -> None:
+        sqs = self.client("sqs")
+        while not self._stop.is_set():
+            try:
+                msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            except Exception as exc:  # noqa: BLE001 - the server is going away
+                if self._stop.is_set():
+                    return
+                self.echo(f"harmony-local: reading the {function} queue failed: {exc}")
+                time.sleep(0.5)
+                continue
+            for m in msgs:
+                body = json.loads(m["Body"])
+                records = [] if body.get("Event") == "s3:TestEvent" else body.get("Records", [])
+                # counted in flight before the message leaves the queue, so that wait_idle never
+                # sees a moment with the event neither queued nor running
+                with self._cond:
+                    self._inflight += len(records)
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+                for rec in records:
+                    self._executors[function].submit(self._invoke_async, function, {"Records": [s3_record(rec)]})
+
+    def _invoke_async(self, function: str, event: dict) -> None:
+        rec = event["Records"][0]
+        source = f"s3 {rec.get('eventName')} {unquote_plus(rec['s3']['object'].get('key', ''))}"
+        try:
+            for attempt in range(1, ASYNC_ATTEMPTS + 1):
+                inv = self.invoke(function, event, source=source)
+                if inv.ok or self._stop.is_set():
+                    break
+                if attempt < ASYNC_ATTEMPTS:
+                    time.sleep(0.5 * attempt)
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ invoking
+    def invoke(self, function: str, event: dict, *, source: str = "direct") -> Invocation:
+        t0 = time.perf_counter()
+        try:
+            result = self._pools[function].invoke(event)
+            inv = Invocation(function, "", source, True, (time.perf_counter() - t0) * 1000, result=result)
+        except InvokeError as exc:
+            inv = Invocation(function, "", source, False, (time.perf_counter() - t0) * 1000, error=exc.payload)
+        with self._cond:
+            self.invocations.append(inv)
+            self._cond.notify_all()
+        if source.startswith("s3 "):
+            summary = _summarise(inv)
+            self.echo(f"  [{function}] {source} -> {summary} ({inv.ms:.0f} ms)")
+        return inv
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until every S3 event so far has been delivered and handled."""
+        sqs = self.client("sqs") if self._queues else None
+        deadline = time.monotonic() + timeout
+        while True:
+            queued = 0
+            for url in self._queues.values():
+                attrs = sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+                queued += sum(int(v) for v in attrs["Attributes"].values())
+            with self._cond:
+                if queued == 0 and self._inflight == 0:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"S3 events still pending after {timeout} s ({queued} queued, "
+                                       f"{self._inflight} running)")
+                self._cond.wait(min(0.1, left))
+
+    def wait_for(self, predicate: Callable[[Invocation], bool], timeout: float = 30.0) -> Invocation:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for inv in self.invocations:
+                    if predicate(inv):
+                        return inv
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no matching invocation")
+                self._cond.wait(left)
+
+    # ------------------------------------------------------------------ sample catalog
+    def seed_catalog(self, images: dict[str, bytes] | None = None, *, prefix: str = "catalog/",
+                     timeout: float = 120.0) -> int:
+        """Upload images (default: the engine's bundled samples) and wait until they are indexed."""
+        if images is None:
+            from ..demo import SAMPLES
+
+            images = {p.name: p.read_bytes() for p in sorted((SAMPLES / "catalog").iterdir()) if p.is_file()}
+        s3 = self.client()
+        have = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.config.bucket, Prefix=prefix) for o in page.get("Contents", [])}
+        n = 0
+        for name, data in images.items():
+            if prefix + name in have:
+                continue
+            s3.put_object(Bucket=self.config.bucket, Key=prefix + name, Body=data,
+                          ContentType=_guess_type(name))
+            n += 1
+        self.wait_idle(timeout)
+        return n
+
+    # ------------------------------------------------------------------ HTTP
+    def _start_http(self) -> None:
+        stack = self
+
+        class Handler(_ApiHandler):
+            pass
+
+        Handler.stack = stack
+        self._http = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+        self._http.daemon_threads = True
+        host, port = self._http.server_address[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.url = f"http://{shown}:{port}/"
+        if not any(r.match("GET", "/") is not None for r in self.template.routes):
+            for spec in self.template.functions.values():
+                page = spec.code_uri / "web" / "index.html"
+                if page.is_file():
+                    self.page_fallback = page
+                    self.echo(f"harmony-local: template.yaml has no GET / route; serving {page} at / directly")
+                    break
+        t = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
+                             name="harmony-local-http", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+
+def _summarise(inv: Invocation) -> str:
+    if not inv.ok:
+        return f"ERROR {inv.error.get('errorType')}: {inv.error.get('errorMessage')}"
+    res = inv.result
+    if isinstance(res, dict) and isinstance(res.get("results"), list):
+        parts = []
+        for r in res["results"]:
+            if isinstance(r, dict):
+                bits = [str(r.get("action", ""))]
+                if r.get("result_key"):
+                    bits.append(f"-> {r['result_key']}")
+                if r.get("detail"):
+                    bits.append(f"({r['detail']})")
+                parts.append(" ".join(bits))
+        return "; ".join(parts) or "ok"
+    return "ok"
+
+
+def _guess_type(name: str) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    stack: LocalStack
+    protocol_version = "HTTP/1.1"
+    server_version = "harmony-local"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # the stack prints its own line
+        pass
+
+    def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, doc: dict) -> None:
+        self._send(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", "LocalError")],
+                   json.dumps(doc).encode())
+
+    def _handle(self) -> None:
+        t0 = time.perf_counter()
+        stack = self.stack
+        path = self.path.split("?", 1)[0]
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            return self._json(411, {"message": "Length Required"})
+        n = int(length or 0)
+        if n > MAX_API_BODY:
+            self.close_connection = True
+            return self._json(413, {"message": "Request Too Long"})
+        body = self.rfile.read(n) if n else b""
+        method = self.command
+        found = stack.template.route_for(method, path)
+        if found is None and method == "HEAD":
+            found = stack.template.route_for("GET", path)
+        if found is None:
+            if stack.page_fallback is not None and method in ("GET", "HEAD") and path in ("/", "/index.html"):
+                return self._send(200, [("Content-Type", "text/html; charset=utf-8")],
+                                  stack.page_fallback.read_bytes())
+            if method == "OPTIONS" and stack.template.has_path(path):
+                # API Gateway's CORS mock integration for preflight
+                return self._send(200, [("Access-Control-Allow-Origin", "*"),
+                                        ("Access-Control-Allow-Methods", "GET,POST,OPTIONS"),
+                                        ("Access-Control-Allow-Headers", "Content-Type,Authorization,X-Api-Key"),
+                                        ("Content-Type", "application/json")], b"{}")
+            status = 403 if not stack.template.has_path(path) else 405
+            self._json(status, {"message": "Missing Authentication Token"})
+            stack.echo(f"{method} {self.path} -> {status} (no route in template.yaml)")
+            return
+        route, params = found
+        api = stack.template.api_of(route)
+        event, warning = build_event(
+            method="GET" if method == "HEAD" and route.method != "HEAD" else method,
+            raw_path=self.path, headers=list(self.headers.items()), body=body, resource=route.path,
+            path_params=params, stage=api.stage, binary_media_types=api.binary_media_types,
+            source_ip=self.client_address[0], host=self.headers.get("Host", ""))
+        if warning:
+            stack.echo(f"harmony-local: WARNING {method} {path}: {warning}")
+        inv = stack.invoke(route.function, event, source=f"api {method} {path}")
+        if not inv.ok:
+            stack.echo(f"{method} {self.path} -> 502 [{route.function}] {inv.error.get('errorType')}: "
+                       f"{inv.error.get('errorMessage')}")
+            return self._json(502, {"message": "Internal server error"})
+        try:
+            status, headers, data = parse_response(inv.result)
+        except BadLambdaResponse as exc:
+            stack.echo(f"{method} {self.path} -> 502 [{route.function}] malformed response: {exc}")
+            return self._json(502, {"message": "Internal server error"})
+        self._send(status, headers, data)
+        stack.echo(f"{method} {self.path} -> {status} [{route.function}] "
+                   f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle

@@ -1,0 +1,142 @@
+"""What the tests share: where things are, the test images, events, S3 and HTTP helpers.
+
+Pytest fixtures built on these live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "template.yaml"
+FIXTURES = REPO / "tests" / "fixtures" / "images"
+SAMPLES = REPO / "src" / "harmony_local" / "samples"
+EVENTS = REPO / "events"
+TOY_TEMPLATE = REPO / "tests" / "local" / "toy" / "template.yaml"
+BUCKET = "harmony-test-bucket"
+
+# -------------------------------------------------------------------------- images
+# Catalog originals are named after the photo; ``<photo>__<transform>.<ext>`` is a query whose
+# right answer is ``<photo>.jpg``; other files exercise the decoder (tests/fixtures/README.md).
+_IMAGE_DIRS = (FIXTURES, SAMPLES / "catalog", SAMPLES / "queries")
+
+
+def image_path(name: str) -> Path:
+    for folder in _IMAGE_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no test image {name} in {', '.join(str(d) for d in _IMAGE_DIRS)}")
+
+
+def image_bytes(name: str) -> bytes:
+    return image_path(name).read_bytes()
+
+
+def all_images() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for folder in _IMAGE_DIRS for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+CATALOG_NAMES = sorted(p.name for p in (SAMPLES / "catalog").iterdir() if p.suffix == ".jpg")
+QUERY_VARIANTS = sorted(name for name in all_images() if "__" in name)
+
+# -------------------------------------------------------------------------- events and handlers
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def s3_event(name: str, bucket: str, key: str | None = None, event_name: str | None = None) -> dict[str, Any]:
+    """events/<name> pointed at ``bucket`` (and ``key``, URL-encoded as S3 sends it)."""
+    ev = copy.deepcopy(load_event(name))
+    for rec in ev["Records"]:
+        rec["s3"]["bucket"]["name"] = bucket
+        rec["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
+        if key is not None:
+            rec["s3"]["object"]["key"] = quote_plus(key, safe="/")
+        if event_name is not None:
+            rec["eventName"] = event_name
+    return ev
+
+
+def load_function(name: str) -> ModuleType:
+    """functions/<name>/app.py as a module of its own (each function's module is `app`)."""
+    modname = f"harmony_fn_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, REPO / "functions" / name / "app.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[modname]
+
+
+# -------------------------------------------------------------------------- S3
+
+
+def all_keys(client: Any, bucket: str, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o["ETag"]
+    return out
+
+
+def put_catalog(client: Any, bucket: str, images: dict[str, bytes], names: list[str] = CATALOG_NAMES,
+                prefix: str = "catalog/", metadata: dict[str, dict[str, str]] | None = None) -> None:
+    for n in names:
+        client.put_object(Bucket=bucket, Key=prefix + n, Body=images[n], Metadata=(metadata or {}).get(n, {}))
+
+
+# -------------------------------------------------------------------------- HTTP and the local stack
+
+
+def request(url: str, data: bytes | None = None, *, method: str | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers.items()), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def request_json(url: str, data: bytes | None = None, **kw: Any) -> tuple[int, dict[str, Any]]:
+    status, _, body = request(url, data, **kw)
+    return status, json.loads(body or b"{}")
+
+
+def start_stack(template: Path, workdir: Path, **kw: Any) -> Any:
+    from harmony_local.stack.server import LocalStack, StackConfig
+
+    cfg = StackConfig(template=template, port=0, workdir=workdir, **kw)
+    return LocalStack(cfg, echo=print).start()
+
+
+@contextmanager
+def app_stack(workdir: Path, *, bucket: str) -> Iterator[Any]:
+    """The repository's template.yaml on a local stack, the sample catalog uploaded (and indexed
+    by IndexFunction)."""
+    template = Path(os.environ.get("HARMONY_LOCAL_TEMPLATE") or TEMPLATE)
+    if not template.is_file():
+        pytest.skip(f"{template} does not exist (the SAM template of the app)")
+    st = start_stack(template, workdir, bucket=bucket)
+    try:
+        st.seed_catalog()
+        yield st
+    finally:
+        st.stop()
