@@ -43,9 +43,25 @@ MAX_SIDE = 1024
 # other half of a stereo pair with motorcycle_left — a "negative" that is really in the catalog),
 # and drawings/diagrams (logo, chessboard, phantom, horse, microaneurysms) that are not photos.
 SKIMAGE_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
-    "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
-    "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "color.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 )
 HELD_OUT = 4  # originals kept out of the catalog: their copies are the negative queries
 
@@ -74,7 +90,7 @@ def _crop(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.n
         y, x = (h - ch) // 2, (w - cw) // 2
     else:
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+    return np.ascontiguousarray(img[y : y + ch, x : x + cw])
 
 
 def _pad_white(img: np.ndarray, frac: float) -> np.ndarray:
@@ -109,8 +125,8 @@ def _caption(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = out.shape[:2]
     band_h = max(12, h // 9)
     y0 = h - band_h - h // 20
-    band = out[y0:y0 + band_h].astype(np.float32)
-    out[y0:y0 + band_h] = (band * 0.45).astype(np.uint8)
+    band = out[y0 : y0 + band_h].astype(np.float32)
+    out[y0 : y0 + band_h] = (band * 0.45).astype(np.uint8)
     words = ["NEW IN", "LIMITED", "BEST PRICE", "FREE SHIPPING"][int(rng.integers(0, 4))]
     label = f"{words}  shop.example.org"
     scale = band_h / 40.0
@@ -207,8 +223,14 @@ def distractor(seed: int, i: int) -> np.ndarray:
             pts = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], axis=1).astype(np.int32)
             cv2.fillPoly(img, [pts], colour, cv2.LINE_AA)
         elif kind == 2:
-            cv2.line(img, (cx, cy), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour,
-                     int(rng.integers(1, 10)), cv2.LINE_AA)
+            cv2.line(
+                img,
+                (cx, cy),
+                (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                colour,
+                int(rng.integers(1, 10)),
+                cv2.LINE_AA,
+            )
         else:
             x2, y2 = int(rng.integers(0, w)), int(rng.integers(0, h))
             cv2.rectangle(img, (cx, cy), (x2, y2), colour, -1 if rng.random() < 0.5 else int(rng.integers(1, 6)))
@@ -216,9 +238,16 @@ def distractor(seed: int, i: int) -> np.ndarray:
         letters = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
         text = "".join(letters[j] for j in rng.integers(0, len(letters), int(rng.integers(3, 12))))
         font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
-        cv2.putText(img, text, (int(rng.integers(0, max(1, w // 2))), int(rng.integers(20, h))), font,
-                    float(rng.uniform(0.4, 2.0)), tuple(int(c) for c in rng.integers(0, 256, 3)),
-                    int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.putText(
+            img,
+            text,
+            (int(rng.integers(0, max(1, w // 2))), int(rng.integers(20, h))),
+            font,
+            float(rng.uniform(0.4, 2.0)),
+            tuple(int(c) for c in rng.integers(0, 256, 3)),
+            int(rng.integers(1, 4)),
+            cv2.LINE_AA,
+        )
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.6, 2.5)))
     return _gaussian_noise(img, float(rng.uniform(0, 6)), rng)
@@ -278,8 +307,9 @@ class BenchSet:
         return self.root / "queries" / name
 
 
-def build(cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7, workers: int | None = None,
-          log=print) -> BenchSet:
+def build(
+    cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7, workers: int | None = None, log=print
+) -> BenchSet:
     """Build (or extend) the cached set with at least ``distractors`` distractors."""
     root = Path(cache) / f"{FORMAT}-s{seed}"
     truth_path = root / "truth.json"
@@ -292,7 +322,7 @@ def build(cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7,
     if missing:
         workers = workers or max(1, min(4, os.cpu_count() or 1))
         log(f"[dataset] drawing {len(missing)} synthetic distractors into {folder} ({workers} processes)")
-        chunks = [missing[j:j + 250] for j in range(0, len(missing), 250)]
+        chunks = [missing[j : j + 250] for j in range(0, len(missing), 250)]
         if workers > 1 and len(chunks) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(_write_distractors, [(seed, str(folder), c) for c in chunks]))
@@ -346,8 +376,10 @@ def _build_photos(root: Path, seed: int, log) -> None:
         "transforms": transforms,
     }
     (root / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
-    log(f"[dataset] {len(catalog)} catalog originals, {len(held_out)} held out, {len(queries)} queries "
-        f"({sum(v is None for v in queries.values())} negatives) in {root}")
+    log(
+        f"[dataset] {len(catalog)} catalog originals, {len(held_out)} held out, {len(queries)} queries "
+        f"({sum(v is None for v in queries.values())} negatives) in {root}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

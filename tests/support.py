@@ -96,8 +96,14 @@ def all_keys(client: Any, bucket: str, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def put_catalog(client: Any, bucket: str, images: dict[str, bytes], names: list[str] = CATALOG_NAMES,
-                prefix: str = "catalog/", metadata: dict[str, dict[str, str]] | None = None) -> None:
+def put_catalog(
+    client: Any,
+    bucket: str,
+    images: dict[str, bytes],
+    names: list[str] = CATALOG_NAMES,
+    prefix: str = "catalog/",
+    metadata: dict[str, dict[str, str]] | None = None,
+) -> None:
     for n in names:
         client.put_object(Bucket=bucket, Key=prefix + n, Body=images[n], Metadata=(metadata or {}).get(n, {}))
 
@@ -105,8 +111,9 @@ def put_catalog(client: Any, bucket: str, images: dict[str, bytes], names: list[
 # -------------------------------------------------------------------------- HTTP and the local stack
 
 
-def request(url: str, data: bytes | None = None, *, method: str | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    url: str, data: bytes | None = None, *, method: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:

@@ -7,7 +7,7 @@ harmony_aws.service; request forms and the answer's shape: harmony_aws/sources.p
 import base64
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from harmony_aws import runtime
 from harmony_aws.errors import BadRequestError, error_body
 from harmony_aws.sources import MAX_URL_LENGTH, ImageUrl, QuerySource, source_from_body
@@ -28,13 +29,15 @@ app = APIGatewayRestResolver(enable_validation=True, cors=CORSConfig(allow_origi
 app.enable_swagger(path="/openapi", title="Harmony-Image search API", version="1.0.0")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"number of results (1-{MAX_K})")]
-ScoringParam = Annotated[Optional[Scoring], Query(description="scoring: default or seed")]
-MinScore = Annotated[Optional[float], Query(ge=MIN_SCORE, le=MAX_SCORE, description="drop results scoring below this")]
+ScoringParam = Annotated[Scoring | None, Query(description="scoring: default or seed")]
+MinScore = Annotated[float | None, Query(ge=MIN_SCORE, le=MAX_SCORE, description="drop results scoring below this")]
 
 # The web page (one static file, see web/index.html), served at GET / with relative API URLs.
 PAGE = Path(__file__).parent / "web" / "index.html"
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-            "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src * data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
 
 
 def _json_error(status: int, code: str, message: str) -> Response:
@@ -52,21 +55,32 @@ def _body_bytes() -> bytes:
         raise BadRequestError(f"the request body is marked base64 but is not valid base64: {exc}") from exc
 
 
-def _search(source: QuerySource, k: int, scoring: Optional[Scoring], min_score: Optional[float]) -> dict[str, Any]:
+def _search(source: QuerySource, k: int, scoring: Scoring | None, min_score: float | None) -> dict[str, Any]:
     started = time.perf_counter()
     params = runtime.settings().search_params(k, scoring, min_score)
     out = runtime.search_service().search(source, params, started=started)
     metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=out["took_ms"])
     metrics.add_metric(name="CatalogSize", unit=MetricUnit.Count, value=out["catalog_size"])
-    logger.info("search", extra={"took_ms": out["took_ms"], "catalog_size": out["catalog_size"],
-                                 "results": len(out["results"]), "query_sha256": out["query"]["sha256"]})
+    logger.info(
+        "search",
+        extra={
+            "took_ms": out["took_ms"],
+            "catalog_size": out["catalog_size"],
+            "results": len(out["results"]),
+            "query_sha256": out["query"]["sha256"],
+        },
+    )
     return out
 
 
 @app.get("/", include_in_schema=False)
 def index_page():  # no return annotation: validation would try to model Response
-    return Response(status_code=200, content_type="text/html; charset=utf-8", body=PAGE.read_text("utf-8"),
-                    headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
+    return Response(
+        status_code=200,
+        content_type="text/html; charset=utf-8",
+        body=PAGE.read_text("utf-8"),
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP},
+    )
 
 
 @app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
@@ -78,8 +92,12 @@ def post_search(k: K = DEFAULT_K, scoring: ScoringParam = None, min_score: MinSc
 
 @app.get("/search", summary="Search with the image at `url`")
 @tracer.capture_method
-def get_search(url: Annotated[str, Query(min_length=1, max_length=MAX_URL_LENGTH)], k: K = DEFAULT_K,
-               scoring: ScoringParam = None, min_score: MinScore = None) -> dict[str, Any]:
+def get_search(
+    url: Annotated[str, Query(min_length=1, max_length=MAX_URL_LENGTH)],
+    k: K = DEFAULT_K,
+    scoring: ScoringParam = None,
+    min_score: MinScore = None,
+) -> dict[str, Any]:
     return _search(ImageUrl(url), k, scoring, min_score)
 
 

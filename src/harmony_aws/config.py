@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from harmony_image import DEFAULT_MAX_PIXELS, HarmonyError, DEFAULT_SCORING, Scoring, SearchParams
+from harmony_image import DEFAULT_MAX_PIXELS, DEFAULT_SCORING, HarmonyError, Scoring, SearchParams
 from harmony_image.params import DEFAULT_K, check_scoring
 
 from .errors import ConfigError
@@ -51,18 +51,18 @@ class Settings:
     fetch_timeout: float = 10.0
     default_scoring: Scoring = DEFAULT_SCORING
 
-    def search_params(self, k: int = DEFAULT_K, scoring: Scoring | None = None, min_score: float | None = None) -> SearchParams:
+    def search_params(
+        self, k: int = DEFAULT_K, scoring: Scoring | None = None, min_score: float | None = None
+    ) -> SearchParams:
         """The request's parameters, with this deployment's default scoring when it names none."""
         return SearchParams(k=k, scoring=scoring or self.default_scoring, min_score=min_score)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, require_bucket: bool = False) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, *, require_bucket: bool = False) -> Settings:
         env = os.environ if env is None else env
         unknown = sorted(k for k in env if k.startswith("HARMONY_") and k not in ENV_VARS)
         if unknown:
-            raise ConfigError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(ENV_VARS))}"
-            )
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(ENV_VARS))}")
         bucket = env.get("HARMONY_BUCKET", "").strip() or None
         if require_bucket and not bucket:
             raise ConfigError("HARMONY_BUCKET is not set: the function does not know its bucket")

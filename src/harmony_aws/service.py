@@ -46,7 +46,9 @@ class SearchService:
 
     def _s3_image(self, ref: S3Object) -> bytes:
         if ref.bucket and ref.bucket != self.bucket.name:
-            raise S3ReferenceRefusedError(f"only the catalog bucket {self.bucket.name!r} can be read, not {ref.bucket!r}")
+            raise S3ReferenceRefusedError(
+                f"only the catalog bucket {self.bucket.name!r} can be read, not {ref.bucket!r}"
+            )
         try:
             too_long = len(ref.key.encode("utf-8")) > MAX_S3_KEY_BYTES
         except UnicodeEncodeError:

@@ -87,13 +87,9 @@ def read_image_info(data: bytes) -> ImageInfo:
         raise EmptyImageError("the image is empty (0 bytes); send the file's contents")
     fmt = sniff_format(data)
     if fmt is None:
-        raise NotAnImageError(
-            "the data is not an image: no JPEG, PNG, WebP, BMP, TIFF or GIF signature found"
-        )
+        raise NotAnImageError("the data is not an image: no JPEG, PNG, WebP, BMP, TIFF or GIF signature found")
     if fmt not in SUPPORTED_FORMATS:
-        raise UnsupportedFormatError(
-            f"{fmt.upper()} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF"
-        )
+        raise UnsupportedFormatError(f"{fmt.upper()} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF")
     try:
         width, height = _HEADER_READERS[fmt](data)
     except (struct.error, IndexError) as exc:
@@ -128,9 +124,7 @@ def decode_image(
         truncated or corrupt.
     """
     if len(data) > max_bytes:
-        raise ImageTooLargeError(
-            f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes"
-        )
+        raise ImageTooLargeError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
     info = read_image_info(data)
     if info.width * info.height > max_pixels:
         raise ImageTooLargeError(
@@ -144,9 +138,7 @@ def decode_image(
     else:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise CorruptImageError(
-            f"the {info.format.upper()} file could not be decoded: it is corrupt or truncated"
-        )
+        raise CorruptImageError(f"the {info.format.upper()} file could not be decoded: it is corrupt or truncated")
     return _to_bgr8(image)
 
 
@@ -189,6 +181,7 @@ def _check_complete(data: bytes, fmt: str) -> None:
 
 
 # --- header readers: return (width, height); struct.error/IndexError mean "truncated" ---
+
 
 def _png_size(data: bytes) -> tuple[int, int]:
     if data[12:16] != b"IHDR":

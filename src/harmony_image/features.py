@@ -151,7 +151,7 @@ class ImageFeatures:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ImageFeatures":
+    def from_bytes(cls, data: bytes) -> ImageFeatures:
         """Load a record written by :meth:`to_bytes`.
 
         Raises

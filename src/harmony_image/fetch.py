@@ -81,14 +81,7 @@ def is_public_address(ip: IPAddress | str) -> bool:
             return False
         if embedded is not None:
             return is_public_address(embedded)
-    if (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    ):
+    if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return False
     return bool(ip.is_global)
 
@@ -266,15 +259,13 @@ def _request(
     for ip in addresses:
         per_op = min(timeout, _remaining(deadline, target.url))
         if target.scheme == "https":
-            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
-                target.host, target.port, ip, per_op, context
-            )
+            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(target.host, target.port, ip, per_op, context)
         else:
             conn = _PinnedHTTPConnection(target.host, target.port, ip, per_op)
         try:
             try:
                 conn.connect()
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 last_exc = exc
                 continue
             except ssl.SSLError as exc:
@@ -302,9 +293,7 @@ def _request(
                     except ValueError:
                         declared = -1
                     if declared > max_bytes:
-                        raise FetchTooLargeError(
-                            f"{target.url} is {declared} bytes; the limit is {max_bytes}"
-                        )
+                        raise FetchTooLargeError(f"{target.url} is {declared} bytes; the limit is {max_bytes}")
                 chunks: list[bytes] = []
                 total = 0
                 while True:
@@ -315,12 +304,10 @@ def _request(
                         break
                     total += len(chunk)
                     if total > max_bytes:
-                        raise FetchTooLargeError(
-                            f"{target.url} sent more than {max_bytes} bytes (the limit)"
-                        )
+                        raise FetchTooLargeError(f"{target.url} sent more than {max_bytes} bytes (the limit)")
                     chunks.append(chunk)
                 return resp.status, None, b"".join(chunks)
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 raise FetchTimeoutError(f"timed out fetching {target.url}") from exc
             except http.client.IncompleteRead as exc:
                 raise FetchError(f"{target.url}: connection closed before the body ended") from exc

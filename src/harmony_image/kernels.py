@@ -131,6 +131,7 @@ def cross_check_counts(query: np.ndarray, pack: DescriptorPack) -> np.ndarray:
         out[j] = int(np.count_nonzero(nearest_query[nearest_catalog] == rows))
     return out
 
+
 def count_close(query: np.ndarray, pack: DescriptorPack, threshold: int) -> np.ndarray:
     """Per packed image: how many rows of ``query`` have a descriptor within ``threshold`` bits."""
     n = len(pack)
@@ -139,7 +140,9 @@ def count_close(query: np.ndarray, pack: DescriptorPack, threshold: int) -> np.n
         return out
     query = np.ascontiguousarray(query, dtype=np.uint8)
     if _kernels is not None:
-        _parallel(lambda lo, hi: _kernels.count_close(query, pack.planes, pack.offsets[lo : hi + 1], threshold, out[lo:hi]), n)
+        _parallel(
+            lambda lo, hi: _kernels.count_close(query, pack.planes, pack.offsets[lo : hi + 1], threshold, out[lo:hi]), n
+        )
         return out
     q_words = query.view(np.uint64).reshape(-1, 4)
     for j in range(n):

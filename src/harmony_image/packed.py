@@ -71,4 +71,6 @@ class PackedCatalog:
             e.features.keypoints.nbytes + e.features.detail_keypoints.nbytes + e.features.detail_descriptors.nbytes
             for e in self.entries
         )
-        return int(self.grays.nbytes + self.thumbs.nbytes + keypoints + sum(p.planes.nbytes + p.offsets.nbytes for p in packs))
+        return int(
+            self.grays.nbytes + self.thumbs.nbytes + keypoints + sum(p.planes.nbytes + p.offsets.nbytes for p in packs)
+        )

@@ -41,7 +41,11 @@ def check_scoring(scoring: str) -> Scoring:
 def check_min_score(min_score: float | None) -> float | None:
     if min_score is None:
         return None
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not MIN_SCORE <= min_score <= MAX_SCORE:
+    if (
+        isinstance(min_score, bool)
+        or not isinstance(min_score, (int, float))
+        or not MIN_SCORE <= min_score <= MAX_SCORE
+    ):
         raise InvalidParameterError(f"min_score must be between {MIN_SCORE:g} and {MAX_SCORE:g}; got {min_score!r}")
     return float(min_score)
 

@@ -236,8 +236,12 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
         planes = packed.detail_planes(int(rows[i]))
         for v, view in enumerate(views):
             detail_inliers[v, i] = verified_inliers(
-                view.detail_descriptors, view.detail_keypoints, entry.detail_keypoints, planes,
-                homography=True, floor=DETAIL_INLIER_FLOOR,
+                view.detail_descriptors,
+                view.detail_keypoints,
+                entry.detail_keypoints,
+                planes,
+                homography=True,
+                floor=DETAIL_INLIER_FLOOR,
             )
 
     map_threads(verify, range(len(rows)))

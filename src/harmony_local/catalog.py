@@ -203,7 +203,12 @@ class LocalCatalog:
                     if isinstance(outcome, str):
                         # remembered with the file's stat, so an unchanged bad file is not retried
                         report.failed[key] = outcome
-                        self._state[key] = {"error": outcome, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "url": None}
+                        self._state[key] = {
+                            "error": outcome,
+                            "size": st.st_size,
+                            "mtime_ns": st.st_mtime_ns,
+                            "url": None,
+                        }
                     else:
                         sha256, featurised = outcome
                         if key in self._state and "error" not in self._state[key]:
@@ -211,7 +216,12 @@ class LocalCatalog:
                         else:
                             report.added += 1
                         report.featurised += featurised
-                        self._state[key] = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "url": urls.get(key)}
+                        self._state[key] = {
+                            "sha256": sha256,
+                            "size": st.st_size,
+                            "mtime_ns": st.st_mtime_ns,
+                            "url": urls.get(key),
+                        }
                     if progress:
                         progress(done, report.total)
         self._save_state()

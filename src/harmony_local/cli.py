@@ -70,7 +70,9 @@ def _summary(report: SyncReport | None, catalog: LocalCatalog) -> str:
         f"{report.featurised} featurised in {report.seconds:.1f} s)"
     )
     if report.failed:
-        text += f"; {len(report.failed)} skipped:" + "".join(f"\n  {k}: {why}" for k, why in sorted(report.failed.items()))
+        text += f"; {len(report.failed)} skipped:" + "".join(
+            f"\n  {k}: {why}" for k, why in sorted(report.failed.items())
+        )
     return text
 
 
@@ -137,7 +139,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_urls
 
-    report = import_urls(Path(args.manifest), Path(args.catalog), workers=args.workers, allow_private=args.allow_private)
+    report = import_urls(
+        Path(args.manifest), Path(args.catalog), workers=args.workers, allow_private=args.allow_private
+    )
     print(f"imported {report.downloaded} images into {args.catalog} ({report.skipped} already there)")
     for url, why in report.failed.items():
         print(f"  failed {url}: {why}", file=sys.stderr)
@@ -166,12 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def search_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--k", type=_argument(check_k, int), default=DEFAULT_K,
-                       help=f"results per query (1-{MAX_K}, default {DEFAULT_K})")
-        p.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
-                       help="default (better, faster) or seed (the original, exact)")
-        p.add_argument("--min-score", type=_argument(check_min_score, float), default=None,
-                       help="drop results scoring below this (0-1)")
+        p.add_argument(
+            "--k",
+            type=_argument(check_k, int),
+            default=DEFAULT_K,
+            help=f"results per query (1-{MAX_K}, default {DEFAULT_K})",
+        )
+        p.add_argument(
+            "--scoring",
+            choices=SCORINGS,
+            default=DEFAULT_SCORING,
+            help="default (better, faster) or seed (the original, exact)",
+        )
+        p.add_argument(
+            "--min-score",
+            type=_argument(check_min_score, float),
+            default=None,
+            help="drop results scoring below this (0-1)",
+        )
 
     index_help = "where the index lives (default DIR/.harmony, or ~/.cache/harmony/... for a read-only DIR)"
     p = sub.add_parser("index", help="index (or refresh the index of) a catalog folder")
@@ -193,11 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help='JSON list of {"url": ...}')
     p.add_argument("--catalog", required=True)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--allow-private", action="store_true", help="allow URLs on private/loopback addresses (local testing)")
+    p.add_argument(
+        "--allow-private", action="store_true", help="allow URLs on private/loopback addresses (local testing)"
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="index the bundled sample catalog and search it")
-    p.add_argument("--workdir", default="harmony-demo", help="where the sample catalog is copied (default ./harmony-demo)")
+    p.add_argument(
+        "--workdir", default="harmony-demo", help="where the sample catalog is copied (default ./harmony-demo)"
+    )
     search_options(p)
     p.set_defaults(func=cmd_demo)
 

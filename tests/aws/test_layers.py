@@ -23,15 +23,19 @@ sys.path.insert(0, str(REPO / "tools" / "layers"))
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("HARMONY_LAYER_TEST") != "1",
-                       reason="layer build downloads wheels: set HARMONY_LAYER_TEST=1 (make layer-test)"),
+    pytest.mark.skipif(
+        os.environ.get("HARMONY_LAYER_TEST") != "1",
+        reason="layer build downloads wheels: set HARMONY_LAYER_TEST=1 (make layer-test)",
+    ),
 ]
 
 
 def _py313() -> str | None:
     for cand in ["python3.13", *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))]:
         try:
-            out = subprocess.run([cand, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [cand, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0:
@@ -64,7 +68,9 @@ def test_layer_contents(built):
         assert not [p for p in root.rglob("tests") if p.is_dir()], "tests/ left in the layer"
         stray = [p for p in root.rglob("*.pyc") if ".cpython-313" not in p.name]
         assert not stray, stray[:5]
-        missing = [p for p in root.rglob("*.py") if not (p.parent / "__pycache__" / f"{p.stem}.cpython-313.pyc").exists()]
+        missing = [
+            p for p in root.rglob("*.py") if not (p.parent / "__pycache__" / f"{p.stem}.cpython-313.pyc").exists()
+        ]
         assert not missing, f"{len(missing)} modules without a 3.13 .pyc, e.g. {missing[:3]}"
     assert not list((out / "DepsLayer" / "python").glob("botocore"))
     engine = out / "EngineLayer" / "python"
@@ -96,10 +102,19 @@ def test_layers_work_on_python313(built):
         "print(json.dumps({'top': r[0].key, 'score': r[0].score, 'numpy': numpy.__version__, 'cv2': cv2.__version__,"
         " 'import_s': t_import, 'kernels': harmony_image._kernels.__file__}))\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{out}/EngineLayer/python:{out}/DepsLayer/python",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
-    res = subprocess.run([py, "-s", "-c", code, str(image_path("chelsea.jpg")), str(image_path("coffee.jpg"))],
-                         capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{out}/EngineLayer/python:{out}/DepsLayer/python",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+    }
+    res = subprocess.run(
+        [py, "-s", "-c", code, str(image_path("chelsea.jpg")), str(image_path("coffee.jpg"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     print(info)

@@ -74,12 +74,16 @@ def test_record_names_roundtrip():
 
 
 def test_manifest_mapping():
-    m = parse_manifest(json.dumps([
-        {"url": "https://cdn.example.com/img/chelsea.jpg"},
-        {"url": "https://cdn.example.com/x?id=1", "key": "sub/coffee.jpg"},
-        {"url": "https://cdn.example.com/a%20b.png"},
-        {"nourl": 1},
-    ]).encode())
+    m = parse_manifest(
+        json.dumps(
+            [
+                {"url": "https://cdn.example.com/img/chelsea.jpg"},
+                {"url": "https://cdn.example.com/x?id=1", "key": "sub/coffee.jpg"},
+                {"url": "https://cdn.example.com/a%20b.png"},
+                {"nourl": 1},
+            ]
+        ).encode()
+    )
     assert m == {
         "chelsea.jpg": "https://cdn.example.com/img/chelsea.jpg",
         "sub/coffee.jpg": "https://cdn.example.com/x?id=1",
@@ -121,12 +125,15 @@ def test_reconcile_add_replace_remove(bucket, images):
     assert store.records.reconcile(key).action == "absent"  # delivered twice
 
 
-@pytest.mark.parametrize("body,code", [
-    (b"", "empty_image"),
-    (b"just some text, not an image", "not_an_image"),
-    ("truncated", "truncated_image"),
-    ("huge", "image_too_large"),
-])
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        (b"", "empty_image"),
+        (b"just some text, not an image", "not_an_image"),
+        ("truncated", "truncated_image"),
+        ("huge", "image_too_large"),
+    ],
+)
 def test_bad_catalog_objects_write_no_record(bucket, images, body, code):
     client, name = bucket
     if body == "truncated":
@@ -136,8 +143,14 @@ def test_bad_catalog_objects_write_no_record(bucket, images, body, code):
         import zlib
 
         ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
-        body = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
-                + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF) + b"\0" * 64)
+        body = (
+            b"\x89PNG\r\n\x1a\n"
+            + struct.pack(">I", 13)
+            + b"IHDR"
+            + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+            + b"\0" * 64
+        )
     store = make_store(client, name)
     key = "catalog/bad.png"
     client.put_object(Bucket=name, Key=key, Body=body)
@@ -170,10 +183,20 @@ def test_manifest_and_folders_are_not_indexed(bucket, images):
 
 def test_warm_index_picks_up_changes_and_urls(bucket, images):
     client, name = bucket
-    put_catalog(client, name, images, names=CATALOG_NAMES[:4],
-                metadata={"astronaut.jpg": {"source-url": "https://images.example.com/astro naut.jpg?a=1&b=%20"}})
-    client.put_object(Bucket=name, Key="catalog/manifest.json", Body=json.dumps(
-        [{"url": "https://cdn.example.com/brick.jpg"}, {"url": "https://cdn.example.com/astronaut.jpg"}]).encode())
+    put_catalog(
+        client,
+        name,
+        images,
+        names=CATALOG_NAMES[:4],
+        metadata={"astronaut.jpg": {"source-url": "https://images.example.com/astro naut.jpg?a=1&b=%20"}},
+    )
+    client.put_object(
+        Bucket=name,
+        Key="catalog/manifest.json",
+        Body=json.dumps(
+            [{"url": "https://cdn.example.com/brick.jpg"}, {"url": "https://cdn.example.com/astronaut.jpg"}]
+        ).encode(),
+    )
     store = make_store(client, name, index_ttl=0.0)
     for n in CATALOG_NAMES[:4]:
         store.records.reconcile("catalog/" + n)
@@ -200,10 +223,18 @@ def test_warm_index_picks_up_changes_and_urls(bucket, images):
     store.records.reconcile("catalog/camera.jpg")
     client.delete_object(Bucket=name, Key="catalog/brick.jpg")
     store.records.reconcile("catalog/brick.jpg")
-    client.put_object(Bucket=name, Key="catalog/manifest.json", Body=json.dumps(
-        [{"url": "https://cdn2.example.com/c.jpg", "key": "camera.jpg"}]).encode())
+    client.put_object(
+        Bucket=name,
+        Key="catalog/manifest.json",
+        Body=json.dumps([{"url": "https://cdn2.example.com/c.jpg", "key": "camera.jpg"}]).encode(),
+    )
     index = store.reader.index()
-    assert store.reader.last_refresh == {**store.reader.last_refresh, "loaded": 1, "removed": 1, "manifest_changed": True}
+    assert store.reader.last_refresh == {
+        **store.reader.last_refresh,
+        "loaded": 1,
+        "removed": 1,
+        "manifest_changed": True,
+    }
     assert "catalog/brick.jpg" not in index
     assert index.get("catalog/camera.jpg").features.sha256 == hashlib.sha256(images["coins.jpg"]).hexdigest()
     assert index.get("catalog/camera.jpg").url == "https://cdn2.example.com/c.jpg"
@@ -343,4 +374,7 @@ def test_slow_stale_writer_is_corrected(bucket, images, monkeypatch):
     rk = record_key(key)
     feats = ImageFeatures.from_bytes(client.get_object(Bucket=name, Key=rk)["Body"].read())
     assert feats.sha256 == hashlib.sha256(v2).hexdigest()
-    assert client.head_object(Bucket=name, Key=rk)["Metadata"]["source-etag"] == client.head_object(Bucket=name, Key=key)["ETag"]
+    assert (
+        client.head_object(Bucket=name, Key=rk)["Metadata"]["source-etag"]
+        == client.head_object(Bucket=name, Key=key)["ETag"]
+    )

@@ -29,9 +29,17 @@ def _env():
 
 def test_sam_validate_lint():
     if not (os.path.exists(SAM) or shutil.which(SAM)):
-        pytest.skip(f"SAM CLI not installed at {SAM} (python3 -m venv .tools/sam && .tools/sam/bin/pip install aws-sam-cli)")
-    r = subprocess.run([SAM, "validate", "--lint", "-t", str(TEMPLATE)], capture_output=True, text=True,
-                       env=_env(), timeout=300, cwd=REPO)
+        pytest.skip(
+            f"SAM CLI not installed at {SAM} (python3 -m venv .tools/sam && .tools/sam/bin/pip install aws-sam-cli)"
+        )
+    r = subprocess.run(
+        [SAM, "validate", "--lint", "-t", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "is a valid SAM Template" in r.stdout + r.stderr
 
@@ -84,9 +92,13 @@ def test_runtime_architecture_layers(tpl):
 
 def test_bucket_is_private_encrypted_tls_only(tpl):
     b = tpl["Resources"]["CatalogBucket"]["Properties"]
-    assert b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
-    assert all(b["PublicAccessBlockConfiguration"][k] is True for k in
-               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+        "SSEAlgorithm"
+    ]
+    assert all(
+        b["PublicAccessBlockConfiguration"][k] is True
+        for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+    )
     stmt = tpl["Resources"]["CatalogBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert any(s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false" for s in stmt)
 
@@ -129,8 +141,15 @@ def _resource_text(stmt) -> list[str]:
 def test_least_privilege(tpl):
     allowed = {
         "SearchFunction": {"s3:GetObject": {"catalog/*", "index/*", "queries/*"}},
-        "IndexFunction": {"s3:GetObject": {"catalog/*", "index/*"}, "s3:PutObject": {"index/*"}, "s3:DeleteObject": {"index/*"}},
-        "QueryDropFunction": {"s3:GetObject": {"queries/*", "catalog/*", "index/*", "results/*"}, "s3:PutObject": {"results/*"}},
+        "IndexFunction": {
+            "s3:GetObject": {"catalog/*", "index/*"},
+            "s3:PutObject": {"index/*"},
+            "s3:DeleteObject": {"index/*"},
+        },
+        "QueryDropFunction": {
+            "s3:GetObject": {"queries/*", "catalog/*", "index/*", "results/*"},
+            "s3:PutObject": {"results/*"},
+        },
     }
     for lid, fn in _functions(tpl).items():
         granted: dict[str, set] = {}
@@ -165,8 +184,10 @@ def test_auth_switch_and_throttling(tpl):
     assert tpl["Resources"]["UsagePlan"]["Properties"]["Throttle"]["RateLimit"] == {"Ref": "ThrottleRateLimit"}
     assert "*~1*" not in api["BinaryMediaTypes"] and "image~1*" in api["BinaryMediaTypes"]
     # every API route in the body is also a function event (permissions, sam local)
-    events = {(e["Properties"]["Path"], e["Properties"]["Method"])
-              for e in tpl["Resources"]["SearchFunction"]["Properties"]["Events"].values()}
+    events = {
+        (e["Properties"]["Path"], e["Properties"]["Method"])
+        for e in tpl["Resources"]["SearchFunction"]["Properties"]["Events"].values()
+    }
     assert events == {(p, m) for p, ms_ in api["DefinitionBody"]["paths"].items() for m in ms_}
 
 

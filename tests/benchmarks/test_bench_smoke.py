@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("skimage")  # the seed method and the bundled photos come from scikit-image
 
-from benchmarks import run  # noqa: E402
+from benchmarks import run
 
 
 @pytest.mark.slow
@@ -17,16 +17,42 @@ def test_quick_benchmark_writes_a_sane_report(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     plot = tmp_path / "img" / "scores.png"
     results_json = tmp_path / "results.json"
-    status = run.main([
-        "--quick", "--sizes", "40", "--max-queries", "40", "--seed-method-queries", "1", "--repeats", "1",
-        "--cache", str(tmp_path / "cache"), "--out", str(out), "--plot", str(plot), "--json", str(results_json),
-    ])
+    status = run.main(
+        [
+            "--quick",
+            "--sizes",
+            "40",
+            "--max-queries",
+            "40",
+            "--seed-method-queries",
+            "1",
+            "--repeats",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+            "--json",
+            str(results_json),
+        ]
+    )
     assert status == 0  # the engine's seed scoring returned the seed method's top-5
 
     report = out.read_text()
-    for section in ("# Benchmarks", "## Machine", "## Data set", "## Definitions", "## Summary",
-                    "## Catalog of 40 images", "### Seed method vs engine", "### Quality",
-                    "### Shortlist loss (default scoring)", "## Plot"):
+    for section in (
+        "# Benchmarks",
+        "## Machine",
+        "## Data set",
+        "## Definitions",
+        "## Summary",
+        "## Catalog of 40 images",
+        "### Seed method vs engine",
+        "### Quality",
+        "### Shortlist loss (default scoring)",
+        "## Plot",
+    ):
         assert section in report, section
     assert "IMPLEMENTATION" in report and "python -m benchmarks.run" in report
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,9 +17,17 @@ import pytest
 from tests.support import REPO, app_stack
 
 CHROMIUM = os.environ.get("HARMONY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 # `make test-browser` refreshes the docs' screenshot; other runs (make test) leave the tree clean.
 SCREENSHOT = (
     REPO / "docs" / "img" / "page.png"
@@ -50,8 +58,13 @@ def browser(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         # a persistent context gives Chromium the fresh --user-data-dir the flags above expect
-        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
-                                                    args=CHROMIUM_ARGS, viewport={"width": 1200, "height": 820})
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 820},
+        )
         try:
             yield ctx
         finally:

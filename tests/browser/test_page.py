@@ -23,7 +23,9 @@ def test_upload_shows_top_5(page, web_stack, tmp_path):
     # every thumbnail (presigned URLs of the embedded S3) and the query thumbnail actually loaded
     page.wait_for_function(
         "() => [...document.querySelectorAll('#results img, #query-thumb')]"
-        ".every(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=15_000,
+    )
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000

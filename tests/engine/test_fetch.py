@@ -12,7 +12,6 @@ import http.server
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -43,7 +42,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body:
             self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         _Handler.seen_hosts.append(self.headers.get("Host", ""))
         p = self.path
         port = self.server.server_address[1]

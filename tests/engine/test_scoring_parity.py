@@ -36,7 +36,10 @@ def _edge_cases() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def grays() -> list[np.ndarray]:
-    photos = [seed_gray(cv2.imdecode(np.frombuffer(image_bytes(n), np.uint8), cv2.IMREAD_COLOR)) for n in CATALOG_NAMES + QUERY_VARIANTS]
+    photos = [
+        seed_gray(cv2.imdecode(np.frombuffer(image_bytes(n), np.uint8), cv2.IMREAD_COLOR))
+        for n in CATALOG_NAMES + QUERY_VARIANTS
+    ]
     inverted = [255 - photos[0]]
     return photos + inverted + _edge_cases()
 
@@ -103,7 +106,9 @@ def test_numpy_fallback_equals_compiled_kernel(grays, monkeypatch):
 def test_features_are_the_seeds(catalog_photos):
     for name, data in itertools.islice(catalog_photos.items(), 3):
         feats = extract_features(data)
-        gray = cv2.cvtColor(cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (256, 256)), cv2.COLOR_BGR2GRAY)
+        gray = cv2.cvtColor(
+            cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (256, 256)), cv2.COLOR_BGR2GRAY
+        )
         assert np.array_equal(feats.gray, gray)
         kps, des = cv2.ORB_create().detectAndCompute(gray, None)
         assert np.array_equal(feats.descriptors, des)

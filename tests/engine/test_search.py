@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import seed_method
-from harmony_image import ImageFeatures, IndexFormatError, InvalidParameterError, SearchIndex, SearchParams, extract_features
+from harmony_image import (
+    ImageFeatures,
+    IndexFormatError,
+    InvalidParameterError,
+    SearchIndex,
+    SearchParams,
+    extract_features,
+)
 from tests.support import QUERY_VARIANTS, image_bytes
 
 
@@ -56,7 +63,10 @@ def test_fewer_distinct_images_than_k(catalog_photos):
     idx.add("a.jpg", extract_features(catalog_photos["coffee.jpg"]))
     idx.add("b.jpg", extract_features(catalog_photos["coffee.jpg"]))
     idx.add("c.jpg", extract_features(catalog_photos["moon.jpg"]))
-    assert [r.key for r in idx.search(extract_features(catalog_photos["moon.jpg"]), SearchParams(k=5))] == ["c.jpg", "a.jpg"]
+    assert [r.key for r in idx.search(extract_features(catalog_photos["moon.jpg"]), SearchParams(k=5))] == [
+        "c.jpg",
+        "a.jpg",
+    ]
 
 
 def test_empty_index_returns_nothing(catalog_photos):
@@ -92,10 +102,18 @@ def test_add_replace_remove(index, catalog_photos):
     assert len(idx) == 0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"k": 0}, "k must be"), ({"k": 51}, "k must be"), ({"k": 2.5}, "k must be"), ({"k": True}, "k must be"),
-    ({"scoring": "fast"}, "scoring must be"), ({"min_score": 1.5}, "min_score must be"), ({"min_score": -0.1}, "min_score must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 51}, "k must be"),
+        ({"k": 2.5}, "k must be"),
+        ({"k": True}, "k must be"),
+        ({"scoring": "fast"}, "scoring must be"),
+        ({"min_score": 1.5}, "min_score must be"),
+        ({"min_score": -0.1}, "min_score must be"),
+    ],
+)
 def test_bad_parameters(kwargs, message):
     with pytest.raises(InvalidParameterError, match=message) as err:
         SearchParams(**kwargs)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
 
 
@@ -69,7 +67,8 @@ def test_query_drop_writes_results_once(s3, images, index_fn, query_drop_fn, lam
     assert s3.head_object(Bucket=BUCKET, Key="results/chelsea-query.jpg.json")["ETag"] == etag
     # only results/ was written: nothing under catalog/ index/ queries/ changed
     assert set(all_keys(s3, BUCKET)) == (
-        {f"catalog/{n}" for n in CATALOG_NAMES} | set(all_keys(s3, BUCKET, "index/"))
+        {f"catalog/{n}" for n in CATALOG_NAMES}
+        | set(all_keys(s3, BUCKET, "index/"))
         | {"queries/chelsea-query.jpg", "results/chelsea-query.jpg.json"}
     )
 

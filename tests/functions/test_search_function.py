@@ -19,8 +19,13 @@ from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catal
 RESULT_FIELDS = {"url", "key", "score", "ssim", "orb", "sha256"}
 
 
-def api_event(method="POST", body: bytes | str | None = None, content_type: str | None = None,
-              query: dict | None = None, path="/search") -> dict:
+def api_event(
+    method="POST",
+    body: bytes | str | None = None,
+    content_type: str | None = None,
+    query: dict | None = None,
+    path="/search",
+) -> dict:
     ev = copy.deepcopy(load_event("api-search-upload.json"))
     ev["httpMethod"] = method
     ev["path"] = path
@@ -66,8 +71,14 @@ def multipart(fields: dict[str, tuple[str | None, bytes, str | None]]) -> tuple[
 
 def huge_png_header() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
-            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF) + b"\0" * 100)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + ihdr
+        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+        + b"\0" * 100
+    )
 
 
 @pytest.fixture
@@ -86,7 +97,7 @@ def image_server(images):
         def log_message(self, *a):
             pass
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             name = self.path.lstrip("/")
             if name in images:
                 self.send_response(200)
@@ -118,12 +129,15 @@ def test_upload_event_from_events_dir(catalog, search_fn, lambda_context):
     assert body["results"][0]["key"] == "catalog/chelsea.jpg"
 
 
-@pytest.mark.parametrize("query,expected", [
-    ("chelsea__hflip.jpg", "catalog/chelsea.jpg"),
-    ("astronaut__jpeg_q20.jpg", "catalog/astronaut.jpg"),
-    ("rocket__brighter.jpg", "catalog/rocket.jpg"),
-    ("chelsea__crop_center_80.jpg", "catalog/chelsea.jpg"),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("chelsea__hflip.jpg", "catalog/chelsea.jpg"),
+        ("astronaut__jpeg_q20.jpg", "catalog/astronaut.jpg"),
+        ("rocket__brighter.jpg", "catalog/rocket.jpg"),
+        ("chelsea__crop_center_80.jpg", "catalog/chelsea.jpg"),
+    ],
+)
 def test_raw_upload_finds_the_original(catalog, search_fn, lambda_context, images, query, expected):
     status, body = call(search_fn, lambda_context, api_event(body=images[query], content_type="image/jpeg"))
     assert status == 200, body
@@ -133,8 +147,11 @@ def test_raw_upload_finds_the_original(catalog, search_fn, lambda_context, image
 
 def test_identical_bytes_score_one_and_seed_scoring(catalog, search_fn, lambda_context, images):
     for scoring in ("default", "seed"):
-        status, body = call(search_fn, lambda_context, api_event(
-            body=images["moon.jpg"], content_type="image/jpeg", query={"scoring": scoring, "k": "2"}))
+        status, body = call(
+            search_fn,
+            lambda_context,
+            api_event(body=images["moon.jpg"], content_type="image/jpeg", query={"scoring": scoring, "k": "2"}),
+        )
         assert status == 200
         top = body["results"][0]
         assert top["key"] == "catalog/moon.jpg" and top["score"] == pytest.approx(1.0, abs=1e-6)
@@ -143,18 +160,25 @@ def test_identical_bytes_score_one_and_seed_scoring(catalog, search_fn, lambda_c
 
 def test_min_score_keeps_only_copies(catalog, search_fn, lambda_context, images):
     """min_score=0.5 is the documented "same image or a copy" threshold of default scoring."""
-    status, body = call(search_fn, lambda_context, api_event(
-        body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0.5"}))
+    status, body = call(
+        search_fn,
+        lambda_context,
+        api_event(body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0.5"}),
+    )
     assert status == 200, body
     assert [r["key"] for r in body["results"]] == ["catalog/chelsea.jpg"]
-    status, body = call(search_fn, lambda_context, api_event(
-        body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0"}))
+    status, body = call(
+        search_fn,
+        lambda_context,
+        api_event(body=images["chelsea__hflip.jpg"], content_type="image/jpeg", query={"min_score": "0"}),
+    )
     assert len(body["results"]) == 5
 
 
 def test_result_urls_source_url_else_presigned(catalog, search_fn, lambda_context, images):
-    status, body = call(search_fn, lambda_context, api_event(body=images["coffee.jpg"], content_type="image/png",
-                                                             query={"k": "50"}))
+    status, body = call(
+        search_fn, lambda_context, api_event(body=images["coffee.jpg"], content_type="image/png", query={"k": "50"})
+    )
     assert status == 200
     urls = {r["key"]: r["url"] for r in body["results"]}
     assert urls["catalog/coffee.jpg"] == "https://example.com/coffee.jpg"
@@ -164,7 +188,9 @@ def test_result_urls_source_url_else_presigned(catalog, search_fn, lambda_contex
 
 
 def test_multipart_upload(catalog, search_fn, lambda_context, images):
-    data, ctype = multipart({"note": (None, b"hi", None), "file": ("q.jpg", images["chelsea__hflip.jpg"], "image/jpeg")})
+    data, ctype = multipart(
+        {"note": (None, b"hi", None), "file": ("q.jpg", images["chelsea__hflip.jpg"], "image/jpeg")}
+    )
     status, body = call(search_fn, lambda_context, api_event(body=data, content_type=ctype))
     assert status == 200, body
     assert body["results"][0]["key"] == "catalog/chelsea.jpg"
@@ -172,14 +198,18 @@ def test_multipart_upload(catalog, search_fn, lambda_context, images):
 
 def test_json_image_base64_and_s3_reference(catalog, search_fn, lambda_context, images):
     b64 = base64.b64encode(images["camera.jpg"]).decode()
-    status, body = call(search_fn, lambda_context, api_event(body=json.dumps({"image_base64": b64}),
-                                                             content_type="application/json"))
+    status, body = call(
+        search_fn, lambda_context, api_event(body=json.dumps({"image_base64": b64}), content_type="application/json")
+    )
     assert status == 200 and body["results"][0]["key"] == "catalog/camera.jpg"
     status, body = call(search_fn, lambda_context, load_event("api-search-s3.json"))
     assert status == 200 and body["results"][0]["key"] == "catalog/chelsea.jpg"
     catalog.put_object(Bucket=BUCKET, Key="queries/q.jpg", Body=images["coins.jpg"])
-    status, body = call(search_fn, lambda_context, api_event(
-        body=json.dumps({"s3": {"bucket": BUCKET, "key": "queries/q.jpg"}}), content_type="application/json"))
+    status, body = call(
+        search_fn,
+        lambda_context,
+        api_event(body=json.dumps({"s3": {"bucket": BUCKET, "key": "queries/q.jpg"}}), content_type="application/json"),
+    )
     assert status == 200 and body["results"][0]["key"] == "catalog/coins.jpg"
 
 
@@ -191,7 +221,9 @@ def test_url_queries_with_opt_in(catalog, search_fn, lambda_context, image_serve
     status, body = call(search_fn, lambda_context, ev)
     assert status == 200, body
     assert body["results"][0]["key"] == "catalog/rocket.jpg"
-    status, body = call(search_fn, lambda_context, api_event("GET", query={"url": f"{image_server}/astronaut__jpeg_q20.jpg", "k": "1"}))
+    status, body = call(
+        search_fn, lambda_context, api_event("GET", query={"url": f"{image_server}/astronaut__jpeg_q20.jpg", "k": "1"})
+    )
     assert status == 200 and [r["key"] for r in body["results"]] == ["catalog/astronaut.jpg"]
     status, body = call(search_fn, lambda_context, api_event("GET", query={"url": f"{image_server}/nope.jpg"}))
     assert status == 404 and body["error"]["code"] == "url_not_found"
@@ -209,7 +241,9 @@ def test_warm_index_picks_up_new_images(catalog, search_fn, index_fn, lambda_con
     assert reader.last_refresh["loaded"] == 0  # warm: nothing reloaded
     catalog.put_object(Bucket=BUCKET, Key="catalog/new/coffee copy.jpg", Body=images["coffee__resize_half.png"])
     index_fn.lambda_handler(s3_event("s3-catalog-put.json", BUCKET, "catalog/new/coffee copy.jpg"), lambda_context)
-    status, body = call(search_fn, lambda_context, api_event(body=images["coffee__resize_half.png"], content_type="image/png"))
+    status, body = call(
+        search_fn, lambda_context, api_event(body=images["coffee__resize_half.png"], content_type="image/png")
+    )
     assert body["catalog_size"] == len(CATALOG_NAMES) + 1
     assert body["results"][0]["key"] == "catalog/new/coffee copy.jpg"
 
@@ -230,31 +264,56 @@ def _assert_error(status, body, want_status, want_code):
     assert body["error"]["message"]
 
 
-@pytest.mark.parametrize("make,ctype,status,code", [
-    (lambda im: b"this is plain text, not an image", "image/jpeg", 415, "not_an_image"),
-    (lambda im: b"", "image/jpeg", 400, "empty_image"),
-    (lambda im: None, "image/jpeg", 400, "empty_image"),
-    (lambda im: im["chelsea.jpg"][: len(im["chelsea.jpg"]) // 2], "image/jpeg", 422, "truncated_image"),
-    (lambda im: huge_png_header(), "image/png", 413, "image_too_large"),
-    (lambda im: im["chelsea.jpg"] + b"\0" * (6 * 1024 * 1024), "image/jpeg", 413, "payload_too_large"),
-    (lambda im: b"%PDF-1.4\n%\xe2\xe3", "application/octet-stream", 415, "not_an_image"),
-    (lambda im: "{not json", "application/json", 400, "invalid_json"),
-    (lambda im: json.dumps({"url": "http://a/x.jpg", "image_base64": "AA=="}), "application/json", 422, "validation_error"),
-    (lambda im: json.dumps({"foo": 1}), "application/json", 422, "validation_error"),
-    (lambda im: json.dumps([1, 2]), "application/json", 422, "validation_error"),
-    (lambda im: json.dumps({"image_base64": "@@@"}), "application/json", 400, "bad_request"),
-    (lambda im: json.dumps({"image_base64": ""}), "application/json", 400, "empty_image"),
-    (lambda im: json.dumps({"url": "http://169.254.169.254/latest/meta-data/"}), "application/json", 400, "url_refused"),
-    (lambda im: json.dumps({"url": "http://localhost/x.jpg"}), "application/json", 400, "url_refused"),
-    (lambda im: json.dumps({"url": "file:///etc/passwd"}), "application/json", 400, "url_refused"),
-    (lambda im: json.dumps({"s3": {"key": "catalog/missing.jpg"}}), "application/json", 404, "s3_object_not_found"),
-    (lambda im: json.dumps({"s3": {"bucket": "someone-elses", "key": "catalog/chelsea.jpg"}}), "application/json", 400, "s3_reference_refused"),
-    (lambda im: json.dumps({"s3": {"key": "index/records/x.npz"}}), "application/json", 400, "s3_reference_refused"),
-    (lambda im: json.dumps({"s3": {"key": ""}}), "application/json", 422, "validation_error"),
-    (lambda im: multipart({"image": ("a.jpg", im["chelsea.jpg"], "image/jpeg")}), None, 400, "bad_request"),
-    (lambda im: multipart({"file": ("a.jpg", b"", "image/jpeg")}), None, 400, "empty_image"),
-])
-def test_bad_inputs_are_clear_4xx_and_write_nothing(catalog, search_fn, lambda_context, images, make, ctype, status, code):
+@pytest.mark.parametrize(
+    "make,ctype,status,code",
+    [
+        (lambda im: b"this is plain text, not an image", "image/jpeg", 415, "not_an_image"),
+        (lambda im: b"", "image/jpeg", 400, "empty_image"),
+        (lambda im: None, "image/jpeg", 400, "empty_image"),
+        (lambda im: im["chelsea.jpg"][: len(im["chelsea.jpg"]) // 2], "image/jpeg", 422, "truncated_image"),
+        (lambda im: huge_png_header(), "image/png", 413, "image_too_large"),
+        (lambda im: im["chelsea.jpg"] + b"\0" * (6 * 1024 * 1024), "image/jpeg", 413, "payload_too_large"),
+        (lambda im: b"%PDF-1.4\n%\xe2\xe3", "application/octet-stream", 415, "not_an_image"),
+        (lambda im: "{not json", "application/json", 400, "invalid_json"),
+        (
+            lambda im: json.dumps({"url": "http://a/x.jpg", "image_base64": "AA=="}),
+            "application/json",
+            422,
+            "validation_error",
+        ),
+        (lambda im: json.dumps({"foo": 1}), "application/json", 422, "validation_error"),
+        (lambda im: json.dumps([1, 2]), "application/json", 422, "validation_error"),
+        (lambda im: json.dumps({"image_base64": "@@@"}), "application/json", 400, "bad_request"),
+        (lambda im: json.dumps({"image_base64": ""}), "application/json", 400, "empty_image"),
+        (
+            lambda im: json.dumps({"url": "http://169.254.169.254/latest/meta-data/"}),
+            "application/json",
+            400,
+            "url_refused",
+        ),
+        (lambda im: json.dumps({"url": "http://localhost/x.jpg"}), "application/json", 400, "url_refused"),
+        (lambda im: json.dumps({"url": "file:///etc/passwd"}), "application/json", 400, "url_refused"),
+        (lambda im: json.dumps({"s3": {"key": "catalog/missing.jpg"}}), "application/json", 404, "s3_object_not_found"),
+        (
+            lambda im: json.dumps({"s3": {"bucket": "someone-elses", "key": "catalog/chelsea.jpg"}}),
+            "application/json",
+            400,
+            "s3_reference_refused",
+        ),
+        (
+            lambda im: json.dumps({"s3": {"key": "index/records/x.npz"}}),
+            "application/json",
+            400,
+            "s3_reference_refused",
+        ),
+        (lambda im: json.dumps({"s3": {"key": ""}}), "application/json", 422, "validation_error"),
+        (lambda im: multipart({"image": ("a.jpg", im["chelsea.jpg"], "image/jpeg")}), None, 400, "bad_request"),
+        (lambda im: multipart({"file": ("a.jpg", b"", "image/jpeg")}), None, 400, "empty_image"),
+    ],
+)
+def test_bad_inputs_are_clear_4xx_and_write_nothing(
+    catalog, search_fn, lambda_context, images, make, ctype, status, code
+):
     body = make(images)
     if isinstance(body, tuple):
         body, ctype = body
@@ -264,12 +323,20 @@ def test_bad_inputs_are_clear_4xx_and_write_nothing(catalog, search_fn, lambda_c
     assert all_keys(catalog, BUCKET) == before
 
 
-@pytest.mark.parametrize("query,where", [
-    ({"k": "0"}, "k"), ({"k": "51"}, "k"), ({"k": "many"}, "k"),
-    ({"scoring": "best"}, "scoring"), ({"min_score": "2"}, "min_score"),
-])
+@pytest.mark.parametrize(
+    "query,where",
+    [
+        ({"k": "0"}, "k"),
+        ({"k": "51"}, "k"),
+        ({"k": "many"}, "k"),
+        ({"scoring": "best"}, "scoring"),
+        ({"min_score": "2"}, "min_score"),
+    ],
+)
 def test_bad_query_parameters_are_422(catalog, search_fn, lambda_context, images, query, where):
-    status, body = call(search_fn, lambda_context, api_event(body=images["moon.jpg"], content_type="image/jpeg", query=query))
+    status, body = call(
+        search_fn, lambda_context, api_event(body=images["moon.jpg"], content_type="image/jpeg", query=query)
+    )
     _assert_error(status, body, 422, "validation_error")
     assert where in body["error"]["message"]
 
@@ -301,7 +368,9 @@ class TestAgainstMotoServer:
         put_catalog(s3_server, bucket, images, names=CATALOG_NAMES[:5])
         for n in CATALOG_NAMES[:5]:
             index_fn.lambda_handler(s3_event("s3-catalog-put.json", bucket, "catalog/" + n), lambda_context)
-        status, body = call(search_fn, lambda_context, api_event(body=images["chelsea__hflip.jpg"], content_type="image/jpeg"))
+        status, body = call(
+            search_fn, lambda_context, api_event(body=images["chelsea__hflip.jpg"], content_type="image/jpeg")
+        )
         assert status == 200 and body["results"][0]["key"] == "catalog/chelsea.jpg"
         url = body["results"][0]["url"]
         assert url.startswith(s3_server.meta.endpoint_url)
@@ -309,8 +378,14 @@ class TestAgainstMotoServer:
 
         with urllib.request.urlopen(url, timeout=5) as r:  # the presigned URL really works
             assert r.read() == images["chelsea.jpg"]
-        status, body = call(search_fn, lambda_context, api_event(
-            body=json.dumps({"s3": {"bucket": bucket, "key": "catalog/missing.jpg"}}), content_type="application/json"))
+        status, body = call(
+            search_fn,
+            lambda_context,
+            api_event(
+                body=json.dumps({"s3": {"bucket": bucket, "key": "catalog/missing.jpg"}}),
+                content_type="application/json",
+            ),
+        )
         _assert_error(status, body, 404, "s3_object_not_found")
 
 

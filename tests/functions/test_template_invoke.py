@@ -101,11 +101,16 @@ def test_every_function_has_events(doc: dict[str, Any]) -> None:
     assert sorted(template.functions) == ["IndexFunction", "QueryDropFunction", "SearchFunction"]
     assert events_for(template, "IndexFunction") == ["s3-catalog-delete.json", "s3-catalog-put.json"]
     assert events_for(template, "QueryDropFunction") == ["s3-query-put.json"]
-    assert events_for(template, "SearchFunction") == ["api-search-s3.json", "api-search-upload.json", "api-search-url.json"]
+    assert events_for(template, "SearchFunction") == [
+        "api-search-s3.json",
+        "api-search-upload.json",
+        "api-search-url.json",
+    ]
 
 
-def test_all_functions_from_template(world: tuple[Any, str, Template], images: dict[str, bytes],
-                                     moto_server_url: str) -> None:
+def test_all_functions_from_template(
+    world: tuple[Any, str, Template], images: dict[str, bytes], moto_server_url: str
+) -> None:
     s3, bucket, template = world
     # IndexFunction: the catalog, then the events/ put and delete
     evs = [point(load_event("s3-catalog-put.json"), bucket, f"catalog/{n}") for n in CATALOG]
@@ -129,8 +134,9 @@ def test_all_functions_from_template(world: tuple[Any, str, Template], images: d
 
     # QueryDrop
     s3.put_object(Bucket=bucket, Key="queries/chelsea-query.jpg", Body=images["chelsea__hflip.jpg"])
-    out = invoke(template.functions["QueryDropFunction"], [point(load_event("s3-query-put.json"), bucket)],
-                 moto_server_url)
+    out = invoke(
+        template.functions["QueryDropFunction"], [point(load_event("s3-query-put.json"), bucket)], moto_server_url
+    )
     assert isinstance(out[0], dict), out
     doc = json.loads(s3.get_object(Bucket=bucket, Key="results/chelsea-query.jpg.json")["Body"].read())
     assert doc["results"][0]["key"] == "catalog/chelsea.jpg"
@@ -156,16 +162,20 @@ def _broken(doc: dict[str, Any], how: str) -> dict[str, Any]:
     return t
 
 
-@pytest.mark.parametrize("how,expect", [
-    ("handler", "Runtime.HandlerNotFound"),   # Handler names a function app.py does not have
-    ("module", "Runtime.ImportModuleError"),  # Handler names a module CodeUri does not have
-    ("codeuri", "KeyError"),                  # another function's code: not an API handler
-    ("env", "misconfigured"),                 # HARMONY_BUCKET renamed
-    ("env-typo-optional", "misconfigured"),   # an optional setting misspelt
-    ("layer", "Runtime.ImportModuleError"),   # EngineLayer pointing at the wrong directory
-])
-def test_broken_template_fails(world: tuple[Any, str, Template], doc: dict[str, Any], moto_server_url: str,
-                               how: str, expect: str) -> None:
+@pytest.mark.parametrize(
+    "how,expect",
+    [
+        ("handler", "Runtime.HandlerNotFound"),  # Handler names a function app.py does not have
+        ("module", "Runtime.ImportModuleError"),  # Handler names a module CodeUri does not have
+        ("codeuri", "KeyError"),  # another function's code: not an API handler
+        ("env", "misconfigured"),  # HARMONY_BUCKET renamed
+        ("env-typo-optional", "misconfigured"),  # an optional setting misspelt
+        ("layer", "Runtime.ImportModuleError"),  # EngineLayer pointing at the wrong directory
+    ],
+)
+def test_broken_template_fails(
+    world: tuple[Any, str, Template], doc: dict[str, Any], moto_server_url: str, how: str, expect: str
+) -> None:
     _, bucket, _ = world
     spec = template_for(_broken(doc, how), bucket).functions["SearchFunction"]
     (result,) = invoke(spec, [load_event("api-search-upload.json")], moto_server_url)
@@ -185,7 +195,7 @@ class serve:
             def log_message(self, *a: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 data = images.get(self.path.lstrip("/"))
                 self.send_response(200 if data else 404)
                 self.send_header("Content-Length", str(len(data or b"")))

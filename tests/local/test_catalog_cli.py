@@ -48,7 +48,10 @@ def test_index_is_incremental(catalog_dir: Path):
     assert (report.added, report.updated, report.removed, report.featurised) == (1, 1, 1, 2)
     index = catalog.load_index()
     assert sorted(index.keys()) == ["chelsea.jpg", "coffee.jpg", "coins.jpg", "shoes/rocket.jpg"]
-    assert index.get("chelsea.jpg").features.sha256 == LocalCatalog(catalog_dir).load_index().get("chelsea.jpg").features.sha256
+    assert (
+        index.get("chelsea.jpg").features.sha256
+        == LocalCatalog(catalog_dir).load_index().get("chelsea.jpg").features.sha256
+    )
     records = list(LocalCatalog(catalog_dir).records_dir.glob("*.npz"))
     assert len(records) == 4  # the old chelsea and moon records were collected
 
@@ -64,13 +67,18 @@ def test_damaged_or_old_records_are_rebuilt(catalog_dir: Path):
     index, report = LocalCatalog(catalog_dir).open()
     assert len(index) == 4 and report is not None and report.featurised == 1
     assert not old.exists()
-    assert LocalCatalog(catalog_dir).load_index().search(index.get("coffee.jpg").features, SearchParams(k=1))[0].key == "coffee.jpg"
+    assert (
+        LocalCatalog(catalog_dir).load_index().search(index.get("coffee.jpg").features, SearchParams(k=1))[0].key
+        == "coffee.jpg"
+    )
 
 
 def test_read_only_catalog_keeps_its_index_in_the_cache(catalog_dir: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != catalog_dir)  # as for a non-root user
-    code, out, _ = run_cli(capsys, "search", "--catalog", str(catalog_dir), "--json", "--k", "1", str(image_path("moon.jpg")))
+    code, out, _ = run_cli(
+        capsys, "search", "--catalog", str(catalog_dir), "--json", "--k", "1", str(image_path("moon.jpg"))
+    )
     assert code == 0 and json.loads(out)["results"][0]["key"] == "moon.jpg"
     assert not (catalog_dir / ".harmony").exists()
     assert list((tmp_path / "cache" / "harmony").glob("catalog-*/records-v*/*.npz"))
@@ -100,12 +108,31 @@ def test_bad_files_are_reported_and_skipped_once(catalog_dir: Path):
 
 def test_manifest_gives_source_urls(catalog_dir: Path, capsys):
     (catalog_dir / "manifest.json").write_text(
-        json.dumps([{"url": "https://cdn.example.com/img/coffee.jpg"}, {"url": "https://shop.example/r.jpg", "key": "shoes/rocket.jpg"}])
+        json.dumps(
+            [
+                {"url": "https://cdn.example.com/img/coffee.jpg"},
+                {"url": "https://shop.example/r.jpg", "key": "shoes/rocket.jpg"},
+            ]
+        )
     )
-    code, out, _ = run_cli(capsys, "search", "--catalog", str(catalog_dir), "--json", "--k", "4", str(image_path("coffee.jpg")), str(image_path("rocket.jpg")))
+    code, out, _ = run_cli(
+        capsys,
+        "search",
+        "--catalog",
+        str(catalog_dir),
+        "--json",
+        "--k",
+        "4",
+        str(image_path("coffee.jpg")),
+        str(image_path("rocket.jpg")),
+    )
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
-    assert lines[0]["results"][0] == {**lines[0]["results"][0], "key": "coffee.jpg", "url": "https://cdn.example.com/img/coffee.jpg"}
+    assert lines[0]["results"][0] == {
+        **lines[0]["results"][0],
+        "key": "coffee.jpg",
+        "url": "https://cdn.example.com/img/coffee.jpg",
+    }
     assert lines[1]["results"][0]["url"] == "https://shop.example/r.jpg"
     assert {r["url"] for r in lines[0]["results"]} >= {"moon.jpg", "chelsea.jpg"}  # no manifest URL: the key
 
@@ -128,7 +155,16 @@ def test_search_json_contract(catalog_dir: Path, capsys):
 def test_search_reports_bad_queries_and_continues(catalog_dir: Path, capsys, tmp_path: Path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
-    code, out, _ = run_cli(capsys, "search", "--catalog", str(catalog_dir), "--json", str(bad), str(image_path("moon.jpg")), str(tmp_path / "missing.jpg"))
+    code, out, _ = run_cli(
+        capsys,
+        "search",
+        "--catalog",
+        str(catalog_dir),
+        "--json",
+        str(bad),
+        str(image_path("moon.jpg")),
+        str(tmp_path / "missing.jpg"),
+    )
     assert code == 1
     docs = [json.loads(line) for line in out.splitlines()]
     assert docs[0]["error"]["code"] in ("truncated_image", "corrupt_image")
@@ -178,14 +214,21 @@ def image_server(tmp_path: Path):
 
 
 def test_import_downloads_and_keeps_source_urls(tmp_path: Path, image_server: str, capsys):
-    urls = [f"{image_server}/coffee.jpg", f"{image_server}/moon%20photo.jpg", f"{image_server}/missing.jpg", f"{image_server}/readme.txt"]
+    urls = [
+        f"{image_server}/coffee.jpg",
+        f"{image_server}/moon%20photo.jpg",
+        f"{image_server}/missing.jpg",
+        f"{image_server}/readme.txt",
+    ]
     manifest = tmp_path / "images.json"
     manifest.write_text(json.dumps([{"url": u} for u in urls]))
     catalog = tmp_path / "imported-catalog"
     code, out, err = run_cli(capsys, "import", str(manifest), "--catalog", str(catalog), "--allow-private")
     assert code == 1 and "imported 2 images" in out
     assert "missing.jpg" in err and "readme.txt" in err
-    code, out, _ = run_cli(capsys, "search", "--catalog", str(catalog), "--json", "--k", "1", str(image_path("moon.jpg")))
+    code, out, _ = run_cli(
+        capsys, "search", "--catalog", str(catalog), "--json", "--k", "1", str(image_path("moon.jpg"))
+    )
     assert json.loads(out)["results"][0]["url"] == urls[1]
     code, out, _ = run_cli(capsys, "import", str(manifest), "--catalog", str(catalog), "--allow-private")
     assert "(2 already there)" in out

@@ -12,14 +12,14 @@ from tests.support import image_bytes, request, request_json
 
 
 def _search(stack, name: str, ctype: str = "image/jpeg", k: int = 5):
-    return request_json(f"{stack.url}search?k={k}", image_bytes(name), method="POST",
-                        headers={"Content-Type": ctype})
+    return request_json(f"{stack.url}search?k={k}", image_bytes(name), method="POST", headers={"Content-Type": ctype})
 
 
 def test_page_is_served_at_root(stack):
     route = stack.template.route_for("GET", "/")
     assert route is not None and route[0].function == "SearchFunction", (
-        "template.yaml needs an Api event {Path: /, Method: get} on SearchFunction: the page is served there")
+        "template.yaml needs an Api event {Path: /, Method: get} on SearchFunction: the page is served there"
+    )
     status, headers, body = request(stack.url)
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b"Harmony-Image" in body and b"<script" in body
@@ -42,23 +42,38 @@ def test_post_image_gets_top_5(stack):
 def test_multipart_upload(stack):
     boundary = "harmonyBoundary" + uuid.uuid4().hex
     data = image_bytes("coffee__resize_half.png")
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    status, doc = request_json(f"{stack.url}search?k=3", body, method="POST",
-                               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, doc = request_json(
+        f"{stack.url}search?k=3",
+        body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert status == 200, doc
     assert len(doc["results"]) == 3 and doc["results"][0]["key"] == "catalog/coffee.jpg"
 
 
 def test_non_image_is_415_error_json(stack):
-    status, doc = request_json(f"{stack.url}search", b"just some text, not a picture", method="POST",
-                               headers={"Content-Type": "text/plain"})
+    status, doc = request_json(
+        f"{stack.url}search", b"just some text, not a picture", method="POST", headers={"Content-Type": "text/plain"}
+    )
     assert status == 415 and doc["error"]["code"] == "not_an_image" and doc["error"]["message"]
 
 
 def test_private_url_is_refused(stack):
-    status, doc = request_json(f"{stack.url}search", json.dumps({"url": stack.s3_endpoint + "/x.jpg"}).encode(),
-                               method="POST", headers={"Content-Type": "application/json"})
+    status, doc = request_json(
+        f"{stack.url}search",
+        json.dumps({"url": stack.s3_endpoint + "/x.jpg"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 400 and doc["error"]["code"] == "url_refused"
 
 

@@ -10,7 +10,6 @@ import time
 
 from harmony_local.stack.server import s3_record
 from harmony_local.stack.template import load_template, media_type_matches
-
 from tests.support import TOY_TEMPLATE, request, request_json
 
 
@@ -19,8 +18,16 @@ def test_template_is_read_like_sam():
     echo = t.functions["EchoFunction"]
     assert echo.handler == "app.echo" and echo.code_uri == TOY_TEMPLATE.parent / "echo"
     assert echo.timeout == 3 and t.functions["SlowFunction"].timeout == 1
-    assert echo.environment == {"TOY_GLOBAL": "g", "TOY_MODE": "LOUD", "TOY_BUCKET": "b1", "TOY_ARN": "arn:aws:s3:::b1/x"}
-    assert [(r.method, r.path, r.rest_api) for r in echo.routes] == [("ANY", "/echo/{name}", "Api"), ("GET", "/files/{proxy+}", "Api")]
+    assert echo.environment == {
+        "TOY_GLOBAL": "g",
+        "TOY_MODE": "LOUD",
+        "TOY_BUCKET": "b1",
+        "TOY_ARN": "arn:aws:s3:::b1/x",
+    }
+    assert [(r.method, r.path, r.rest_api) for r in echo.routes] == [
+        ("ANY", "/echo/{name}", "Api"),
+        ("GET", "/files/{proxy+}", "Api"),
+    ]
     api = t.apis["Api"]
     assert api.stage == "dev" and set(api.binary_media_types) == {"image~1*", "application~1octet-stream"}
     (trig,) = t.s3_triggers
@@ -38,8 +45,9 @@ def test_template_is_read_like_sam():
 
 def test_api_event_shape_binary_body(toy):
     jpeg = b"\xff\xd8\xff\xe0binary\x00\xff"
-    status, headers, body = request(f"{toy.url}echo/bob?k=3&k=4&x=", jpeg, method="POST",
-                                    headers={"Content-Type": "image/jpeg", "X-Multi": "v"})
+    status, headers, body = request(
+        f"{toy.url}echo/bob?k=3&k=4&x=", jpeg, method="POST", headers={"Content-Type": "image/jpeg", "X-Multi": "v"}
+    )
     assert status == 201 and headers["X-Toy"] == "1"
     doc = json.loads(body)
     ev = doc["event"]
@@ -61,8 +69,9 @@ def test_api_event_shape_binary_body(toy):
 
 
 def test_text_body_and_multi_value_response_headers(toy):
-    status, headers, body = request(f"{toy.url}echo/t", json.dumps({"a": 1}).encode(), method="PUT",
-                                    headers={"Content-Type": "application/json"})
+    status, headers, body = request(
+        f"{toy.url}echo/t", json.dumps({"a": 1}).encode(), method="PUT", headers={"Content-Type": "application/json"}
+    )
     assert status == 201
     ev = json.loads(body)["event"]
     assert ev["isBase64Encoded"] is False and json.loads(ev["body"]) == {"a": 1}
@@ -99,8 +108,10 @@ def test_s3_trigger_filters_and_event_shape(toy):
     toy.wait_idle(30)
     s3.delete_object(Bucket=b, Key="in/my photo+1.jpg")
     toy.wait_idle(30)
-    seen = [json.loads(s3.get_object(Bucket=b, Key=o["Key"])["Body"].read())
-            for o in s3.list_objects_v2(Bucket=b, Prefix="seen/").get("Contents", [])]
+    seen = [
+        json.loads(s3.get_object(Bucket=b, Key=o["Key"])["Body"].read())
+        for o in s3.list_objects_v2(Bucket=b, Prefix="seen/").get("Contents", [])
+    ]
     assert [r["eventName"] for r in seen] == ["ObjectCreated:Put", "ObjectRemoved:Delete"]
     put = seen[0]
     assert put["eventSource"] == "aws:s3" and put["awsRegion"] == "us-east-1"
@@ -112,6 +123,8 @@ def test_s3_trigger_filters_and_event_shape(toy):
 
 
 def test_s3_record_completion():
-    rec = s3_record({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "a%2Fb+c.jpg"}}})
+    rec = s3_record(
+        {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "a%2Fb+c.jpg"}}}
+    )
     assert rec["s3"]["object"]["key"] == "a/b+c.jpg" and rec["s3"]["object"]["sequencer"]
     assert rec["s3"]["bucket"]["ownerIdentity"]["principalId"]

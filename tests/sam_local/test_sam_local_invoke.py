@@ -58,8 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 if os.environ.get("HARMONY_SAM_LOCAL") != "1":
     pytest.skip(
-        "sam local invoke tests need podman and moto: run tools/sam-local/test.sh "
-        "(HARMONY_SAM_LOCAL=1)",
+        "sam local invoke tests need podman and moto: run tools/sam-local/test.sh (HARMONY_SAM_LOCAL=1)",
         allow_module_level=True,
     )
 
@@ -67,9 +66,7 @@ import boto3  # noqa: E402
 import yaml  # noqa: E402
 
 SOURCE_TEMPLATE = REPO / "template.yaml"
-BUILT_TEMPLATE = Path(
-    os.environ.get("HARMONY_SAM_TEMPLATE", REPO / ".aws-sam" / "build" / "template.yaml")
-)
+BUILT_TEMPLATE = Path(os.environ.get("HARMONY_SAM_TEMPLATE", REPO / ".aws-sam" / "build" / "template.yaml"))
 SAM = os.environ.get("HARMONY_SAM") or str(REPO / ".tools" / "sam" / "bin" / "sam")
 BUCKET_PREFIX = os.environ.get("HARMONY_SAM_BUCKET_PREFIX", "harmony-sam-local")
 INVOKE_TIMEOUT = int(os.environ.get("HARMONY_SAM_INVOKE_TIMEOUT", "600"))
@@ -115,12 +112,8 @@ def buckets(tpl: dict) -> list[str]:
 
 
 def env_vars(tpl: dict, lid: str) -> dict:
-    glob_vars = (
-        ((tpl.get("Globals") or {}).get("Function") or {}).get("Environment") or {}
-    ).get("Variables") or {}
-    own = ((functions(tpl)[lid].get("Properties") or {}).get("Environment") or {}).get(
-        "Variables"
-    ) or {}
+    glob_vars = (((tpl.get("Globals") or {}).get("Function") or {}).get("Environment") or {}).get("Variables") or {}
+    own = ((functions(tpl)[lid].get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
     return {**glob_vars, **own}
 
 
@@ -293,9 +286,7 @@ def fixture_images() -> list[tuple[str, bytes]]:
 
 
 def _norm_ext(name: str) -> str:
-    return Path(name).suffix.lower().replace(".jpeg", ".jpg").replace(".tif", ".tiff").replace(
-        ".tifff", ".tiff"
-    )
+    return Path(name).suffix.lower().replace(".jpeg", ".jpg").replace(".tif", ".tiff").replace(".tifff", ".tiff")
 
 
 def pick_image(key: str, images: list[tuple[str, bytes]]) -> tuple[str, bytes]:
@@ -367,7 +358,7 @@ def image_server(images):
     Lambda container reaches it at podman's bridge gateway). Serves pick_image(path)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             _name, data = pick_image(self.path, images)
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -435,16 +426,28 @@ def _all_objects(s3, names) -> dict[tuple[str, str], str]:
 
 
 def sam_invoke(lid: str, event_path: Path, env_file: Path):
-    cmd = [SAM, "local", "invoke", lid, "-t", str(BUILT_TEMPLATE), "-e", str(event_path),
-           "--env-vars", str(env_file), "--skip-pull-image"]
+    cmd = [
+        SAM,
+        "local",
+        "invoke",
+        lid,
+        "-t",
+        str(BUILT_TEMPLATE),
+        "-e",
+        str(event_path),
+        "--env-vars",
+        str(env_file),
+        "--skip-pull-image",
+    ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=INVOKE_TIMEOUT,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=INVOKE_TIMEOUT, check=False)
     dt = time.monotonic() - t0
     if TIMINGS_FILE:
         with open(TIMINGS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"function": lid, "event": event_path.name, "seconds": round(dt, 2),
-                                "rc": proc.returncode}) + "\n")
+            f.write(
+                json.dumps({"function": lid, "event": event_path.name, "seconds": round(dt, 2), "rc": proc.returncode})
+                + "\n"
+            )
     print(f"sam local invoke {lid} -e {event_path.name}: {dt:.1f} s, rc={proc.returncode}")
     resp = None
     for line in reversed(proc.stdout.strip().splitlines()):
@@ -551,11 +554,8 @@ def _rewrite_url(event: dict, server: str) -> tuple[dict, bool]:
     return ev, changed
 
 
-@pytest.mark.parametrize(
-    "kind,lid,event_rel", _CASES, ids=[f"{lid}-{Path(rel).stem}" for _, lid, rel in _CASES]
-)
-def test_sam_local_invoke(kind, lid, event_rel, tpl, s3, moto_buckets, env_file, images,
-                          image_server, tmp_path):
+@pytest.mark.parametrize("kind,lid,event_rel", _CASES, ids=[f"{lid}-{Path(rel).stem}" for _, lid, rel in _CASES])
+def test_sam_local_invoke(kind, lid, event_rel, tpl, s3, moto_buckets, env_file, images, image_server, tmp_path):
     event = json.loads((REPO / event_rel).read_text(encoding="utf-8"))
     name = Path(event_rel).name
     seeded = set()
@@ -615,8 +615,8 @@ def test_sam_local_invoke(kind, lid, event_rel, tpl, s3, moto_buckets, env_file,
         if url_refused_expected:
             # No HARMONY_ALLOW_PRIVATE_URLS in the template: the local URL must be refused
             # cleanly (the namespace has no internet for the event's real URL).
-            assert 400 <= resp["statusCode"] < 600 and isinstance(payload, dict) and "error" in payload, (
-                _fail_msg(f"URL query: expected a handled error, got {resp['statusCode']}: {body[:500]}", out, err)
+            assert 400 <= resp["statusCode"] < 600 and isinstance(payload, dict) and "error" in payload, _fail_msg(
+                f"URL query: expected a handled error, got {resp['statusCode']}: {body[:500]}", out, err
             )
             return
         assert resp["statusCode"] == 200, _fail_msg(f"statusCode {resp['statusCode']}: {body[:1000]}", out, err)

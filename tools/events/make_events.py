@@ -31,7 +31,9 @@ def sam(exe: str, *args: str) -> dict:
 
 
 def tiny_jpeg() -> bytes:
-    src = cv2.imdecode(np.frombuffer((REPO / "tests/fixtures/images/chelsea.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    src = cv2.imdecode(
+        np.frombuffer((REPO / "tests/fixtures/images/chelsea.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR
+    )
     small = cv2.resize(src, (48, 32), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
     assert ok
@@ -68,10 +70,19 @@ def main() -> None:
     ev["body"] = base64.b64encode(jpeg).decode("ascii")
     ev["isBase64Encoded"] = True
     out["api-search-upload.json"] = ev
-    ev = api(a.sam, "POST", json.dumps({"url": "https://raw.githubusercontent.com/scikit-image/scikit-image/main/skimage/data/chelsea.png"}),
-             {"Content-Type": "application/json"}, {"k": "5"})
+    ev = api(
+        a.sam,
+        "POST",
+        json.dumps(
+            {"url": "https://raw.githubusercontent.com/scikit-image/scikit-image/main/skimage/data/chelsea.png"}
+        ),
+        {"Content-Type": "application/json"},
+        {"k": "5"},
+    )
     out["api-search-url.json"] = ev
-    ev = api(a.sam, "POST", json.dumps({"s3": {"key": "catalog/chelsea.jpg"}}), {"Content-Type": "application/json"}, None)
+    ev = api(
+        a.sam, "POST", json.dumps({"s3": {"key": "catalog/chelsea.jpg"}}), {"Content-Type": "application/json"}, None
+    )
     out["api-search-s3.json"] = ev
     out["s3-catalog-put.json"] = sam(a.sam, "s3", "put", "--bucket", BUCKET, "--key", "catalog/chelsea.jpg")
     out["s3-catalog-delete.json"] = sam(a.sam, "s3", "delete", "--bucket", BUCKET, "--key", "catalog/old photo.jpg")

@@ -56,11 +56,27 @@ def build(arch: str, out: Path, template: Template | None = None) -> dict[str, A
             raise SystemExit(f"{name}: only makefile-built layers are built here (BuildMethod {layer.build_method})")
         dest = out / name
         t0 = time.monotonic()
-        subprocess.run(["make", "-s", "-C", str(layer.content_uri), "-f", str(layer.build_dir / "Makefile"),
-                        f"build-{name}", f"ARTIFACTS_DIR={dest}", f"HARMONY_ARCH={arch}", f"PY={sys.executable}"],
-                       check=True, env=env)
-        sizes["layers"][name] = {"unzipped": tree_size(dest), "zipped": zipped_size(dest),
-                                 "build_s": round(time.monotonic() - t0, 1)}
+        subprocess.run(
+            [
+                "make",
+                "-s",
+                "-C",
+                str(layer.content_uri),
+                "-f",
+                str(layer.build_dir / "Makefile"),
+                f"build-{name}",
+                f"ARTIFACTS_DIR={dest}",
+                f"HARMONY_ARCH={arch}",
+                f"PY={sys.executable}",
+            ],
+            check=True,
+            env=env,
+        )
+        sizes["layers"][name] = {
+            "unzipped": tree_size(dest),
+            "zipped": zipped_size(dest),
+            "build_s": round(time.monotonic() - t0, 1),
+        }
     for name, fn in template.functions.items():
         dest = out / name
         shutil.rmtree(dest, ignore_errors=True)
@@ -86,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in sizes["functions"].items():
         flag = "ok" if s["ok"] else "TOO BIG"
         ok &= s["ok"]
-        print(f"  {name:18s} code {s['code'] / 1024:6.1f} KB  function + layers {mb(s['total_unzipped'])} of 250 MB  {flag}")
+        print(
+            f"  {name:18s} code {s['code'] / 1024:6.1f} KB  function + layers {mb(s['total_unzipped'])} of 250 MB  {flag}"
+        )
     if a.json:
         a.json.write_text(json.dumps(sizes, indent=2))
     return 0 if ok else 1

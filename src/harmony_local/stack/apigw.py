@@ -13,15 +13,25 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 from .template import ACCOUNT_ID, media_type_matches
 
 
-def build_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes,
-                resource: str, path_params: dict[str, str], stage: str, binary_media_types: tuple[str, ...],
-                source_ip: str, host: str) -> tuple[dict, str | None]:
+def build_event(
+    *,
+    method: str,
+    raw_path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    resource: str,
+    path_params: dict[str, str],
+    stage: str,
+    binary_media_types: tuple[str, ...],
+    source_ip: str,
+    host: str,
+) -> tuple[dict, str | None]:
     """(event, warning) for one HTTP request."""
     split = urlsplit(raw_path)
     path = split.path or "/"
@@ -43,10 +53,12 @@ def build_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], b
             body_field = body.decode("utf-8")
         except UnicodeDecodeError:
             body_field = body.decode("utf-8", "replace")
-            warning = (f"binary body with Content-Type {ctype!r} that is not in the API's BinaryMediaTypes "
-                       f"{list(binary_media_types)}: API Gateway passes it as text, so it arrives damaged")
+            warning = (
+                f"binary body with Content-Type {ctype!r} that is not in the API's BinaryMediaTypes "
+                f"{list(binary_media_types)}: API Gateway passes it as text, so it arrives damaged"
+            )
         b64 = False
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     request_id = str(uuid.uuid4())
     event = {
         "body": body_field,
@@ -75,11 +87,19 @@ def build_event(*, method: str, raw_path: str, headers: list[tuple[str, str]], b
             "protocol": "HTTP/1.1",
             "domainName": host,
             "identity": {
-                "cognitoIdentityPoolId": None, "accountId": None, "cognitoIdentityId": None, "caller": None,
-                "accessKey": None, "sourceIp": source_ip, "cognitoAuthenticationType": None,
-                "cognitoAuthenticationProvider": None, "userArn": None,
-                "userAgent": single.get("User-Agent") or single.get("user-agent") or "", "user": None,
-                "apiKey": None, "apiKeyId": None,
+                "cognitoIdentityPoolId": None,
+                "accountId": None,
+                "cognitoIdentityId": None,
+                "caller": None,
+                "accessKey": None,
+                "sourceIp": source_ip,
+                "cognitoAuthenticationType": None,
+                "cognitoAuthenticationProvider": None,
+                "userArn": None,
+                "userAgent": single.get("User-Agent") or single.get("user-agent") or "",
+                "user": None,
+                "apiKey": None,
+                "apiKeyId": None,
             },
         },
     }

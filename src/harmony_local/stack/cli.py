@@ -30,14 +30,22 @@ STATE_FILE = "stack.json"
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``serve`` (also used by ``harmony serve``)."""
-    p.add_argument("--template", type=Path, default=None, help="template.yaml (default: here or above, else the repository's)")
+    p.add_argument(
+        "--template", type=Path, default=None, help="template.yaml (default: here or above, else the repository's)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API/page port (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"API/page port (default {DEFAULT_PORT}; 0 = any free port)"
+    )
     p.add_argument("--s3-port", type=int, default=0, help="embedded S3 port (default: a free port)")
     p.add_argument("--bucket", default="harmony-local", help="embedded bucket name (default harmony-local)")
-    p.add_argument("--workdir", type=Path, default=Path(".harmony-local"), help="logs and state (default .harmony-local)")
+    p.add_argument(
+        "--workdir", type=Path, default=Path(".harmony-local"), help="logs and state (default .harmony-local)"
+    )
     p.add_argument("--no-seed", action="store_true", help="do not upload the bundled sample catalog")
-    p.add_argument("--function-logs", action="store_true", help="show the functions' own logs here instead of in workdir/logs")
+    p.add_argument(
+        "--function-logs", action="store_true", help="show the functions' own logs here instead of in workdir/logs"
+    )
     p.add_argument("--concurrency", type=int, default=2, help="warm workers per function (default 2)")
     p.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters")
 
@@ -52,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--serve", action="store_true", help="stay up after the demo (default when interactive)")
-    g.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (default without a TTY, e.g. CI)")
+    g.add_argument(
+        "--exit-after-demo", action="store_true", help="stop after the demo (default without a TTY, e.g. CI)"
+    )
     p.set_defaults(func=run_demo)
     p = sub.add_parser("put", help="upload FILE to KEY in the running stack's bucket")
     p.add_argument("file", type=Path)
@@ -90,16 +100,27 @@ def start_stack(args: argparse.Namespace):
         print(f"harmony-local: port {port} is busy; using a free one", file=sys.stderr)
         port = 0
     overrides = dict(kv.split("=", 1) for kv in args.parameter_overrides if "=" in kv)
-    cfg = StackConfig(template=args.template, host=args.host, port=port, s3_port=args.s3_port, bucket=args.bucket,
-                      workdir=args.workdir, max_concurrency=max(1, args.concurrency),
-                      function_logs=args.function_logs, parameter_overrides=overrides)
+    cfg = StackConfig(
+        template=args.template,
+        host=args.host,
+        port=port,
+        s3_port=args.s3_port,
+        bucket=args.bucket,
+        workdir=args.workdir,
+        max_concurrency=max(1, args.concurrency),
+        function_logs=args.function_logs,
+        parameter_overrides=overrides,
+    )
     stack = LocalStack(cfg).start()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / STATE_FILE).write_text(json.dumps(
-        {"api": stack.url, "s3": stack.s3_endpoint, "bucket": cfg.bucket, "pid": os.getpid()}, indent=2))
+    (args.workdir / STATE_FILE).write_text(
+        json.dumps({"api": stack.url, "s3": stack.s3_endpoint, "bucket": cfg.bucket, "pid": os.getpid()}, indent=2)
+    )
     if not args.no_seed:
         t0 = time.perf_counter()
-        print(f"seeding s3://{cfg.bucket}/catalog/ with the bundled sample catalog (IndexFunction runs on each upload) ...")
+        print(
+            f"seeding s3://{cfg.bucket}/catalog/ with the bundled sample catalog (IndexFunction runs on each upload) ..."
+        )
         n = stack.seed_catalog()
         print(f"catalog: {n} images uploaded and indexed in {time.perf_counter() - t0:.1f} s")
     return stack
@@ -107,7 +128,8 @@ def start_stack(args: argparse.Namespace):
 
 def _banner(stack) -> None:
     b = stack.config.bucket
-    print(f"""
+    print(
+        f"""
   Web page and API:  {stack.url}
     curl -s -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' '{stack.url}search?k=5'
   Embedded S3:       {stack.s3_endpoint}  bucket {b}  (browse: {stack.s3_endpoint}/moto-api/)
@@ -116,13 +138,15 @@ def _banner(stack) -> None:
     python -m harmony_local get results/photo.jpg.json
     (or: aws --endpoint-url {stack.s3_endpoint} s3 cp photo.jpg s3://{b}/catalog/)
   Ctrl-C stops.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 def _stay_up(stack) -> int:
     stop = threading.Event()
 
-    def _on_signal(signum, frame):  # noqa: ARG001
+    def _on_signal(signum, frame):
         stop.set()
 
     old = signal.signal(signal.SIGTERM, _on_signal)
@@ -202,8 +226,10 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             answer = json.loads(s3.get_object(Bucket=stack.config.bucket, Key=rkey)["Body"].read())
             top = answer.get("results", [{}])[0] if answer.get("results") else {}
-            print(f"  -> s3://{stack.config.bucket}/{rkey}: {len(answer.get('results', []))} results, "
-                  f"best {top.get('key')} ({top.get('score', 0):.4f})")
+            print(
+                f"  -> s3://{stack.config.bucket}/{rkey}: {len(answer.get('results', []))} results, "
+                f"best {top.get('key')} ({top.get('score', 0):.4f})"
+            )
         except Exception as exc:  # noqa: BLE001
             print(f"  no answer at {rkey}: {exc}")
             rc = 1
@@ -225,8 +251,13 @@ def _client_of(workdir: Path):
     if not state_path.is_file():
         raise SystemExit(f"no running stack ({state_path} missing): start one with `python -m harmony_local serve`")
     state = json.loads(state_path.read_text())
-    client = boto3.client("s3", region_name="us-east-1", endpoint_url=state["s3"],
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=state["s3"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     return client, state["bucket"]
 
 

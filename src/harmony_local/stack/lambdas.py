@@ -27,29 +27,44 @@ from .template import ACCOUNT_ID, REGION, FunctionSpec
 
 # Variables of the parent process a worker keeps (the interpreter and locale, not the user's
 # AWS or HARMONY settings: Lambda has only what the template gives it).
-_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
-         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "PYTHONHASHSEED", "SYSTEMROOT")
+_KEEP = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "PYTHONHASHSEED",
+    "SYSTEMROOT",
+)
 
 
 def lambda_environment(spec: FunctionSpec, extra: dict[str, str]) -> dict[str, str]:
     env = {k: os.environ[k] for k in _KEEP if k in os.environ}
-    env.update({
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_LAMBDA_FUNCTION_NAME": spec.name,
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
-        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "local/[$LATEST]harmony-local",
-        "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
-        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
-        "LAMBDA_TASK_ROOT": str(spec.code_uri),
-        "LAMBDA_RUNTIME_DIR": "/var/runtime",
-        "_HANDLER": spec.handler,
-        "AWS_SAM_LOCAL": "true",  # what sam local sets; Powertools then skips X-Ray
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": "local/[$LATEST]harmony-local",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+            "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
+            "LAMBDA_TASK_ROOT": str(spec.code_uri),
+            "LAMBDA_RUNTIME_DIR": "/var/runtime",
+            "_HANDLER": spec.handler,
+            "AWS_SAM_LOCAL": "true",  # what sam local sets; Powertools then skips X-Ray
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(spec.environment)
     # Then the embedded S3's credentials and endpoint, as `sam local --env-vars` overrides the
     # template (which declares AWS_ENDPOINT_URL_S3 empty for exactly this purpose).
@@ -123,7 +138,9 @@ def _worker_main(conn, spec: dict, env: dict[str, str], log_path: str | None) ->
     else:
         handler = getattr(module, func_name, None)
         if not callable(handler):
-            init_error = _init_error("Runtime.HandlerNotFound", f"Handler '{func_name}' missing on module '{module_name}'")
+            init_error = _init_error(
+                "Runtime.HandlerNotFound", f"Handler '{func_name}' missing on module '{module_name}'"
+            )
     if init_error is not None:
         print(json.dumps(init_error), flush=True)
     conn.send(("ready", init_error))
@@ -145,8 +162,14 @@ def _worker_main(conn, spec: dict, env: dict[str, str], log_path: str | None) ->
             result = handler(json.loads(event_json), context)
             reply = ("ok", json.dumps(result))  # Lambda serialises the result: a non-JSON result fails
         except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
-            reply = ("error", {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                               "stackTrace": traceback.format_exc().splitlines()})
+            reply = (
+                "error",
+                {
+                    "errorType": type(exc).__name__,
+                    "errorMessage": str(exc),
+                    "stackTrace": traceback.format_exc().splitlines(),
+                },
+            )
             print(json.dumps(reply[1]), flush=True)
         ms = (time.perf_counter() - started) * 1000
         print(f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {ms:.2f} ms", flush=True)
@@ -163,10 +186,16 @@ class InvokeError(Exception):
 class _Worker:
     def __init__(self, ctx, spec: FunctionSpec, env: dict[str, str], log_path: str | None) -> None:
         self.conn, child = ctx.Pipe()
-        payload = {"name": spec.name, "handler": spec.handler, "memory": spec.memory,
-                   "python_path": spec.python_path(), "project_root": str(spec.project_root or "")}
-        self.proc = ctx.Process(target=_worker_main, args=(child, payload, env, log_path),
-                                name=f"lambda-{spec.name}", daemon=True)
+        payload = {
+            "name": spec.name,
+            "handler": spec.handler,
+            "memory": spec.memory,
+            "python_path": spec.python_path(),
+            "project_root": str(spec.project_root or ""),
+        }
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, payload, env, log_path), name=f"lambda-{spec.name}", daemon=True
+        )
         self.proc.start()
         child.close()
         self.ready = False
@@ -208,8 +237,9 @@ class FunctionPool:
 
     INIT_TIMEOUT = 10.0  # Lambda's init phase limit
 
-    def __init__(self, spec: FunctionSpec, env: dict[str, str], *, log_dir: Path | None,
-                 max_concurrency: int = 2) -> None:
+    def __init__(
+        self, spec: FunctionSpec, env: dict[str, str], *, log_dir: Path | None, max_concurrency: int = 2
+    ) -> None:
         self.spec = spec
         self.env = env
         self.log_path = str(log_dir / f"{spec.name}.log") if log_dir else None
@@ -254,21 +284,27 @@ class FunctionPool:
                 w.wait_ready(self.INIT_TIMEOUT + 30)
             except TimeoutError:
                 self._discard(w)
-                raise InvokeError(self.spec.name, {"errorType": "Runtime.InitTimeout",
-                                                   "errorMessage": "init did not finish in time"}) from None
+                raise InvokeError(
+                    self.spec.name, {"errorType": "Runtime.InitTimeout", "errorMessage": "init did not finish in time"}
+                ) from None
             deadline = time.time() + self.spec.timeout
             w.conn.send((json.dumps(event), request_id, deadline))
             if not w.conn.poll(self.spec.timeout + 0.5):
                 self._discard(w)
-                raise InvokeError(self.spec.name, {
-                    "errorType": "Sandbox.Timedout",
-                    "errorMessage": f"{request_id} Task timed out after {self.spec.timeout:.2f} seconds"})
+                raise InvokeError(
+                    self.spec.name,
+                    {
+                        "errorType": "Sandbox.Timedout",
+                        "errorMessage": f"{request_id} Task timed out after {self.spec.timeout:.2f} seconds",
+                    },
+                )
             try:
                 status, payload = w.conn.recv()
             except (EOFError, OSError):
                 self._discard(w)
-                raise InvokeError(self.spec.name, {"errorType": "Runtime.ExitError",
-                                                   "errorMessage": "the function's process exited"}) from None
+                raise InvokeError(
+                    self.spec.name, {"errorType": "Runtime.ExitError", "errorMessage": "the function's process exited"}
+                ) from None
             with self._lock:
                 if self._closed:
                     pass

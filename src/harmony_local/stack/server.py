@@ -60,8 +60,9 @@ def s3_record(moto_record: dict) -> dict:
     rec.setdefault("awsRegion", REGION)
     rec.setdefault("userIdentity", {"principalId": "AWS:HARMONYLOCAL"})
     rec.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
-    rec.setdefault("responseElements", {"x-amz-request-id": uuid.uuid4().hex[:16].upper(),
-                                        "x-amz-id-2": uuid.uuid4().hex})
+    rec.setdefault(
+        "responseElements", {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "x-amz-id-2": uuid.uuid4().hex}
+    )
     s3 = rec.setdefault("s3", {})
     bucket = s3.setdefault("bucket", {})
     bucket.setdefault("ownerIdentity", {"principalId": "HARMONYLOCAL"})
@@ -92,9 +93,11 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None, *, echo: Callable[[str], None] | None = print) -> None:
         self.config = config or StackConfig()
         self.echo = echo or (lambda _msg: None)
-        self.template: Template = load_template(self.config.template or find_template(),
-                                                bucket_name=self.config.bucket,
-                                                parameter_overrides=self.config.parameter_overrides)
+        self.template: Template = load_template(
+            self.config.template or find_template(),
+            bucket_name=self.config.bucket,
+            parameter_overrides=self.config.parameter_overrides,
+        )
         self.invocations: list[Invocation] = []
         self._cond = threading.Condition()
         self._pools: dict[str, FunctionPool] = {}
@@ -110,7 +113,7 @@ class LocalStack:
         self.page_fallback: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         cfg = self.config
         t0 = time.perf_counter()
         self._start_s3()
@@ -120,17 +123,20 @@ class LocalStack:
             log_dir.mkdir(parents=True, exist_ok=True)
         extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.s3_endpoint}
         for name, spec in self.template.functions.items():
-            pool = FunctionPool(spec, lambda_environment(spec, extra), log_dir=log_dir,
-                                max_concurrency=cfg.max_concurrency)
+            pool = FunctionPool(
+                spec, lambda_environment(spec, extra), log_dir=log_dir, max_concurrency=cfg.max_concurrency
+            )
             pool.prewarm()  # spawn now; the imports run in parallel with the rest of start()
             self._pools[name] = pool
         self._start_triggers()
         self._start_http()
         for pool in self._pools.values():
             pool.wait_warm()
-        self.echo(f"harmony-local: {len(self._pools)} functions warm, S3 {self.s3_endpoint} "
-                  f"bucket {cfg.bucket}, API {self.url} ({time.perf_counter() - t0:.1f} s)"
-                  + (f"; function logs in {log_dir}" if log_dir else ""))
+        self.echo(
+            f"harmony-local: {len(self._pools)} functions warm, S3 {self.s3_endpoint} "
+            f"bucket {cfg.bucket}, API {self.url} ({time.perf_counter() - t0:.1f} s)"
+            + (f"; function logs in {log_dir}" if log_dir else "")
+        )
         return self
 
     def stop(self) -> None:
@@ -148,7 +154,7 @@ class LocalStack:
             self._moto.stop()
             self._moto = None
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -158,8 +164,13 @@ class LocalStack:
     def client(self, service: str = "s3") -> Any:
         import boto3
 
-        return boto3.client(service, region_name=REGION, endpoint_url=self.s3_endpoint,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def _start_s3(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -186,17 +197,20 @@ class LocalStack:
                 qname = f"harmony-local-{trig.function}-{uuid.uuid4().hex[:6]}"
                 url = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "900"})["QueueUrl"]
                 self._queues[trig.function] = url
-            arn = sqs.get_queue_attributes(QueueUrl=self._queues[trig.function],
-                                           AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            arn = sqs.get_queue_attributes(QueueUrl=self._queues[trig.function], AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
             conf: dict[str, Any] = {"Id": f"{trig.function}-{trig.name}", "QueueArn": arn, "Events": list(trig.events)}
             if trig.rules:
                 conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in trig.rules]}}
             configs.append(conf)
         self.client().put_bucket_notification_configuration(
-            Bucket=self.config.bucket, NotificationConfiguration={"QueueConfigurations": configs})
+            Bucket=self.config.bucket, NotificationConfiguration={"QueueConfigurations": configs}
+        )
         for function, url in self._queues.items():
-            self._executors[function] = ThreadPoolExecutor(self.config.max_concurrency,
-                                                           thread_name_prefix=f"s3-{function}")
+            self._executors[function] = ThreadPoolExecutor(
+                self.config.max_concurrency, thread_name_prefix=f"s3-{function}"
+            )
             t = threading.Thread(target=self._dispatch, args=(function, url), name=f"dispatch-{function}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -205,8 +219,9 @@ class LocalStack:
         sqs = self.client("sqs")
         while not self._stop.is_set():
             try:
-                msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1).get("Messages", [])
+                msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                    "Messages", []
+                )
             except Exception as exc:  # noqa: BLE001 - the server is going away
                 if self._stop.is_set():
                     return
@@ -263,15 +278,18 @@ class LocalStack:
             queued = 0
             for url in self._queues.values():
                 attrs = sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+                    QueueUrl=url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )
                 queued += sum(int(v) for v in attrs["Attributes"].values())
             with self._cond:
                 if queued == 0 and self._inflight == 0:
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"S3 events still pending after {timeout} s ({queued} queued, "
-                                       f"{self._inflight} running)")
+                    raise TimeoutError(
+                        f"S3 events still pending after {timeout} s ({queued} queued, {self._inflight} running)"
+                    )
                 self._cond.wait(min(0.1, left))
 
     def wait_for(self, predicate: Callable[[Invocation], bool], timeout: float = 30.0) -> Invocation:
@@ -287,22 +305,25 @@ class LocalStack:
                 self._cond.wait(left)
 
     # ------------------------------------------------------------------ sample catalog
-    def seed_catalog(self, images: dict[str, bytes] | None = None, *, prefix: str = "catalog/",
-                     timeout: float = 120.0) -> int:
+    def seed_catalog(
+        self, images: dict[str, bytes] | None = None, *, prefix: str = "catalog/", timeout: float = 120.0
+    ) -> int:
         """Upload images (default: the engine's bundled samples) and wait until they are indexed."""
         if images is None:
             from ..demo import SAMPLES
 
             images = {p.name: p.read_bytes() for p in sorted((SAMPLES / "catalog").iterdir()) if p.is_file()}
         s3 = self.client()
-        have = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.config.bucket, Prefix=prefix) for o in page.get("Contents", [])}
+        have = {
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        }
         n = 0
         for name, data in images.items():
             if prefix + name in have:
                 continue
-            s3.put_object(Bucket=self.config.bucket, Key=prefix + name, Body=data,
-                          ContentType=_guess_type(name))
+            s3.put_object(Bucket=self.config.bucket, Key=prefix + name, Body=data, ContentType=_guess_type(name))
             n += 1
         self.wait_idle(timeout)
         return n
@@ -327,8 +348,9 @@ class LocalStack:
                     self.page_fallback = page
                     self.echo(f"harmony-local: template.yaml has no GET / route; serving {page} at / directly")
                     break
-        t = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
-                             name="harmony-local-http", daemon=True)
+        t = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, name="harmony-local-http", daemon=True
+        )
         t.start()
         self._threads.append(t)
 
@@ -376,8 +398,9 @@ class _ApiHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, doc: dict) -> None:
-        self._send(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", "LocalError")],
-                   json.dumps(doc).encode())
+        self._send(
+            status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", "LocalError")], json.dumps(doc).encode()
+        )
 
     def _handle(self) -> None:
         t0 = time.perf_counter()
@@ -398,31 +421,45 @@ class _ApiHandler(BaseHTTPRequestHandler):
             found = stack.template.route_for("GET", path)
         if found is None:
             if stack.page_fallback is not None and method in ("GET", "HEAD") and path in ("/", "/index.html"):
-                return self._send(200, [("Content-Type", "text/html; charset=utf-8")],
-                                  stack.page_fallback.read_bytes())
+                return self._send(200, [("Content-Type", "text/html; charset=utf-8")], stack.page_fallback.read_bytes())
             if method == "OPTIONS" and stack.template.has_path(path):
                 # API Gateway's CORS mock integration for preflight
-                return self._send(200, [("Access-Control-Allow-Origin", "*"),
-                                        ("Access-Control-Allow-Methods", "GET,POST,OPTIONS"),
-                                        ("Access-Control-Allow-Headers", "Content-Type,Authorization,X-Api-Key"),
-                                        ("Content-Type", "application/json")], b"{}")
+                return self._send(
+                    200,
+                    [
+                        ("Access-Control-Allow-Origin", "*"),
+                        ("Access-Control-Allow-Methods", "GET,POST,OPTIONS"),
+                        ("Access-Control-Allow-Headers", "Content-Type,Authorization,X-Api-Key"),
+                        ("Content-Type", "application/json"),
+                    ],
+                    b"{}",
+                )
             status = 403 if not stack.template.has_path(path) else 405
             self._json(status, {"message": "Missing Authentication Token"})
             stack.echo(f"{method} {self.path} -> {status} (no route in template.yaml)")
-            return
+            return None
         route, params = found
         api = stack.template.api_of(route)
         event, warning = build_event(
             method="GET" if method == "HEAD" and route.method != "HEAD" else method,
-            raw_path=self.path, headers=list(self.headers.items()), body=body, resource=route.path,
-            path_params=params, stage=api.stage, binary_media_types=api.binary_media_types,
-            source_ip=self.client_address[0], host=self.headers.get("Host", ""))
+            raw_path=self.path,
+            headers=list(self.headers.items()),
+            body=body,
+            resource=route.path,
+            path_params=params,
+            stage=api.stage,
+            binary_media_types=api.binary_media_types,
+            source_ip=self.client_address[0],
+            host=self.headers.get("Host", ""),
+        )
         if warning:
             stack.echo(f"harmony-local: WARNING {method} {path}: {warning}")
         inv = stack.invoke(route.function, event, source=f"api {method} {path}")
         if not inv.ok:
-            stack.echo(f"{method} {self.path} -> 502 [{route.function}] {inv.error.get('errorType')}: "
-                       f"{inv.error.get('errorMessage')}")
+            stack.echo(
+                f"{method} {self.path} -> 502 [{route.function}] {inv.error.get('errorType')}: "
+                f"{inv.error.get('errorMessage')}"
+            )
             return self._json(502, {"message": "Internal server error"})
         try:
             status, headers, data = parse_response(inv.result)
@@ -430,7 +467,6 @@ class _ApiHandler(BaseHTTPRequestHandler):
             stack.echo(f"{method} {self.path} -> 502 [{route.function}] malformed response: {exc}")
             return self._json(502, {"message": "Internal server error"})
         self._send(status, headers, data)
-        stack.echo(f"{method} {self.path} -> {status} [{route.function}] "
-                   f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+        stack.echo(f"{method} {self.path} -> {status} [{route.function}] {(time.perf_counter() - t0) * 1000:.0f} ms")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle

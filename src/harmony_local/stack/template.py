@@ -216,8 +216,12 @@ class _Resolver:
 
     def ref(self, name: str) -> Any:
         pseudo = {
-            "AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID, "AWS::StackName": STACK_NAME,
-            "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", "AWS::NoValue": NO_VALUE,
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::StackName": STACK_NAME,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": NO_VALUE,
             "AWS::StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/{STACK_NAME}/local",
             "AWS::NotificationARNs": [],
         }
@@ -245,7 +249,7 @@ class _Resolver:
         if not isinstance(v, dict):
             return v
         if len(v) == 1:
-            (k, arg), = v.items()
+            ((k, arg),) = v.items()
             if k == "Ref":
                 return self.ref(arg)
             if k == "Condition":
@@ -308,16 +312,24 @@ def _merge_env(*envs: Any) -> dict[str, str]:
     return out
 
 
-def load_template(path: str | Path, *, bucket_name: str = "harmony-local",
-                  parameter_overrides: dict[str, str] | None = None) -> Template:
+def load_template(
+    path: str | Path, *, bucket_name: str = "harmony-local", parameter_overrides: dict[str, str] | None = None
+) -> Template:
     """The template at ``path``; relative CodeUri/ContentUri paths are relative to its folder."""
     path = Path(path).resolve()
-    return template_from_doc(load_yaml(path), base=path.parent, path=path, bucket_name=bucket_name,
-                             parameter_overrides=parameter_overrides)
+    return template_from_doc(
+        load_yaml(path), base=path.parent, path=path, bucket_name=bucket_name, parameter_overrides=parameter_overrides
+    )
 
 
-def template_from_doc(doc: dict, *, base: Path, path: Path | None = None, bucket_name: str = "harmony-local",
-                      parameter_overrides: dict[str, str] | None = None) -> Template:
+def template_from_doc(
+    doc: dict,
+    *,
+    base: Path,
+    path: Path | None = None,
+    bucket_name: str = "harmony-local",
+    parameter_overrides: dict[str, str] | None = None,
+) -> Template:
     """A template already parsed (``load_yaml``, or a test's modified copy); paths relative to ``base``."""
     path = path or base / "template.yaml"
     params = {name: _as_str(p.get("Default", "")) for name, p in (doc.get("Parameters") or {}).items()}
@@ -339,8 +351,9 @@ def template_from_doc(doc: dict, *, base: Path, path: Path | None = None, bucket
             buckets.append(name)
         elif rtype == "AWS::Serverless::Api":
             bmt = tuple(glob_api.get("BinaryMediaTypes") or ()) + tuple(props.get("BinaryMediaTypes") or ())
-            apis[name] = RestApi(name, stage=str(props.get("StageName") or glob_api.get("StageName") or "Prod"),
-                                 binary_media_types=bmt)
+            apis[name] = RestApi(
+                name, stage=str(props.get("StageName") or glob_api.get("StageName") or "Prod"), binary_media_types=bmt
+            )
         elif rtype in ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion"):
             uri = props.get("ContentUri" if rtype == "AWS::Serverless::LayerVersion" else "Content")
             if isinstance(uri, str):
@@ -349,8 +362,9 @@ def template_from_doc(doc: dict, *, base: Path, path: Path | None = None, bucket
                 if not content.is_dir():
                     raise TemplateError(f"{name}: ContentUri {uri} is not a folder ({content})")
                 context = meta.get("ContextPath")
-                layers[name] = LayerSpec(name, content, (base / context).resolve() if context else content,
-                                         meta.get("BuildMethod"))
+                layers[name] = LayerSpec(
+                    name, content, (base / context).resolve() if context else content, meta.get("BuildMethod")
+                )
 
     functions: dict[str, FunctionSpec] = {}
     for name, res in resources.items():
@@ -387,12 +401,14 @@ def template_from_doc(doc: dict, *, base: Path, path: Path | None = None, bucket
             etype, ep = ev.get("Type"), ev.get("Properties") or {}
             if etype == "Api":
                 api_ref = ep.get("RestApiId")
-                api_name = api_ref[: -len("-local")] if isinstance(api_ref, str) and api_ref.endswith("-local") else api_ref
-                spec.routes.append(ApiRoute(name, str(ep.get("Method", "ANY")).upper(),
-                                            str(ep["Path"]), api_name))
+                api_name = (
+                    api_ref[: -len("-local")] if isinstance(api_ref, str) and api_ref.endswith("-local") else api_ref
+                )
+                spec.routes.append(ApiRoute(name, str(ep.get("Method", "ANY")).upper(), str(ep["Path"]), api_name))
             elif etype == "S3":
-                bucket_ref = (res.get("Properties") or {}).get("Events", {}).get(ev_name, {}).get(
-                    "Properties", {}).get("Bucket")
+                bucket_ref = (
+                    (res.get("Properties") or {}).get("Events", {}).get(ev_name, {}).get("Properties", {}).get("Bucket")
+                )
                 bucket_id = bucket_ref.get("Ref") if isinstance(bucket_ref, dict) else None
                 events = ep.get("Events")
                 events = [events] if isinstance(events, str) else list(events or [])

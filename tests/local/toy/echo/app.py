@@ -9,18 +9,33 @@ def echo(event, context):
     """Returns the API Gateway event it got, its environment and its context."""
     body = {
         "event": event,
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("HARMONY_", "TOY_", "AWS_LAMBDA", "_HANDLER", "AWS_ENDPOINT"))},
-        "context": {"function_name": context.function_name, "remaining_ms": context.get_remaining_time_in_millis(),
-                    "memory": context.memory_limit_in_mb},
+        "env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("HARMONY_", "TOY_", "AWS_LAMBDA", "_HANDLER", "AWS_ENDPOINT"))
+        },
+        "context": {
+            "function_name": context.function_name,
+            "remaining_ms": context.get_remaining_time_in_millis(),
+            "memory": context.memory_limit_in_mb,
+        },
         "cwd": os.getcwd(),
     }
-    return {"statusCode": 201, "headers": {"Content-Type": "application/json", "X-Toy": "1"},
-            "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]}, "body": json.dumps(body)}
+    return {
+        "statusCode": 201,
+        "headers": {"Content-Type": "application/json", "X-Toy": "1"},
+        "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
+        "body": json.dumps(body),
+    }
 
 
 def binary(event, context):
-    return {"statusCode": 200, "headers": {"Content-Type": "image/png"}, "isBase64Encoded": True,
-            "body": "iVBORw0KGgo="}
+    return {
+        "statusCode": 200,
+        "headers": {"Content-Type": "image/png"},
+        "isBase64Encoded": True,
+        "body": "iVBORw0KGgo=",
+    }
 
 
 def slow(event, context):
