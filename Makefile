@@ -1,44 +1,89 @@
-# Harmony-Image — one entry point for people and CI.
-#   make demo   index the bundled sample catalog and search it (sets everything up first)
-#   make test   the whole test suite (what .ci/run calls)
+# Harmony-Image — one entry point for people and CI (`make help` lists the targets).
+#   make demo   the local stack on the bundled sample catalog (sets everything up first)
+#   make test   the whole test suite (what .ci/run calls last)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK := requirements/dev.lock
+LOCAL_PORT ?= 3000
+BENCH_SHARED_DIR ?= ../shared/bench
+BENCH_SHARED_ARG := $(if $(wildcard $(BENCH_SHARED_DIR)/make_bench.py),--shared $(BENCH_SHARED_DIR))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-engine layer layer-test clean
+.PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
+	layer layer-test sam-local-image sam-local-test bench bench-quick bench-shared clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-$(VENV)/.installed: pyproject.toml setup.py
+# ---------------------------------------------------------------- set up
+$(VENV)/.installed: $(LOCK) pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-setup: $(VENV)/.installed ## create .venv and install the project with its dev tools
+setup: $(VENV)/.installed ## create .venv from the lock file (hashes checked) and install the project
 
+lock: ## re-resolve requirements/dev.lock from pyproject.toml (after changing a dependency)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --no-header -o $(LOCK)
+
+# ---------------------------------------------------------------- run
 demo: setup ## start the local stack on the sample catalog, print its URL and the top 5 for a sample query
 	$(PY) -m harmony_local demo
 
+local-stack: setup ## the local stack (page + API + embedded S3 with the samples); stays up
+	$(PY) -m harmony_local serve --port $(LOCAL_PORT)
+
+# ---------------------------------------------------------------- check
 test: setup ## run all tests
 	$(PY) -m pytest
 
-test-engine: setup ## run the engine's tests only
+test-engine: setup ## the engine's tests only
 	$(PY) -m pytest tests/engine
 
-layer: setup ## build the two Lambda layers without Docker and print their sizes (limit 250 MB)
+test-local: setup ## the local stack's and the CLI's tests
+	$(PY) -m pytest tests/local
+
+test-browser: setup ## install Chromium if needed, then the page in headless Chromium (writes docs/img/page.png)
+	bash tests/browser/setup.sh
+	HARMONY_BROWSER_REQUIRED=1 $(PY) -m pytest tests/browser
+
+lint: setup ## ruff (lint + format check) and mypy, as CI runs them
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# ---------------------------------------------------------------- Lambda
+layer: setup ## build the Lambda layers without Docker; print their sizes (limit 250 MB) and what they pack
 	$(PY) tools/layers/build_layers.py
 
-layer-test: setup ## build the layers and test the size limit and what they import
+layer-test: setup ## build the layers and test the size limit, contents and a run on Python 3.13
 	HARMONY_LAYER_TEST=1 $(PY) -m pytest tests/aws/test_layers.py
 
-clean: ## remove build outputs and caches (keeps .venv)
-	rm -rf .aws-sam build .pytest_cache .harmony-demo .harmony-local .bench
-	find . -name __pycache__ -prune -exec rm -rf {} +
+sam-local-image: ## build/import the local python3.13 Lambda base image into podman (cached; root)
+	bash tools/lambda-image/build.sh
 
--include tools/sam-local/sam-local.mk
--include benchmarks/bench.mk
--include functions/functions.mk
--include layers/engine/harmony_local/local.mk
+sam-local-test: setup ## real `sam local invoke` of every function against moto, via podman in a private netns (root)
+	bash tools/sam-local/test.sh
+
+# ---------------------------------------------------------------- benchmarks
+bench: setup ## the full benchmark (catalogs of 1,000 and 10,000; ~15 min); writes docs/BENCHMARKS.md
+	$(PY) -m benchmarks.run --sizes 1000,10000 $(BENCH_SHARED_ARG)
+
+bench-quick: setup ## a benchmark smoke run on a 200-image catalog (report in .bench/quick/)
+	$(PY) -m benchmarks.run --quick --sizes 200 --out .bench/quick/BENCHMARKS.md
+
+bench-shared: setup ## quality on ../shared/bench (must exist), report in .bench/shared-report/
+	@test -f $(BENCH_SHARED_DIR)/make_bench.py || { echo "$(BENCH_SHARED_DIR)/make_bench.py not found"; exit 1; }
+	$(PY) -m benchmarks.run --quick --sizes 200 --shared $(BENCH_SHARED_DIR) --out .bench/shared-report/BENCHMARKS.md
+
+clean: ## remove build outputs and caches (keeps .venv)
+	rm -rf .aws-sam .build build .pytest_cache .mypy_cache .ruff_cache .harmony-demo .harmony-local .bench
+	find . -path ./.venv -prune -o -name __pycache__ -prune -exec rm -rf {} +
