@@ -98,7 +98,7 @@ class IndexReader:
         loaded: list[tuple[str, _Record | None]] = []
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, min(self.load_workers, len(todo)))) as pool:
-                loaded = list(zip(todo, pool.map(self._load, todo)))
+                loaded = list(zip(todo, pool.map(self._load, todo), strict=False))
         for rk, rec in loaded:
             old = self._records.pop(rk, None)
             if old is not None:

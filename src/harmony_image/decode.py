@@ -14,6 +14,7 @@ OpenCV's (``cv2.imdecode``). Normalisation rules, applied to every format:
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -68,7 +69,7 @@ def sniff_format(data: bytes) -> str | None:
             return "avif"
         if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heim", b"heis"):
             return "heic"
-    if head.startswith(b"\x00\x00\x00\x0cjP  ") or head.startswith(b"\xff\x4f\xff\x51"):
+    if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xffO\xffQ")):
         return "jpeg2000"
     stripped = head.lstrip()
     if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in bytes(data[:1024])):
@@ -148,7 +149,7 @@ def _to_bgr8(image: np.ndarray) -> np.ndarray:
     elif image.dtype in (np.float32, np.float64):
         image = np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
+        image = cv2.normalize(image, np.empty(image.shape, np.uint8), 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     channels = image.shape[2]
@@ -237,7 +238,7 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def _jpeg_segments(data: bytes):
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
     """Yield (marker, offset of the segment's payload) up to and including the first SOS."""
     pos = 2
     while True:

@@ -49,7 +49,7 @@ _detail_orb = None
 def _seed_orb() -> cv2.ORB:
     global _orb
     if _orb is None:
-        _orb = cv2.ORB_create()  # the seed's defaults: 500 features, 8 levels, scale 1.2
+        _orb = cv2.ORB.create()  # the seed's defaults: 500 features, 8 levels, scale 1.2
     return _orb
 
 
@@ -84,7 +84,7 @@ def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ORB keypoints and descriptors of a :func:`detail_gray` image."""
     global _detail_orb
     if _detail_orb is None:
-        _detail_orb = cv2.ORB_create(nfeatures=DETAIL_FEATURES, fastThreshold=DETAIL_FAST_THRESHOLD)
+        _detail_orb = cv2.ORB.create(nfeatures=DETAIL_FEATURES, fastThreshold=DETAIL_FAST_THRESHOLD)
     return _orb_arrays(_detail_orb, gray)
 
 

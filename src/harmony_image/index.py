@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from .features import ImageFeatures
 from .packed import CatalogEntry, PackedCatalog
 from .params import SearchParams
 from .scoring import Candidates, score_catalog
+
+DEFAULT_PARAMS = SearchParams()
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class SearchResult:
     orb: float
     sha256: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -73,7 +76,7 @@ class SearchIndex:
                 self._entries = {e.key: e for e in self._packed.entries}
             return self._packed
 
-    def search(self, query: ImageFeatures, params: SearchParams = SearchParams()) -> list[SearchResult]:
+    def search(self, query: ImageFeatures, params: SearchParams = DEFAULT_PARAMS) -> list[SearchResult]:
         """The ``params.k`` best distinct catalog images for ``query`` (from
         :func:`~harmony_image.features.extract_features`), best first; see :class:`SearchParams`."""
         packed = self.packed()

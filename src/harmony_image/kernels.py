@@ -7,20 +7,33 @@ split across threads, one per core.
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 
 from .ssim import SsimQuery
 
-try:  # built by `pip install` (setup.py); absent if no C compiler was available
-    from . import _kernels
-except ImportError:  # pragma: no cover - exercised by HARMONY_PURE_PYTHON=1 in tests
-    _kernels = None
+T = TypeVar("T")
 
-if os.environ.get("HARMONY_PURE_PYTHON") == "1":
-    _kernels = None
+
+def _compiled() -> ModuleType | None:
+    """The extension built by `pip install` (setup.py); None without a C compiler, or with
+    HARMONY_PURE_PYTHON=1 (tests run both implementations)."""
+    if os.environ.get("HARMONY_PURE_PYTHON") == "1":
+        return None
+    try:
+        return importlib.import_module(f"{__package__}._kernels")
+    except ImportError:  # pragma: no cover - a build without a compiler
+        return None
+
+
+_kernels = _compiled()
 
 IMPLEMENTATION = f"c-{_kernels.kernel}" if _kernels is not None else "numpy"
 THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -29,10 +42,10 @@ _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="harmony-kern
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, n, parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _parallel(fn, n: int, min_per_thread: int = 32) -> None:
+def _parallel(fn: Callable[[int, int], None], n: int, min_per_thread: int = 32) -> None:
     parts = min(THREADS, max(1, n // min_per_thread))
     spans = _split(n, parts)
     if _pool is None or len(spans) <= 1:
@@ -43,7 +56,7 @@ def _parallel(fn, n: int, min_per_thread: int = 32) -> None:
         future.result()
 
 
-def map_threads(fn, items) -> None:
+def map_threads(fn: Callable[[T], None], items: Iterable[T]) -> None:
     """Call ``fn(item)`` for each item on the kernel threads (for work that releases the GIL)."""
     items = list(items)
     if _pool is None or len(items) <= 1:
@@ -177,7 +190,7 @@ def nearest_two(query: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _distances(q_words: np.ndarray, c_planes: np.ndarray) -> np.ndarray:
-    dist = np.bitwise_count(q_words[:, 0, None] ^ c_planes[0]).astype(np.uint16)
+    dist: np.ndarray = np.bitwise_count(q_words[:, 0, None] ^ c_planes[0]).astype(np.uint16)
     for w in (1, 2, 3):
         dist += np.bitwise_count(q_words[:, w, None] ^ c_planes[w])
     return dist

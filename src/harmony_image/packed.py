@@ -28,7 +28,8 @@ def subsample(descriptors: np.ndarray, count: int) -> np.ndarray:
     """At most ``count`` rows, evenly spread over the (scale-ordered) ORB descriptors."""
     if len(descriptors) <= count:
         return descriptors
-    return descriptors[np.linspace(0, len(descriptors) - 1, count).astype(int)]
+    rows: np.ndarray = descriptors[np.linspace(0, len(descriptors) - 1, count).astype(int)]
+    return rows
 
 
 class PackedCatalog:

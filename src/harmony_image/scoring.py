@@ -206,7 +206,8 @@ def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray
     )
     structural = np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
     evidence = np.maximum(geometric, structural)
-    return evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
+    score: np.ndarray = evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
+    return score
 
 
 def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.ndarray:

@@ -143,7 +143,8 @@ class SsimQuery:
         inner = con_num[:, _PAD : SIDE - _PAD]
         row_sums = cv2.reduce(inner, 1, cv2.REDUCE_SUM, dtype=cv2.CV_64F)[:, 0]
         per_image = row_sums[self._valid_rows[:rows]].reshape(m, SIDE - 2 * _PAD).sum(axis=1)
-        return per_image / float((SIDE - 2 * _PAD) ** 2)
+        mean: np.ndarray = per_image / float((SIDE - 2 * _PAD) ** 2)
+        return mean
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

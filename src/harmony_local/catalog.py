@@ -73,7 +73,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -235,11 +235,9 @@ class LocalCatalog:
             data = (self.root / key).read_bytes()
             sha256 = hashlib.sha256(data).hexdigest()
             with self._claims_lock:  # copies of one image in one sync are featurised once
-                claim = self._claims.get(sha256)
-                mine = claim is None
-                if mine:
-                    claim = self._claims[sha256] = _Claim()
-            if not mine:
+                other = self._claims.get(sha256)
+                claim = other or self._claims.setdefault(sha256, _Claim())
+            if other is not None:
                 claim.done.wait()
                 if claim.error:
                     return key, st, claim.error

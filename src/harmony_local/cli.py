@@ -15,7 +15,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO, TypeVar
 
 from harmony_image import (
     DEFAULT_K,
@@ -34,11 +36,14 @@ from harmony_image.params import check_k, check_min_score
 from .catalog import LocalCatalog, SyncReport
 from .stack.cli import add_serve_arguments, run_serve
 
+V = TypeVar("V")
+R = TypeVar("R")
+
 
 class ProgressBar:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
 
-    def __init__(self, label: str, stream=sys.stderr) -> None:
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
         self.label = label
         self.stream = stream
         self.enabled = stream.isatty()
@@ -154,8 +159,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), search_params(args))
 
 
-def _argument(check, convert):  # an argparse type from an engine validator
-    def parse(value: str):
+def _argument(check: Callable[[V], R], convert: Callable[[str], V]) -> Callable[[str], R]:
+    """An argparse type from an engine validator: its message becomes argparse's."""
+
+    def parse(value: str) -> R:
         try:
             return check(convert(value))
         except (ValueError, HarmonyError) as exc:

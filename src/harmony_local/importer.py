@@ -45,7 +45,7 @@ def _load_urls(path: Path) -> list[str]:
 def _key_for(url: str, fmt: str) -> str:
     stem = Path(posixpath.basename(unquote(urlsplit(url).path))).stem or "image"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:60]
-    return f"{IMPORT_DIR}/{hashlib.sha1(url.encode()).hexdigest()[:12]}-{safe}{_EXTENSION[fmt]}"
+    return f"{IMPORT_DIR}/{hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()[:12]}-{safe}{_EXTENSION[fmt]}"
 
 
 def import_urls(manifest: Path, catalog: Path, *, workers: int = 8, allow_private: bool = False) -> ImportReport:
@@ -56,7 +56,7 @@ def import_urls(manifest: Path, catalog: Path, *, workers: int = 8, allow_privat
     existing: list[dict] = json.loads(existing_path.read_text()) if existing_path.exists() else []
     known = {item["url"]: item.get("key") for item in existing if isinstance(item, dict) and "url" in item}
     report = ImportReport()
-    todo = [u for u in urls if not (known.get(u) and (catalog / known[u]).exists())]
+    todo = [u for u in urls if not ((key := known.get(u)) and (catalog / key).exists())]
     report.skipped = len(urls) - len(todo)
 
     def download(url: str) -> tuple[str, str | None, str | None]:

@@ -45,8 +45,8 @@ def test_sam_validate_lint():
 
 
 def test_cfn_lint():
-    exe = Path(sys.executable).parent / "cfn-lint"
-    if not exe.exists():
+    exe: str | Path | None = Path(sys.executable).parent / "cfn-lint"
+    if not Path(str(exe)).exists():
         exe = shutil.which("cfn-lint")
         if not exe:
             pytest.skip("cfn-lint is not installed in this environment (pip install cfn-lint)")
@@ -104,7 +104,7 @@ def test_bucket_is_private_encrypted_tls_only(tpl):
 
 
 def test_triggers_filtered_by_prefix_and_results_trigger_nothing(tpl):
-    triggers = {}
+    triggers: dict[str, set[tuple[str, str]]] = {}
     for lid, fn in _functions(tpl).items():
         for ev in (fn["Properties"].get("Events") or {}).values():
             if ev["Type"] == "S3":
@@ -132,7 +132,7 @@ def _resource_text(stmt) -> list[str]:
         if isinstance(r, dict) and "Fn::Sub" in r:
             texts.append(r["Fn::Sub"])
         elif isinstance(r, dict) and "Fn::GetAtt" in r:
-            texts.append("${%s.Arn}" % r["Fn::GetAtt"][0])
+            texts.append("${{{}.Arn}}".format(r["Fn::GetAtt"][0]))
         else:
             texts.append(str(r))
     return texts

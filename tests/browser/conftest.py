@@ -84,6 +84,6 @@ def page(browser, web_stack):
     messages: list[str] = []
     p.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
     p.goto(web_stack.url)
-    p.messages = messages  # type: ignore[attr-defined]
+    p.messages = messages
     yield p
     p.close()

@@ -85,7 +85,10 @@ def test_unsupported_formats_are_named():
 
 def _png_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda tag, body: struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
     )
@@ -140,5 +143,5 @@ def test_tiny_and_flat_images_decode():
 
 def test_round_trip_of_encoded_array():
     image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
-    ok, png = cv2.imencode(".png", image)
+    _ok, png = cv2.imencode(".png", image)
     assert np.array_equal(decode_image(png.tobytes()), image)

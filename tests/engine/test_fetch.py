@@ -8,10 +8,13 @@ so every other internal address stays refused.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import re
 import socket
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -26,7 +29,7 @@ IMAGE = image_bytes("chelsea.jpg")
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen_hosts: list[str] = []
+    seen_hosts: ClassVar[list[str]] = []
 
     def log_message(self, *args):  # quiet
         pass
@@ -69,10 +72,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(50 * 1024 * 1024))
             self.send_header("Connection", "close")
             self.end_headers()
-            try:
+            with contextlib.suppress(OSError):
                 self.wfile.write(b"\0" * 1024)
-            except OSError:
-                pass
         elif p == "/big-chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -151,9 +152,9 @@ def test_follows_redirects(server):
 
 def test_redirect_to_metadata_endpoint_refused(server, loopback_is_internet):
     assert fetch_url(f"{server}/redirect", allow_private=False) == IMAGE  # the stand-in works
-    with pytest.raises(UrlRefusedError, match="169.254.169.254"):
+    with pytest.raises(UrlRefusedError, match=re.escape("169.254.169.254")):
         fetch_url(f"{server}/redirect-metadata", allow_private=False)
-    with pytest.raises(UrlRefusedError, match="10.1.2.3"):
+    with pytest.raises(UrlRefusedError, match=re.escape("10.1.2.3")):
         fetch_url(f"{server}/redirect-private", allow_private=False)
     with pytest.raises(UrlRefusedError, match="http and https"):
         fetch_url(f"{server}/redirect-file", allow_private=False)
@@ -169,9 +170,9 @@ def test_remote_404_is_404_and_500_is_502(server):
     with pytest.raises(FetchNotFoundError) as e:
         fetch_url(f"{server}/missing", allow_private=True)
     assert e.value.status == 404
-    with pytest.raises(FetchError) as e:
+    with pytest.raises(FetchError) as e2:
         fetch_url(f"{server}/error", allow_private=True)
-    assert e.value.status == 502 and "500" in e.value.message
+    assert e2.value.status == 502 and "500" in e2.value.message
 
 
 def test_size_cap_by_content_length_and_while_streaming(server):
@@ -284,7 +285,7 @@ def test_malformed_or_non_http_refused(url):
 def test_any_private_answer_among_public_ones_refuses():
     """DNS answering one public and one private address: refused (the connection could land on
     either)."""
-    with pytest.raises(UrlRefusedError, match="10.0.0.5"):
+    with pytest.raises(UrlRefusedError, match=re.escape("10.0.0.5")):
         fetch_url("http://mixed.example/x.jpg", resolver=lambda h, p: ["93.184.216.34", "10.0.0.5"])
 
 

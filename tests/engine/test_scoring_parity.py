@@ -96,21 +96,22 @@ def test_numpy_fallback_equals_compiled_kernel(grays, monkeypatch):
     descriptor_sets = [seed_orb(g)[1] for g in grays[:8]]
     pack = DescriptorPack(descriptor_sets)
     stack = np.stack(grays[:8])
-    compiled = [(cross_check_counts(d, pack), ssim_scores(g, stack)) for d, g in zip(descriptor_sets, grays)]
+    pairs = zip(descriptor_sets, grays, strict=False)
+    compiled = [(cross_check_counts(d, pack), ssim_scores(g, stack)) for d, g in pairs]
     monkeypatch.setattr(kernels, "_kernels", None)
-    for (counts, ssim), d, g in zip(compiled, descriptor_sets, grays):
+    for (counts, ssim), d, g in zip(compiled, descriptor_sets, grays, strict=False):
         assert np.array_equal(cross_check_counts(d, pack), counts)
         assert np.abs(ssim_scores(g, stack) - ssim).max() <= 1e-6
 
 
 def test_features_are_the_seeds(catalog_photos):
-    for name, data in itertools.islice(catalog_photos.items(), 3):
+    for _name, data in itertools.islice(catalog_photos.items(), 3):
         feats = extract_features(data)
         gray = cv2.cvtColor(
             cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (256, 256)), cv2.COLOR_BGR2GRAY
         )
         assert np.array_equal(feats.gray, gray)
-        kps, des = cv2.ORB_create().detectAndCompute(gray, None)
+        kps, des = cv2.ORB.create().detectAndCompute(gray, None)
         assert np.array_equal(feats.descriptors, des)
         assert np.allclose(feats.keypoints, [kp.pt for kp in kps])
 

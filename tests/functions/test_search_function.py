@@ -241,7 +241,7 @@ def test_warm_index_picks_up_new_images(catalog, search_fn, index_fn, lambda_con
     assert reader.last_refresh["loaded"] == 0  # warm: nothing reloaded
     catalog.put_object(Bucket=BUCKET, Key="catalog/new/coffee copy.jpg", Body=images["coffee__resize_half.png"])
     index_fn.lambda_handler(s3_event("s3-catalog-put.json", BUCKET, "catalog/new/coffee copy.jpg"), lambda_context)
-    status, body = call(
+    _status, body = call(
         search_fn, lambda_context, api_event(body=images["coffee__resize_half.png"], content_type="image/png")
     )
     assert body["catalog_size"] == len(CATALOG_NAMES) + 1

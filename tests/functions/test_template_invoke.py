@@ -121,7 +121,7 @@ def test_all_functions_from_template(
     assert len(all_keys(s3, bucket, "index/records/")) == len(CATALOG)
 
     # SearchFunction: upload, S3 reference, URL (served locally; private URLs allowed for the test)
-    with serve(images) as srv:
+    with ServedImages(images) as srv:
         evs = []
         for name in events_for(template, "SearchFunction"):
             ev = load_event(name)
@@ -187,7 +187,7 @@ def test_broken_template_fails(
     assert got == expect, result
 
 
-class serve:
+class ServedImages:
     """The test images over HTTP on 127.0.0.1 (the URL query's source)."""
 
     def __init__(self, images: dict[str, bytes]) -> None:

@@ -85,7 +85,7 @@ def test_read_only_catalog_keeps_its_index_in_the_cache(catalog_dir: Path, tmp_p
 
 
 def test_explicit_index_dir(catalog_dir: Path, tmp_path: Path, capsys):
-    code, out, _ = run_cli(capsys, "index", "--catalog", str(catalog_dir), "--index-dir", str(tmp_path / "idx"))
+    code, _out, _ = run_cli(capsys, "index", "--catalog", str(catalog_dir), "--index-dir", str(tmp_path / "idx"))
     assert code == 0 and (tmp_path / "idx" / "catalog.json").exists() and not (catalog_dir / ".harmony").exists()
 
 
@@ -195,7 +195,7 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path, capsys):
     for block in blocks:
         query = block.split()[0]
         assert block.splitlines()[1].split()[-1] == query.split("__")[0] + ".jpg"
-        assert len([l for l in block.splitlines() if l.strip()[:2] in {f"{i}." for i in range(1, 6)}]) == 5
+        assert len([line for line in block.splitlines() if line.strip()[:2] in {f"{i}." for i in range(1, 6)}]) == 5
 
 
 @pytest.fixture
@@ -205,7 +205,10 @@ def image_server(tmp_path: Path):
     shutil.copyfile(image_path("coffee.jpg"), root / "coffee.jpg")
     shutil.copyfile(image_path("moon.jpg"), root / "moon photo.jpg")
     (root / "readme.txt").write_text("hello")
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **kw)
+
+    def handler(*a, **kw):
+        return http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **kw)
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

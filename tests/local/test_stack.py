@@ -35,7 +35,7 @@ def test_post_image_gets_top_5(stack):
     assert set(top) == {"url", "key", "score", "ssim", "orb", "sha256"}
     assert set(doc["query"]) == {"sha256", "width", "height"} and doc["took_ms"] >= 0
     # the result URL (presigned GET of the embedded S3) serves the image
-    status, headers, body = request(top["url"])
+    status, _headers, body = request(top["url"])
     assert status == 200 and body[:2] == b"\xff\xd8"
 
 

@@ -69,7 +69,7 @@ def test_api_event_shape_binary_body(toy):
 
 
 def test_text_body_and_multi_value_response_headers(toy):
-    status, headers, body = request(
+    status, _headers, body = request(
         f"{toy.url}echo/t", json.dumps({"a": 1}).encode(), method="PUT", headers={"Content-Type": "application/json"}
     )
     assert status == 201

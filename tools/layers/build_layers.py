@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in sizes["functions"].items():
         flag = "ok" if s["ok"] else "TOO BIG"
         ok &= s["ok"]
-        print(
-            f"  {name:18s} code {s['code'] / 1024:6.1f} KB  function + layers {mb(s['total_unzipped'])} of 250 MB  {flag}"
-        )
+        total = mb(s["total_unzipped"])
+        print(f"  {name:18s} code {s['code'] / 1024:6.1f} KB  function + layers {total} of 250 MB  {flag}")
     if a.json:
         a.json.write_text(json.dumps(sizes, indent=2))
     return 0 if ok else 1

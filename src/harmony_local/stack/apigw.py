@@ -106,18 +106,18 @@ def build_event(
     return event, warning
 
 
-class BadLambdaResponse(Exception):
+class BadLambdaResponseError(Exception):
     pass
 
 
 def parse_response(result: object) -> tuple[int, list[tuple[str, str]], bytes]:
-    """(status, headers, body) from a Lambda proxy integration result; BadLambdaResponse if malformed."""
+    """(status, headers, body) from a Lambda proxy integration result; BadLambdaResponseError if malformed."""
     if not isinstance(result, dict):
-        raise BadLambdaResponse(f"the function returned {type(result).__name__}, not an object")
+        raise BadLambdaResponseError(f"the function returned {type(result).__name__}, not an object")
     try:
         status = int(result.get("statusCode", 200))
     except (TypeError, ValueError):
-        raise BadLambdaResponse(f"statusCode {result.get('statusCode')!r} is not a number") from None
+        raise BadLambdaResponseError(f"statusCode {result.get('statusCode')!r} is not a number") from None
     headers: list[tuple[str, str]] = []
     seen: set[str] = set()
     for k, vs in (result.get("multiValueHeaders") or {}).items():
@@ -131,7 +131,7 @@ def parse_response(result: object) -> tuple[int, list[tuple[str, str]], bytes]:
     if body is None:
         data = b""
     elif not isinstance(body, str):
-        raise BadLambdaResponse("body must be a string")
+        raise BadLambdaResponseError("body must be a string")
     elif result.get("isBase64Encoded"):
         data = base64.b64decode(body)
     else:

@@ -14,6 +14,7 @@ Exit status: 0 ok, 1 a step failed, 2 usage or start-up errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import LocalStack
 
 DEFAULT_PORT = 3000  # what `sam local start-api` uses
 STATE_FILE = "stack.json"
@@ -92,7 +98,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def start_stack(args: argparse.Namespace):
+def start_stack(args: argparse.Namespace) -> LocalStack:
     from .server import LocalStack, StackConfig
 
     port = args.port
@@ -118,15 +124,13 @@ def start_stack(args: argparse.Namespace):
     )
     if not args.no_seed:
         t0 = time.perf_counter()
-        print(
-            f"seeding s3://{cfg.bucket}/catalog/ with the bundled sample catalog (IndexFunction runs on each upload) ..."
-        )
+        print(f"seeding s3://{cfg.bucket}/catalog/ with the sample catalog (IndexFunction indexes each upload) ...")
         n = stack.seed_catalog()
         print(f"catalog: {n} images uploaded and indexed in {time.perf_counter() - t0:.1f} s")
     return stack
 
 
-def _banner(stack) -> None:
+def _banner(stack: LocalStack) -> None:
     b = stack.config.bucket
     print(
         f"""
@@ -143,10 +147,10 @@ def _banner(stack) -> None:
     )
 
 
-def _stay_up(stack) -> int:
+def _stay_up(stack: LocalStack) -> int:
     stop = threading.Event()
 
-    def _on_signal(signum, frame):
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     old = signal.signal(signal.SIGTERM, _on_signal)
@@ -160,13 +164,11 @@ def _stay_up(stack) -> int:
     return 0
 
 
-def _shutdown(stack, workdir: Path) -> None:
+def _shutdown(stack: LocalStack, workdir: Path) -> None:
     print("stopping ...", flush=True)
     stack.stop()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         (workdir / STATE_FILE).unlink()
-    except FileNotFoundError:
-        pass
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -180,9 +182,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- demo
 def http_search(url: str, data: bytes, content_type: str, k: int = 5) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{url}search?k={k}", data=data, method="POST", headers={"Content-Type": content_type})
+    req = urllib.request.Request(  # noqa: S310 - the stack's own http:// URL
+        f"{url}search?k={k}", data=data, method="POST", headers={"Content-Type": content_type}
+    )
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - the stack's own http:// URL
             return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -244,19 +248,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- bucket helpers
-def _client_of(workdir: Path):
+def _client_of(workdir: Path) -> tuple[Any, str]:
     import boto3
 
     state_path = workdir / STATE_FILE
     if not state_path.is_file():
         raise SystemExit(f"no running stack ({state_path} missing): start one with `python -m harmony_local serve`")
     state = json.loads(state_path.read_text())
+    from .server import CREDENTIALS, REGION
+
     client = boto3.client(
         "s3",
-        region_name="us-east-1",
+        region_name=REGION,
         endpoint_url=state["s3"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
     return client, state["bucket"]
 

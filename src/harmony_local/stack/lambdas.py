@@ -10,6 +10,7 @@ Module state (the SearchFunction's warm index) lives across invocations of the s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import multiprocessing as mp
@@ -20,6 +21,8 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +120,15 @@ def _init_error(kind: str, message: str) -> dict[str, Any]:
     return {"errorType": kind, "errorMessage": message, "stackTrace": trace}
 
 
-def _worker_main(conn, spec: dict, env: dict[str, str], log_path: str | None) -> None:
+def _worker_main(conn: Connection, spec: dict[str, Any], env: dict[str, str], log_path: str | None) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter, like a cold start)."""
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        sys.stdout = open(1, "w", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        # the worker's own stdout/stderr for its whole life, as Lambda sends them to its log
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
     os.environ.update(env)
     _isolate(spec["python_path"], spec["project_root"])
@@ -159,8 +163,9 @@ def _worker_main(conn, spec: dict, env: dict[str, str], log_path: str | None) ->
         started = time.perf_counter()
         try:
             context = LambdaContext(spec["name"], spec["memory"], request_id, deadline)
+            assert handler is not None  # init_error is set otherwise
             result = handler(json.loads(event_json), context)
-            reply = ("ok", json.dumps(result))  # Lambda serialises the result: a non-JSON result fails
+            reply: tuple[str, Any] = ("ok", json.dumps(result))  # Lambda serialises the result: a non-JSON result fails
         except Exception as exc:  # noqa: BLE001 - the handler's error goes back to the caller
             reply = (
                 "error",
@@ -184,7 +189,7 @@ class InvokeError(Exception):
 
 
 class _Worker:
-    def __init__(self, ctx, spec: FunctionSpec, env: dict[str, str], log_path: str | None) -> None:
+    def __init__(self, ctx: SpawnContext, spec: FunctionSpec, env: dict[str, str], log_path: str | None) -> None:
         self.conn, child = ctx.Pipe()
         payload = {
             "name": spec.name,
@@ -210,10 +215,8 @@ class _Worker:
         self.ready = True
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(OSError, BrokenPipeError):
             self.conn.send(None)
-        except (OSError, BrokenPipeError):
-            pass
         self.proc.join(timeout=1)
         if self.proc.is_alive():
             self.proc.kill()
@@ -229,7 +232,7 @@ class Invocation:
     ok: bool
     ms: float
     result: Any = None
-    error: dict | None = None
+    error: dict[str, Any] = field(default_factory=dict)  # the error payload when not ok
 
 
 class FunctionPool:

@@ -11,6 +11,7 @@ watches (``results/``, ``index/``) invokes nothing, exactly as on AWS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -22,12 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, unquote_plus
 
-from .apigw import BadLambdaResponse, build_event, parse_response
+from .apigw import BadLambdaResponseError, build_event, parse_response
 from .lambdas import FunctionPool, Invocation, InvokeError, lambda_environment
 from .template import REGION, Template, load_template
+
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
 
 MAX_API_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
@@ -106,7 +110,7 @@ class LocalStack:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._inflight = 0
         self._stop = threading.Event()
-        self._moto = None
+        self._moto: ThreadedMotoServer | None = None
         self._http: ThreadingHTTPServer | None = None
         self.s3_endpoint = ""
         self.url = ""
@@ -168,8 +172,8 @@ class LocalStack:
             service,
             region_name=REGION,
             endpoint_url=self.s3_endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
 
     def _start_s3(self) -> None:
@@ -181,10 +185,8 @@ class LocalStack:
         self._moto.start()
         self.s3_endpoint = f"http://127.0.0.1:{port}"
         s3 = self.client()
-        try:
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=self.config.bucket)
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
 
     def _start_triggers(self) -> None:
         triggers = self.template.s3_triggers
@@ -272,7 +274,7 @@ class LocalStack:
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Block until every S3 event so far has been delivered and handled."""
-        sqs = self.client("sqs") if self._queues else None
+        sqs = self.client("sqs")
         deadline = time.monotonic() + timeout
         while True:
             queued = 0
@@ -339,7 +341,8 @@ class LocalStack:
         self._http = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
         self._http.daemon_threads = True
         host, port = self._http.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a comparison, not a bind
         self.url = f"http://{shown}:{port}/"
         if not any(r.match("GET", "/") is not None for r in self.template.routes):
             for spec in self.template.functions.values():
@@ -463,10 +466,11 @@ class _ApiHandler(BaseHTTPRequestHandler):
             return self._json(502, {"message": "Internal server error"})
         try:
             status, headers, data = parse_response(inv.result)
-        except BadLambdaResponse as exc:
+        except BadLambdaResponseError as exc:
             stack.echo(f"{method} {self.path} -> 502 [{route.function}] malformed response: {exc}")
             return self._json(502, {"message": "Internal server error"})
         self._send(status, headers, data)
         stack.echo(f"{method} {self.path} -> {status} [{route.function}] {(time.perf_counter() - t0) * 1000:.0f} ms")
+        return None
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle  # noqa: N815 - http.server's names

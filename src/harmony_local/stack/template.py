@@ -188,7 +188,7 @@ def match_path(template_path: str, path: str) -> dict[str, str] | None:
     m = re.fullmatch(regex, path) or (re.fullmatch(regex, path.rstrip("/")) if path != "/" else None)
     if m is None:
         return None
-    return dict(zip(names, m.groups()))
+    return dict(zip(names, m.groups(), strict=False))
 
 
 def media_type_matches(content_type: str | None, patterns: tuple[str, ...]) -> bool:
