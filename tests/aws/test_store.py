@@ -25,6 +25,7 @@ from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.urls import ResultUrls
 from harmony_image import DEFAULT_MAX_PIXELS, ImageError, ImageFeatures, extract_features, parse_manifest
+from tests.hostile import png_claiming
 from tests.support import BUCKET, CATALOG_NAMES, all_keys, put_catalog, s3_event
 
 
@@ -139,19 +140,8 @@ def test_bad_catalog_objects_write_no_record(bucket, images, body, code):
     client, name = bucket
     if body == "truncated":
         body = images["chelsea.jpg"][: len(images["chelsea.jpg"]) // 3]
-    elif body == "huge":  # a real PNG header claiming 50,000 x 50,000
-        import struct
-        import zlib
-
-        ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
-        body = (
-            b"\x89PNG\r\n\x1a\n"
-            + struct.pack(">I", 13)
-            + b"IHDR"
-            + ihdr
-            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-            + b"\0" * 64
-        )
+    elif body == "huge":
+        body = png_claiming(50_000, 50_000)
     store = make_store(client, name)
     key = "catalog/bad.png"
     client.put_object(Bucket=name, Key=key, Body=body)

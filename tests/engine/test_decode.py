@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -17,6 +16,7 @@ from harmony_image import (
     decode_image,
     read_image_info,
 )
+from tests.hostile import png_claiming
 from tests.support import image_bytes
 
 
@@ -83,20 +83,9 @@ def test_unsupported_formats_are_named():
         decode_image(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-
-    def chunk(tag, body):
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
-
-
 def test_huge_header_is_refused_before_decoding():
     with pytest.raises(ImageTooLargeError, match="50000x50000"):
-        decode_image(_png_claiming(50_000, 50_000))
+        decode_image(png_claiming(50_000, 50_000))
 
 
 def test_pixel_cap_is_configurable():

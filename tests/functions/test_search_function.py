@@ -7,13 +7,12 @@ import base64
 import copy
 import http.server
 import json
-import struct
 import threading
-import zlib
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.hostile import png_claiming
 from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
 
 RESULT_FIELDS = {"url", "key", "score", "ssim", "orb", "sha256"}
@@ -67,18 +66,6 @@ def multipart(fields: dict[str, tuple[str | None, bytes, str | None]]) -> tuple[
         out += b"\r\n" + data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return out, f"multipart/form-data; boundary={boundary}"
-
-
-def huge_png_header() -> bytes:
-    ihdr = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + b"IHDR"
-        + ihdr
-        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-        + b"\0" * 100
-    )
 
 
 @pytest.fixture
@@ -271,7 +258,7 @@ def _assert_error(status, body, want_status, want_code):
         (lambda im: b"", "image/jpeg", 400, "empty_image"),
         (lambda im: None, "image/jpeg", 400, "empty_image"),
         (lambda im: im["chelsea.jpg"][: len(im["chelsea.jpg"]) // 2], "image/jpeg", 422, "truncated_image"),
-        (lambda im: huge_png_header(), "image/png", 413, "image_too_large"),
+        (lambda im: png_claiming(50_000, 50_000), "image/png", 413, "image_too_large"),
         (lambda im: im["chelsea.jpg"] + b"\0" * (6 * 1024 * 1024), "image/jpeg", 413, "payload_too_large"),
         (lambda im: b"%PDF-1.4\n%\xe2\xe3", "application/octet-stream", 415, "not_an_image"),
         (lambda im: "{not json", "application/json", 400, "invalid_json"),
