@@ -9,6 +9,7 @@ query's keypoints, averaged; rank; drop repeated URLs; keep the top k.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,9 +26,9 @@ def prepare(data: bytes) -> np.ndarray:
 def compare(query_gray: np.ndarray, catalog_gray: np.ndarray) -> tuple[float, float, float]:
     """(score, ssim, orb) exactly as the seed computes them."""
     ssim = float(structural_similarity(query_gray, catalog_gray))
-    orb = cv2.ORB_create()
+    orb = cv2.ORB.create()
     kp1, des1 = orb.detectAndCompute(query_gray, None)
-    kp2, des2 = orb.detectAndCompute(catalog_gray, None)
+    _kp2, des2 = orb.detectAndCompute(catalog_gray, None)
     if des1 is None or des2 is None or len(kp1) == 0:
         orb_score = 0.0
     else:
@@ -36,14 +37,14 @@ def compare(query_gray: np.ndarray, catalog_gray: np.ndarray) -> tuple[float, fl
     return (ssim + orb_score) / 2.0, ssim, orb_score
 
 
-def search(query: bytes, catalog: list[tuple[str, str, bytes]], k: int = 5) -> list[dict]:
+def search(query: bytes, catalog: list[tuple[str, str, bytes]], k: int = 5) -> list[dict[str, Any]]:
     """``catalog`` is (key, url, bytes) triples; returns the top ``k`` distinct URLs.
 
     Unlike the original, duplicates are dropped before the cut (the original cut first and
     could return fewer than ``k``), and images with identical bytes count as one.
     """
     q = prepare(query)
-    scored = []
+    scored: list[dict[str, Any]] = []
     for key, url, data in catalog:
         score, ssim, orb = compare(q, prepare(data))
         sha = hashlib.sha256(data).hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from benchmarks import run
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_a_sane_report(tmp_path):
+def test_quick_benchmark_writes_a_sane_report(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     plot = tmp_path / "img" / "scores.png"
     results_json = tmp_path / "results.json"

@@ -1,4 +1,6 @@
-"""A self-contained copy-detection benchmark set: no network, no ../shared.
+"""The benchmark's data sets: the package's own copy-detection set, and the shared reference set.
+
+The package set (:func:`build`) is self-contained: no network, no ../shared.
 
 * **Originals**: the real photographs that ship inside scikit-image's wheel (``skimage/data``;
   only the bundled files — nothing is fetched). Each is re-encoded as a catalog JPEG.
@@ -18,18 +20,27 @@ Everything is deterministic for a given seed. Built sets are cached under ``.ben
     .bench/pkg-v1-s<seed>/queries/<name>__<transform>.<ext>
     .bench/pkg-v1-s<seed>/truth.json  {"queries": {file: original file | null}, "transforms": {file: name}}
 
-``python -m benchmarks.dataset [--distractors N]`` builds (or extends) the cache.
+``python -m benchmarks.datasets [--distractors N]`` builds (or extends) the cache.
+
+The shared set (:func:`load_shared`) is built by the ``make_bench.py`` of a checkout of the shared
+copy-detection benchmark (``../shared/bench``) into ``.bench/shared``, rebuilt only when that
+script or its arguments change.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,6 +76,8 @@ SKIMAGE_PHOTOS = (
 )
 HELD_OUT = 4  # originals kept out of the catalog: their copies are the negative queries
 
+Log = Callable[..., None]
+
 
 # ---------------------------------------------------------------------------------------------
 # Transforms. Each takes a BGR uint8 image and a numpy Generator and returns a BGR uint8 image.
@@ -85,7 +98,7 @@ def _fit(img: np.ndarray, side: int) -> np.ndarray:
 
 def _crop(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.ndarray:
     h, w = img.shape[:2]
-    ch, cw = max(8, int(round(h * frac))), max(8, int(round(w * frac)))
+    ch, cw = max(8, round(h * frac)), max(8, round(w * frac))
     if rng is None:
         y, x = (h - ch) // 2, (w - cw) // 2
     else:
@@ -94,7 +107,7 @@ def _crop(img: np.ndarray, frac: float, rng: np.random.Generator | None) -> np.n
 
 
 def _pad_white(img: np.ndarray, frac: float) -> np.ndarray:
-    p = int(round(max(img.shape[:2]) * frac))
+    p = round(max(img.shape[:2]) * frac)
     return np.pad(img, ((p, p), (p, p), (0, 0)), mode="constant", constant_values=255)
 
 
@@ -133,7 +146,7 @@ def _caption(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_DUPLEX, scale, 1)
     if tw > w * 0.95:
         scale *= w * 0.95 / tw
-    thickness = max(1, int(round(scale * 1.5)))
+    thickness = max(1, round(scale * 1.5))
     x = max(2, int(w * 0.03))
     y = y0 + (band_h + int(th * scale / max(scale, 1e-6))) // 2
     cv2.putText(out, label, (x, min(h - 2, y)), cv2.FONT_HERSHEY_DUPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
@@ -143,7 +156,7 @@ def _caption(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 @dataclass(frozen=True)
 class Transform:
     name: str
-    apply: object  # (img, rng) -> img
+    apply: Callable[[np.ndarray, np.random.Generator], np.ndarray]
     jpeg_quality: int = 90  # how the query file is encoded
 
 
@@ -306,9 +319,13 @@ class BenchSet:
     def query_path(self, name: str) -> Path:
         return self.root / "queries" / name
 
+    def truth(self, names: list[str]) -> dict[str, str | None]:
+        """Query -> catalog key of its original, or None for a negative."""
+        return {q: (f"originals/{self.queries[q]}" if self.queries[q] else None) for q in names}
+
 
 def build(
-    cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7, workers: int | None = None, log=print
+    cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7, workers: int | None = None, log: Log = print
 ) -> BenchSet:
     """Build (or extend) the cached set with at least ``distractors`` distractors."""
     root = Path(cache) / f"{FORMAT}-s{seed}"
@@ -338,7 +355,7 @@ def build(
     )
 
 
-def _build_photos(root: Path, seed: int, log) -> None:
+def _build_photos(root: Path, seed: int, log: Log) -> None:
     paths = skimage_photo_paths()
     rng = np.random.default_rng([seed, 0xC0DE])
     order = rng.permutation(len(paths))
@@ -379,6 +396,76 @@ def _build_photos(root: Path, seed: int, log) -> None:
     log(
         f"[dataset] {len(catalog)} catalog originals, {len(held_out)} held out, {len(queries)} queries "
         f"({sum(v is None for v in queries.values())} negatives) in {root}"
+    )
+
+
+def evenly_spaced(queries: list[str], n: int) -> list[str]:
+    """A fixed subset of ``n`` of ``queries``: every (len/n)-th, all of them when n >= len."""
+    if n >= len(queries):
+        return list(queries)
+    step = len(queries) / n
+    return [queries[int(i * step)] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared reference set (../shared/bench).
+
+SHARED_ARGS = (
+    "--originals",
+    "originals/photos",
+    "--views",
+    "originals/views",
+    "--per-original",
+    "4",
+    "--negatives",
+    "4",
+    "--seed",
+    "1",
+    "--synthetic",
+    "20",
+)
+SHARED_COMMAND = "python make_bench.py OUT " + " ".join(SHARED_ARGS)
+
+
+@dataclass
+class SharedSet:
+    root: Path
+    items: list[tuple[str, Path]]  # (key, path) of every catalog image, in key order
+    truth: dict[str, str | None]  # query file -> catalog key of its original (None: negative)
+    transforms: dict[str, str]
+
+    @property
+    def query_names(self) -> list[str]:
+        return sorted(self.truth)
+
+    def query_path(self, name: str) -> Path:
+        return self.root / "queries" / name
+
+
+def build_shared(shared: Path, cache: Path, log: Log = print) -> Path:
+    """Run ``shared``'s make_bench.py into ``cache``/shared unless that build is up to date."""
+    out = cache / "shared"
+    script = shared.resolve() / "make_bench.py"
+    # absolute paths: the script runs with cwd=shared, where relative ones would not resolve
+    cmd = [sys.executable, str(script), str(out.resolve()), *SHARED_ARGS]
+    stamp = hashlib.sha256(script.read_bytes() + " ".join(cmd[2:]).encode()).hexdigest()
+    stamp_file = cache / "shared.stamp"
+    if (out / "truth.json").exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return out
+    log(f"[shared] building the reference set: {' '.join(cmd[1:])}")
+    subprocess.run(cmd, cwd=shared, check=True)  # noqa: S603 - the shared checkout's own script, on purpose
+    stamp_file.write_text(stamp)
+    return out
+
+
+def load_shared(shared: Path, cache: Path, log: Log = print) -> SharedSet:
+    root = build_shared(shared, cache, log)
+    truth_file: dict[str, Any] = json.loads((root / "truth.json").read_text())
+    return SharedSet(
+        root=root,
+        items=sorted((f"catalog/{p.name}", p) for p in (root / "catalog").iterdir() if p.is_file()),
+        truth={q: (f"catalog/{t}" if t else None) for q, t in truth_file["queries"].items()},
+        transforms=truth_file["transforms"],
     )
 
 
