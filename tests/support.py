@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 import os
 import sys
 import urllib.error
@@ -131,7 +132,9 @@ def start_stack(template: Path, workdir: Path, **kw: Any) -> Any:
     from harmony_local.stack.server import LocalStack, StackConfig
 
     cfg = StackConfig(template=template, port=0, workdir=workdir, **kw)
-    return LocalStack(cfg, echo=print).start()
+    # A stack lives for the whole session and its threads report S3 events at any time: to the
+    # log, which pytest keeps apart, never to stdout, which a CLI test may be capturing.
+    return LocalStack(cfg, echo=logging.getLogger("harmony_local.stack").info).start()
 
 
 @contextmanager
