@@ -53,7 +53,17 @@ def _seed_orb() -> cv2.ORB:
     return _orb
 
 
+# ORB's pyramid rounds a 1-pixel side down to 0 pixels at its fourth level, and cv2.resize then
+# asserts: a banner's 512 px detail image (1000x2 -> 512x1) failed the whole request. ORB finds no
+# keypoint within edgeThreshold (31 px) of a border, so on such an image (or on it padded to 2 px,
+# which ORB accepts) the answer is "no keypoints" — given here without calling ORB. Every image
+# ORB does not assert on is passed to it unchanged.
+ORB_MIN_SIDE = 2
+
+
 def _orb_arrays(detector: cv2.ORB, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if min(gray.shape[:2]) < ORB_MIN_SIDE:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     keypoints, descriptors = detector.detectAndCompute(gray, None)
     if descriptors is None or len(keypoints) == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)

@@ -1,0 +1,483 @@
+"""Hostile inputs against the engine and the search API: answer, peak memory and time per case.
+
+    python -m benchmarks.reliability [--before-commit REV | --before DIR] [--only NAME ...]
+                                     [--out docs/RELIABILITY.md] [--json FILE]
+
+Every case runs in a fresh worker process (``--child``), like a Lambda worker: the engine is
+imported and warmed up (one small image featurised) first, then the worker's peak-RSS mark is
+reset (``/proc/self/clear_refs``) and the case runs. Reported: the answer (HTTP status and error
+code), the rise of the peak RSS above the warm worker's RSS (VmHWM - VmRSS before), wall time
+and CPU time of the whole process.
+
+Three kinds of case:
+
+* ``image``: the hostile files of tests/hostile.py (:data:`tests.hostile.CASES`) through
+  ``extract_features`` — what the search service runs on a query's bytes;
+* ``fetch``: ``fetch_url`` against a local server that misbehaves (drips, truncates, non-ASCII
+  paths and hosts, the resolver pointed at it);
+* ``api``: API Gateway proxy events through functions/search/app.py (moto's S3 in-process).
+
+``--before-commit REV`` also runs every case against ``git archive REV`` (src and functions) and
+shows both columns; ``--before DIR`` uses a checkout that is already there. ``--out`` writes the
+Markdown report (default: print it only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_TIMEOUT = 90.0
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str  # image | fetch | api
+    klass: str
+    name: str
+    status: int
+    code: str | None
+    note: str = ""
+
+
+# --------------------------------------------------------------------------- the cases
+FETCH_CASES = (
+    Spec("fetch", "fetch deadline", "fetch_drip_1_byte_per_2s", 504, "fetch_timeout", "headers, then 1 byte every 2 s"),
+    Spec("fetch", "fetch deadline", "fetch_slow_headers", 504, "fetch_timeout", "one header line every 2 s"),
+    Spec("fetch", "fetch deadline", "fetch_truncated_body", 502, "fetch_failed", "Content-Length 100000, 5000 sent"),
+    Spec("fetch", "non-ascii urls", "fetch_path_cafe", 200, None, "http://host/café.jpg"),
+    Spec("fetch", "non-ascii urls", "fetch_redirect_to_cafe", 200, None, "Location: /café.jpg (UTF-8 bytes)"),
+    Spec("fetch", "non-ascii urls", "fetch_snowman_host", 200, None, "http://☃.example/img.jpg"),
+)
+
+API_CASES = (
+    Spec("api", "request parsing", "api_nested_json_100000", 400, "invalid_json", "[[[[... 100,000 deep"),
+    Spec("api", "request parsing", "api_s3_key_100000_chars", 422, "validation_error", "a 100,000-character key"),
+    Spec("api", "request parsing", "api_s3_key_lone_surrogate", 400, "s3_reference_refused", '"catalog/\\ud800.jpg"'),
+    Spec("api", "request parsing", "api_url_non_ascii_host", 502, "fetch_failed", '{"url": "http://☃.invalid/x.jpg"}'),
+    Spec(
+        "api",
+        "content type is a hint",
+        "api_jpeg_as_form_urlencoded_binary",
+        200,
+        None,
+        "curl --data-binary @photo.jpg, no -H: base64 (form type in BinaryMediaTypes)",
+    ),
+    Spec(
+        "api", "content type is a hint", "api_json_without_content_type", 502, "fetch_failed", "curl -d '{\"url\":...}'"
+    ),
+    Spec("api", "banners", "api_banner_png_1000x2", 200, None, "raw image/png body"),
+)
+
+
+def image_specs() -> list[Spec]:
+    from tests.hostile import CASES
+
+    return [Spec("image", c.klass, c.name, c.status, c.code, c.note) for c in CASES]
+
+
+def all_specs() -> list[Spec]:
+    return [*image_specs(), *FETCH_CASES, *API_CASES]
+
+
+def build_input(spec: Spec) -> bytes:
+    """The bytes a case feeds the worker (images only; the others build their own)."""
+    if spec.kind != "image":
+        return b""
+    from tests.hostile import CASES
+
+    return next(c for c in CASES if c.name == spec.name).build()
+
+
+# --------------------------------------------------------------------------- the worker
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _answer_of(exc: BaseException) -> tuple[int, str]:
+    status = getattr(exc, "status", None)
+    code = getattr(exc, "code", None)
+    if isinstance(status, int) and isinstance(code, str):
+        return status, code
+    return 500, f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def _child(kind: str, name: str, root: Path, input_path: str | None) -> dict[str, Any]:
+    sys.path[:0] = [str(root / "src")]
+    import harmony_image
+
+    assert Path(harmony_image.__file__).resolve().is_relative_to(root.resolve()), harmony_image.__file__
+    from harmony_image import extract_features
+
+    warm = _warm_image()
+    extract_features(warm)
+    run: Callable[[], tuple[int, str | None]]
+    if kind == "image":
+        assert input_path
+        data = Path(input_path).read_bytes()
+
+        def run() -> tuple[int, str | None]:
+            extract_features(data)
+            return 200, None
+
+    elif kind == "fetch":
+        run = _fetch_case(name)
+    else:
+        run = _api_case(name, root)
+    exact = _reset_peak()
+    base_rss = _proc_status("VmRSS")
+    base_hwm = _proc_status("VmHWM")
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    try:
+        status, code = run()
+    except BaseException as exc:  # noqa: BLE001 - any failure is the case's answer
+        status, code = _answer_of(exc)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = _proc_status("VmHWM") - (base_rss if exact else base_hwm)
+    return {"status": status, "code": code, "peak_mb": round(max(0, peak) / MB, 1), "wall_s": wall, "cpu_s": cpu}
+
+
+def _warm_image() -> bytes:
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------- fetch cases
+class _Server:
+    """A local HTTP server that misbehaves on purpose (raw socket writes, one thread per client)."""
+
+    def __init__(self, image: bytes) -> None:
+        import socket
+
+        self.image = image
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: Any) -> None:
+        with contextlib.suppress(OSError), conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            path = request.split(b" ", 2)[1]
+            ok = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
+            if path == b"/drip":
+                conn.sendall(ok + b"Content-Length: 1000\r\n\r\n")
+                for _ in range(60):
+                    conn.sendall(b"x")
+                    time.sleep(2)
+            elif path == b"/slow-headers":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for i in range(60):
+                    conn.sendall(b"X-Slow-%d: 1\r\n" % i)
+                    time.sleep(2)
+            elif path == b"/truncated":
+                conn.sendall(ok + b"Content-Length: 100000\r\n\r\n" + self.image[:5000])
+            elif path in (b"/caf%C3%A9.jpg", b"/img.jpg"):
+                conn.sendall(ok + b"Content-Length: %d\r\n\r\n" % len(self.image) + self.image)
+            elif path == b"/redirect-cafe":
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /caf\xc3\xa9.jpg\r\nContent-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def _fetch_case(name: str) -> Callable[[], tuple[int, str | None]]:
+    from harmony_image.fetch import fetch_url
+
+    server = _Server(_warm_image())
+    base = f"http://127.0.0.1:{server.port}"
+    urls = {
+        "fetch_drip_1_byte_per_2s": f"{base}/drip",
+        "fetch_slow_headers": f"{base}/slow-headers",
+        "fetch_truncated_body": f"{base}/truncated",
+        "fetch_path_cafe": f"{base}/café.jpg",
+        "fetch_redirect_to_cafe": f"{base}/redirect-cafe",
+        "fetch_snowman_host": f"http://☃.example:{server.port}/img.jpg",
+    }
+    url = urls[name]
+
+    def run() -> tuple[int, str | None]:
+        fetch_url(url, allow_private=True, resolver=lambda host, port: ["127.0.0.1"], timeout=10.0)
+        return 200, None
+
+    return run
+
+
+# --------------------------------------------------------------------------- API cases
+def _api_case(name: str, root: Path) -> Callable[[], tuple[int, str | None]]:
+    import importlib.util
+
+    env = {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_LOG_LEVEL": "CRITICAL",
+        "POWERTOOLS_METRICS_NAMESPACE": "HarmonyReliability",
+        "HARMONY_BUCKET": "reliability",
+    }
+    os.environ.update(env)
+    import boto3
+    from moto import mock_aws
+
+    mock = mock_aws()
+    mock.start()
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="reliability")
+    spec = importlib.util.spec_from_file_location("search_app", root / "functions" / "search" / "app.py")
+    assert spec and spec.loader
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    from tests.hostile import encoded, photo
+
+    jpeg = encoded(".jpg", photo(320, 240))
+
+    def event(body: bytes | str, content_type: str | None, *, b64: bool) -> dict[str, Any]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        raw = base64.b64encode(body).decode() if b64 and isinstance(body, bytes) else body
+        return {
+            "resource": "/search",
+            "path": "/search",
+            "httpMethod": "POST",
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": None,
+            "multiValueQueryStringParameters": None,
+            "pathParameters": None,
+            "stageVariables": None,
+            "requestContext": {"stage": "v1", "requestId": "r", "path": "/v1/search", "httpMethod": "POST"},
+            "body": raw,
+            "isBase64Encoded": b64,
+        }
+
+    deep = '{"url": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    events = {
+        "api_nested_json_100000": lambda: event(deep, "application/json", b64=False),
+        "api_s3_key_100000_chars": lambda: event(
+            json.dumps({"s3": {"key": "catalog/" + "a" * 100_000}}), "application/json", b64=False
+        ),
+        "api_s3_key_lone_surrogate": lambda: event(
+            '{"s3": {"key": "catalog/\\ud800.jpg"}}', "application/json", b64=False
+        ),
+        "api_url_non_ascii_host": lambda: event(
+            json.dumps({"url": "http://☃.invalid/x.jpg"}), "application/json", b64=False
+        ),
+        "api_jpeg_as_form_urlencoded_binary": lambda: event(jpeg, "application/x-www-form-urlencoded", b64=True),
+        "api_json_without_content_type": lambda: event(
+            json.dumps({"url": "http://no-such-host.invalid/x.jpg"}), "application/x-www-form-urlencoded", b64=False
+        ),
+        "api_banner_png_1000x2": lambda: event(encoded(".png", photo(1000, 2)), "image/png", b64=True),
+    }
+    ev = events[name]()
+
+    class Context:
+        function_name = "reliability"
+        memory_limit_in_mb = 3008
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:reliability"
+        aws_request_id = "reliability"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 30_000
+
+    def run() -> tuple[int, str | None]:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            resp = app.lambda_handler(ev, Context())
+        body = json.loads(resp.get("body") or "{}")
+        err = body.get("error") if isinstance(body, dict) else None
+        return int(resp["statusCode"]), (err or {}).get("code")
+
+    return run
+
+
+# --------------------------------------------------------------------------- the parent
+def run_case(spec: Spec, root: Path, data: bytes) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(data)
+        f.flush()
+        cmd = [sys.executable, "-m", "benchmarks.reliability", "--child", spec.kind, spec.name, "--root", str(root)]
+        if spec.kind == "image":
+            cmd += ["--input", f.name]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(  # noqa: S603 - this interpreter, this module
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": None, "code": f"killed after {CHILD_TIMEOUT:.0f} s", "peak_mb": None, "wall_s": None}
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]
+            return {
+                "status": None,
+                "code": f"worker died (exit {proc.returncode}): {tail}",
+                "peak_mb": None,
+                "wall_s": time.perf_counter() - t0,
+            }
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+
+def _fmt_answer(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return ""
+    if r.get("status") is None:
+        return str(r.get("code"))
+    return f"{r['status']}" + (f" {r['code']}" if r.get("code") else "")
+
+
+def _fmt_cost(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("peak_mb") is None:
+        return "" if r is None or r.get("wall_s") is None else f"– / {r['wall_s']:.1f} s"
+    return f"{r['peak_mb']:,.0f} MB / {r['wall_s']:.2f} s"
+
+
+def report(rows: list[tuple[Spec, int, dict[str, Any], dict[str, Any] | None]], before_label: str | None) -> str:
+    out = [
+        "# Reliability: hostile inputs",
+        "",
+        "Generated by `python -m benchmarks.reliability"
+        + (f" --before-commit {before_label}" if before_label else "")
+        + "` (see the module's docstring). Each case runs in a fresh, warmed-up worker process;",
+        "*peak* is how far the worker's peak RSS rose above its RSS before the case (VmHWM - VmRSS),",
+        "*time* the wall time of the case. Targets: no input up to the 6 MB payload limit raises the",
+        "peak by more than 512 MB or takes more than 2 s to refuse; a fetch ends at its deadline",
+        "(10 s).",
+        "",
+    ]
+    head = "| class | case | input | bytes | expected |"
+    rule = "|---|---|---|---:|---|"
+    if before_label:
+        head += f" before ({before_label}) | before: peak / time |"
+        rule += "---|---:|"
+    head += " answer | peak / time |"
+    rule += "---|---:|"
+    out += [head, rule]
+    for spec, size, after, before in rows:
+        expected = f"{spec.status}" + (f" {spec.code}" if spec.code else "")
+        line = (
+            f"| {spec.klass} | `{spec.name}` | {spec.note} | {size:,} | {expected} |"
+            if size
+            else (f"| {spec.klass} | `{spec.name}` | {spec.note} | – | {expected} |")
+        )
+        if before_label:
+            line += f" {_fmt_answer(before)} | {_fmt_cost(before)} |"
+        line += f" {_fmt_answer(after)} | {_fmt_cost(after)} |"
+        out.append(line)
+    out += [
+        "",
+        "Machine: "
+        + f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; "
+        + "times vary with the machine's load, peaks hardly.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _archive(rev: str, into: Path) -> Path:
+    archive = subprocess.run(  # noqa: S603
+        ["git", "archive", rev, "src", "functions"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)  # noqa: S603, S607
+    return into
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--child", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--before", type=Path, help="a checkout (with src/ and functions/) to compare with")
+    ap.add_argument("--before-commit", help="compare with this commit (git archive of src and functions)")
+    ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    ap.add_argument("--out", type=Path, help="write the Markdown report here (e.g. docs/RELIABILITY.md)")
+    ap.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.child[0], args.child[1], args.root, args.input)), flush=True)
+        return 0
+    specs = [s for s in all_specs() if not args.only or s.name in args.only]
+    with tempfile.TemporaryDirectory() as tmp:
+        before_root = args.before
+        label = None
+        if args.before_commit:
+            before_root = _archive(args.before_commit, Path(tmp))
+            label = args.before_commit
+        elif before_root:
+            label = str(before_root)
+        rows = []
+        for spec in specs:
+            data = build_input(spec)
+            after = run_case(spec, ROOT, data)
+            before = run_case(spec, before_root, data) if before_root else None
+            rows.append((spec, len(data), after, before))
+            print(
+                f"{spec.name:40} {_fmt_answer(after):40} {_fmt_cost(after):>20}   before: {_fmt_answer(before)} "
+                f"{_fmt_cost(before)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    text = report(rows, label)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps([{"name": s.name, "bytes": n, "after": a, "before": b} for s, n, a, b in rows], indent=1)
+        )
+    bad = [s.name for s, _n, a, _b in rows if (a.get("status"), a.get("code")) != (s.status, s.code)]
+    if bad:
+        print("unexpected answers: " + ", ".join(bad), file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
