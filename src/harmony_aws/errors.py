@@ -37,6 +37,13 @@ class S3ObjectNotFoundError(HarmonyError):
     status = 404
 
 
+class S3ObjectChangedError(HarmonyError):
+    """A conditional read (If-Match) found another version of the object: look again."""
+
+    code = "s3_object_changed"
+    status = 409
+
+
 class S3ReferenceRefusedError(HarmonyError):
     """An {"s3": ...} query names another bucket or a key outside the readable prefixes."""
 
@@ -52,7 +59,23 @@ class ConfigError(HarmonyError):
 
 
 class StorageError(HarmonyError):
-    """S3 failed in a way that retrying the request may fix."""
+    """S3 failed in a way that retrying may fix: S3's own retries are spent (see s3.py). The
+    S3-triggered functions let it fail the invocation, so that Lambda retries the event."""
 
     code = "storage_error"
     status = 502
+
+
+class EventRecordsFailedError(StorageError):
+    """Some records of an S3 event failed (the others were done): the invocation fails so that
+    Lambda retries the event."""
+
+    code = "event_records_failed"
+
+    @classmethod
+    def of(cls, failed: list[tuple[str, BaseException]], *, done: int) -> EventRecordsFailedError:
+        keys = "; ".join(f"{key}: {type(exc).__name__}: {exc}" for key, exc in failed[:10])
+        more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+        err = cls(f"{len(failed)} of {len(failed) + done} records failed, retry the event: {keys}{more}")
+        err.__cause__ = failed[0][1]
+        return err

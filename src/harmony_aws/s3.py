@@ -1,30 +1,91 @@
 """S3 access for one bucket: the few calls the adapters make, with S3's errors turned into the
-project's (404 -> :class:`S3ObjectNotFoundError`, over the size cap -> :class:`PayloadTooLargeError`).
+project's (404 -> :class:`S3ObjectNotFoundError`, over the size cap -> :class:`PayloadTooLargeError`,
+an ``If-Match`` that no longer holds -> :class:`S3ObjectChangedError`, anything else that went
+wrong -> :class:`StorageError`, which retrying may fix).
+
+Retries, and who does them:
+
+* **botocore** (``standard`` mode, :data:`MAX_ATTEMPTS`) retries a request that got no answer
+  or an answer of 500/502/503/504, throttling (503 SlowDown) or a connection error *before* the
+  response was read. It does not look at the body of an answer it has handed over: a connection
+  cut in the middle of a GetObject body comes back as fewer bytes than Content-Length (or as a
+  urllib3 ``ProtocolError`` from the body of a ListObjectsV2 answer), and botocore retries
+  neither (boto/boto3#4111, boto/botocore#3132).
+* **this module** checks every answer it uses: a GetObject body is read to its end and must have
+  the Content-Length and, where the ETag is the content's MD5 (single-part upload, no SSE-KMS/C),
+  that MD5; botocore also checks the object's CRC32/SHA checksum when it has one. A HEAD must
+  carry an ETag, a listing page its KeyCount (a response cut inside its headers parses as an
+  empty one). A body that fails these checks, or whose read broke, is requested again, up to
+  :data:`BODY_ATTEMPTS` times with jittered backoff - only those; what botocore already retried
+  is not retried again here.
+* **the caller** gets a :class:`StorageError` when all that failed; the Lambda functions let it
+  fail the invocation so that Lambda's asynchronous retries (then the dead-letter queue) take over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.parsers import ResponseParserError
 
-from .errors import PayloadTooLargeError, S3ObjectNotFoundError
+from .errors import PayloadTooLargeError, S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 PRECONDITION_FAILED = frozenset({"412", "PreconditionFailed"})
 POOL_CONNECTIONS = 32
+MAX_ATTEMPTS = 6
+"""botocore's attempts per request (the first and five retries)."""
+BODY_ATTEMPTS = 3
+"""Requests of one object or listing page whose answer arrived broken (see the module doc)."""
+BODY_BACKOFF = 0.05
+"""Base of the jittered backoff between those, in seconds (botocore's own base for non-throttling)."""
+CHUNK = 1 << 16
+
+_MD5_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}"?$')
+_NOT_MD5_SSE = frozenset({"aws:kms", "aws:kms:dsse"})
+
+T = TypeVar("T")
+
+
+class BrokenAnswerError(StorageError):
+    """An answer that arrived incomplete or inconsistent (short body, checksum, missing headers)."""
+
+    code = "storage_incomplete_answer"
+
+
+# Errors of an answer's body that botocore has not retried: the request is made again.
+BROKEN_ANSWER = (
+    BrokenAnswerError,
+    urllib3.exceptions.HTTPError,  # e.g. ProtocolError from a non-streaming body cut short
+    ResponseStreamingError,  # a streaming body cut short
+    IncompleteReadError,  # a streaming body that ended before its Content-Length
+    ResponseParserError,  # a body cut where its length was not given
+    ValueError,  # headers cut in the middle of a value (botocore's timestamp parser raises it)
+)
 
 
 def s3_client(region: str | None = None) -> Any:
     """An S3 client; the endpoint comes from the usual places (AWS_ENDPOINT_URL_S3 included)."""
     cfg = Config(
         signature_version="s3v4",
-        retries={"max_attempts": 6, "mode": "standard"},
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         connect_timeout=5,
         read_timeout=30,
         max_pool_connections=POOL_CONNECTIONS,
@@ -34,6 +95,11 @@ def s3_client(region: str | None = None) -> Any:
 
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def etag_is_md5(etag: str, sse: str | None = None, sse_customer: str | None = None) -> bool:
+    """Whether S3's ETag is the MD5 of the content: single-part uploads without SSE-KMS or SSE-C."""
+    return bool(_MD5_ETAG.match(etag)) and (sse or "") not in _NOT_MD5_SSE and not sse_customer
 
 
 @dataclass(frozen=True)
@@ -52,62 +118,153 @@ class Bucket:
         self.name = name
         self.client = client or s3_client()
 
+    # ------------------------------------------------------------------ plumbing
+    def _where(self, key: str) -> str:
+        return f"s3://{self.name}/{key}"
+
+    def _attempts(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, made again when its answer arrived broken; failures as StorageError."""
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            try:
+                return call()
+            except (S3ObjectNotFoundError, S3ObjectChangedError, PayloadTooLargeError):
+                raise
+            except BROKEN_ANSWER as exc:
+                if attempt == BODY_ATTEMPTS:
+                    raise StorageError(f"{what}: the answer arrived broken {attempt} times ({exc})") from exc
+                time.sleep(random.uniform(0, BODY_BACKOFF * 2**attempt))  # noqa: S311 - jitter, not a secret
+            except ClientError as exc:  # botocore's retries are spent, or the error is not retryable
+                code = error_code(exc)
+                if code == "NoSuchBucket":
+                    raise S3ObjectNotFoundError(f"bucket {self.name!r} does not exist") from exc
+                meta = exc.response.get("ResponseMetadata", {})
+                why = f"{code or exc} after {meta.get('RetryAttempts', 0)} retries"
+                if meta.get("RetryQuotaReached"):
+                    why += " (botocore's retry quota is spent: S3 has been failing a lot)"
+                raise StorageError(f"{what}: {why}") from exc
+            except BotoCoreError as exc:  # connection errors after botocore's retries, and the like
+                raise StorageError(f"{what}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ reads
     def head(self, key: str) -> Head | None:
-        """The object's ETag, size and metadata; None when it does not exist."""
-        try:
-            r = self.client.head_object(Bucket=self.name, Key=key)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
-        return Head(etag=r["ETag"], size=int(r.get("ContentLength", 0)), metadata=dict(r.get("Metadata") or {}))
+        """The object's ETag, size and metadata; None when it does not exist (404)."""
+
+        def call() -> Head | None:
+            try:
+                r = self.client.head_object(Bucket=self.name, Key=key)
+            except ClientError as exc:
+                if error_code(exc) in NOT_FOUND:
+                    return None
+                raise
+            if not r.get("ETag") or "ContentLength" not in r:
+                raise BrokenAnswerError(f"HEAD {self._where(key)}: answer without ETag or Content-Length")
+            return Head(etag=r["ETag"], size=int(r["ContentLength"]), metadata=dict(r.get("Metadata") or {}))
+
+        return self._attempts(f"HEAD {self._where(key)}", call)
 
     def read(self, key: str, *, max_bytes: int, if_match: str | None = None) -> tuple[bytes, Head]:
-        """Bytes and head of ``key``; S3ObjectNotFoundError (404), PayloadTooLargeError (413)."""
+        """The whole content of ``key`` and its head, checked against Content-Length and ETag.
+
+        S3ObjectNotFoundError (404), PayloadTooLargeError (over ``max_bytes``),
+        S3ObjectChangedError (``if_match`` given and the ETag differs), StorageError (S3 failed,
+        or the answer arrived broken :data:`BODY_ATTEMPTS` times)."""
         kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key}
         if if_match:
             kwargs["IfMatch"] = if_match
-        try:
-            r = self.client.get_object(**kwargs)
-        except ClientError as exc:
-            code = error_code(exc)
-            if code in NOT_FOUND:
-                raise S3ObjectNotFoundError(f"s3://{self.name}/{key} does not exist") from exc
-            if code == "NoSuchBucket":
-                raise S3ObjectNotFoundError(f"bucket {self.name!r} does not exist") from exc
-            raise
-        size = int(r.get("ContentLength", 0))
-        body = r["Body"]
-        try:
-            if size > max_bytes:
-                raise PayloadTooLargeError(f"s3://{self.name}/{key} is {size} bytes; the limit is {max_bytes}")
-            data = body.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise PayloadTooLargeError(f"s3://{self.name}/{key} is larger than {max_bytes} bytes")
-        finally:
-            body.close()
-        return data, Head(etag=r["ETag"], size=size, metadata=dict(r.get("Metadata") or {}))
+        where = self._where(key)
 
+        def call() -> tuple[bytes, Head]:
+            try:
+                r = self.client.get_object(**kwargs)
+            except ClientError as exc:
+                code = error_code(exc)
+                if code in NOT_FOUND:
+                    raise S3ObjectNotFoundError(f"{where} does not exist") from exc
+                if code in PRECONDITION_FAILED:
+                    raise S3ObjectChangedError(f"{where} changed (its ETag is no longer {if_match})") from exc
+                raise
+            body = r["Body"]
+            try:
+                etag, size = r.get("ETag"), r.get("ContentLength")
+                if not etag or size is None:
+                    raise BrokenAnswerError(f"GET {where}: answer without ETag or Content-Length")
+                size = int(size)
+                if size > max_bytes:
+                    raise PayloadTooLargeError(f"{where} is {size} bytes; the limit is {max_bytes}")
+                try:
+                    data = _read_all(body, max_bytes, where)
+                except (ReadTimeoutError, urllib3.exceptions.HTTPError) as exc:  # stalled or cut body
+                    raise BrokenAnswerError(f"GET {where}: reading the body failed ({exc})") from exc
+            finally:
+                body.close()
+            if len(data) != size:
+                raise BrokenAnswerError(f"GET {where}: {len(data)} of {size} bytes arrived")
+            if etag_is_md5(etag, r.get("ServerSideEncryption"), r.get("SSECustomerAlgorithm")):
+                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                if md5 != etag.strip('"').lower():
+                    raise BrokenAnswerError(f"GET {where}: content MD5 {md5} does not match ETag {etag}")
+            return data, Head(etag=etag, size=size, metadata=dict(r.get("Metadata") or {}))
+
+        return self._attempts(f"GET {where}", call)
+
+    def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under ``prefix`` (the listing's dicts: Key, ETag, Size, LastModified)."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+
+            def call(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+                page: dict[str, Any] = self.client.list_objects_v2(**kwargs)
+                if "KeyCount" not in page:  # cut inside the headers: an empty body parses as no keys
+                    raise BrokenAnswerError(f"LIST {self._where(prefix)}: answer without KeyCount")
+                if len(page.get("Contents", [])) != int(page["KeyCount"]):
+                    raise BrokenAnswerError(f"LIST {self._where(prefix)}: KeyCount does not match the keys")
+                return page
+
+            page = self._attempts(f"LIST {self._where(prefix)}", call)
+            yield from page.get("Contents", [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def etags(self, prefix: str) -> dict[str, str]:
+        """key -> ETag of every object under ``prefix``."""
+        return {o["Key"]: o["ETag"] for o in self.objects(prefix)}
+
+    # ------------------------------------------------------------------ writes
     def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
-        self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
+        self._attempts(
+            f"PUT {self._where(key)}",
+            lambda: self.client.put_object(
+                Bucket=self.name, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+            ),
+        )
 
     def put_json(self, key: str, payload: Any, *, metadata: dict[str, str] | None = None) -> None:
         self.put(key, json.dumps(payload, indent=2).encode("utf-8"), content_type="application/json", metadata=metadata)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.name, Key=key)
-
-    def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """Every object under ``prefix`` (the listing's dicts: Key, ETag, Size, LastModified)."""
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
-            yield from page.get("Contents", [])
-
-    def etags(self, prefix: str) -> dict[str, str]:
-        """key -> ETag of every object under ``prefix``."""
-        return {o["Key"]: o["ETag"] for o in self.objects(prefix)}
+        self._attempts(f"DELETE {self._where(key)}", lambda: self.client.delete_object(Bucket=self.name, Key=key))
 
     def presigned_get(self, key: str, *, seconds: int) -> str:
         url: str = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=seconds
         )
         return url
+
+
+def _read_all(body: Any, max_bytes: int, where: str) -> bytes:
+    """A streaming body to its end (botocore checks Content-Length and checksums at the end)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = body.read(CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > max_bytes:
+            raise PayloadTooLargeError(f"{where} is larger than {max_bytes} bytes")
+        chunks.append(chunk)
