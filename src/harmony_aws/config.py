@@ -17,7 +17,7 @@ from harmony_image.params import DEFAULT_K, check_scoring
 from .errors import ConfigError
 
 ENV_VARS: dict[str, str] = {
-    "HARMONY_BUCKET": "the catalog bucket (SearchFunction; S3-triggered functions use the event's bucket)",
+    "HARMONY_BUCKET": "the catalog bucket (SearchFunction; IndexFunction's reindex; S3 events name their own)",
     "HARMONY_INDEX_TTL_SECONDS": "how long a warm SearchFunction trusts its in-memory index (default 10)",
     "HARMONY_PRESIGN_SECONDS": "lifetime of presigned result URLs (default 900)",
     "HARMONY_MAX_PIXELS": "largest image accepted, in pixels (default 40000000)",

@@ -253,8 +253,14 @@ def test_damaged_record_is_skipped_not_fatal(bucket, images):
     meta = client.head_object(Bucket=name, Key=rk)["Metadata"]
     client.put_object(Bucket=name, Key=rk, Body=b"garbage", Metadata=meta)
     assert store.reader.index().keys() == ["catalog/chelsea.jpg"]
-    # a forced re-index repairs it
-    assert store.records.reindex(force=True) == {"indexed": 2}
+    assert store.reader.status == {"complete": False, "missing": 1}  # served, flagged
+    # a re-index reads record bodies back: no `force` needed to find and repair it
+    report = store.records.reindex()
+    assert (report.counts, report.complete, report.failed) == ({"indexed": 1, "unchanged": 1}, True, [])
+    assert sorted(store.reader.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
+    assert store.reader.status == {"complete": True, "missing": 0}  # the flag clears
+    # a forced re-index recomputes every record
+    assert store.records.reindex(force=True).counts == {"indexed": 2}
     assert sorted(store.reader.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
 
 

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
+from urllib.parse import unquote
 
+import pytest
+
+from harmony_aws import runtime
+from harmony_aws.errors import ConfigError
+from harmony_local.stack.lambdas import LambdaContext
 from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
+
+
+def records_of(client, bucket: str) -> dict[str, str]:
+    """catalog key -> source-etag of every index record."""
+    out = {}
+    for rk in all_keys(client, bucket, "index/records/"):
+        meta = client.head_object(Bucket=bucket, Key=rk)["Metadata"]
+        out[unquote(meta["catalog-key"])] = meta["source-etag"]
+    return out
 
 
 def test_index_put_then_delete_events(s3, images, index_fn, lambda_context):
@@ -57,7 +73,8 @@ def test_query_drop_writes_results_once(s3, images, index_fn, query_drop_fn, lam
     assert out["results"][0]["action"] == "answered"
     assert out["results"][0]["result_key"] == "results/chelsea-query.jpg.json"
     doc = json.loads(s3.get_object(Bucket=BUCKET, Key="results/chelsea-query.jpg.json")["Body"].read())
-    assert set(doc) == {"query", "results", "catalog_size", "took_ms", "source"}
+    assert set(doc) == {"query", "results", "catalog_size", "took_ms", "source", "index"}
+    assert doc["index"] == {"complete": True, "missing": 0}
     assert doc["results"][0]["key"] == "catalog/chelsea.jpg"
     assert doc["source"]["key"] == "queries/chelsea-query.jpg"
     etag = s3.head_object(Bucket=BUCKET, Key="results/chelsea-query.jpg.json")["ETag"]
@@ -104,10 +121,53 @@ def test_s3_functions_against_moto_server(s3_server, images, index_fn, query_dro
     assert doc["results"][0]["key"] == "catalog/coffee.jpg"
 
 
+def _report(out: dict) -> dict:
+    assert isinstance(out.pop("seconds"), float)
+    return out
+
+
 def test_index_reindex_action_backfills(s3, images, index_fn, lambda_context):
     put_catalog(s3, BUCKET, images, names=CATALOG_NAMES[:3])  # uploaded before the trigger existed
     out = index_fn.lambda_handler({"action": "reindex", "bucket": BUCKET}, lambda_context)
-    assert out == {"reindexed": {"indexed": 3}}
+    done = {"failed": [], "keys": 3, "attempted": 3, "complete": True, "resume_after": None}
+    assert _report(out) == {"reindexed": {"indexed": 3}, **done}
     assert len(all_keys(s3, BUCKET, "index/records/")) == 3
     out = index_fn.lambda_handler({"action": "reindex", "bucket": BUCKET}, lambda_context)
-    assert out == {"reindexed": {"unchanged": 3}}
+    assert _report(out) == {"reindexed": {"unchanged": 3}, **done}
+
+
+def test_index_reindex_as_documented_uses_the_function_bucket(s3, images, index_fn, lambda_context, monkeypatch):
+    """`{"action": "reindex"}` alone (README): the bucket is HARMONY_BUCKET (the s3 fixture sets it)."""
+    put_catalog(s3, BUCKET, images, names=CATALOG_NAMES[:2])
+    out = index_fn.lambda_handler({"action": "reindex"}, lambda_context)
+    assert out["reindexed"] == {"indexed": 2} and out["complete"] is True
+    monkeypatch.delenv("HARMONY_BUCKET")
+    runtime.reset()
+    with pytest.raises(ConfigError, match="HARMONY_BUCKET"):
+        index_fn.lambda_handler({"action": "reindex"}, lambda_context)
+
+
+def test_index_reindex_reports_what_it_left_at_the_deadline(s3, images, index_fn, monkeypatch):
+    """A reindex does not run past the function's timeout silently: with no time left it starts
+    no key and says so; `start_after` continues after a key."""
+    put_catalog(s3, BUCKET, images, names=CATALOG_NAMES[:4])
+    keys = sorted("catalog/" + n for n in CATALOG_NAMES[:4])
+    out = index_fn.lambda_handler({"action": "reindex"}, LambdaContext("IndexFunction", deadline=time.time()))
+    assert _report(out) == {
+        "reindexed": {},
+        "failed": [],
+        "keys": 4,
+        "attempted": 0,
+        "complete": False,
+        "resume_after": None,
+    }
+    out = index_fn.lambda_handler({"action": "reindex", "start_after": keys[1]}, LambdaContext("IndexFunction"))
+    assert _report(out) == {
+        "reindexed": {"indexed": 2},
+        "failed": [],
+        "keys": 2,
+        "attempted": 2,
+        "complete": True,
+        "resume_after": None,
+    }
+    assert sorted(records_of(s3, BUCKET)) == keys[2:]
