@@ -11,6 +11,7 @@ import logging
 
 from harmony_image import HarmonyError, parse_manifest
 
+from .errors import StorageError
 from .layout import MANIFEST_KEY, catalog_rel
 from .s3 import Bucket
 
@@ -27,7 +28,11 @@ class ResultUrls:
         self._manifest_etag: str | None = None
 
     def refresh_manifest(self) -> bool:
-        """Re-read the manifest if it changed (one HEAD when it did not); returns whether it did."""
+        """Re-read the manifest if it changed (one HEAD when it did not); returns whether it did.
+
+        A manifest that cannot be used (not JSON, too large) is ignored until it changes; when S3
+        fails (StorageError) the last manifest read is kept and the error raised, so that the
+        next refresh tries again."""
         head = self.bucket.head(MANIFEST_KEY)
         if head is None:
             changed = self._manifest_etag is not None
@@ -39,6 +44,8 @@ class ResultUrls:
             data, got = self.bucket.read(MANIFEST_KEY, max_bytes=MAX_MANIFEST_BYTES)
             self._manifest = parse_manifest(data)
             self._manifest_etag = got.etag
+        except StorageError:
+            raise
         except HarmonyError as exc:
             log.warning("%s ignored: %s", MANIFEST_KEY, exc.message)
             self._manifest, self._manifest_etag = {}, head.etag
