@@ -7,6 +7,13 @@
 * An event for an object that no longer exists writes nothing.
 * The answer carries the query's ETag (metadata ``query-etag``): an event delivered twice, or a
   second event for the same version, writes nothing the second time.
+* An answer found on an index that is not complete (records that could not be read, see
+  reader.py) says so (``"index": {"complete": false, "missing": N}``, metadata
+  ``index-complete: false``) and is written, then :class:`IndexIncompleteError` fails the
+  invocation: Lambda's retry answers again (an incomplete answer is never taken as done), and
+  after its retries the event goes to the dead-letter queue.
+* S3 failures (:class:`StorageError`: reads that keep arriving broken, 5xx after retries) are
+  raised, never written as the answer: a broken download is not a truncated image.
 * Only keys under queries/ are processed and answers go under results/, which no trigger
   watches, so writing an answer cannot trigger anything.
 """
@@ -14,10 +21,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from harmony_image import HarmonyError, SearchParams
 
-from .errors import error_body
+from .errors import StorageError, error_body
 from .layout import QUERIES_PREFIX, result_key
 from .service import SearchService
 from .sources import ImageBytes
@@ -34,6 +42,12 @@ class DropResult:
         return asdict(self)
 
 
+class IndexIncompleteError(StorageError):
+    """The answer was written from an incomplete index: retry the event for a complete one."""
+
+    code = "index_incomplete"
+
+
 def answer_query(service: SearchService, key: str, params: SearchParams) -> DropResult:
     bucket = service.bucket
     if not key.startswith(QUERIES_PREFIX) or key.endswith("/") or key == QUERIES_PREFIX:
@@ -43,13 +57,20 @@ def answer_query(service: SearchService, key: str, params: SearchParams) -> Drop
     if src is None:
         return DropResult(key, "absent", detail="the query object no longer exists; nothing written")
     prev = bucket.head(rkey)
-    if prev is not None and prev.metadata.get("query-etag") == src.etag:
+    if (
+        prev is not None
+        and prev.metadata.get("query-etag") == src.etag
+        and prev.metadata.get("index-complete") != "false"
+    ):
         return DropResult(key, "unchanged", rkey, "already answered for this version")
     source = {"bucket": bucket.name, "key": key, "etag": src.etag}
+    index: dict[str, Any] = {"complete": True}
     try:
         data, got = bucket.read(key, max_bytes=service.settings.max_image_bytes)
         source["etag"] = got.etag
         payload = service.search(ImageBytes(data), params)
+        index = service.reader.status
+        payload.setdefault("index", index)
         action, detail = "answered", f"{len(payload['results'])} results"
     except HarmonyError as exc:
         if exc.status == 404:  # deleted between HEAD and GET
@@ -59,5 +80,12 @@ def answer_query(service: SearchService, key: str, params: SearchParams) -> Drop
         payload = {**error_body(exc.code, exc.message), "status": exc.status}
         action, detail = "failed", exc.code
     payload["source"] = source
-    bucket.put_json(rkey, payload, metadata={"query-etag": source["etag"]})
+    complete = bool(index.get("complete"))
+    bucket.put_json(
+        rkey, payload, metadata={"query-etag": source["etag"], "index-complete": "true" if complete else "false"}
+    )
+    if not complete:
+        raise IndexIncompleteError(
+            f"{rkey} was answered from an incomplete index ({index.get('missing', '?')} records missing); retry"
+        )
     return DropResult(key, action, rkey, detail)
