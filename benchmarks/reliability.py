@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 90.0
+FETCH_CHILD_TIMEOUT = 40.0  # past SearchFunction's 30 s timeout: a fetch still running is "killed"
 MB = 1024 * 1024
 
 
@@ -343,12 +344,13 @@ def run_case(spec: Spec, root: Path, data: bytes) -> dict[str, Any]:
         if spec.kind == "image":
             cmd += ["--input", f.name]
         t0 = time.perf_counter()
+        limit = FETCH_CHILD_TIMEOUT if spec.kind == "fetch" else CHILD_TIMEOUT
         try:
             proc = subprocess.run(  # noqa: S603 - this interpreter, this module
-                cmd, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit, check=False
             )
         except subprocess.TimeoutExpired:
-            return {"status": None, "code": f"killed after {CHILD_TIMEOUT:.0f} s", "peak_mb": None, "wall_s": None}
+            return {"status": None, "code": f"still running, killed at {limit:.0f} s", "peak_mb": None, "wall_s": None}
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:100]

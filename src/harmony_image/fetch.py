@@ -13,7 +13,14 @@
   certificate against the host name (SNI);
 * follows at most ``max_redirects`` redirects, vetting every hop the same way;
 * caps the body at ``max_bytes`` (by Content-Length up front and while streaming) and the whole
-  exchange at ``timeout`` seconds.
+  exchange at ``timeout`` seconds: one deadline on the monotonic clock for DNS, connecting, TLS,
+  headers and body, redirects included — every socket operation gets only the time left, and a
+  watchdog shuts the socket down when the deadline passes (a server sending one byte every
+  second cannot keep the function waiting);
+* refuses a body shorter than its Content-Length (the connection closed early: 502);
+* sends international names as IDNA (``http://☃.example/`` -> ``xn--n3h.example``) and
+  percent-encodes non-ASCII paths and queries as UTF-8 (``/café.jpg`` -> ``/caf%C3%A9.jpg``);
+  redirects to such URLs too.
 
 Private addresses can be allowed for local tests only, explicitly: ``allow_private=True`` or the
 environment variable ``HARMONY_ALLOW_PRIVATE_URLS=1``. Both are off by default.
@@ -26,14 +33,18 @@ Errors (all :class:`~harmony_image.errors.FetchError`, each with ``code`` and HT
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import os
+import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import urljoin, urlsplit
+from typing import TypeVar
+from urllib.parse import quote, urljoin, urlsplit
 
 from .errors import (
     FetchError,
@@ -52,6 +63,11 @@ USER_AGENT = "harmony-image/0.1 (+https://github.com/harmony-image)"
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
+# what a path or query keeps as it is; everything else (non-ASCII as UTF-8) is percent-encoded
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?")
+T = TypeVar("T")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
@@ -101,6 +117,25 @@ def _default_resolver(host: str, port: int) -> list[str]:
     return out
 
 
+def _ascii_host(host: str) -> str:
+    """The host as sent on the wire: IP literals as they are, names in IDNA (``xn--``) form."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    else:
+        return host
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise UrlRefusedError(f"invalid host name {host!r}: not a valid international domain name") from None
+    ascii_host = ascii_host.lower()
+    labels = ascii_host.rstrip(".").split(".")
+    if len(ascii_host) > 253 or any(len(label) > 63 for label in labels) or not _HOST_NAME.fullmatch(ascii_host):
+        raise UrlRefusedError(f"invalid host name {host!r}")
+    return ascii_host
+
+
 class _Target:
     def __init__(self, url: str) -> None:
         if not isinstance(url, str) or not url.strip():
@@ -125,25 +160,68 @@ class _Target:
         host = parts.hostname
         if not host:
             raise UrlRefusedError("the URL has no host")
-        self.url = url
+        self.host = _ascii_host(host)
+        try:
+            path = quote(parts.path or "/", safe=_PATH_SAFE)
+            query = quote(parts.query, safe=_QUERY_SAFE)
+        except UnicodeEncodeError:
+            raise UrlRefusedError("the URL is not valid text (it holds a lone surrogate)") from None
         self.scheme = scheme
-        self.host = host
         self.port = port or (443 if scheme == "https" else 80)
-        path = parts.path or "/"
-        self.path = path + (f"?{parts.query}" if parts.query else "")
+        self.path = path + (f"?{query}" if query else "")
         # Host header: keep IPv6 literals bracketed, ports only when not the default.
-        hh = f"[{host}]" if ":" in host else host
+        hh = f"[{self.host}]" if ":" in self.host else self.host
         if port and port != (443 if scheme == "https" else 80):
             hh = f"{hh}:{port}"
         self.host_header = hh
+        self.url = f"{scheme}://{hh}{self.path}"  # what is fetched, ASCII only
+        self.shown = url  # what the caller asked for, for messages
 
 
-def _vet(target: _Target, resolver: Resolver, allow_private: bool) -> list[str]:
+def _location(value: str) -> str:
+    """A Location header as the URL it names: http.client decodes header bytes as Latin-1, so
+    the bytes are recovered and read as UTF-8 (else percent-encoded as they are)."""
+    raw = value.strip().encode("latin-1", "replace")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = quote(raw, safe=_QUERY_SAFE + "#")
+    return text.replace(" ", "%20")
+
+
+def _before_deadline(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """``fn()`` in a helper thread, given up on (504) at the deadline: getaddrinfo has no timeout
+    of its own. A thread given up on finishes in the background."""
+    box: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            error.append(exc)
+
+    worker = threading.Thread(target=run, name="harmony-fetch-resolve", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if worker.is_alive():
+        raise FetchTimeoutError(f"timed out {what}")
+    if error:
+        raise error[0]
+    return box[0]
+
+
+def _vet(target: _Target, resolver: Resolver, allow_private: bool, deadline: float) -> list[str]:
     try:
         literal = ipaddress.ip_address(target.host.split("%", 1)[0])
     except ValueError:
         literal = None
-    addresses = [str(literal)] if literal is not None else list(resolver(target.host, target.port))
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        addresses = list(
+            _before_deadline(lambda: resolver(target.host, target.port), deadline, f"resolving {target.host}")
+        )
     if not addresses:
         raise FetchError(f"host {target.host!r} resolves to no address")
     if allow_private:
@@ -162,27 +240,63 @@ def _vet(target: _Target, resolver: Resolver, allow_private: bool) -> list[str]:
     return addresses
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP connection to a vetted IP; the Host header still names the URL's host."""
+class _Watchdog:
+    """Shuts a socket down when the deadline passes: a blocked read returns at once, whatever the
+    server keeps sending (socket timeouts only bound the gap between two packets)."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.fired = False
+        self._sock = sock
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):  # already closed
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP connection to a vetted IP; the Host header still names the URL's host. The socket is
+    watched from the moment it exists until the deadline."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float, deadline: float) -> None:
         super().__init__(host, port, timeout=timeout)
         self._ip = ip
+        self.deadline = deadline
+        self.watchdog: _Watchdog | None = None
+
+    def _raw_socket(self) -> socket.socket:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.watchdog = _Watchdog(sock, self.deadline)
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._raw_socket()
+
+    def finish(self) -> None:
+        """Close and stop watching. (Not close(): http.client calls that as soon as the headers of
+        a "Connection: close" response are read, while the body is still to come.)"""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.close()
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     """HTTPS to a vetted IP; the certificate is verified against the URL's host (SNI)."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float, deadline: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, ip, timeout, deadline)
         self._ctx = context
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        sock = self._raw_socket()
         try:
             self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
@@ -224,17 +338,17 @@ def fetch_url(
     context = ssl_context or ssl.create_default_context()
     target = _Target(url)
     for _hop in range(max_redirects + 1):
-        addresses = _vet(target, resolver, allow_private)
-        status, location, body = _request(target, addresses, deadline, timeout, max_bytes, context)
+        addresses = _vet(target, resolver, allow_private, deadline)
+        status, location, body = _request(target, addresses, deadline, max_bytes, context)
         if status in _REDIRECTS:
             if not location:
-                raise FetchError(f"{target.url} answered HTTP {status} without a Location header")
-            target = _Target(urljoin(target.url, location))
+                raise FetchError(f"{target.shown} answered HTTP {status} without a Location header")
+            target = _Target(urljoin(target.url, _location(location)))
             continue
         if status in (404, 410):
-            raise FetchNotFoundError(f"{target.url} answered HTTP {status} (not found)")
+            raise FetchNotFoundError(f"{target.shown} answered HTTP {status} (not found)")
         if not 200 <= status < 300:
-            raise FetchError(f"{target.url} answered HTTP {status}")
+            raise FetchError(f"{target.shown} answered HTTP {status}")
         assert body is not None
         return body
     raise FetchError(f"more than {max_redirects} redirects fetching {url}")
@@ -251,70 +365,87 @@ def _request(
     target: _Target,
     addresses: list[str],
     deadline: float,
-    timeout: float,
     max_bytes: int,
     context: ssl.SSLContext,
 ) -> tuple[int, str | None, bytes | None]:
     last_exc: BaseException | None = None
+    shown = target.shown
     for ip in addresses:
-        per_op = min(timeout, _remaining(deadline, target.url))
+        left = _remaining(deadline, shown)
         if target.scheme == "https":
-            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(target.host, target.port, ip, per_op, context)
+            conn: _PinnedHTTPConnection = _PinnedHTTPSConnection(target.host, target.port, ip, left, deadline, context)
         else:
-            conn = _PinnedHTTPConnection(target.host, target.port, ip, per_op)
+            conn = _PinnedHTTPConnection(target.host, target.port, ip, left, deadline)
         try:
             try:
                 conn.connect()
-            except TimeoutError as exc:
-                last_exc = exc
-                continue
             except ssl.SSLError as exc:
+                if conn.watchdog is not None and conn.watchdog.fired:
+                    raise FetchTimeoutError(f"timed out talking to {target.host} (TLS)") from exc
                 raise FetchError(f"TLS failure talking to {target.host}: {exc}") from exc
-            except OSError as exc:
+            except OSError as exc:  # TimeoutError included: the next address may answer
                 last_exc = exc
                 continue
             try:
-                conn.putrequest("GET", target.path, skip_host=True, skip_accept_encoding=True)
-                conn.putheader("Host", target.host_header)
-                conn.putheader("User-Agent", USER_AGENT)
-                conn.putheader("Accept", "image/*, */*;q=0.5")
-                conn.putheader("Accept-Encoding", "identity")
-                conn.putheader("Connection", "close")
-                conn.endheaders()
-                resp = conn.getresponse()
-                if resp.status in _REDIRECTS:
-                    return resp.status, resp.getheader("Location"), None
-                if not 200 <= resp.status < 300:
-                    return resp.status, None, None
-                length = resp.getheader("Content-Length")
-                if length is not None:
-                    try:
-                        declared = int(length)
-                    except ValueError:
-                        declared = -1
-                    if declared > max_bytes:
-                        raise FetchTooLargeError(f"{target.url} is {declared} bytes; the limit is {max_bytes}")
-                chunks: list[bytes] = []
-                total = 0
-                while True:
-                    if conn.sock is not None:
-                        conn.sock.settimeout(min(timeout, _remaining(deadline, target.url)))
-                    chunk = resp.read(_CHUNK)
-                    if not chunk:
-                        break
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise FetchTooLargeError(f"{target.url} sent more than {max_bytes} bytes (the limit)")
-                    chunks.append(chunk)
-                return resp.status, None, b"".join(chunks)
-            except TimeoutError as exc:
-                raise FetchTimeoutError(f"timed out fetching {target.url}") from exc
-            except http.client.IncompleteRead as exc:
-                raise FetchError(f"{target.url}: connection closed before the body ended") from exc
+                return _exchange(conn, target, deadline, max_bytes)
+            except FetchError:
+                raise
             except (http.client.HTTPException, OSError) as exc:
-                raise FetchError(f"error fetching {target.url}: {exc}") from exc
+                if (conn.watchdog is not None and conn.watchdog.fired) or isinstance(exc, TimeoutError):
+                    raise FetchTimeoutError(f"timed out fetching {shown}") from exc
+                if isinstance(exc, http.client.IncompleteRead):
+                    raise FetchError(f"{shown}: connection closed before the body ended") from exc
+                raise FetchError(f"error fetching {shown}: {exc}") from exc
         finally:
-            conn.close()
-    if isinstance(last_exc, (TimeoutError, socket.timeout)):
+            conn.finish()
+    if isinstance(last_exc, (TimeoutError, socket.timeout)) or time.monotonic() >= deadline:
         raise FetchTimeoutError(f"timed out connecting to {target.host}")
     raise FetchError(f"cannot connect to {target.host}:{target.port}: {last_exc}")
+
+
+def _exchange(
+    conn: _PinnedHTTPConnection, target: _Target, deadline: float, max_bytes: int
+) -> tuple[int, str | None, bytes | None]:
+    """One request on a connected socket; every read gets only the time left."""
+    shown = target.shown
+
+    def tighten() -> None:
+        if conn.sock is not None:
+            conn.sock.settimeout(_remaining(deadline, shown))
+
+    conn.putrequest("GET", target.path, skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", target.host_header)
+    conn.putheader("User-Agent", USER_AGENT)
+    conn.putheader("Accept", "image/*, */*;q=0.5")
+    conn.putheader("Accept-Encoding", "identity")
+    conn.putheader("Connection", "close")
+    tighten()
+    conn.endheaders()
+    tighten()
+    resp = conn.getresponse()
+    if resp.status in _REDIRECTS:
+        return resp.status, resp.getheader("Location"), None
+    if not 200 <= resp.status < 300:
+        return resp.status, None, None
+    declared = resp.length  # None: no (valid) Content-Length, or chunked
+    if declared is not None and declared > max_bytes:
+        raise FetchTooLargeError(f"{shown} is {declared:,} bytes; the limit is {max_bytes:,}")
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        tighten()
+        chunk = resp.read1(_CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchTooLargeError(f"{shown} sent more than {max_bytes:,} bytes (the limit)")
+        chunks.append(chunk)
+    if conn.watchdog is not None and conn.watchdog.fired:
+        raise FetchTimeoutError(f"timed out fetching {shown} ({total:,} bytes received)")
+    if declared is not None and total != declared:
+        raise FetchError(
+            f"{shown}: the server sent {total:,} of the {declared:,} bytes its Content-Length announced "
+            "(the connection closed early)"
+        )
+    return resp.status, None, b"".join(chunks)

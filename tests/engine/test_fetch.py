@@ -86,6 +86,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 pass
+        elif p == "/drip":  # headers, then one byte every 0.3 s: each read is quick, the whole is not
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+        elif p == "/slow-headers":
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for i in range(40):
+                    self.wfile.write(b"X-Slow-%d: 1\r\n" % i)
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+        elif p == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(IMAGE)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(IMAGE[:5000])
+        elif p in ("/caf%C3%A9.jpg", "/caf%C3%A9.jpg?q=%C3%BC", "/caf%E9.jpg"):
+            # (the last: Latin-1 bytes in a Location are passed on as they were sent)
+            self._send(200, IMAGE, {"Content-Type": "image/jpeg"})
+        elif p in ("/redirect-utf8", "/redirect-latin1"):
+            target = b"/caf\xc3\xa9.jpg" if p == "/redirect-utf8" else b"/caf\xe9.jpg"
+            self.wfile.write(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"\r\nContent-Length: 0\r\n\r\n")
         elif p == "/slow":
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -193,6 +226,80 @@ def test_timeout_is_504_and_bounded(server):
         fetch_url(f"{server}/slow", allow_private=True, timeout=0.5)
     assert e.value.status == 504
     assert time.monotonic() - t0 < 2.5
+
+
+def test_deadline_covers_the_whole_body(server):
+    """One byte every 0.3 s never trips a per-read timeout; the deadline still ends it."""
+    t0 = time.monotonic()
+    with pytest.raises(FetchTimeoutError, match="timed out") as e:
+        fetch_url(f"{server}/drip", allow_private=True, timeout=1.0)
+    assert e.value.status == 504 and e.value.code == "fetch_timeout"
+    assert 0.9 < time.monotonic() - t0 < 2.0
+
+
+def test_deadline_covers_slow_headers(server):
+    t0 = time.monotonic()
+    with pytest.raises(FetchTimeoutError):
+        fetch_url(f"{server}/slow-headers", allow_private=True, timeout=1.0)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_deadline_covers_dns():
+    def slow_resolver(host, port):
+        time.sleep(3)
+        return ["93.184.216.34"]
+
+    t0 = time.monotonic()
+    with pytest.raises(FetchTimeoutError, match=r"resolving slow\.example"):
+        fetch_url("http://slow.example/x.jpg", resolver=slow_resolver, timeout=0.5)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_body_shorter_than_its_content_length_is_502(server):
+    with pytest.raises(FetchError, match=f"sent 5,000 of the {len(IMAGE):,} bytes its Content-Length") as e:
+        fetch_url(f"{server}/truncated", allow_private=True)
+    assert e.value.status == 502 and not isinstance(e.value, FetchTimeoutError)
+
+
+@pytest.mark.parametrize("path", ["/café.jpg", "/caf%C3%A9.jpg", "/café.jpg?q=ü", "/redirect-utf8", "/redirect-latin1"])
+def test_non_ascii_paths_are_percent_encoded(server, path):
+    assert fetch_url(f"{server}{path}", allow_private=True) == IMAGE
+
+
+def test_international_host_names_go_out_as_idna(server):
+    port = int(server.rsplit(":", 1)[1])
+    asked = []
+
+    def resolver(host, p):
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    _Handler.seen_hosts.clear()
+    assert fetch_url(f"http://☃.example:{port}/img.jpg", allow_private=True, resolver=resolver) == IMAGE
+    assert asked == ["xn--n3h.example"]
+    assert _Handler.seen_hosts[-1] == f"xn--n3h.example:{port}"
+    assert fetch_url(f"http://BÜCHER.example:{port}/img.jpg", allow_private=True, resolver=resolver) == IMAGE
+    assert asked[-1] == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://exa%6dple.com/x.jpg",
+        "http://a..b/x.jpg",
+        "http://" + "a" * 64 + ".com/x.jpg",
+        "http://ex*ample.com/x.jpg",
+        "http://example.com/\ud800.jpg",
+        "http://\ud800.com/x.jpg",
+    ],
+)
+def test_invalid_host_names_and_text_are_400(url):
+    def resolver(host, port):
+        raise AssertionError(f"{host} should have been refused before resolving")
+
+    with pytest.raises(UrlRefusedError) as e:
+        fetch_url(url, timeout=2, resolver=resolver)
+    assert e.value.status == 400
 
 
 def test_connection_refused_is_502():
