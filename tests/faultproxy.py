@@ -10,7 +10,8 @@ Each request is forwarded to the upstream (moto) with ``http.client``. With prob
 * ``cut``       - the request is forwarded, then the connection is closed in the middle of the
   answer, at a random byte: in the status line, in the headers, or in the body.
 
-and, only when asked for by a rule (below), ``cut_body``: all headers, then half the body.
+and, only when asked for by a rule (below), ``cut_body`` (all headers, then half the body) and
+``corrupt_body`` (the whole answer, one byte of the body changed).
 
 Besides the random faults, :meth:`FaultProxy.fail` sets a fault for the requests whose path
 contains a string (optionally one method, optionally only the next N): a key that S3 keeps
@@ -32,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 FAULTS = ("error500", "slowdown", "delay", "cut")  # the random ones
-RULE_FAULTS = (*FAULTS, "cut_body")
+RULE_FAULTS = (*FAULTS, "cut_body", "corrupt_body")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -224,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_error_xml(500, "InternalError", "We encountered an internal error. Please try again.")
         if fault in ("cut", "cut_body"):
             return self._cut(status, headers, data, r, body=fault == "cut_body")
+        if fault == "corrupt_body" and data:
+            i = int(r * len(data))
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
         if fault == "delay":
             time.sleep(0.05 + 0.55 * r)
         self.send_response(status)

@@ -5,7 +5,7 @@ wrong -> :class:`StorageError`, which retrying may fix).
 
 Retries, and who does them:
 
-* **botocore** (``standard`` mode, :data:`MAX_ATTEMPTS`) retries a request that got no answer
+* **botocore** (``standard`` mode, :data:`MAX_RETRIES`) retries a request that got no answer
   or an answer of 500/502/503/504, throttling (503 SlowDown) or a connection error *before* the
   response was read. It does not look at the body of an answer it has handed over: a connection
   cut in the middle of a GetObject body comes back as fewer bytes than Content-Length (or as a
@@ -50,8 +50,8 @@ from .errors import PayloadTooLargeError, S3ObjectChangedError, S3ObjectNotFound
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 PRECONDITION_FAILED = frozenset({"412", "PreconditionFailed"})
 POOL_CONNECTIONS = 32
-MAX_ATTEMPTS = 6
-"""botocore's attempts per request (the first and five retries)."""
+MAX_RETRIES = 6
+"""botocore's retries per request (botocore's ``max_attempts`` setting counts retries: 7 attempts)."""
 BODY_ATTEMPTS = 3
 """Requests of one object or listing page whose answer arrived broken (see the module doc)."""
 BODY_BACKOFF = 0.05
@@ -85,7 +85,7 @@ def s3_client(region: str | None = None) -> Any:
     """An S3 client; the endpoint comes from the usual places (AWS_ENDPOINT_URL_S3 included)."""
     cfg = Config(
         signature_version="s3v4",
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        retries={"max_attempts": MAX_RETRIES, "mode": "standard"},
         connect_timeout=5,
         read_timeout=30,
         max_pool_connections=POOL_CONNECTIONS,
