@@ -68,7 +68,7 @@ FETCH_CASES = (
 API_CASES = (
     Spec("api", "request parsing", "api_nested_json_100000", 400, "invalid_json", "[[[[... 100,000 deep"),
     Spec("api", "request parsing", "api_s3_key_100000_chars", 422, "validation_error", "a 100,000-character key"),
-    Spec("api", "request parsing", "api_s3_key_lone_surrogate", 400, "s3_reference_refused", '"catalog/\\ud800.jpg"'),
+    Spec("api", "request parsing", "api_s3_key_lone_surrogate", 422, "validation_error", '"catalog/\\ud800.jpg"'),
     Spec("api", "request parsing", "api_url_non_ascii_host", 502, "fetch_failed", '{"url": "http://☃.invalid/x.jpg"}'),
     Spec(
         "api",

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import Components, OpenAPI, RequestBody, Schema
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -25,7 +26,102 @@ from harmony_image import DEFAULT_K, MAX_K, MAX_SCORE, MIN_SCORE, HarmonyError, 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-app = APIGatewayRestResolver(enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300))
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+SEARCH_BODY = RequestBody.model_validate(
+    {
+        "required": True,
+        "description": (
+            "The query image: the file's bytes as the body (JPEG, PNG, WebP, BMP, TIFF or GIF; the bytes "
+            'decide, the content type is a hint), multipart field "file", or JSON with exactly one of '
+            '"url", "s3", "image_base64". Raw bodies up to about 4.4 MB (Lambda\'s 6 MB request limit '
+            "counts the base64 event); larger images by URL or S3."
+        ),
+        "content": {
+            "image/*": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "properties": {
+                        "url": {
+                            "type": "string",
+                            "maxLength": MAX_URL_LENGTH,
+                            "example": "https://example.com/shoe.jpg",
+                        },
+                        "s3": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["key"],
+                            "properties": {
+                                "key": {"type": "string", "maxLength": 1024, "example": "queries/shoe.jpg"},
+                                "bucket": {"type": "string", "description": "default: the catalog bucket"},
+                            },
+                        },
+                        "image_base64": {"type": "string", "format": "byte"},
+                    },
+                },
+                "examples": {
+                    "url": {"value": {"url": "https://example.com/shoe.jpg"}},
+                    "s3": {"value": {"s3": {"key": "queries/shoe.jpg"}}},
+                },
+            },
+        },
+    }
+)
+ERROR_SCHEMA = Schema.model_validate(
+    {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    }
+)
+ERROR_RESPONSES: dict[int, Any] = {
+    status: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for status, text in {
+        400: "bad request: empty body, invalid JSON, URL or S3 reference refused",
+        404: "the S3 key or the URL was not found",
+        413: "too large: the body, the file, its pixels or the memory decoding it takes",
+        415: "not an image, or an unsupported format",
+        422: "truncated or corrupt image; invalid parameters",
+        502: "the URL could not be fetched (or sent less than its Content-Length)",
+        504: "the URL did not finish within the fetch deadline",
+    }.items()
+}
+
+
+class SearchResolver(APIGatewayRestResolver):
+    """The resolver, with what the handler reads itself documented in the OpenAPI document: the
+    POST body (read raw, not as a validated parameter) and the error shape."""
+
+    def get_openapi_schema(self, **kwargs: Any) -> OpenAPI:
+        schema = super().get_openapi_schema(**kwargs)
+        post = schema.paths["/search"].post if schema.paths and "/search" in schema.paths else None
+        if post is not None:
+            post.requestBody = SEARCH_BODY
+        components = schema.components or Components()
+        components.schemas = {**(components.schemas or {}), "Error": ERROR_SCHEMA}
+        schema.components = components
+        return schema
+
+
+app = SearchResolver(enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300))
 app.enable_swagger(path="/openapi", title="Harmony-Image search API", version="1.0.0")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"number of results (1-{MAX_K})")]
@@ -48,7 +144,7 @@ def _body_bytes() -> bytes:
     ev = app.current_event
     body = ev.body or ""
     if not ev.is_base64_encoded:
-        return body.encode("utf-8")
+        return body.encode("utf-8", "surrogatepass")  # an event's JSON may carry a lone surrogate
     try:
         return base64.b64decode(body, validate=True)
     except ValueError as exc:
@@ -83,14 +179,22 @@ def index_page():  # no return annotation: validation would try to model Respons
     )
 
 
-@app.post("/search", summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)")
+@app.post(
+    "/search",
+    summary="Search with an image (raw body, multipart field `file`, or JSON url/s3/image_base64)",
+    responses={200: {"description": "the most similar catalog images"}, **ERROR_RESPONSES},
+)
 @tracer.capture_method
 def post_search(k: K = DEFAULT_K, scoring: ScoringParam = None, min_score: MinScore = None) -> dict[str, Any]:
     source = source_from_body(_body_bytes(), app.current_event.headers.get("content-type"))
     return _search(source, k, scoring, min_score)
 
 
-@app.get("/search", summary="Search with the image at `url`")
+@app.get(
+    "/search",
+    summary="Search with the image at `url`",
+    responses={200: {"description": "the most similar catalog images"}, **ERROR_RESPONSES},
+)
 @tracer.capture_method
 def get_search(
     url: Annotated[str, Query(min_length=1, max_length=MAX_URL_LENGTH)],

@@ -7,6 +7,13 @@
 * ``application/json``: exactly one of ``{"url": ...}``, ``{"s3": {"bucket": ..., "key": ...}}``
   (``bucket`` optional, defaults to the catalog bucket), ``{"image_base64": ...}``.
 
+The content type is a hint, the bytes decide: a body that starts with an image signature is an
+image whatever its Content-Type says (``curl --data-binary @photo.jpg`` sends
+``application/x-www-form-urlencoded``), a body that starts with ``{`` is JSON unless it is
+declared multipart. A body that API Gateway passed as text although it was binary (its
+Content-Type is not one of the API's BinaryMediaTypes: invalid UTF-8 became U+FFFD) is refused
+with a message saying so — the damage cannot be undone here.
+
 :func:`source_from_body` turns a body into an :class:`ImageBytes`, :class:`ImageUrl` or
 :class:`S3Object`; :class:`~harmony_aws.service.SearchService` reads it.
 """
@@ -22,7 +29,8 @@ from email.policy import HTTP
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harmony_image import EmptyImageError
+from harmony_image import EmptyImageError, NotAnImageError
+from harmony_image.decode import sniff_format
 
 from .errors import BadRequestError, InvalidJsonError, PayloadTooLargeError, ValidationFailedError
 
@@ -73,17 +81,28 @@ class _JsonQuery(BaseModel):
         return self
 
 
+REPLACEMENT_CHARACTER = "\ufffd".encode()
+
+
 def source_from_body(body: bytes, content_type: str | None) -> QuerySource:
     """The query a ``POST /search`` body carries; raises a 4xx :class:`HarmonyError` if none."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"the request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+        raise PayloadTooLargeError(f"the request body is {len(body):,} bytes; the limit is {MAX_BODY_BYTES:,}")
+    if sniff_format(body) is not None:  # an image (or an unsupported one, named by the decoder)
+        return ImageBytes(body)
     if ctype == "multipart/form-data":
         return ImageBytes(_multipart_file(body, content_type or ""))
-    if ctype in ("application/json", "text/json") or ctype.endswith("+json"):
+    if ctype in ("application/json", "text/json") or ctype.endswith("+json") or body.lstrip()[:1] == b"{":
         return source_from_json(body)
     if not body:
         raise EmptyImageError('the request body is empty: send an image, multipart field "file", or JSON')
+    if REPLACEMENT_CHARACTER in body[:64]:
+        raise NotAnImageError(
+            f"the body arrived as text, not bytes: its Content-Type ({ctype or 'none'}) is not one of the "
+            "API's binary media types, so binary data was damaged on the way; send the image with "
+            "Content-Type: image/jpeg (any image/*) or application/octet-stream"
+        )
     return ImageBytes(body)
 
 
