@@ -8,107 +8,745 @@
  * returns: pairs (i, c) where c is the first nearest catalog descriptor of query descriptor i
  * and i is the first nearest query descriptor of c (cv::batchDistance's crosscheck rule).
  *
- * Why C: the seed scores every catalog image, ~150-250 thousand 256-bit distances per image.
- * OpenCV's matcher spends ~7 ns per distance and numpy ~5 ns; this loop, vectorised by the
- * compiler over catalog descriptors stored as four planes of 64-bit words, is well under 1 ns.
+ * How: several query rows at a time sweep the catalog descriptors (stored as four planes of
+ * 64-bit words), a vector of catalog descriptors per step.  Every distance d of query row i to
+ * catalog descriptor k becomes two keys, (d << 16) | k for the row and (d << 16) | i for the
+ * column; the smallest key is then the smallest distance with the FIRST index on ties, which
+ * is OpenCV's rule, so row and column minima are plain unsigned vector minimums kept in
+ * registers (rows) or in one array per image (columns).  Images with more than 65535
+ * descriptors on either side use 64-bit keys in the scalar code.
  *
  * 2. SSIM of one 256x256 query against many 256x256 images, equal to scikit-image's
  * structural_similarity defaults (7x7 uniform window, sample covariance, K1=0.01, K2=0.03,
  * data_range=255, mean over the image less a 3-pixel border). Window sums and the numerators
- * n*Sxy - Sx*Sy and n*Sxx - Sx^2 are exact int32; only the final ratio is float32.
+ * n*Sxy - Sx*Sy and n*Sxx - Sx^2 are exact int32; only the final ratio is float32, computed
+ * with the same IEEE operations at every level (no multiply feeds an add, so FMA contraction
+ * cannot change a result), and summed in double in a fixed order.
  *
+ * Runtime dispatch: one build holds every level for its architecture; the fastest level the
+ * CPU supports is chosen at import, or the one named by the environment variable
+ * HARMONY_KERNEL (unset, "" or "auto": automatic).  Levels, fastest first:
+ *   x86_64:  avx512 (AVX-512 F/BW/VL + VPOPCNTDQ), avx2 (AVX2 + POPCNT, vpshufb nibble table),
+ *            popcnt (POPCNT, scalar), portable (baseline x86-64, SWAR popcount)
+ *   aarch64: neon (baseline Advanced SIMD, vcnt), portable
+ *   other:   portable
+ * HARMONY_KERNEL naming an unknown level or one this CPU lacks raises RuntimeError at import
+ * (not ImportError, so callers that fall back to numpy on ImportError do not silently hide
+ * it).  The module exposes `kernel` (the level in use), `levels` (the levels this CPU
+ * supports, fastest first) and `use(level)` (switch in-process: the tests run every level).
+ * Every level returns bit-identical results.
+ *
+ * Each level is a set of functions compiled with __attribute__((target(...))) from shared
+ * always_inline bodies, so every level gets its own vectorised copy; a table of function
+ * pointers is chosen once.  No ifuncs or target_clones (they need glibc ifunc support and
+ * cannot be forced per test).
+ *
+ * Build with -std=c11 (or any flags); -fno-wrapv lets GCC vectorise the int32 SSIM loops.
  * The GIL is released, so threads scale across cores.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MULTIVERSION
-#endif
-
-/* distances from one query descriptor q[0..3] to nc catalog descriptors stored as planes */
-static void row_distances_scalar(const uint64_t *q, const uint64_t *planes, int64_t nc, uint16_t *out)
-{
-    const uint64_t *p0 = planes, *p1 = planes + nc, *p2 = planes + 2 * nc, *p3 = planes + 3 * nc;
-    const uint64_t q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
-    for (int64_t k = 0; k < nc; k++) {
-        out[k] = (uint16_t)(__builtin_popcountll(p0[k] ^ q0) + __builtin_popcountll(p1[k] ^ q1) +
-                            __builtin_popcountll(p2[k] ^ q2) + __builtin_popcountll(p3[k] ^ q3));
-    }
-}
+#include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#define HK_X86 1
 #include <immintrin.h>
-#define HAVE_AVX512_PATH 1
-__attribute__((target("popcnt,avx512f,avx512vpopcntdq")))
-static void row_distances_avx512(const uint64_t *q, const uint64_t *planes, int64_t nc, uint16_t *out)
-{
-    const uint64_t *p0 = planes, *p1 = planes + nc, *p2 = planes + 2 * nc, *p3 = planes + 3 * nc;
-    const __m512i q0 = _mm512_set1_epi64((long long)q[0]), q1 = _mm512_set1_epi64((long long)q[1]);
-    const __m512i q2 = _mm512_set1_epi64((long long)q[2]), q3 = _mm512_set1_epi64((long long)q[3]);
-    int64_t k = 0;
-    for (; k + 8 <= nc; k += 8) {
-        __m512i d = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p0 + k), q0));
-        d = _mm512_add_epi64(d, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p1 + k), q1)));
-        d = _mm512_add_epi64(d, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p2 + k), q2)));
-        d = _mm512_add_epi64(d, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p3 + k), q3)));
-        _mm_storeu_si128((__m128i *)(out + k), _mm512_cvtepi64_epi16(d));
-    }
-    for (; k < nc; k++) {
-        out[k] = (uint16_t)(__builtin_popcountll(p0[k] ^ q[0]) + __builtin_popcountll(p1[k] ^ q[1]) +
-                            __builtin_popcountll(p2[k] ^ q[2]) + __builtin_popcountll(p3[k] ^ q[3]));
-    }
-}
+#define T_POPCNT __attribute__((target("popcnt")))
+#define T_AVX2 __attribute__((target("popcnt,avx2")))
+#define T_AVX512 __attribute__((target("popcnt,avx2,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define HK_ARM 1
+#include <arm_neon.h>
 #endif
 
-static void (*row_distances)(const uint64_t *, const uint64_t *, int64_t, uint16_t *) = row_distances_scalar;
+#if defined(__GNUC__)
+#define HK_INLINE static inline __attribute__((always_inline))
+#else
+#define HK_INLINE static inline
+#endif
 
-MULTIVERSION
-static void update_columns(const uint16_t *dist, int64_t nc, int32_t i, uint16_t *colmin, int32_t *colarg)
+/* query rows per sweep of the catalog, per level (measured: docs/BENCHMARKS.md, tools/kernels) */
+enum { R_SCALAR = 4, R_AVX2 = 1, R_AVX512 = 4, R_NEON = 2 };
+
+#define MIN_(a, b) ((a) < (b) ? (a) : (b))
+#define MAX_(a, b) ((a) < (b) ? (b) : (a))
+
+/* ---------------------------------------------------------------- Hamming: shared parts */
+
+enum { PASS_CROSS = 0, PASS_ROWMIN = 1, PASS_TWO = 2 };
+#define KEY_LIMIT 65535 /* 32-bit keys hold indexes < 65536 */
+#define PAD 16          /* widest vector: 16 catalog descriptors */
+
+typedef struct {
+    uint64_t *cat;      /* one image's planes re-laid for the level: 8 * ncp words */
+    void *colkey;       /* ncp column keys (uint32 or uint64) */
+    int32_t *arg;       /* per query row: first nearest catalog index */
+    uint16_t *d1, *d2;  /* per query row: smallest and second smallest distance */
+} work_t;
+
+static int work_alloc(work_t *w, int64_t nq, int64_t maxc)
 {
-    for (int64_t k = 0; k < nc; k++) {
-        int better = dist[k] < colmin[k];
-        colmin[k] = better ? dist[k] : colmin[k];
-        colarg[k] = better ? i : colarg[k];
+    int64_t ncp = (maxc + PAD - 1) / PAD * PAD + PAD;
+    w->cat = NULL;
+    w->colkey = NULL;
+    w->arg = NULL;
+    w->d1 = w->d2 = NULL;
+    if (posix_memalign((void **)&w->cat, 64, (size_t)(8 * ncp) * sizeof(uint64_t)) != 0)
+        w->cat = NULL;
+    if (posix_memalign(&w->colkey, 64, (size_t)ncp * sizeof(uint64_t)) != 0)
+        w->colkey = NULL;
+    w->arg = malloc(sizeof(int32_t) * (size_t)(nq + PAD));
+    w->d1 = malloc(sizeof(uint16_t) * (size_t)(nq + PAD));
+    w->d2 = malloc(sizeof(uint16_t) * (size_t)(nq + PAD));
+    return w->cat && w->colkey && w->arg && w->d1 && w->d2;
+}
+
+static void work_free(work_t *w)
+{
+    free(w->cat);
+    free(w->colkey);
+    free(w->arg);
+    free(w->d1);
+    free(w->d2);
+}
+
+/* copy one image's 4 planes (stride nc) to w->cat (stride ncp), zero padded */
+static void copy_planes(const uint64_t *p, int64_t nc, int64_t ncp, uint64_t *dst)
+{
+    for (int w = 0; w < 4; w++) {
+        memcpy(dst + w * ncp, p + w * nc, (size_t)nc * sizeof(uint64_t));
+        memset(dst + w * ncp + nc, 0, (size_t)(ncp - nc) * sizeof(uint64_t));
     }
 }
 
-MULTIVERSION
-static uint16_t row_min(const uint16_t *dist, int64_t nc)
+/* results of one query row from its smallest and second smallest 32-bit keys */
+HK_INLINE void finish_row32(work_t *w, int64_t i, uint32_t best, uint32_t second)
 {
-    uint16_t best = 0xFFFF;
-    for (int64_t k = 0; k < nc; k++)
-        best = dist[k] < best ? dist[k] : best;
-    return best;
+    w->arg[i] = (int32_t)(best & 0xFFFF);
+    w->d1[i] = (uint16_t)(best >> 16);
+    w->d2[i] = (uint16_t)(second >> 16);
 }
 
-static int32_t count_one(const uint64_t *query, int64_t nq, const uint64_t *planes, int64_t nc,
-                         uint16_t *dist, uint16_t *colmin, int32_t *colarg, int32_t *rowarg)
+/* smallest and second smallest of the lanes of a per-lane (min, second-min) pair of key vectors */
+HK_INLINE void reduce_two(const uint32_t *mins, const uint32_t *secs, int n, uint32_t *best, uint32_t *second)
 {
-    if (nq == 0 || nc == 0)
-        return 0;
-    for (int64_t k = 0; k < nc; k++) {
-        colmin[k] = 0xFFFF;
-        colarg[k] = -1;
+    uint32_t b = 0xFFFFFFFFu, s = 0xFFFFFFFFu;
+    int at = 0;
+    for (int l = 0; l < n; l++)
+        if (mins[l] < b) {
+            b = mins[l];
+            at = l;
+        }
+    for (int l = 0; l < n; l++) {
+        s = MIN_(s, secs[l]);
+        if (l != at)
+            s = MIN_(s, mins[l]);
     }
-    for (int64_t i = 0; i < nq; i++) {
-        row_distances(query + 4 * i, planes, nc, dist);
-        update_columns(dist, nc, (int32_t)i, colmin, colarg);
-        uint16_t best = row_min(dist, nc);
-        int64_t k = 0;
-        while (dist[k] != best)
-            k++;
-        rowarg[i] = (int32_t)k;
+    *best = b;
+    *second = s;
+}
+
+/* ---------------------------------------------------------------- scalar levels (64-bit keys) */
+
+#define M1 0x5555555555555555ULL
+#define M2 0x3333333333333333ULL
+#define M4 0x0F0F0F0F0F0F0F0FULL
+#define M8 0x00FF00FF00FF00FFULL
+
+HK_INLINE uint64_t swar_nibbles(uint64_t x) /* bit counts per nibble, each <= 4 */
+{
+    x = x - ((x >> 1) & M1);
+    return (x & M2) + ((x >> 2) & M2);
+}
+
+/* popcount(a) + popcount(b) + popcount(c) + popcount(d) without a popcount instruction */
+HK_INLINE uint32_t dist4_swar(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    uint64_t ab = swar_nibbles(a) + swar_nibbles(b); /* nibbles <= 8 */
+    uint64_t cd = swar_nibbles(c) + swar_nibbles(d);
+    ab = (ab & M4) + ((ab >> 4) & M4); /* bytes <= 16 */
+    cd = (cd & M4) + ((cd >> 4) & M4);
+    uint64_t s = ab + cd;              /* bytes <= 32 */
+    s = (s & M8) + ((s >> 8) & M8);    /* 16-bit lanes <= 64 */
+    return (uint32_t)((s * 0x0001000100010001ULL) >> 48);
+}
+
+HK_INLINE uint32_t dist4(uint64_t a, uint64_t b, uint64_t c, uint64_t d, const int hw)
+{
+    if (hw)
+        return (uint32_t)(__builtin_popcountll(a) + __builtin_popcountll(b) + __builtin_popcountll(c) +
+                          __builtin_popcountll(d));
+    return dist4_swar(a, b, c, d);
+}
+
+HK_INLINE void finish_row64(work_t *w, int64_t i, uint64_t best, uint64_t second)
+{
+    w->arg[i] = (int32_t)(uint32_t)best;
+    w->d1[i] = (uint16_t)(best >> 32);
+    w->d2[i] = second == UINT64_MAX ? 0xFFFF : (uint16_t)(second >> 32);
+}
+
+/* keys: (distance << 32) | index; any nq, nc */
+HK_INLINE int32_t scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w,
+                              const int mode, const int hw)
+{
+    enum { R = R_SCALAR };
+    const uint64_t *p0 = p, *p1 = p + nc, *p2 = p + 2 * nc, *p3 = p + 3 * nc;
+    uint64_t *colkey = (uint64_t *)w->colkey;
+    if (mode == PASS_CROSS)
+        for (int64_t k = 0; k < nc; k++)
+            colkey[k] = UINT64_MAX;
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        uint64_t qw[R][4], ci[R], rmin[R], rsec[R];
+        for (int r = 0; r < R; r++) {
+            int64_t ii = i0 + r < nq ? i0 + r : nq - 1; /* a repeated last row changes no minimum */
+            for (int k = 0; k < 4; k++)
+                qw[r][k] = q[4 * ii + k];
+            ci[r] = (uint64_t)ii;
+            rmin[r] = rsec[r] = UINT64_MAX;
+        }
+        for (int64_t k = 0; k < nc; k++) {
+            const uint64_t c0 = p0[k], c1 = p1[k], c2 = p2[k], c3 = p3[k];
+            uint64_t cacc = UINT64_MAX;
+            for (int r = 0; r < R; r++) {
+                uint64_t ds = (uint64_t)dist4(c0 ^ qw[r][0], c1 ^ qw[r][1], c2 ^ qw[r][2], c3 ^ qw[r][3], hw) << 32;
+                uint64_t key = ds | (uint64_t)k;
+                if (mode == PASS_TWO)
+                    rsec[r] = MIN_(rsec[r], MAX_(rmin[r], key));
+                rmin[r] = MIN_(rmin[r], key);
+                if (mode == PASS_CROSS)
+                    cacc = MIN_(cacc, ds | ci[r]);
+            }
+            if (mode == PASS_CROSS)
+                colkey[k] = MIN_(colkey[k], cacc);
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++)
+            finish_row64(w, i0 + r, rmin[r], rsec[r]);
     }
     int32_t count = 0;
-    for (int64_t i = 0; i < nq; i++)
-        count += colarg[rowarg[i]] == i;
+    if (mode == PASS_CROSS)
+        for (int64_t i = 0; i < nq; i++)
+            count += (int64_t)(uint32_t)colkey[w->arg[i]] == i;
     return count;
 }
+
+/* one entry point per level: mode is a run-time value, each case a specialised copy */
+#define SCALAR_PASS(NAME, TARGET, HW)                                                                    \
+    TARGET static int32_t NAME(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, \
+                               int mode)                                                                \
+    {                                                                                                   \
+        switch (mode) {                                                                                 \
+        case PASS_CROSS: return scalar_body(q, nq, p, nc, w, PASS_CROSS, HW);                           \
+        case PASS_ROWMIN: return scalar_body(q, nq, p, nc, w, PASS_ROWMIN, HW);                         \
+        default: return scalar_body(q, nq, p, nc, w, PASS_TWO, HW);                                     \
+        }                                                                                               \
+    }
+
+SCALAR_PASS(pass_portable, , 0)
+#if defined(HK_X86)
+SCALAR_PASS(pass_popcnt, T_POPCNT, 1)
+#define pass_wide pass_popcnt /* every AVX2/AVX-512 CPU has POPCNT */
+#elif defined(HK_ARM)
+SCALAR_PASS(pass_scalar_cnt, , 1) /* __builtin_popcountll is NEON cnt on AArch64 */
+#define pass_wide pass_scalar_cnt
+#endif
+
+/* ---------------------------------------------------------------- x86: AVX2 */
+#if defined(HK_X86)
+
+#define T_AVX2_INLINE static inline __attribute__((always_inline, target("popcnt,avx2")))
+
+#define LD256(ptr) _mm256_load_si256((const __m256i *)(ptr))
+
+/* per-byte sums (<= 32) of the bit counts of catalog columns c..c+3 xor one query row, by a
+ * 16-entry table (vpshufb) per nibble.  The catalog's nibbles are split once per image (w->cat
+ * holds 4 low-nibble planes, then 4 high-nibble planes) and so are the query row's (qa: low,
+ * qb: high), so the loop is xor + shuffle + add only.  Measured against splitting the nibbles
+ * in the loop (3-10% slower) and a Harley-Seal carry-save adder over the 4 words (10-30%
+ * slower: with only 4 words it saves 2 of 8 shuffles but adds 9 logic operations). */
+T_AVX2_INLINE __m256i bytes4_avx2(const uint64_t *cat, int64_t ncp, int64_t c, const __m256i *qa, const __m256i *qb,
+                                  __m256i lut)
+{
+    const uint64_t *lo = cat + c, *hi = cat + 4 * ncp + c;
+    __m256i s0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(lo), qa[0])),
+                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(hi), qb[0])));
+    __m256i s1 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(lo + ncp), qa[1])),
+                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(hi + ncp), qb[1])));
+    __m256i s2 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(lo + 2 * ncp), qa[2])),
+                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(hi + 2 * ncp), qb[2])));
+    __m256i s3 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(lo + 3 * ncp), qa[3])),
+                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(hi + 3 * ncp), qb[3])));
+    return _mm256_add_epi8(_mm256_add_epi8(s0, s1), _mm256_add_epi8(s2, s3));
+}
+
+/* chunks of 8 catalog columns as two groups of 4 (one 64-bit lane each); the 32-bit key lanes
+ * hold columns 0,4,1,5,2,6,3,7 of the chunk */
+#define AVX2_POS(k) (((k) & ~(int64_t)7) | (((k) & 3) << 1) | (((k) >> 2) & 1))
+
+T_AVX2_INLINE int32_t avx2_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t ncp, work_t *w, const int mode)
+{
+    enum { R = R_AVX2 };
+    const uint64_t *cat = w->cat;
+    uint32_t *colkey = (uint32_t *)w->colkey;
+    const __m256i ones = _mm256_set1_epi32(-1), zero = _mm256_setzero_si256();
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2,
+                                         3, 2, 3, 3, 4);
+    const __m256i idx0 = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), eight = _mm256_set1_epi32(8);
+    const __m256i last = _mm256_set1_epi32((int)(nc - 1));
+    if (mode == PASS_CROSS)
+        for (int64_t k = 0; k < ncp; k += 8)
+            _mm256_store_si256((__m256i *)(colkey + k), ones);
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        __m256i qa[R][4], qb[R][4], ci[R], rmin[R], rsec[R];
+        for (int r = 0; r < R; r++) {
+            int64_t ii = i0 + r < nq ? i0 + r : nq - 1; /* a repeated last row changes no minimum */
+            for (int k = 0; k < 4; k++) {
+                uint64_t x = q[4 * ii + k];
+                qa[r][k] = _mm256_set1_epi64x((long long)(x & M4));
+                qb[r][k] = _mm256_set1_epi64x((long long)((x >> 4) & M4));
+            }
+            ci[r] = _mm256_set1_epi32((int)ii);
+            rmin[r] = rsec[r] = ones;
+        }
+        __m256i kidx = idx0;
+        for (int64_t c = 0; c < ncp; c += 8) {
+            const __m256i kv = _mm256_or_si256(kidx, _mm256_cmpgt_epi32(kidx, last)); /* padding: key ~0 */
+            __m256i cacc = ones;
+            for (int r = 0; r < R; r++) {
+                __m256i sa = _mm256_sad_epu8(bytes4_avx2(cat, ncp, c, qa[r], qb[r], lut), zero);
+                __m256i sb = _mm256_sad_epu8(bytes4_avx2(cat, ncp, c + 4, qa[r], qb[r], lut), zero);
+                __m256i ds = _mm256_or_si256(_mm256_slli_epi64(sa, 16), _mm256_slli_epi64(sb, 48));
+                __m256i key = _mm256_or_si256(ds, kv);
+                if (mode == PASS_TWO)
+                    rsec[r] = _mm256_min_epu32(rsec[r], _mm256_max_epu32(rmin[r], key));
+                rmin[r] = _mm256_min_epu32(rmin[r], key);
+                if (mode == PASS_CROSS)
+                    cacc = _mm256_min_epu32(cacc, _mm256_or_si256(ds, ci[r]));
+            }
+            if (mode == PASS_CROSS)
+                _mm256_store_si256((__m256i *)(colkey + c), _mm256_min_epu32(LD256(colkey + c), cacc));
+            kidx = _mm256_add_epi32(kidx, eight);
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++) {
+            uint32_t mins[8], secs[8], b, s;
+            _mm256_storeu_si256((__m256i *)mins, rmin[r]);
+            _mm256_storeu_si256((__m256i *)secs, rsec[r]);
+            reduce_two(mins, secs, 8, &b, &s);
+            finish_row32(w, i0 + r, b, s);
+        }
+    }
+    int32_t count = 0;
+    if (mode == PASS_CROSS)
+        for (int64_t i = 0; i < nq; i++)
+            count += (int64_t)(colkey[AVX2_POS((int64_t)w->arg[i])] & 0xFFFF) == i;
+    return count;
+}
+
+T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode)
+{
+    if (nq > KEY_LIMIT || nc > KEY_LIMIT)
+        return pass_wide(q, nq, p, nc, w, mode);
+    const int64_t ncp = (nc + 7) & ~(int64_t)7;
+    for (int k = 0; k < 4; k++) { /* low and high nibbles, split once per image */
+        const uint64_t *src = p + k * nc;
+        uint64_t *lo = w->cat + k * ncp, *hi = w->cat + (4 + k) * ncp;
+        for (int64_t c = 0; c < nc; c++) {
+            lo[c] = src[c] & M4;
+            hi[c] = (src[c] >> 4) & M4;
+        }
+        for (int64_t c = nc; c < ncp; c++)
+            lo[c] = hi[c] = 0;
+    }
+    switch (mode) {
+    case PASS_CROSS: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS);
+    case PASS_ROWMIN: return avx2_body(q, nq, nc, ncp, w, PASS_ROWMIN);
+    default: return avx2_body(q, nq, nc, ncp, w, PASS_TWO);
+    }
+}
+
+/* ---------------------------------------------------------------- x86: AVX-512 VPOPCNTDQ */
+
+#define T_AVX512_INLINE \
+    static inline __attribute__((always_inline, target("popcnt,avx2,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+
+#define LD512(ptr) _mm512_load_si512((const void *)(ptr))
+
+/* distances of catalog columns c..c+7 to a query row, one per 64-bit lane */
+T_AVX512_INLINE __m512i dist8_avx512(const uint64_t *cat, int64_t ncp, int64_t c, const __m512i *qv)
+{
+    __m512i d0 = _mm512_popcnt_epi64(_mm512_xor_si512(LD512(cat + c), qv[0]));
+    __m512i d1 = _mm512_popcnt_epi64(_mm512_xor_si512(LD512(cat + ncp + c), qv[1]));
+    __m512i d2 = _mm512_popcnt_epi64(_mm512_xor_si512(LD512(cat + 2 * ncp + c), qv[2]));
+    __m512i d3 = _mm512_popcnt_epi64(_mm512_xor_si512(LD512(cat + 3 * ncp + c), qv[3]));
+    return _mm512_add_epi64(_mm512_add_epi64(d0, d1), _mm512_add_epi64(d2, d3));
+}
+
+/* chunks of 16 columns as two groups of 8; key lanes hold columns 0,8,1,9,...,7,15 */
+#define AVX512_POS(k) (((k) & ~(int64_t)15) | (((k) & 7) << 1) | (((k) >> 3) & 1))
+
+T_AVX512_INLINE int32_t avx512_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t ncp, work_t *w, const int mode)
+{
+    enum { R = R_AVX512 };
+    const uint64_t *cat = w->cat;
+    uint32_t *colkey = (uint32_t *)w->colkey;
+    const __m512i ones = _mm512_set1_epi32(-1);
+    const __m512i idx0 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    const __m512i sixteen = _mm512_set1_epi32(16), last = _mm512_set1_epi32((int)(nc - 1));
+    if (mode == PASS_CROSS)
+        for (int64_t k = 0; k < ncp; k += 16)
+            _mm512_store_si512((void *)(colkey + k), ones);
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        __m512i qv[R][4], ci[R], rmin[R], rsec[R];
+        for (int r = 0; r < R; r++) {
+            int64_t ii = i0 + r < nq ? i0 + r : nq - 1;
+            for (int k = 0; k < 4; k++)
+                qv[r][k] = _mm512_set1_epi64((long long)q[4 * ii + k]);
+            ci[r] = _mm512_set1_epi32((int)ii);
+            rmin[r] = rsec[r] = ones;
+        }
+        __m512i kidx = idx0;
+        for (int64_t c = 0; c < ncp; c += 16) {
+            const __m512i kv = _mm512_mask_mov_epi32(kidx, _mm512_cmpgt_epi32_mask(kidx, last), ones);
+            __m512i cacc = ones;
+            for (int r = 0; r < R; r++) {
+                __m512i sa = _mm512_slli_epi64(dist8_avx512(cat, ncp, c, qv[r]), 16);
+                __m512i sb = _mm512_slli_epi64(dist8_avx512(cat, ncp, c + 8, qv[r]), 48);
+                __m512i key = _mm512_ternarylogic_epi32(sa, sb, kv, 0xFE); /* sa | sb | kv */
+                if (mode == PASS_TWO)
+                    rsec[r] = _mm512_min_epu32(rsec[r], _mm512_max_epu32(rmin[r], key));
+                rmin[r] = _mm512_min_epu32(rmin[r], key);
+                if (mode == PASS_CROSS)
+                    cacc = _mm512_min_epu32(cacc, _mm512_ternarylogic_epi32(sa, sb, ci[r], 0xFE));
+            }
+            if (mode == PASS_CROSS)
+                _mm512_store_si512((void *)(colkey + c), _mm512_min_epu32(LD512(colkey + c), cacc));
+            kidx = _mm512_add_epi32(kidx, sixteen);
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++) {
+            if (mode == PASS_TWO) {
+                uint32_t mins[16], secs[16], b, s;
+                _mm512_storeu_si512((void *)mins, rmin[r]);
+                _mm512_storeu_si512((void *)secs, rsec[r]);
+                reduce_two(mins, secs, 16, &b, &s);
+                finish_row32(w, i0 + r, b, s);
+            } else {
+                finish_row32(w, i0 + r, _mm512_reduce_min_epu32(rmin[r]), 0xFFFFFFFFu);
+            }
+        }
+    }
+    int32_t count = 0;
+    if (mode == PASS_CROSS)
+        for (int64_t i = 0; i < nq; i++)
+            count += (int64_t)(colkey[AVX512_POS((int64_t)w->arg[i])] & 0xFFFF) == i;
+    return count;
+}
+
+T_AVX512 static int32_t pass_avx512(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode)
+{
+    if (nq > KEY_LIMIT || nc > KEY_LIMIT)
+        return pass_wide(q, nq, p, nc, w, mode);
+    const int64_t ncp = (nc + 15) & ~(int64_t)15;
+    copy_planes(p, nc, ncp, w->cat);
+    switch (mode) {
+    case PASS_CROSS: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS);
+    case PASS_ROWMIN: return avx512_body(q, nq, nc, ncp, w, PASS_ROWMIN);
+    default: return avx512_body(q, nq, nc, ncp, w, PASS_TWO);
+    }
+}
+#endif /* HK_X86 */
+
+/* ---------------------------------------------------------------- AArch64: NEON */
+#if defined(HK_ARM)
+
+/* per-byte bit counts (<= 32) of 2 catalog columns (c, c+1) xor the query row's 4 words */
+HK_INLINE uint8x16_t bytes2_neon(const uint64_t *cat, int64_t ncp, int64_t c, const uint64x2_t *qv)
+{
+    uint8x16_t b0 = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + c), qv[0])));
+    uint8x16_t b1 = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + ncp + c), qv[1])));
+    uint8x16_t b2 = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + 2 * ncp + c), qv[2])));
+    uint8x16_t b3 = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + 3 * ncp + c), qv[3])));
+    return vaddq_u8(vaddq_u8(b0, b1), vaddq_u8(b2, b3));
+}
+
+/* chunks of 8 columns; key lanes in natural order (lo: columns 0-3, hi: 4-7) */
+HK_INLINE int32_t neon_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t ncp, work_t *w, const int mode)
+{
+    enum { R = R_NEON };
+    const uint64_t *cat = w->cat;
+    uint32_t *colkey = (uint32_t *)w->colkey;
+    const uint32x4_t ones = vdupq_n_u32(0xFFFFFFFFu), eight = vdupq_n_u32(8), last = vdupq_n_u32((uint32_t)(nc - 1));
+    static const uint32_t idx_init[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    if (mode == PASS_CROSS)
+        for (int64_t k = 0; k < ncp; k += 4)
+            vst1q_u32(colkey + k, ones);
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        uint64x2_t qv[R][4];
+        uint32x4_t ci[R], rmin_lo[R], rmin_hi[R], rsec_lo[R], rsec_hi[R];
+        for (int r = 0; r < R; r++) {
+            int64_t ii = i0 + r < nq ? i0 + r : nq - 1;
+            for (int k = 0; k < 4; k++)
+                qv[r][k] = vdupq_n_u64(q[4 * ii + k]);
+            ci[r] = vdupq_n_u32((uint32_t)ii);
+            rmin_lo[r] = rmin_hi[r] = rsec_lo[r] = rsec_hi[r] = ones;
+        }
+        uint32x4_t klo = vld1q_u32(idx_init), khi = vld1q_u32(idx_init + 4);
+        for (int64_t c = 0; c < ncp; c += 8) {
+            const uint32x4_t kvlo = vorrq_u32(klo, vcgtq_u32(klo, last)), kvhi = vorrq_u32(khi, vcgtq_u32(khi, last));
+            uint32x4_t cacc_lo = ones, cacc_hi = ones;
+            for (int r = 0; r < R; r++) {
+                uint8x16_t t0 = vpaddq_u8(bytes2_neon(cat, ncp, c, qv[r]), bytes2_neon(cat, ncp, c + 2, qv[r]));
+                uint8x16_t t1 = vpaddq_u8(bytes2_neon(cat, ncp, c + 4, qv[r]), bytes2_neon(cat, ncp, c + 6, qv[r]));
+                uint16x8_t d = vpaddlq_u8(vpaddq_u8(t0, t1)); /* 8 distances, columns in order */
+                uint32x4_t dlo = vshll_n_u16(vget_low_u16(d), 16), dhi = vshll_high_n_u16(d, 16);
+                uint32x4_t klo_r = vorrq_u32(dlo, kvlo), khi_r = vorrq_u32(dhi, kvhi);
+                if (mode == PASS_TWO) {
+                    rsec_lo[r] = vminq_u32(rsec_lo[r], vmaxq_u32(rmin_lo[r], klo_r));
+                    rsec_hi[r] = vminq_u32(rsec_hi[r], vmaxq_u32(rmin_hi[r], khi_r));
+                }
+                rmin_lo[r] = vminq_u32(rmin_lo[r], klo_r);
+                rmin_hi[r] = vminq_u32(rmin_hi[r], khi_r);
+                if (mode == PASS_CROSS) {
+                    cacc_lo = vminq_u32(cacc_lo, vorrq_u32(dlo, ci[r]));
+                    cacc_hi = vminq_u32(cacc_hi, vorrq_u32(dhi, ci[r]));
+                }
+            }
+            if (mode == PASS_CROSS) {
+                vst1q_u32(colkey + c, vminq_u32(vld1q_u32(colkey + c), cacc_lo));
+                vst1q_u32(colkey + c + 4, vminq_u32(vld1q_u32(colkey + c + 4), cacc_hi));
+            }
+            klo = vaddq_u32(klo, eight);
+            khi = vaddq_u32(khi, eight);
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++) {
+            if (mode == PASS_TWO) {
+                uint32_t mins[8], secs[8], b, s;
+                vst1q_u32(mins, rmin_lo[r]);
+                vst1q_u32(mins + 4, rmin_hi[r]);
+                vst1q_u32(secs, rsec_lo[r]);
+                vst1q_u32(secs + 4, rsec_hi[r]);
+                reduce_two(mins, secs, 8, &b, &s);
+                finish_row32(w, i0 + r, b, s);
+            } else {
+                finish_row32(w, i0 + r, vminvq_u32(vminq_u32(rmin_lo[r], rmin_hi[r])), 0xFFFFFFFFu);
+            }
+        }
+    }
+    int32_t count = 0;
+    if (mode == PASS_CROSS)
+        for (int64_t i = 0; i < nq; i++)
+            count += (int64_t)(colkey[w->arg[i]] & 0xFFFF) == i;
+    return count;
+}
+
+static int32_t pass_neon(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode)
+{
+    if (nq > KEY_LIMIT || nc > KEY_LIMIT)
+        return pass_wide(q, nq, p, nc, w, mode);
+    const int64_t ncp = (nc + 7) & ~(int64_t)7;
+    copy_planes(p, nc, ncp, w->cat);
+    switch (mode) {
+    case PASS_CROSS: return neon_body(q, nq, nc, ncp, w, PASS_CROSS);
+    case PASS_ROWMIN: return neon_body(q, nq, nc, ncp, w, PASS_ROWMIN);
+    default: return neon_body(q, nq, nc, ncp, w, PASS_TWO);
+    }
+}
+#endif /* HK_ARM */
+
+/* ---------------------------------------------------------------- SSIM */
+#define SIDE 256
+#define WIN 7
+#define NWIN (WIN * WIN)
+#define VALID (SIDE - WIN + 1)
+#define DATA_RANGE 255.0
+/* constant scale factors cancel in both SSIM ratios (see ssim.py): */
+#define LUM_C ((float)(NWIN * NWIN * (0.01 * DATA_RANGE) * (0.01 * DATA_RANGE)))
+#define CON_C ((float)(NWIN * (NWIN - 1) * (0.03 * DATA_RANGE) * (0.03 * DATA_RANGE)))
+
+typedef struct {
+    int32_t sum[VALID * VALID];  /* Sy */
+    float lum[VALID * VALID];    /* Sy^2 + n^2 C1 */
+    float var[VALID * VALID];    /* n Syy - Sy^2 + n(n-1) C2 */
+    const uint8_t *pixels;
+} query_stats;
+
+/* The helpers below are always inlined into one function per level, so each level's copy is
+ * vectorised for that level's instruction set. */
+
+/* column sums over WIN rows starting at row r, for x, x*x and x*y */
+HK_INLINE void column_sums(const uint8_t *x, const uint8_t *y, int r, int32_t *cx, int32_t *cxx, int32_t *cxy)
+{
+    for (int c = 0; c < SIDE; c++) {
+        cx[c] = 0;
+        cxx[c] = 0;
+        cxy[c] = 0;
+    }
+    for (int k = 0; k < WIN; k++) {
+        const uint8_t *xr = x + (r + k) * SIDE, *yr = y + (r + k) * SIDE;
+        for (int c = 0; c < SIDE; c++) {
+            int32_t v = xr[c];
+            cx[c] += v;
+            cxx[c] += v * v;
+            cxy[c] += v * (int32_t)yr[c];
+        }
+    }
+}
+
+/* slide the column sums down one row: add row r+WIN, drop row r */
+HK_INLINE void slide_columns(const uint8_t *x, const uint8_t *y, int r, int32_t *cx, int32_t *cxx, int32_t *cxy)
+{
+    const uint8_t *xo = x + r * SIDE, *yo = y + r * SIDE;
+    const uint8_t *xn = x + (r + WIN) * SIDE, *yn = y + (r + WIN) * SIDE;
+    for (int c = 0; c < SIDE; c++) {
+        int32_t a = xn[c], b = xo[c];
+        cx[c] += a - b;
+        cxx[c] += a * a - b * b;
+        cxy[c] += a * (int32_t)yn[c] - b * (int32_t)yo[c];
+    }
+}
+
+HK_INLINE void row_window_sums(const int32_t *col, int32_t *out)
+{
+    for (int c = 0; c < VALID; c++)
+        out[c] = col[c] + col[c + 1] + col[c + 2] + col[c + 3] + col[c + 4] + col[c + 5] + col[c + 6];
+}
+
+/* Products are formed in int32 (exact: all < 2^31) and converted once, so no float multiply
+ * feeds an add and FMA contraction cannot change a value: (float)(2*ss) == 2.0f*(float)ss and
+ * (float)(sx*sx) == (float)sx*(float)sx exactly. */
+HK_INLINE void ssim_row(const int32_t *sx, const int32_t *sxx, const int32_t *sxy, const int32_t *sy,
+                        const float *ly, const float *vy, float *out)
+{
+    for (int c = 0; c < VALID; c++) {
+        int32_t ss = sx[c] * sy[c];
+        int32_t cov = NWIN * sxy[c] - ss;
+        int32_t var = NWIN * sxx[c] - sx[c] * sx[c];
+        float num = ((float)(2 * ss) + LUM_C) * ((float)(2 * cov) + CON_C);
+        float den = ((float)(sx[c] * sx[c]) + ly[c]) * ((float)var + vy[c]);
+        out[c] = num / den;
+    }
+}
+
+/* summed in double, in a fixed order, so a score never depends on the CPU's vector width */
+HK_INLINE double sum_row(const float *v)
+{
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    int c = 0;
+    for (; c + 4 <= VALID; c += 4) {
+        a0 += v[c];
+        a1 += v[c + 1];
+        a2 += v[c + 2];
+        a3 += v[c + 3];
+    }
+    for (; c < VALID; c++)
+        a0 += v[c];
+    return (a0 + a1) + (a2 + a3);
+}
+
+HK_INLINE void prepare_query_body(const uint8_t *y, query_stats *q)
+{
+    int32_t cx[SIDE], cxx[SIDE], cxy[SIDE], sx[VALID], sxx[VALID];
+    q->pixels = y;
+    for (int r = 0; r < VALID; r++) {
+        if (r == 0)
+            column_sums(y, y, 0, cx, cxx, cxy);
+        else
+            slide_columns(y, y, r - 1, cx, cxx, cxy);
+        row_window_sums(cx, sx);
+        row_window_sums(cxx, sxx);
+        for (int c = 0; c < VALID; c++) {
+            int i = r * VALID + c;
+            q->sum[i] = sx[c];
+            q->lum[i] = (float)(sx[c] * sx[c]) + LUM_C;
+            q->var[i] = (float)(NWIN * sxx[c] - sx[c] * sx[c]) + CON_C;
+        }
+    }
+}
+
+HK_INLINE double ssim_one_body(const query_stats *q, const uint8_t *x)
+{
+    int32_t cx[SIDE], cxx[SIDE], cxy[SIDE], sx[VALID], sxx[VALID], sxy[VALID];
+    float ratio[VALID];
+    double total = 0.0;
+    for (int r = 0; r < VALID; r++) {
+        if (r == 0)
+            column_sums(x, q->pixels, 0, cx, cxx, cxy);
+        else
+            slide_columns(x, q->pixels, r - 1, cx, cxx, cxy);
+        row_window_sums(cx, sx);
+        row_window_sums(cxx, sxx);
+        row_window_sums(cxy, sxy);
+        ssim_row(sx, sxx, sxy, q->sum + r * VALID, q->lum + r * VALID, q->var + r * VALID, ratio);
+        total += sum_row(ratio);
+    }
+    return total / ((double)VALID * VALID);
+}
+
+#define SSIM_LEVEL(SUFFIX, TARGET)                                                                           \
+    TARGET static void prepare_##SUFFIX(const uint8_t *y, query_stats *q) { prepare_query_body(y, q); }     \
+    TARGET static void ssim_##SUFFIX(const query_stats *q, const uint8_t *x, Py_ssize_t n, double *scores)  \
+    {                                                                                                        \
+        for (Py_ssize_t j = 0; j < n; j++)                                                                   \
+            scores[j] = ssim_one_body(q, x + j * (Py_ssize_t)(SIDE * SIDE));                                 \
+    }
+
+SSIM_LEVEL(portable, )
+#if defined(HK_X86)
+SSIM_LEVEL(popcnt, T_POPCNT)
+SSIM_LEVEL(avx2, T_AVX2)
+SSIM_LEVEL(avx512, T_AVX512)
+#endif
+/* AArch64: Advanced SIMD is baseline, so the portable copy is already the NEON one */
+
+/* ---------------------------------------------------------------- levels */
+
+typedef struct {
+    const char *name;
+    int (*supported)(void);
+    int32_t (*pass)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode);
+    void (*prepare)(const uint8_t *y, query_stats *q);
+    void (*ssim)(const query_stats *q, const uint8_t *x, Py_ssize_t n, double *scores);
+} level_t;
+
+static int always(void) { return 1; }
+
+#if defined(HK_X86)
+static int has_popcnt(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("popcnt") != 0; /* the builtin returns a feature bit, not 0/1 */
+}
+static int has_avx2(void) { return has_popcnt() && __builtin_cpu_supports("avx2"); }
+static int has_avx512(void)
+{
+    /* __builtin_cpu_supports also checks that the OS saves the AVX-512 state (XCR0) */
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
+}
+#define ARCH_NAME "x86_64"
+#elif defined(HK_ARM)
+#define ARCH_NAME "aarch64"
+#else
+#define ARCH_NAME "this architecture"
+#endif
+
+/* fastest first */
+static const level_t LEVELS[] = {
+#if defined(HK_X86)
+    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512},
+    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2},
+    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt},
+#elif defined(HK_ARM)
+    {"neon", always, pass_neon, prepare_portable, ssim_portable},
+#endif
+    {"portable", always, pass_portable, prepare_portable, ssim_portable},
+};
+#define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
+
+static const level_t *LEVEL = NULL;
+
+/* ---------------------------------------------------------------- Python functions */
 
 static PyObject *cross_check_counts(PyObject *self, PyObject *args)
 {
@@ -133,25 +771,23 @@ static PyObject *cross_check_counts(PyObject *self, PyObject *args)
         if (nc > maxc)
             maxc = nc;
     }
-    uint16_t *dist = malloc(sizeof(uint16_t) * (maxc + 1));
-    uint16_t *colmin = malloc(sizeof(uint16_t) * (maxc + 1));
-    int32_t *colarg = malloc(sizeof(int32_t) * (maxc + 1));
-    int32_t *rowarg = malloc(sizeof(int32_t) * (nq + 1));
-    if (!dist || !colmin || !colarg || !rowarg) {
-        free(dist); free(colmin); free(colarg); free(rowarg);
+    work_t w;
+    if (!work_alloc(&w, nq, maxc)) {
+        work_free(&w);
         PyErr_NoMemory();
         goto done;
     }
     const uint64_t *q = (const uint64_t *)query.buf;
     const uint64_t *p = (const uint64_t *)planes.buf;
     int32_t *counts = (int32_t *)out.buf;
+    const level_t *L = LEVEL;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t j = 0; j < n; j++) {
         int64_t nc = off[j + 1] - off[j];
-        counts[j] = count_one(q, nq, p + 4 * off[j], nc, dist, colmin, colarg, rowarg);
+        counts[j] = (nq == 0 || nc == 0) ? 0 : L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_CROSS);
     }
     Py_END_ALLOW_THREADS
-    free(dist); free(colmin); free(colarg); free(rowarg);
+    work_free(&w);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -160,135 +796,6 @@ done:
     PyBuffer_Release(&offsets);
     PyBuffer_Release(&out);
     return result;
-}
-
-
-/* ---------------------------------------------------------------- SSIM */
-#define SIDE 256
-#define WIN 7
-#define NWIN (WIN * WIN)
-#define VALID (SIDE - WIN + 1)
-#define DATA_RANGE 255.0
-/* constant scale factors cancel in both SSIM ratios (see ssim.py): */
-#define LUM_C ((float)(NWIN * NWIN * (0.01 * DATA_RANGE) * (0.01 * DATA_RANGE)))
-#define CON_C ((float)(NWIN * (NWIN - 1) * (0.03 * DATA_RANGE) * (0.03 * DATA_RANGE)))
-
-typedef struct {
-    int32_t sum[VALID * VALID];  /* Sy */
-    float lum[VALID * VALID];    /* Sy^2 + n^2 C1 */
-    float var[VALID * VALID];    /* n Syy - Sy^2 + n(n-1) C2 */
-    const uint8_t *pixels;
-} query_stats;
-
-/* column sums over WIN rows starting at row r, for x, x*x and x*y */
-MULTIVERSION
-static void column_sums(const uint8_t *x, const uint8_t *y, int r, int32_t *cx, int32_t *cxx, int32_t *cxy)
-{
-    for (int c = 0; c < SIDE; c++) {
-        cx[c] = 0;
-        cxx[c] = 0;
-        cxy[c] = 0;
-    }
-    for (int k = 0; k < WIN; k++) {
-        const uint8_t *xr = x + (r + k) * SIDE, *yr = y + (r + k) * SIDE;
-        for (int c = 0; c < SIDE; c++) {
-            int32_t v = xr[c];
-            cx[c] += v;
-            cxx[c] += v * v;
-            cxy[c] += v * (int32_t)yr[c];
-        }
-    }
-}
-
-/* slide the column sums down one row: add row r+WIN, drop row r */
-MULTIVERSION
-static void slide_columns(const uint8_t *x, const uint8_t *y, int r, int32_t *cx, int32_t *cxx, int32_t *cxy)
-{
-    const uint8_t *xo = x + r * SIDE, *yo = y + r * SIDE;
-    const uint8_t *xn = x + (r + WIN) * SIDE, *yn = y + (r + WIN) * SIDE;
-    for (int c = 0; c < SIDE; c++) {
-        int32_t a = xn[c], b = xo[c];
-        cx[c] += a - b;
-        cxx[c] += a * a - b * b;
-        cxy[c] += a * (int32_t)yn[c] - b * (int32_t)yo[c];
-    }
-}
-
-MULTIVERSION
-static void row_window_sums(const int32_t *col, int32_t *out)
-{
-    for (int c = 0; c < VALID; c++)
-        out[c] = col[c] + col[c + 1] + col[c + 2] + col[c + 3] + col[c + 4] + col[c + 5] + col[c + 6];
-}
-
-MULTIVERSION
-static void ssim_row(const int32_t *sx, const int32_t *sxx, const int32_t *sxy, const int32_t *sy,
-                     const float *ly, const float *vy, float *out)
-{
-    for (int c = 0; c < VALID; c++) {
-        int32_t ss = sx[c] * sy[c];
-        int32_t cov = NWIN * sxy[c] - ss;
-        int32_t var = NWIN * sxx[c] - sx[c] * sx[c];
-        float fx = (float)sx[c];
-        float num = (2.0f * (float)ss + LUM_C) * (2.0f * (float)cov + CON_C);
-        float den = (fx * fx + ly[c]) * ((float)var + vy[c]);
-        out[c] = num / den;
-    }
-}
-
-/* summed in double, in a fixed order, so a score never depends on the CPU's vector width */
-static double sum_row(const float *v)
-{
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    int c = 0;
-    for (; c + 4 <= VALID; c += 4) {
-        a0 += v[c];
-        a1 += v[c + 1];
-        a2 += v[c + 2];
-        a3 += v[c + 3];
-    }
-    for (; c < VALID; c++)
-        a0 += v[c];
-    return (a0 + a1) + (a2 + a3);
-}
-
-static void prepare_query(const uint8_t *y, query_stats *q)
-{
-    int32_t cx[SIDE], cxx[SIDE], cxy[SIDE], sx[VALID], sxx[VALID];
-    q->pixels = y;
-    for (int r = 0; r < VALID; r++) {
-        if (r == 0)
-            column_sums(y, y, 0, cx, cxx, cxy);
-        else
-            slide_columns(y, y, r - 1, cx, cxx, cxy);
-        row_window_sums(cx, sx);
-        row_window_sums(cxx, sxx);
-        for (int c = 0; c < VALID; c++) {
-            int i = r * VALID + c;
-            q->sum[i] = sx[c];
-            q->lum[i] = (float)sx[c] * (float)sx[c] + LUM_C;
-            q->var[i] = (float)(NWIN * sxx[c] - sx[c] * sx[c]) + CON_C;
-        }
-    }
-}
-
-static double ssim_one(const query_stats *q, const uint8_t *x)
-{
-    int32_t cx[SIDE], cxx[SIDE], cxy[SIDE], sx[VALID], sxx[VALID], sxy[VALID];
-    float ratio[VALID];
-    double total = 0.0;
-    for (int r = 0; r < VALID; r++) {
-        if (r == 0)
-            column_sums(x, q->pixels, 0, cx, cxx, cxy);
-        else
-            slide_columns(x, q->pixels, r - 1, cx, cxx, cxy);
-        row_window_sums(cx, sx);
-        row_window_sums(cxx, sxx);
-        row_window_sums(cxy, sxy);
-        ssim_row(sx, sxx, sxy, q->sum + r * VALID, q->lum + r * VALID, q->var + r * VALID, ratio);
-        total += sum_row(ratio);
-    }
-    return total / ((double)VALID * VALID);
 }
 
 static PyObject *ssim_scores(PyObject *self, PyObject *args)
@@ -308,12 +815,10 @@ static PyObject *ssim_scores(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    double *scores = (double *)out.buf;
-    const uint8_t *x = (const uint8_t *)images.buf;
+    const level_t *L = LEVEL;
     Py_BEGIN_ALLOW_THREADS
-    prepare_query((const uint8_t *)query.buf, q);
-    for (Py_ssize_t j = 0; j < n; j++)
-        scores[j] = ssim_one(q, x + j * plane);
+    L->prepare((const uint8_t *)query.buf, q);
+    L->ssim(q, (const uint8_t *)images.buf, n, (double *)out.buf);
     Py_END_ALLOW_THREADS
     free(q);
     result = Py_None;
@@ -324,8 +829,6 @@ done:
     PyBuffer_Release(&out);
     return result;
 }
-
-/* ---------------------------------------------------------------- default scoring helpers */
 
 /* For each image j: how many query descriptors have a catalog descriptor within `threshold`. */
 static PyObject *count_close(PyObject *self, PyObject *args)
@@ -350,27 +853,28 @@ static PyObject *count_close(PyObject *self, PyObject *args)
         if (off[j + 1] - off[j] > maxc)
             maxc = off[j + 1] - off[j];
     }
-    uint16_t *dist = malloc(sizeof(uint16_t) * (maxc + 1));
-    if (!dist) {
+    work_t w;
+    if (!work_alloc(&w, nq, maxc)) {
+        work_free(&w);
         PyErr_NoMemory();
         goto done;
     }
     const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
     int32_t *counts = (int32_t *)out.buf;
+    const level_t *L = LEVEL;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t j = 0; j < n; j++) {
         int64_t nc = off[j + 1] - off[j];
         int32_t count = 0;
-        if (nc > 0) {
-            for (int64_t i = 0; i < nq; i++) {
-                row_distances(q + 4 * i, p + 4 * off[j], nc, dist);
-                count += row_min(dist, nc) <= threshold;
-            }
+        if (nc > 0 && nq > 0) {
+            L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_ROWMIN);
+            for (int64_t i = 0; i < nq; i++)
+                count += (int)w.d1[i] <= threshold;
         }
         counts[j] = count;
     }
     Py_END_ALLOW_THREADS
-    free(dist);
+    work_free(&w);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -394,37 +898,30 @@ static PyObject *nearest_two(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "nearest_two: buffer sizes do not match");
         goto done;
     }
-    uint16_t *dist = malloc(sizeof(uint16_t) * (nc + 1));
-    if (!dist) {
+    work_t w;
+    if (!work_alloc(&w, nq, nc)) {
+        work_free(&w);
         PyErr_NoMemory();
         goto done;
     }
     const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
     int32_t *idx = (int32_t *)out_idx.buf;
     uint16_t *d1 = (uint16_t *)out_d1.buf, *d2 = (uint16_t *)out_d2.buf;
+    const level_t *L = LEVEL;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t i = 0; i < nq; i++) {
-        uint16_t best = 0xFFFF, second = 0xFFFF;
-        int32_t arg = -1;
-        if (nc > 0) {
-            row_distances(q + 4 * i, p, nc, dist);
-            for (int64_t k = 0; k < nc; k++) {
-                uint16_t d = dist[k];
-                if (d < best) {
-                    second = best;
-                    best = d;
-                    arg = (int32_t)k;
-                } else if (d < second) {
-                    second = d;
-                }
-            }
+    if (nq > 0 && nc > 0) {
+        L->pass(q, nq, p, nc, &w, PASS_TWO);
+        memcpy(idx, w.arg, (size_t)nq * sizeof(int32_t));
+        memcpy(d1, w.d1, (size_t)nq * sizeof(uint16_t));
+        memcpy(d2, w.d2, (size_t)nq * sizeof(uint16_t));
+    } else {
+        for (int64_t i = 0; i < nq; i++) {
+            idx[i] = -1;
+            d1[i] = d2[i] = 0xFFFF;
         }
-        idx[i] = arg;
-        d1[i] = best;
-        d2[i] = second;
     }
     Py_END_ALLOW_THREADS
-    free(dist);
+    work_free(&w);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -435,6 +932,8 @@ done:
     PyBuffer_Release(&out_d2);
     return result;
 }
+
+static PyObject *use(PyObject *module, PyObject *arg);
 
 static PyMethodDef methods[] = {
     {"cross_check_counts", cross_check_counts, METH_VARARGS,
@@ -450,21 +949,117 @@ static PyMethodDef methods[] = {
     {"nearest_two", nearest_two, METH_VARARGS,
      "nearest_two(query, planes, out_idx, out_d1, out_d2) -> None\n\n"
      "For one image's planes: nearest index (int32) and two smallest distances (uint16) per query row."},
+    {"use", use, METH_O,
+     "use(level) -> str\n\n"
+     "Switch to another level of `levels` ('auto': the fastest); returns the previous one.\n"
+     "ValueError if the level is unknown or this CPU lacks it."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "Seed scoring kernels with run-time CPU dispatch.\n\n"
+    "kernel: the level in use; levels: the levels this CPU supports, fastest first.\n"
+    "HARMONY_KERNEL=<level> at import forces a level (RuntimeError if unknown or unsupported);\n"
+    "use(level) switches later calls to another.",
+    -1, methods, NULL, NULL, NULL, NULL};
+
+/* "a, b, c": every level of this architecture, or only those this CPU supports */
+static void join_levels(char *buf, size_t size, int supported_only)
+{
+    buf[0] = '\0';
+    for (int i = 0; i < NLEVELS; i++) {
+        if (supported_only && !LEVELS[i].supported())
+            continue;
+        if (buf[0])
+            strncat(buf, ", ", size - strlen(buf) - 1);
+        strncat(buf, LEVELS[i].name, size - strlen(buf) - 1);
+    }
+}
+
+/* The level named `want` (NULL, "" or "auto": the fastest this CPU supports); NULL with `exc`
+ * set when the name is unknown or the CPU lacks that level.  `what` names the source in the
+ * message ("HARMONY_KERNEL" or "use()"). */
+static const level_t *find_level(const char *want, PyObject *exc, const char *what)
+{
+    char known[128], supported[128];
+    if (want == NULL || want[0] == '\0' || strcmp(want, "auto") == 0) {
+        for (int i = 0; i < NLEVELS; i++)
+            if (LEVELS[i].supported())
+                return &LEVELS[i];
+        return &LEVELS[NLEVELS - 1]; /* portable: always supported */
+    }
+    join_levels(known, sizeof known, 0);
+    join_levels(supported, sizeof supported, 1);
+    for (int i = 0; i < NLEVELS; i++) {
+        if (strcmp(want, LEVELS[i].name) != 0)
+            continue;
+        if (LEVELS[i].supported())
+            return &LEVELS[i];
+        PyErr_Format(exc, "%s=%.40s: this CPU does not support that kernel level; supported here: %s (or 'auto')",
+                     what, want, supported);
+        return NULL;
+    }
+    PyErr_Format(exc, "%s=%.40s is not a kernel level; levels on " ARCH_NAME ": %s; supported here: %s (or 'auto')",
+                 what, want, known, supported);
+    return NULL;
+}
+
+/* use(level) -> str: switch every later call to `level` ("auto": the fastest); returns the
+ * level in use before.  Calls already running keep the level they started with. */
+static PyObject *use(PyObject *module, PyObject *arg)
+{
+    const char *want = PyUnicode_AsUTF8(arg);
+    if (want == NULL)
+        return NULL;
+    const level_t *chosen = find_level(want, PyExc_ValueError, "use(level)");
+    if (chosen == NULL)
+        return NULL;
+    PyObject *before = PyUnicode_FromString(LEVEL->name);
+    if (before == NULL)
+        return NULL;
+    if (PyModule_AddStringConstant(module, "kernel", chosen->name) < 0) {
+        Py_DECREF(before);
+        return NULL;
+    }
+    LEVEL = chosen;
+    return before;
+}
 
 PyMODINIT_FUNC PyInit__kernels(void)
 {
-#ifdef HAVE_AVX512_PATH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq"))
-        row_distances = row_distances_avx512;
-#endif
-    PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddStringConstant(m, "kernel", row_distances == row_distances_scalar ? "scalar" : "avx512") < 0) {
-        Py_DECREF(m);
+    /* RuntimeError, not ImportError: kernels.py falls back to numpy on ImportError, which would
+     * hide a mistyped HARMONY_KERNEL behind a 5-10x slowdown */
+    const level_t *chosen = find_level(getenv("HARMONY_KERNEL"), PyExc_RuntimeError, "HARMONY_KERNEL");
+    if (chosen == NULL)
         return NULL;
+    LEVEL = chosen;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    int count = 0;
+    for (int i = 0; i < NLEVELS; i++)
+        count += LEVELS[i].supported() != 0;
+    PyObject *levels = PyTuple_New(count);
+    if (levels == NULL)
+        goto fail;
+    for (int i = 0, at = 0; i < NLEVELS; i++) {
+        if (!LEVELS[i].supported())
+            continue;
+        PyObject *name = PyUnicode_FromString(LEVELS[i].name);
+        if (name == NULL) {
+            Py_DECREF(levels);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(levels, at++, name);
     }
+    if (PyModule_AddObject(m, "levels", levels) < 0) {
+        Py_DECREF(levels);
+        goto fail;
+    }
+    if (PyModule_AddStringConstant(m, "kernel", chosen->name) < 0)
+        goto fail;
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

@@ -1,8 +1,14 @@
 """Batch scoring kernels: the compiled ``_kernels`` extension when it was built, else numpy.
 
 Both implementations give the same numbers (tests compare them with each other and with
-scikit-image / OpenCV); the extension is 5-10x faster and releases the GIL, so a catalog is
+scikit-image / OpenCV); the extension is 5-50x faster and releases the GIL, so a catalog is
 split across threads, one per core.
+
+The extension holds one copy of its loops per CPU level (x86_64: ``avx512``, ``avx2``,
+``popcnt``, ``portable``; aarch64: ``neon``, ``portable``) and picks the fastest the CPU
+supports at import; ``HARMONY_KERNEL=<level>`` forces one (RuntimeError if unknown or not
+supported). :func:`levels` lists what this machine can run, :func:`use` switches in-process.
+Every level returns bit-identical results.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from types import ModuleType
 from typing import TypeVar
 
@@ -33,9 +40,50 @@ def _compiled() -> ModuleType | None:
         return None
 
 
-_kernels = _compiled()
+_module = _compiled()
+_kernels = _module  # the implementation in use: the extension, or None for numpy
 
-IMPLEMENTATION = f"c-{_kernels.kernel}" if _kernels is not None else "numpy"
+
+def _implementation() -> str:
+    return f"c-{_kernels.kernel}" if _kernels is not None else "numpy"
+
+
+IMPLEMENTATION = _implementation()
+"""``c-<level>`` (e.g. ``c-avx2``) or ``numpy``: what the scoring functions below run."""
+
+
+def levels() -> tuple[str, ...]:
+    """The levels this machine runs, fastest first: the extension's, then ``numpy``."""
+    compiled: tuple[str, ...] = tuple(_module.levels) if _module is not None else ()
+    return (*compiled, "numpy")
+
+
+def use(level: str) -> str:
+    """Run every later call at ``level`` (one of :func:`levels`, or ``auto`` for the fastest);
+    returns the level used before. Raises ValueError for a level this machine cannot run."""
+    global _kernels, IMPLEMENTATION
+    before = IMPLEMENTATION.removeprefix("c-")
+    if level == "numpy":
+        _kernels = None
+    elif _module is None:
+        raise ValueError(f"kernel level {level!r}: the C extension is not built here; levels: numpy")
+    else:
+        _module.use(level)
+        _kernels = _module
+    IMPLEMENTATION = _implementation()
+    return before
+
+
+@contextmanager
+def using(level: str) -> Iterator[str]:
+    """``with using("avx2"):`` run at that level inside the block, then at the one before."""
+    before = use(level)
+    try:
+        yield IMPLEMENTATION
+    finally:
+        use(before)
+
+
 THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="harmony-kernel") if THREADS > 1 else None
 
