@@ -1,21 +1,33 @@
-"""The engine's seed scoring against scikit-image and OpenCV, the seed's own tools."""
+"""The engine's seed scoring against scikit-image and OpenCV, the seed's own tools — at every
+kernel level this machine runs (tests/engine/test_kernel_levels.py has the awkward inputs)."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from harmony_image import kernels
+from harmony_image import SearchIndex, SearchParams, kernels
 from harmony_image.features import extract_features, seed_gray, seed_orb
 from harmony_image.kernels import DescriptorPack, cross_check_counts, ssim_scores
 from harmony_image.ssim import SsimQuery
 from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_bytes
 
 RNG = np.random.default_rng(7)
+LEVELS = [level for level in kernels.levels() if level != "numpy"]
+
+
+_LEVEL_PARAMS: list[Any] = [*LEVELS] or [pytest.param("none", marks=pytest.mark.skip("C kernels not built"))]
+
+
+@pytest.fixture(params=_LEVEL_PARAMS)
+def level(request: pytest.FixtureRequest):
+    with kernels.using(request.param):
+        yield request.param
 
 
 def _edge_cases() -> list[np.ndarray]:
@@ -44,24 +56,25 @@ def grays() -> list[np.ndarray]:
     return photos + inverted + _edge_cases()
 
 
-def test_ssim_matches_scikit_image_on_all_pairs(grays):
+@pytest.fixture(scope="module")
+def skimage_ssim(grays) -> np.ndarray:
+    return np.array([[structural_similarity(query, other) for other in grays] for query in grays])
+
+
+def test_ssim_matches_scikit_image_on_all_pairs(grays, skimage_ssim, level):
     stack = np.stack(grays)
-    worst = 0.0
-    for query in grays:
-        expected = np.array([structural_similarity(query, other) for other in grays])
-        worst = max(worst, float(np.abs(ssim_scores(query, stack) - expected).max()))
+    worst = max(float(np.abs(ssim_scores(query, stack) - skimage_ssim[i]).max()) for i, query in enumerate(grays))
     assert worst <= 1e-5, worst
 
 
-def test_numpy_ssim_matches_scikit_image(grays):
+def test_numpy_ssim_matches_scikit_image(grays, skimage_ssim):
     stack = np.stack(grays)
-    for query in grays[::3]:
-        expected = np.array([structural_similarity(query, other) for other in grays])
-        got = SsimQuery(query, chunk=3).scores(stack)
-        assert np.abs(got - expected).max() <= 1e-5
+    for i in range(0, len(grays), 3):
+        got = SsimQuery(grays[i], chunk=3).scores(stack)
+        assert np.abs(got - skimage_ssim[i]).max() <= 1e-5
 
 
-def test_ssim_of_identical_images_is_one(grays):
+def test_ssim_of_identical_images_is_one(grays, level):
     for gray in grays:
         assert ssim_scores(gray, gray[None])[0] == pytest.approx(1.0, abs=1e-6)
 
@@ -71,16 +84,24 @@ def test_ssim_rejects_wrong_shapes():
         SsimQuery(np.zeros((10, 10), np.uint8))
 
 
-def test_cross_check_counts_equal_opencv_matcher(grays):
-    descriptor_sets = [seed_orb(g)[1] for g in grays]
+@pytest.fixture(scope="module")
+def orb_sets(grays) -> list[np.ndarray]:
+    return [seed_orb(g)[1] for g in grays]
+
+
+@pytest.fixture(scope="module")
+def opencv_counts(orb_sets) -> list[list[int]]:
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    pack = DescriptorPack(descriptor_sets)
-    for query in descriptor_sets:
-        expected = [len(matcher.match(query, d)) if len(query) and len(d) else 0 for d in descriptor_sets]
+    return [[len(matcher.match(q, d)) if len(q) and len(d) else 0 for d in orb_sets] for q in orb_sets]
+
+
+def test_cross_check_counts_equal_opencv_matcher(orb_sets, opencv_counts, level):
+    pack = DescriptorPack(orb_sets)
+    for query, expected in zip(orb_sets, opencv_counts, strict=True):
         assert cross_check_counts(query, pack).tolist() == expected
 
 
-def test_cross_check_handles_exact_complements_and_ties():
+def test_cross_check_handles_exact_complements_and_ties(level):
     """Distances of 256 (complements) and many equal distances: OpenCV's first-index rule."""
     base = RNG.integers(0, 256, (40, 32), dtype=np.uint8)
     catalog = [np.concatenate([~base[:10], base[:5], base[:5]]), ~base, np.repeat(base[:3], 4, axis=0)]
@@ -90,9 +111,7 @@ def test_cross_check_handles_exact_complements_and_ties():
         assert cross_check_counts(query, pack).tolist() == [len(matcher.match(query, d)) for d in catalog]
 
 
-def test_numpy_fallback_equals_compiled_kernel(grays, monkeypatch):
-    if kernels._kernels is None:
-        pytest.skip("the C kernels were not built on this machine")
+def test_numpy_fallback_equals_compiled_kernel(grays, monkeypatch, level):
     descriptor_sets = [seed_orb(g)[1] for g in grays[:8]]
     pack = DescriptorPack(descriptor_sets)
     stack = np.stack(grays[:8])
@@ -120,10 +139,13 @@ def _brute_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
 
 
-@pytest.mark.parametrize("pure", [False, True])
-def test_nearest_two_and_count_close_against_brute_force(grays, monkeypatch, pure):
-    if pure:
-        monkeypatch.setattr(kernels, "_kernels", None)
+@pytest.mark.parametrize("impl", [*LEVELS, "numpy"])
+def test_nearest_two_and_count_close_against_brute_force(grays, impl):
+    with kernels.using(impl):
+        _nearest_two_and_count_close_against_brute_force(grays)
+
+
+def _nearest_two_and_count_close_against_brute_force(grays):
     sets = [seed_orb(g)[1] for g in grays[:6]] + [np.zeros((0, 32), np.uint8), seed_orb(grays[0])[1][:1]]
     pack = DescriptorPack(sets)
     query = sets[1]
@@ -140,3 +162,28 @@ def test_nearest_two_and_count_close_against_brute_force(grays, monkeypatch, pur
         assert np.array_equal(idx, dist[j].argmin(axis=1))
         assert np.array_equal(d1, ordered[:, 0])
         assert np.array_equal(d2, ordered[:, 1] if len(d) > 1 else np.full(len(query), 0xFFFF))
+
+
+@pytest.fixture(scope="module")
+def sample_index(catalog_photos) -> tuple[SearchIndex, list[bytes]]:
+    index = SearchIndex()
+    for name, data in catalog_photos.items():
+        index.add(name, extract_features(data, query=False))
+    queries = [image_bytes(name) for name in QUERY_VARIANTS]
+    return index, queries
+
+
+@pytest.mark.parametrize("scoring", ["seed", "default"])
+def test_search_results_are_identical_at_every_level(sample_index, scoring):
+    """Whole searches, not only the kernels: same keys and bit-identical scores at every level."""
+    index, queries = sample_index
+    features = [extract_features(q) for q in queries]
+    by_level = {}
+    for impl in LEVELS:
+        with kernels.using(impl):
+            by_level[impl] = [
+                [(r.key, r.score, r.ssim, r.orb) for r in index.search(f, SearchParams(k=5, scoring=scoring))]
+                for f in features
+            ]
+    for impl in LEVELS[1:]:
+        assert by_level[impl] == by_level[LEVELS[0]], impl

@@ -1,0 +1,297 @@
+"""Every kernel level this machine runs gives the same numbers: bit-identical to each other, the
+cross-check equal to OpenCV's BFMatcher(NORM_HAMMING, crossCheck=True), votes and 2-NN equal to
+numpy brute force, SSIM within 1e-5 of scikit-image; HARMONY_KERNEL picks or refuses a level.
+
+Self-contained on purpose (no conftest fixtures, no AWS packages): `make arm64-test` runs this
+file under qemu-aarch64 against the arm64 layer's cross-compiled kernels
+(`pytest --noconftest`), where a child Python must be started through the emulator —
+KERNEL_TEST_PYTHON gives that command.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from harmony_image import kernels
+from harmony_image.features import seed_gray, seed_orb
+from harmony_image.kernels import DescriptorPack, count_close, cross_check_counts, nearest_two, ssim_scores
+
+IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+SAMPLES = Path(__file__).resolve().parents[2] / "src" / "harmony_local" / "samples"
+COMPILED = [level for level in kernels.levels() if level != "numpy"]
+ALL_LEVELS = kernels.levels()
+THRESHOLDS = (-1, 0, 30, 50, 64, 255, 256)
+# how to start another Python of the same kind (under qemu-user: through the emulator)
+CHILD_PYTHON = shlex.split(os.environ.get("KERNEL_TEST_PYTHON", "")) or [sys.executable]
+
+
+_LEVEL_PARAMS: list[Any] = [*COMPILED] or [pytest.param("none", marks=pytest.mark.skip("C kernels not built"))]
+
+
+@pytest.fixture(params=_LEVEL_PARAMS)
+def level(request: pytest.FixtureRequest) -> Iterator[str]:
+    with kernels.using(request.param):
+        yield request.param
+
+
+# ------------------------------------------------------------------ inputs (deterministic)
+
+
+@functools.cache
+def photo_grays() -> tuple[np.ndarray, ...]:
+    paths = sorted(p for folder in (SAMPLES / "catalog", SAMPLES / "queries", IMAGES) for p in folder.glob("*.jpg"))
+    grays = []
+    for p in paths[:16]:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            grays.append(seed_gray(bgr))
+    assert len(grays) >= 8
+    return tuple(grays)
+
+
+@functools.cache
+def grays() -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(11)
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    edge = [
+        np.zeros((256, 256), np.uint8),
+        np.full((256, 256), 255, np.uint8),
+        ramp,
+        ramp.T.copy(),
+        (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8),
+        rng.integers(0, 256, (256, 256), dtype=np.uint8),
+        rng.integers(250, 256, (256, 256), dtype=np.uint8),
+    ]
+    photos = photo_grays()
+    return (*photos, 255 - photos[0], *edge)
+
+
+@functools.cache
+def descriptor_sets() -> dict[str, np.ndarray]:
+    """Real ORB sets and the awkward cases: empty, 1-2 rows, complements (distance 256), ties,
+    all-zero/all-one rows, sizes that are not multiples of any vector width."""
+    rng = np.random.default_rng(5)
+    real = [seed_orb(g)[1] for g in photo_grays()]
+    base = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    big = max(real, key=len)
+    sets = {f"real{j}": d for j, d in enumerate(real)}
+    sets |= {
+        "empty": np.zeros((0, 32), np.uint8),
+        "one": big[:1].copy(),
+        "two": big[:2].copy(),
+        "complements+dups": np.concatenate([~base[:10], base[:5], base[:5]]),
+        "complements": ~base,
+        "repeated": np.repeat(base[:3], 4, axis=0),
+        "zeros+ones": np.concatenate([np.zeros((5, 32), np.uint8), np.full((6, 32), 255, np.uint8)]),
+        "random129": rng.integers(0, 256, (129, 32), dtype=np.uint8),
+    }
+    for n in (3, 7, 8, 9, 15, 16, 17, 31, 33, 65):
+        sets[f"size{n}"] = big[rng.choice(len(big), n, replace=False)]
+    return sets
+
+
+def query_sets() -> dict[str, np.ndarray]:
+    sets = descriptor_sets()
+    names = ["real0", "real3", "one", "two", "complements", "repeated", "zeros+ones", "size17", "random129"]
+    return {n: sets[n] for n in names}
+
+
+def brute_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
+
+
+@functools.cache
+def opencv_counts() -> dict[str, list[int]]:
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    catalog = list(descriptor_sets().values())
+    return {
+        name: [len(matcher.match(q, d)) if len(q) and len(d) else 0 for d in catalog]
+        for name, q in query_sets().items()
+    }
+
+
+@functools.cache
+def reference_ssim() -> np.ndarray:
+    """scikit-image's SSIM of a few queries against every gray (None without scikit-image)."""
+    metrics = pytest.importorskip("skimage.metrics")
+    gs = grays()
+    return np.array([[metrics.structural_similarity(q, g) for g in gs] for q in gs[::4]])
+
+
+@functools.cache
+def outputs_at(level: str) -> dict[str, np.ndarray]:
+    """Everything the kernels return on the inputs above, at ``level``."""
+    with kernels.using(level):
+        pack = DescriptorPack(list(descriptor_sets().values()))
+        stack = np.stack(grays())
+        out: dict[str, np.ndarray] = {}
+        for name, q in query_sets().items():
+            out[f"cross/{name}"] = cross_check_counts(q, pack)
+            for t in THRESHOLDS:
+                out[f"close/{name}/{t}"] = count_close(q, pack, t)
+            for j, d in enumerate(descriptor_sets()):
+                for part, arr in zip(("idx", "d1", "d2"), nearest_two(q, pack.words(j)), strict=True):
+                    out[f"two/{name}/{d}/{part}"] = arr
+        for i, g in enumerate(grays()[::4]):
+            out[f"ssim/{i}"] = ssim_scores(g, stack)
+        return out
+
+
+# ------------------------------------------------------------------ every level: exact references
+
+
+def test_cross_check_equals_opencv_matcher(level):
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    for name, q in query_sets().items():
+        assert cross_check_counts(q, pack).tolist() == opencv_counts()[name], name
+
+
+def test_cross_check_on_an_offsets_subrange(level):
+    """kernels.py splits the catalog between threads by slicing offsets into one pack."""
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    q = query_sets()["real0"]
+    lo, hi = 3, len(pack) - 2
+    out = np.zeros(hi - lo, np.int32)
+    assert kernels._module is not None
+    kernels._module.cross_check_counts(q, pack.planes, pack.offsets[lo : hi + 1], out)
+    assert out.tolist() == opencv_counts()["real0"][lo:hi]
+
+
+@functools.cache
+def brute_force() -> dict[str, tuple[np.ndarray, ...]]:
+    """Per query: count_close per threshold, and per catalog set the first nearest index and the
+    two smallest distances (65535 where there is none)."""
+    sets = descriptor_sets()
+    out: dict[str, tuple[np.ndarray, ...]] = {}
+    for name, q in query_sets().items():
+        close = np.zeros((len(THRESHOLDS), len(sets)), np.int32)
+        for j, d in enumerate(sets.values()):
+            if not len(q):
+                continue
+            if not len(d):
+                out[f"{name}/{j}"] = (np.full(len(q), -1), np.full(len(q), 0xFFFF), np.full(len(q), 0xFFFF))
+                continue
+            dist = brute_distances(q, d)
+            ordered = np.sort(dist, axis=1)
+            second = ordered[:, 1] if len(d) > 1 else np.full(len(q), 0xFFFF)
+            out[f"{name}/{j}"] = (dist.argmin(axis=1), ordered[:, 0], second)  # argmin: first index on ties
+            close[:, j] = [(ordered[:, 0] <= t).sum() for t in THRESHOLDS]
+        out[name] = (close,)
+    return out
+
+
+def test_count_close_and_nearest_two_equal_brute_force(level):
+    sets = descriptor_sets()
+    pack = DescriptorPack(list(sets.values()))
+    expected = brute_force()
+    for name, q in query_sets().items():
+        for i, t in enumerate(THRESHOLDS):
+            assert count_close(q, pack, t).tolist() == expected[name][0][i].tolist(), (name, t)
+        for j, cname in enumerate(sets):
+            got = nearest_two(q, pack.words(j))
+            for part, a, b in zip(("idx", "d1", "d2"), got, expected[f"{name}/{j}"], strict=True):
+                assert a.tolist() == b.tolist(), (name, cname, part)
+
+
+def test_ssim_matches_scikit_image(level):
+    expected = reference_ssim()
+    stack = np.stack(grays())
+    for i, q in enumerate(grays()[::4]):
+        assert np.abs(ssim_scores(q, stack) - expected[i]).max() <= 1e-5
+        assert ssim_scores(q, q[None])[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_more_descriptors_than_32_bit_keys_hold(level):
+    """Over 65,535 descriptors on either side the kernels switch to 64-bit keys."""
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 256, (70_003, 32), dtype=np.uint8)
+    small = np.concatenate([wide[[5, 69_999, 65_536]], rng.integers(0, 256, (2, 32), dtype=np.uint8)])
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    assert cross_check_counts(small, DescriptorPack([wide])).tolist() == [len(matcher.match(small, wide))]
+    assert cross_check_counts(wide, DescriptorPack([small])).tolist() == [len(matcher.match(wide, small))]
+    idx, d1, _d2 = nearest_two(small, DescriptorPack([wide]).words(0))
+    assert idx[:3].tolist() == [5, 69_999, 65_536] and d1[:3].tolist() == [0, 0, 0]
+
+
+# ------------------------------------------------------------------ levels against each other
+
+
+@pytest.mark.parametrize("other", ALL_LEVELS[1:] or ["none"])
+def test_every_level_is_bit_identical_to_the_fastest(other):
+    """C levels are bit-identical in every output (SSIM included); numpy equals them exactly in
+    the integer outputs and to 1e-6 in SSIM (it is computed in another order)."""
+    if other == "none":
+        pytest.skip("one level only")
+    ref, got = outputs_at(ALL_LEVELS[0]), outputs_at(other)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        if other == "numpy" and key.startswith("ssim/"):
+            assert np.abs(ref[key] - got[key]).max() <= 1e-6, key
+        else:
+            assert np.array_equal(ref[key], got[key]) and ref[key].dtype == got[key].dtype, key
+
+
+def test_levels_and_switching():
+    assert kernels.levels()[-1] == "numpy"
+    if not COMPILED:
+        pytest.skip("C kernels not built")
+    module = kernels._module
+    assert module is not None
+    assert tuple(module.levels) == tuple(COMPILED) and "portable" in COMPILED
+    assert f"c-{module.kernel}" == kernels.IMPLEMENTATION
+    for lv in ALL_LEVELS:
+        with kernels.using(lv) as impl:
+            assert impl == kernels.IMPLEMENTATION == ("numpy" if lv == "numpy" else f"c-{lv}")
+    with pytest.raises(ValueError, match="is not a kernel level"):
+        kernels.use("bogus")
+    before = kernels.use("auto")
+    try:
+        assert module.kernel == COMPILED[0]
+    finally:
+        kernels.use(before)
+
+
+# ------------------------------------------------------------------ HARMONY_KERNEL at import
+
+
+def _import_with(value: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HARMONY_KERNEL"}
+    if value is not None:
+        env["HARMONY_KERNEL"] = value
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    code = "from harmony_image import kernels; print(kernels.IMPLEMENTATION, *kernels.levels())"
+    return subprocess.run([*CHILD_PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.skipif(not COMPILED, reason="C kernels not built")
+def test_harmony_kernel_chooses_or_forces_a_level():
+    for value, expected in ((None, COMPILED[0]), ("", COMPILED[0]), ("auto", COMPILED[0]), ("portable", "portable")):
+        res = _import_with(value)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.split() == [f"c-{expected}", *COMPILED, "numpy"], (value, res.stdout)
+
+
+@pytest.mark.skipif(not COMPILED, reason="C kernels not built")
+def test_harmony_kernel_refuses_unknown_and_unsupported_levels():
+    """RuntimeError (not ImportError, which kernels.py would turn into a silent numpy fallback)."""
+    for value in ("bogus", "AVX2"):
+        res = _import_with(value)
+        assert res.returncode != 0
+        assert f"RuntimeError: HARMONY_KERNEL={value} is not a kernel level" in res.stderr
+        assert "supported here: " + ", ".join(COMPILED) in res.stderr
+    known = {"x86_64": ["avx512", "avx2", "popcnt", "portable"], "aarch64": ["neon", "portable"]}
+    missing = [lv for lv in known.get(os.uname().machine, []) if lv not in COMPILED]
+    for value in missing:
+        res = _import_with(value)
+        assert f"RuntimeError: HARMONY_KERNEL={value}: this CPU does not support that kernel level" in res.stderr
