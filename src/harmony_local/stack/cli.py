@@ -5,8 +5,11 @@
                                     the same, then search a sample query through the HTTP API and
                                     drop one into queries/ (printing the top 5 and results/<key>.json);
                                     stays up when interactive (a TTY) or with --serve
-    put FILE KEY / get KEY / ls [PREFIX]
-                                    the embedded bucket of a running stack (from .harmony-local/stack.json)
+    put FILE|DIR KEY / get KEY / ls [PREFIX] / rm KEY... [--recursive]
+                                    the embedded bucket of a running stack, found from any directory:
+                                    each running stack leaves a state file in a per-user folder
+                                    ($XDG_RUNTIME_DIR/harmony-local, else ~/.cache/harmony-local/run),
+                                    one per API port; --port picks one when several run
 
 Exit status: 0 ok, 1 a step failed, 2 usage or start-up errors.
 """
@@ -31,7 +34,47 @@ if TYPE_CHECKING:
     from .server import LocalStack
 
 DEFAULT_PORT = 3000  # what `sam local start-api` uses
-STATE_FILE = "stack.json"
+STATE_FILE = "stack.json"  # also written into --workdir
+
+
+def state_dir() -> Path:
+    """Where running stacks leave their state: per user, so that any directory finds them."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "harmony-local"
+    return Path.home() / ".cache" / "harmony-local" / "run"
+
+
+def _state_path(api_url: str) -> Path:
+    port = api_url.rstrip("/").rsplit(":", 1)[-1]
+    return state_dir() / f"stack-{port}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_stacks() -> list[dict[str, Any]]:
+    """The state of every running stack of this user (stale files of dead ones are removed)."""
+    out = []
+    folder = state_dir()
+    for path in sorted(folder.glob("stack-*.json")) if folder.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("pid"), int) and _alive(state["pid"]):
+            out.append(state)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return out
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,19 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-after-demo", action="store_true", help="stop after the demo (default without a TTY, e.g. CI)"
     )
     p.set_defaults(func=run_demo)
-    p = sub.add_parser("put", help="upload FILE to KEY in the running stack's bucket")
-    p.add_argument("file", type=Path)
-    p.add_argument("key")
-    p.add_argument("--workdir", type=Path, default=Path(".harmony-local"))
+
+    def which_stack(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, default=None, help="the API port of the stack (when several run)")
+        p.add_argument("--workdir", type=Path, default=None, help="the stack's --workdir (instead of --port)")
+
+    p = sub.add_parser("put", help="upload FILE to KEY (or every file of DIR under the prefix KEY)")
+    p.add_argument("file", type=Path, metavar="FILE|DIR")
+    p.add_argument("key", help="the key; for a folder, the prefix (catalog/)")
+    p.add_argument("--all", action="store_true", help="with a folder: also hidden files and folders (.harmony/)")
+    which_stack(p)
     p.set_defaults(func=run_put)
     p = sub.add_parser("get", help="print the object KEY of the running stack's bucket")
     p.add_argument("key")
-    p.add_argument("--workdir", type=Path, default=Path(".harmony-local"))
+    which_stack(p)
     p.set_defaults(func=run_get)
     p = sub.add_parser("ls", help="list the running stack's bucket")
     p.add_argument("prefix", nargs="?", default="")
-    p.add_argument("--workdir", type=Path, default=Path(".harmony-local"))
+    which_stack(p)
     p.set_defaults(func=run_ls)
+    p = sub.add_parser("rm", help="delete objects (IndexFunction drops deleted catalog/ images from the index)")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+    p.add_argument("--recursive", action="store_true", help="delete everything under each KEY as a prefix")
+    which_stack(p)
+    p.set_defaults(func=run_rm)
     return parser
 
 
@@ -118,10 +172,18 @@ def start_stack(args: argparse.Namespace) -> LocalStack:
         parameter_overrides=overrides,
     )
     stack = LocalStack(cfg).start()
+    state = {
+        "api": stack.url,
+        "s3": stack.s3_endpoint,
+        "bucket": cfg.bucket,
+        "pid": os.getpid(),
+        "workdir": str(Path(args.workdir).resolve()),
+    }
     args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / STATE_FILE).write_text(
-        json.dumps({"api": stack.url, "s3": stack.s3_endpoint, "bucket": cfg.bucket, "pid": os.getpid()}, indent=2)
-    )
+    (args.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    shared = _state_path(stack.url)
+    shared.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shared.write_text(json.dumps(state, indent=2))
     if not args.no_seed:
         t0 = time.perf_counter()
         print(f"seeding s3://{cfg.bucket}/catalog/ with the sample catalog (IndexFunction indexes each upload) ...")
@@ -167,8 +229,9 @@ def _stay_up(stack: LocalStack) -> int:
 def _shutdown(stack: LocalStack, workdir: Path) -> None:
     print("stopping ...", flush=True)
     stack.stop()
-    with contextlib.suppress(FileNotFoundError):
-        (workdir / STATE_FILE).unlink()
+    for path in (workdir / STATE_FILE, _state_path(stack.url)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -240,21 +303,54 @@ def run_demo(args: argparse.Namespace) -> int:
         if stay:
             _banner(stack)
             _stay_up(stack)
-        else:
-            print(f"\nThe stack ran at {stack.url} (run `python -m harmony_local serve` to keep it up).")
     finally:
         _shutdown(stack, args.workdir)
+    if not stay:
+        message = (
+            f"\nThe demo is done and the local stack has STOPPED: {stack.url} no longer answers.\n"
+            "It stops by itself when there is no terminal (CI, a pipe, `make demo` without a TTY).\n"
+            "To keep it up: `python -m harmony_local demo --serve`, `python -m harmony_local serve`, or\n"
+            "`make local-stack`; `make demo` in a terminal stays up until Ctrl-C."
+        )
+        print(message, flush=True)
+        if not sys.stderr.isatty() or not sys.stdout.isatty():
+            print("harmony-local: the demo's stack has stopped (no terminal); see above to keep it up", file=sys.stderr)
     return rc
 
 
 # --------------------------------------------------------------------------- bucket helpers
-def _client_of(workdir: Path) -> tuple[Any, str]:
+class NoStackError(Exception):
+    """No running stack to talk to (or several and no way to choose)."""
+
+
+def find_stack(port: int | None = None, workdir: Path | None = None) -> dict[str, Any]:
+    """The state of the running stack meant: by --workdir, by --port, or the only one running."""
+    if workdir is not None:
+        path = workdir / STATE_FILE
+        if not path.is_file():
+            raise NoStackError(f"no running stack with --workdir {workdir} ({path} missing)")
+        state: dict[str, Any] = json.loads(path.read_text())
+        if not _alive(int(state.get("pid", 0))):
+            raise NoStackError(f"the stack of {path} (pid {state.get('pid')}) is not running any more")
+        return state
+    stacks = running_stacks()
+    if port is not None:
+        stacks = [s for s in stacks if s["api"].rstrip("/").endswith(f":{port}")]
+    if len(stacks) == 1:
+        return stacks[0]
+    if not stacks:
+        where = f" on port {port}" if port is not None else ""
+        raise NoStackError(
+            f"no running stack{where} (looked in {state_dir()}): start one with `python -m harmony_local serve`"
+        )
+    listing = ", ".join(f"{s['api']} (--port {s['api'].rstrip('/').rsplit(':', 1)[-1]})" for s in stacks)
+    raise NoStackError(f"{len(stacks)} stacks are running: {listing}; say which with --port")
+
+
+def _client_of(args: argparse.Namespace) -> tuple[Any, str]:
     import boto3
 
-    state_path = workdir / STATE_FILE
-    if not state_path.is_file():
-        raise SystemExit(f"no running stack ({state_path} missing): start one with `python -m harmony_local serve`")
-    state = json.loads(state_path.read_text())
+    state = find_stack(getattr(args, "port", None), getattr(args, "workdir", None))
     from .server import CREDENTIALS, REGION
 
     client = boto3.client(
@@ -267,18 +363,47 @@ def _client_of(workdir: Path) -> tuple[Any, str]:
     return client, state["bucket"]
 
 
+def _files_of(folder: Path, include_hidden: bool) -> list[Path]:
+    """The files under ``folder``, without hidden files and folders (.harmony/ holds the CLI's
+    index, not images) unless asked."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and (include_hidden or not any(part.startswith(".") for part in rel.parts)):
+            out.append(path)
+    return out
+
+
 def run_put(args: argparse.Namespace) -> int:
     import mimetypes
 
-    s3, bucket = _client_of(args.workdir)
-    ctype = mimetypes.guess_type(args.file.name)[0] or "application/octet-stream"
-    s3.put_object(Bucket=bucket, Key=args.key, Body=args.file.read_bytes(), ContentType=ctype)
-    print(f"uploaded {args.file} -> s3://{bucket}/{args.key}")
+    source: Path = args.file
+    if not source.exists():
+        print(f"harmony-local: {source} does not exist", file=sys.stderr)
+        return 2
+    s3, bucket = _client_of(args)
+    if source.is_dir():
+        prefix = args.key if args.key.endswith("/") or not args.key else args.key + "/"
+        files = _files_of(source, args.all)
+        if not files:
+            print(f"harmony-local: {source} holds no files to upload", file=sys.stderr)
+            return 1
+        for path in files:
+            key = prefix + path.relative_to(source).as_posix()
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), ContentType=ctype)
+            print(f"uploaded {path} -> s3://{bucket}/{key}")
+        print(f"{len(files)} files uploaded under s3://{bucket}/{prefix}")
+        return 0
+    ctype = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+    key = args.key + source.name if args.key.endswith("/") else args.key
+    s3.put_object(Bucket=bucket, Key=key, Body=source.read_bytes(), ContentType=ctype)
+    print(f"uploaded {source} -> s3://{bucket}/{key}")
     return 0
 
 
 def run_get(args: argparse.Namespace) -> int:
-    s3, bucket = _client_of(args.workdir)
+    s3, bucket = _client_of(args)
     try:
         body = s3.get_object(Bucket=bucket, Key=args.key)["Body"].read()
     except s3.exceptions.NoSuchKey:
@@ -291,18 +416,43 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    s3, bucket = _client_of(args.workdir)
+    s3, bucket = _client_of(args)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=args.prefix):
         for o in page.get("Contents", []):
             print(f"{o['Size']:>10}  {o['Key']}")
     return 0
 
 
+def run_rm(args: argparse.Namespace) -> int:
+    s3, bucket = _client_of(args)
+    missing = 0
+    for key in args.keys:
+        if args.recursive:
+            keys = [
+                o["Key"]
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+                for o in page.get("Contents", [])
+            ]
+        else:
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+                keys = [key]
+            except s3.exceptions.ClientError:
+                keys = []
+        if not keys:
+            print(f"s3://{bucket}/{key} does not exist", file=sys.stderr)
+            missing += 1
+        for k in keys:
+            s3.delete_object(Bucket=bucket, Key=k)
+            print(f"deleted s3://{bucket}/{k}")
+    return 1 if missing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NoStackError) as exc:
         print(f"harmony-local: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

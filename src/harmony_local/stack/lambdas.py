@@ -205,14 +205,24 @@ class _Worker:
         child.close()
         self.ready = False
         self.init_error: dict | None = None
+        # The start-up (wait_warm) and a request that arrives meanwhile may both wait for the
+        # same "ready" message: one of them must not read the pipe while the other does, or the
+        # second waits forever for a message that already came (a request hung at start-up).
+        self._ready_lock = threading.Lock()
 
     def wait_ready(self, timeout: float) -> None:
-        if self.ready:
-            return
-        if not self.conn.poll(timeout):
+        deadline = time.monotonic() + timeout
+        if not self._ready_lock.acquire(timeout=timeout):
             raise TimeoutError("the function did not initialise in time")
-        _, self.init_error = self.conn.recv()
-        self.ready = True
+        try:
+            if self.ready:
+                return
+            if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the function did not initialise in time")
+            _, self.init_error = self.conn.recv()
+            self.ready = True
+        finally:
+            self._ready_lock.release()
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +34,13 @@ if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
 
 MAX_API_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
+# Lambda's limit on a synchronous invocation's request: the event JSON, so a binary body counts
+# base64-encoded (4/3) — a raw upload of more than about 4.4 MB never reaches the function.
+MAX_LAMBDA_EVENT = 6 * 1024 * 1024
+READ_IDLE_SECONDS = 10.0  # a connection that sends nothing for this long is closed
+READ_BODY_SECONDS = 30.0  # the whole body must arrive within this
+STARTUP_WAIT_SECONDS = 60.0  # a request during start-up waits this long for the functions, then 503
+TOO_LONG = {"message": "Request Too Long"}  # API Gateway's answer (its shape, not the API's)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 ASYNC_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
 
@@ -110,6 +117,10 @@ class LocalStack:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._inflight = 0
         self._stop = threading.Event()
+        self.ready = threading.Event()  # set when every function is warm; requests wait for it
+        self.startup_wait = STARTUP_WAIT_SECONDS
+        self.read_idle_seconds = READ_IDLE_SECONDS
+        self.read_body_seconds = READ_BODY_SECONDS
         self._moto: ThreadedMotoServer | None = None
         self._http: ThreadingHTTPServer | None = None
         self.s3_endpoint = ""
@@ -133,9 +144,10 @@ class LocalStack:
             pool.prewarm()  # spawn now; the imports run in parallel with the rest of start()
             self._pools[name] = pool
         self._start_triggers()
-        self._start_http()
+        self._start_http()  # listening now: a request that comes early waits for `ready`
         for pool in self._pools.values():
             pool.wait_warm()
+        self.ready.set()
         self.echo(
             f"harmony-local: {len(self._pools)} functions warm, S3 {self.s3_endpoint} "
             f"bucket {cfg.bucket}, API {self.url} ({time.perf_counter() - t0:.1f} s)"
@@ -335,10 +347,10 @@ class LocalStack:
         stack = self
 
         class Handler(_ApiHandler):
-            pass
+            timeout = stack.read_idle_seconds
 
         Handler.stack = stack
-        self._http = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
+        self._http = _HttpServer((self.config.host, self.config.port), Handler)
         self._http.daemon_threads = True
         host, port = self._http.server_address[:2]
         host = host.decode() if isinstance(host, bytes) else str(host)
@@ -382,10 +394,26 @@ def _guess_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
+class _HttpServer(ThreadingHTTPServer):
+    request_queue_size = 128  # listen() backlog: a burst of connections is accepted, not dropped (5)
+
+
+class _BadRequestError(Exception):
+    """The request cannot be read: (status, API Gateway-shaped message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class _ApiHandler(BaseHTTPRequestHandler):
     stack: LocalStack
     protocol_version = "HTTP/1.1"
     server_version = "harmony-local"
+    # StreamRequestHandler applies it to the socket: an idle connection, or one that stops
+    # halfway through its request line or headers, is closed instead of holding a thread forever
+    timeout = READ_IDLE_SECONDS
 
     def log_message(self, fmt: str, *args: Any) -> None:  # the stack prints its own line
         pass
@@ -396,36 +424,102 @@ class _ApiHandler(BaseHTTPRequestHandler):
             if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                 self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, doc: dict) -> None:
+    def _json(self, status: int, doc: dict, extra: Sequence[tuple[str, str]] = ()) -> None:
         self._send(
-            status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", "LocalError")], json.dumps(doc).encode()
+            status,
+            [("Content-Type", "application/json"), ("x-amzn-ErrorType", "LocalError"), *extra],
+            json.dumps(doc).encode(),
         )
 
+    def _content_length(self) -> int:
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise _BadRequestError(411, "Length Required")
+        if not values:
+            return 0
+        if len({v.strip() for v in values}) != 1 or not values[0].strip().isdigit() or not values[0].isascii():
+            raise _BadRequestError(400, f"Bad Request: invalid Content-Length {', '.join(values)!r}")
+        return int(values[0])
+
+    def _read_body(self, n: int) -> bytes:
+        """``n`` bytes, all within the stack's read_body_seconds (each read within read_idle_seconds)."""
+        idle = self.stack.read_idle_seconds
+        deadline = time.monotonic() + self.stack.read_body_seconds
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.connection.settimeout(min(left, idle))
+            chunk = self.rfile.read1(min(1 << 16, n - got))
+            if not chunk:
+                raise ConnectionError("the client closed the connection before sending its body")
+            chunks.append(chunk)
+            got += len(chunk)
+        self.connection.settimeout(idle)
+        return b"".join(chunks)
+
+    def _route(self, method: str, path: str) -> tuple[tuple[Any, dict[str, str]] | None, str]:
+        """The route for ``path``, also when it starts with its API's stage (``/v1/search``, as
+        the execute-api URL has it and the OpenAPI page's "Try it out" calls it)."""
+        template = self.stack.template
+        for api in template.apis.values():
+            prefix = f"/{api.stage}"
+            if path == prefix or path.startswith(prefix + "/"):
+                inner = path[len(prefix) :] or "/"
+                found = template.route_for(method, inner)
+                if found is None and method == "HEAD":
+                    found = template.route_for("GET", inner)
+                if found is not None and template.api_of(found[0]).stage == api.stage:
+                    return found, inner
+        found = template.route_for(method, path)
+        if found is None and method == "HEAD":
+            found = template.route_for("GET", path)
+        return found, path
+
     def _handle(self) -> None:
+        try:
+            self._handle_request()
+        except _BadRequestError as exc:
+            self.close_connection = True
+            self._json(exc.status, {"message": exc.message})
+            self.stack.echo(f"{self.command} {self.path} -> {exc.status} ({exc.message})")
+        except TimeoutError:
+            self.close_connection = True
+            self._json(408, {"message": "Request Timeout"})
+            self.stack.echo(f"{self.command} {self.path} -> 408 (the body did not arrive in time)")
+        except ConnectionError:
+            self.close_connection = True
+
+    def _handle_request(self) -> None:
         t0 = time.perf_counter()
         stack = self.stack
         path = self.path.split("?", 1)[0]
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            return self._json(411, {"message": "Length Required"})
-        n = int(length or 0)
+        query = self.path[len(path) :]
+        n = self._content_length()
         if n > MAX_API_BODY:
             self.close_connection = True
-            return self._json(413, {"message": "Request Too Long"})
-        body = self.rfile.read(n) if n else b""
+            self._json(413, TOO_LONG)
+            stack.echo(f"{self.command} {self.path} -> 413 (body of {n:,} bytes > API Gateway's {MAX_API_BODY:,})")
+            return None
+        body = self._read_body(n) if n else b""
+        if not stack.ready.wait(stack.startup_wait):
+            self._json(503, {"message": "Service Unavailable"}, [("Retry-After", "5")])
+            stack.echo(f"{self.command} {self.path} -> 503 (the functions are still starting)")
+            return None
         method = self.command
-        found = stack.template.route_for(method, path)
-        if found is None and method == "HEAD":
-            found = stack.template.route_for("GET", path)
+        found, route_path = self._route(method, path)
         if found is None:
             if stack.page_fallback is not None and method in ("GET", "HEAD") and path in ("/", "/index.html"):
                 return self._send(200, [("Content-Type", "text/html; charset=utf-8")], stack.page_fallback.read_bytes())
-            if method == "OPTIONS" and stack.template.has_path(path):
+            if method == "OPTIONS" and (stack.template.has_path(path) or stack.template.has_path(route_path)):
                 # API Gateway's CORS mock integration for preflight
                 return self._send(
                     200,
@@ -437,7 +531,7 @@ class _ApiHandler(BaseHTTPRequestHandler):
                     ],
                     b"{}",
                 )
-            status = 403 if not stack.template.has_path(path) else 405
+            status = 403 if not (stack.template.has_path(path) or stack.template.has_path(route_path)) else 405
             self._json(status, {"message": "Missing Authentication Token"})
             stack.echo(f"{method} {self.path} -> {status} (no route in template.yaml)")
             return None
@@ -445,7 +539,7 @@ class _ApiHandler(BaseHTTPRequestHandler):
         api = stack.template.api_of(route)
         event, warning = build_event(
             method="GET" if method == "HEAD" and route.method != "HEAD" else method,
-            raw_path=self.path,
+            raw_path=route_path + query,
             headers=list(self.headers.items()),
             body=body,
             resource=route.path,
@@ -457,6 +551,14 @@ class _ApiHandler(BaseHTTPRequestHandler):
         )
         if warning:
             stack.echo(f"harmony-local: WARNING {method} {path}: {warning}")
+        size = len(json.dumps(event))
+        if size > MAX_LAMBDA_EVENT:
+            self._json(413, TOO_LONG, [("x-harmony-local-reason", "lambda-event-too-large")])
+            stack.echo(
+                f"{method} {self.path} -> 413 (the Lambda event is {size:,} bytes > Lambda's {MAX_LAMBDA_EVENT:,} "
+                "request limit; a binary body counts base64-encoded: upload by URL or S3 instead)"
+            )
+            return None
         inv = stack.invoke(route.function, event, source=f"api {method} {path}")
         if not inv.ok:
             stack.echo(
