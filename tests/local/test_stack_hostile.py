@@ -371,3 +371,35 @@ def test_demo_without_a_terminal_says_its_stack_stopped(tmp_path, runtime_dir):
     url = demo.stdout.split("STOPPED: ", 1)[1].split()[0]
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+# --------------------------------------------------------------------------- the app's template
+def test_openapi_try_it_out_reaches_the_api(stack):
+    """The OpenAPI page names its server from the event's stage (/v1, the execute-api URL's
+    prefix): the local stack answers there too (it was a 403)."""
+    status, doc = request_json(f"{stack.url}openapi?format=json")
+    assert status == 200
+    server = doc["servers"][0]["url"].rstrip("/")
+    api = stack.template.api_of(stack.template.route_for("POST", "/search")[0])
+    assert server == f"/{api.stage}"
+    assert "requestBody" in doc["paths"]["/search"]["post"]
+    jpeg = next((REPO / "src/harmony_local/samples/queries").glob("*.jpg")).read_bytes()
+    status, answer = request_json(
+        f"{stack.url}{server.lstrip('/')}/search?k=2", jpeg, method="POST", headers={"Content-Type": "image/jpeg"}
+    )
+    assert status == 200 and len(answer["results"]) == 2
+
+
+def test_curl_data_binary_without_content_type(stack):
+    """curl --data-binary @photo.jpg sends application/x-www-form-urlencoded. Declared binary in
+    the template, the bytes arrive and decide (200); not declared, API Gateway (and this stack)
+    pass them as text and the answer says why (415)."""
+    api = stack.template.api_of(stack.template.route_for("POST", "/search")[0])
+    jpeg = next((REPO / "src/harmony_local/samples/queries").glob("*.jpg")).read_bytes()
+    status, doc = request_json(
+        f"{stack.url}search", jpeg, method="POST", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    if "application~1x-www-form-urlencoded" in api.binary_media_types:
+        assert status == 200, doc
+    else:
+        assert status == 415 and "arrived as text" in doc["error"]["message"], doc
