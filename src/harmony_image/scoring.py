@@ -23,12 +23,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from .features import DETAIL_SIDE, ImageFeatures, features_from_images
+from .features import DETAIL_SIDE, ImageFeatures, detail_orb, features_from_images
 from .kernels import DescriptorPack, count_close, cross_check_counts, map_threads, nearest_two, ssim_scores
 from .packed import PackedCatalog, subsample
 from .params import Scoring
@@ -59,6 +63,35 @@ PRIOR_WEIGHT = 0.3
 SAME_IMAGE_THRESHOLD = 0.5
 COLOURFUL = 0.12
 COLOUR_TIEBREAK = 0.02
+
+
+_stage_times: ContextVar[dict[str, float] | None] = ContextVar("harmony_stage_times", default=None)
+
+
+@contextmanager
+def stage_times() -> Iterator[dict[str, float]]:
+    """``with stage_times() as t:`` — milliseconds per stage of the scorings run in the block,
+    summed over calls (the benchmark's profile). Off otherwise: one context lookup per stage."""
+    times: dict[str, float] = {}
+    token = _stage_times.set(times)
+    try:
+        yield times
+    finally:
+        _stage_times.reset(token)
+
+
+class _Clock:
+    """Laps of wall-clock time into the active :func:`stage_times`, if any."""
+
+    def __init__(self) -> None:
+        self.times = _stage_times.get()
+        self.start = time.perf_counter() if self.times is not None else 0.0
+
+    def lap(self, stage: str) -> None:
+        if self.times is not None:
+            now = time.perf_counter()
+            self.times[stage] = self.times.get(stage, 0.0) + (now - self.start) * 1000.0
+            self.start = now
 
 
 @dataclass(frozen=True)
@@ -102,40 +135,53 @@ def catalog_subset(packed: PackedCatalog, rows: np.ndarray) -> tuple[np.ndarray,
     return packed.grays[rows], DescriptorPack([packed.descriptors_of(int(r)) for r in rows])
 
 
-def mirrored(query: ImageFeatures) -> ImageFeatures:
+def mirrored(query: ImageFeatures, *, detail: bool = True) -> ImageFeatures:
     """The query flipped left-right, with its features recomputed.
 
     Detail features are recomputed only when the query kept its detail image (queries do,
-    stored records do not); otherwise the mirror has none.
+    stored records do not) and ``detail`` is set; otherwise the mirror has none
+    (:func:`mirror_detail` adds them later).
     """
-    detail = None if query.detail_image is None else np.ascontiguousarray(query.detail_image[:, ::-1])
-    return features_from_images(
+    mirror = features_from_images(
         np.ascontiguousarray(query.gray[:, ::-1]),
-        detail,
+        None,
         query.colours,  # a hue histogram does not change with a flip
         sha256=query.sha256,
         width=query.width,
         height=query.height,
-        keep_detail_image=True,
     )
+    return mirror_detail(mirror, query) if detail else mirror
+
+
+def mirror_detail(mirror: ImageFeatures, query: ImageFeatures) -> ImageFeatures:
+    """``mirror`` (of ``query``) with the detail features of the flipped detail image."""
+    if query.detail_image is None:
+        return mirror
+    image = np.ascontiguousarray(query.detail_image[:, ::-1])
+    keypoints, descriptors = detail_orb(image)
+    return replace(mirror, detail_keypoints=keypoints, detail_descriptors=descriptors, detail_image=image)
 
 
 def shortlist(
-    query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatalog, size: int
+    query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatalog, size: int, *, clock: _Clock | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
     thumbnail correlation — with each one's thumbnail correlation and vote count."""
+    clock = clock or _Clock()
     looks = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
+    clock.lap("thumbnails")
     votes = np.maximum(
         count_close(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
         count_close(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
     )
+    clock.lap("votes")
     n = len(packed)
     if size >= n:
         return np.arange(n), looks, votes
     by_votes = np.argpartition(-votes, size - 1)[:size]
     by_looks = np.argpartition(-looks, size - 1)[:size]
     rows = np.union1d(by_votes, by_looks)
+    clock.lap("shortlist cut")
     return rows, looks[rows], votes[rows]
 
 
@@ -219,12 +265,18 @@ def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.nd
 
 
 def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
-    views = (query, mirrored(query))
-    rows, looks, votes = shortlist(views[0], views[1], packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k))
+    clock = _Clock()
+    mirror = mirrored(query, detail=False)  # its detail features only if detail verification runs
+    views = (query, mirror)
+    clock.lap("mirror ORB")
+    rows, looks, votes = shortlist(query, mirror, packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k), clock=clock)
     subset = catalog_subset(packed, rows)  # gathered once for the query and its mirror
+    clock.lap("gather shortlist")
     seeds = [seed_candidates(view, packed, rows, subset=subset) for view in views]
+    clock.lap("SSIM + cross-check")
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
+    detail_views = [query, mirror]  # the mirror's detail features are added when they are needed
 
     def verify(i: int) -> None:
         planes = packed.descriptors.words(int(rows[i]))
@@ -235,7 +287,7 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     def verify_detail(i: int) -> None:
         entry = packed.entries[int(rows[i])].features
         planes = packed.detail_planes(int(rows[i]))
-        for v, view in enumerate(views):
+        for v, view in enumerate(detail_views):
             detail_inliers[v, i] = verified_inliers(
                 view.detail_descriptors,
                 view.detail_keypoints,
@@ -246,6 +298,7 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
             )
 
     map_threads(verify, range(len(rows)))
+    clock.lap("verify")
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     # Detail verification costs ~1 ms per image and view: only for the best candidates so far,
     # the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
@@ -256,22 +309,31 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     most_voted = np.argsort(-votes, kind="stable")[:DETAIL_BY_VOTES]
     candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
     todo = [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
-    map_threads(verify_detail, todo)
+    if todo:
+        detail_views[1] = mirror_detail(mirror, query)
+        clock.lap("mirror detail ORB")
+        map_threads(verify_detail, todo)
+        clock.lap("detail verify")
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
     # product), the one whose colours agree with the query's goes first.
     scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours[rows]))
     np.clip(scores, 0.0, 1.0, out=scores)
     use_flip = scores[1] > scores[0]
-    return Candidates(
+    result = Candidates(
         rows=rows,
         score=np.where(use_flip, scores[1], scores[0]),
         ssim=np.where(use_flip, seeds[1].ssim, seeds[0].ssim),
         orb=np.where(use_flip, seeds[1].orb, seeds[0].orb),
     )
+    clock.lap("colour + calibrate")
+    return result
 
 
 def score_catalog(query: ImageFeatures, packed: PackedCatalog, *, scoring: Scoring, k: int) -> Candidates:
     if scoring == "seed":
-        return seed_candidates(query, packed)
+        clock = _Clock()
+        result = seed_candidates(query, packed)
+        clock.lap("seed: SSIM + cross-check")
+        return result
     return default_candidates(query, packed, k=k)
