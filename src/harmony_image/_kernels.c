@@ -75,7 +75,13 @@ enum { R_SCALAR = 4, R_AVX2 = 1, R_AVX512 = 4, R_NEON = 2 };
 
 /* ---------------------------------------------------------------- Hamming: shared parts */
 
-enum { PASS_CROSS = 0, PASS_ROWMIN = 1, PASS_TWO = 2 };
+/* what a pass computes besides each query row's nearest key (index and distance): */
+enum {
+    PASS_ROWMIN = 0,                   /* nothing else (votes) */
+    PASS_TWO = 1,                      /* each row's second smallest distance (Lowe's ratio test) */
+    PASS_CROSS = 2,                    /* each column's nearest row, and the cross-check count */
+    PASS_CROSS_TWO = PASS_CROSS | PASS_TWO,
+};
 #define KEY_LIMIT 65535 /* 32-bit keys hold indexes < 65536 */
 #define PAD 16          /* widest vector: 16 catalog descriptors */
 
@@ -195,7 +201,7 @@ HK_INLINE int32_t scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, 
     enum { R = R_SCALAR };
     const uint64_t *p0 = p, *p1 = p + nc, *p2 = p + 2 * nc, *p3 = p + 3 * nc;
     uint64_t *colkey = (uint64_t *)w->colkey;
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t k = 0; k < nc; k++)
             colkey[k] = UINT64_MAX;
     for (int64_t i0 = 0; i0 < nq; i0 += R) {
@@ -213,20 +219,20 @@ HK_INLINE int32_t scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, 
             for (int r = 0; r < R; r++) {
                 uint64_t ds = (uint64_t)dist4(c0 ^ qw[r][0], c1 ^ qw[r][1], c2 ^ qw[r][2], c3 ^ qw[r][3], hw) << 32;
                 uint64_t key = ds | (uint64_t)k;
-                if (mode == PASS_TWO)
+                if (mode & PASS_TWO)
                     rsec[r] = MIN_(rsec[r], MAX_(rmin[r], key));
                 rmin[r] = MIN_(rmin[r], key);
-                if (mode == PASS_CROSS)
+                if (mode & PASS_CROSS)
                     cacc = MIN_(cacc, ds | ci[r]);
             }
-            if (mode == PASS_CROSS)
+            if (mode & PASS_CROSS)
                 colkey[k] = MIN_(colkey[k], cacc);
         }
         for (int r = 0; r < R && i0 + r < nq; r++)
             finish_row64(w, i0 + r, rmin[r], rsec[r]);
     }
     int32_t count = 0;
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t i = 0; i < nq; i++)
             count += (int64_t)(uint32_t)colkey[w->arg[i]] == i;
     return count;
@@ -238,9 +244,10 @@ HK_INLINE int32_t scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, 
                                int mode)                                                                \
     {                                                                                                   \
         switch (mode) {                                                                                 \
-        case PASS_CROSS: return scalar_body(q, nq, p, nc, w, PASS_CROSS, HW);                           \
         case PASS_ROWMIN: return scalar_body(q, nq, p, nc, w, PASS_ROWMIN, HW);                         \
-        default: return scalar_body(q, nq, p, nc, w, PASS_TWO, HW);                                     \
+        case PASS_TWO: return scalar_body(q, nq, p, nc, w, PASS_TWO, HW);                               \
+        case PASS_CROSS: return scalar_body(q, nq, p, nc, w, PASS_CROSS, HW);                           \
+        default: return scalar_body(q, nq, p, nc, w, PASS_CROSS_TWO, HW);                               \
         }                                                                                               \
     }
 
@@ -295,7 +302,7 @@ T_AVX2_INLINE int32_t avx2_body(const uint64_t *q, int64_t nq, int64_t nc, int64
                                          3, 2, 3, 3, 4);
     const __m256i idx0 = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), eight = _mm256_set1_epi32(8);
     const __m256i last = _mm256_set1_epi32((int)(nc - 1));
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t k = 0; k < ncp; k += 8)
             _mm256_store_si256((__m256i *)(colkey + k), ones);
     for (int64_t i0 = 0; i0 < nq; i0 += R) {
@@ -319,13 +326,13 @@ T_AVX2_INLINE int32_t avx2_body(const uint64_t *q, int64_t nq, int64_t nc, int64
                 __m256i sb = _mm256_sad_epu8(bytes4_avx2(cat, ncp, c + 4, qa[r], qb[r], lut), zero);
                 __m256i ds = _mm256_or_si256(_mm256_slli_epi64(sa, 16), _mm256_slli_epi64(sb, 48));
                 __m256i key = _mm256_or_si256(ds, kv);
-                if (mode == PASS_TWO)
+                if (mode & PASS_TWO)
                     rsec[r] = _mm256_min_epu32(rsec[r], _mm256_max_epu32(rmin[r], key));
                 rmin[r] = _mm256_min_epu32(rmin[r], key);
-                if (mode == PASS_CROSS)
+                if (mode & PASS_CROSS)
                     cacc = _mm256_min_epu32(cacc, _mm256_or_si256(ds, ci[r]));
             }
-            if (mode == PASS_CROSS)
+            if (mode & PASS_CROSS)
                 _mm256_store_si256((__m256i *)(colkey + c), _mm256_min_epu32(LD256(colkey + c), cacc));
             kidx = _mm256_add_epi32(kidx, eight);
         }
@@ -338,7 +345,7 @@ T_AVX2_INLINE int32_t avx2_body(const uint64_t *q, int64_t nq, int64_t nc, int64
         }
     }
     int32_t count = 0;
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t i = 0; i < nq; i++)
             count += (int64_t)(colkey[AVX2_POS((int64_t)w->arg[i])] & 0xFFFF) == i;
     return count;
@@ -360,9 +367,10 @@ T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p
             lo[c] = hi[c] = 0;
     }
     switch (mode) {
-    case PASS_CROSS: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS);
     case PASS_ROWMIN: return avx2_body(q, nq, nc, ncp, w, PASS_ROWMIN);
-    default: return avx2_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_TWO: return avx2_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_CROSS: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS);
+    default: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
 }
 
@@ -394,7 +402,7 @@ T_AVX512_INLINE int32_t avx512_body(const uint64_t *q, int64_t nq, int64_t nc, i
     const __m512i ones = _mm512_set1_epi32(-1);
     const __m512i idx0 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     const __m512i sixteen = _mm512_set1_epi32(16), last = _mm512_set1_epi32((int)(nc - 1));
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t k = 0; k < ncp; k += 16)
             _mm512_store_si512((void *)(colkey + k), ones);
     for (int64_t i0 = 0; i0 < nq; i0 += R) {
@@ -414,18 +422,18 @@ T_AVX512_INLINE int32_t avx512_body(const uint64_t *q, int64_t nq, int64_t nc, i
                 __m512i sa = _mm512_slli_epi64(dist8_avx512(cat, ncp, c, qv[r]), 16);
                 __m512i sb = _mm512_slli_epi64(dist8_avx512(cat, ncp, c + 8, qv[r]), 48);
                 __m512i key = _mm512_ternarylogic_epi32(sa, sb, kv, 0xFE); /* sa | sb | kv */
-                if (mode == PASS_TWO)
+                if (mode & PASS_TWO)
                     rsec[r] = _mm512_min_epu32(rsec[r], _mm512_max_epu32(rmin[r], key));
                 rmin[r] = _mm512_min_epu32(rmin[r], key);
-                if (mode == PASS_CROSS)
+                if (mode & PASS_CROSS)
                     cacc = _mm512_min_epu32(cacc, _mm512_ternarylogic_epi32(sa, sb, ci[r], 0xFE));
             }
-            if (mode == PASS_CROSS)
+            if (mode & PASS_CROSS)
                 _mm512_store_si512((void *)(colkey + c), _mm512_min_epu32(LD512(colkey + c), cacc));
             kidx = _mm512_add_epi32(kidx, sixteen);
         }
         for (int r = 0; r < R && i0 + r < nq; r++) {
-            if (mode == PASS_TWO) {
+            if (mode & PASS_TWO) {
                 uint32_t mins[16], secs[16], b, s;
                 _mm512_storeu_si512((void *)mins, rmin[r]);
                 _mm512_storeu_si512((void *)secs, rsec[r]);
@@ -437,7 +445,7 @@ T_AVX512_INLINE int32_t avx512_body(const uint64_t *q, int64_t nq, int64_t nc, i
         }
     }
     int32_t count = 0;
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t i = 0; i < nq; i++)
             count += (int64_t)(colkey[AVX512_POS((int64_t)w->arg[i])] & 0xFFFF) == i;
     return count;
@@ -450,9 +458,10 @@ T_AVX512 static int32_t pass_avx512(const uint64_t *q, int64_t nq, const uint64_
     const int64_t ncp = (nc + 15) & ~(int64_t)15;
     copy_planes(p, nc, ncp, w->cat);
     switch (mode) {
-    case PASS_CROSS: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS);
     case PASS_ROWMIN: return avx512_body(q, nq, nc, ncp, w, PASS_ROWMIN);
-    default: return avx512_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_TWO: return avx512_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_CROSS: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS);
+    default: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
 }
 #endif /* HK_X86 */
@@ -478,7 +487,7 @@ HK_INLINE int32_t neon_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t n
     uint32_t *colkey = (uint32_t *)w->colkey;
     const uint32x4_t ones = vdupq_n_u32(0xFFFFFFFFu), eight = vdupq_n_u32(8), last = vdupq_n_u32((uint32_t)(nc - 1));
     static const uint32_t idx_init[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t k = 0; k < ncp; k += 4)
             vst1q_u32(colkey + k, ones);
     for (int64_t i0 = 0; i0 < nq; i0 += R) {
@@ -501,18 +510,18 @@ HK_INLINE int32_t neon_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t n
                 uint16x8_t d = vpaddlq_u8(vpaddq_u8(t0, t1)); /* 8 distances, columns in order */
                 uint32x4_t dlo = vshll_n_u16(vget_low_u16(d), 16), dhi = vshll_high_n_u16(d, 16);
                 uint32x4_t klo_r = vorrq_u32(dlo, kvlo), khi_r = vorrq_u32(dhi, kvhi);
-                if (mode == PASS_TWO) {
+                if (mode & PASS_TWO) {
                     rsec_lo[r] = vminq_u32(rsec_lo[r], vmaxq_u32(rmin_lo[r], klo_r));
                     rsec_hi[r] = vminq_u32(rsec_hi[r], vmaxq_u32(rmin_hi[r], khi_r));
                 }
                 rmin_lo[r] = vminq_u32(rmin_lo[r], klo_r);
                 rmin_hi[r] = vminq_u32(rmin_hi[r], khi_r);
-                if (mode == PASS_CROSS) {
+                if (mode & PASS_CROSS) {
                     cacc_lo = vminq_u32(cacc_lo, vorrq_u32(dlo, ci[r]));
                     cacc_hi = vminq_u32(cacc_hi, vorrq_u32(dhi, ci[r]));
                 }
             }
-            if (mode == PASS_CROSS) {
+            if (mode & PASS_CROSS) {
                 vst1q_u32(colkey + c, vminq_u32(vld1q_u32(colkey + c), cacc_lo));
                 vst1q_u32(colkey + c + 4, vminq_u32(vld1q_u32(colkey + c + 4), cacc_hi));
             }
@@ -520,7 +529,7 @@ HK_INLINE int32_t neon_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t n
             khi = vaddq_u32(khi, eight);
         }
         for (int r = 0; r < R && i0 + r < nq; r++) {
-            if (mode == PASS_TWO) {
+            if (mode & PASS_TWO) {
                 uint32_t mins[8], secs[8], b, s;
                 vst1q_u32(mins, rmin_lo[r]);
                 vst1q_u32(mins + 4, rmin_hi[r]);
@@ -534,7 +543,7 @@ HK_INLINE int32_t neon_body(const uint64_t *q, int64_t nq, int64_t nc, int64_t n
         }
     }
     int32_t count = 0;
-    if (mode == PASS_CROSS)
+    if (mode & PASS_CROSS)
         for (int64_t i = 0; i < nq; i++)
             count += (int64_t)(colkey[w->arg[i]] & 0xFFFF) == i;
     return count;
@@ -547,9 +556,10 @@ static int32_t pass_neon(const uint64_t *q, int64_t nq, const uint64_t *p, int64
     const int64_t ncp = (nc + 7) & ~(int64_t)7;
     copy_planes(p, nc, ncp, w->cat);
     switch (mode) {
-    case PASS_CROSS: return neon_body(q, nq, nc, ncp, w, PASS_CROSS);
     case PASS_ROWMIN: return neon_body(q, nq, nc, ncp, w, PASS_ROWMIN);
-    default: return neon_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_TWO: return neon_body(q, nq, nc, ncp, w, PASS_TWO);
+    case PASS_CROSS: return neon_body(q, nq, nc, ncp, w, PASS_CROSS);
+    default: return neon_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
 }
 #endif /* HK_ARM */
@@ -933,6 +943,74 @@ done:
     return result;
 }
 
+/* For each image j: the cross-check count (as cross_check_counts) and, per query row, the
+ * nearest descriptor of image j (index within the image, first on ties) and the two smallest
+ * distances (as nearest_two) -- one pass over the pairs instead of two. */
+static PyObject *match_two(PyObject *self, PyObject *args)
+{
+    Py_buffer query, planes, offsets, out, out_idx, out_d1, out_d2;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*w*", &query, &planes, &offsets, &out, &out_idx, &out_d1, &out_d2))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
+    const int64_t *off = (const int64_t *)offsets.buf;
+    if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t) ||
+        out_idx.len < n * nq * (Py_ssize_t)sizeof(int32_t) || out_d1.len < n * nq * (Py_ssize_t)sizeof(uint16_t) ||
+        out_d2.len < n * nq * (Py_ssize_t)sizeof(uint16_t)) {
+        PyErr_SetString(PyExc_ValueError, "match_two: buffer sizes do not match");
+        goto done;
+    }
+    int64_t maxc = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
+            PyErr_SetString(PyExc_ValueError, "match_two: offsets out of range");
+            goto done;
+        }
+        maxc = MAX_(maxc, off[j + 1] - off[j]);
+    }
+    work_t w;
+    if (!work_alloc(&w, nq, maxc)) {
+        work_free(&w);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
+    int32_t *counts = (int32_t *)out.buf, *idx = (int32_t *)out_idx.buf;
+    uint16_t *d1 = (uint16_t *)out_d1.buf, *d2 = (uint16_t *)out_d2.buf;
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t j = 0; j < n; j++) {
+        int64_t nc = off[j + 1] - off[j];
+        int32_t *ij = idx + j * nq;
+        uint16_t *d1j = d1 + j * nq, *d2j = d2 + j * nq;
+        if (nq > 0 && nc > 0) {
+            counts[j] = L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_CROSS_TWO);
+            memcpy(ij, w.arg, (size_t)nq * sizeof(int32_t));
+            memcpy(d1j, w.d1, (size_t)nq * sizeof(uint16_t));
+            memcpy(d2j, w.d2, (size_t)nq * sizeof(uint16_t));
+        } else {
+            counts[j] = 0;
+            for (int64_t i = 0; i < nq; i++) {
+                ij[i] = -1;
+                d1j[i] = d2j[i] = 0xFFFF;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    work_free(&w);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&query);
+    PyBuffer_Release(&planes);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&out_idx);
+    PyBuffer_Release(&out_d1);
+    PyBuffer_Release(&out_d2);
+    return result;
+}
+
 static PyObject *use(PyObject *module, PyObject *arg);
 
 static PyMethodDef methods[] = {
@@ -949,6 +1027,10 @@ static PyMethodDef methods[] = {
     {"nearest_two", nearest_two, METH_VARARGS,
      "nearest_two(query, planes, out_idx, out_d1, out_d2) -> None\n\n"
      "For one image's planes: nearest index (int32) and two smallest distances (uint16) per query row."},
+    {"match_two", match_two, METH_VARARGS,
+     "match_two(query, planes, offsets, out, out_idx, out_d1, out_d2) -> None\n\n"
+     "cross_check_counts and nearest_two in one pass: out[j] = cross-check count with image j;\n"
+     "out_idx/out_d1/out_d2[j * nq + i] = nearest_two of query row i in image j."},
     {"use", use, METH_O,
      "use(level) -> str\n\n"
      "Switch to another level of `levels` ('auto': the fastest); returns the previous one.\n"

@@ -237,6 +237,33 @@ def nearest_two(query: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.n
     return idx, d1, d2
 
 
+def match_two(query: np.ndarray, pack: DescriptorPack) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cross_check_counts` and :func:`nearest_two` of ``query`` with every packed image,
+    in one pass over the descriptor pairs: the counts (n,), and the nearest index (within the
+    image), smallest and second smallest distance of each query row, each of shape (n, nq)."""
+    n, nq = len(pack), len(query)
+    counts = np.zeros(n, dtype=np.int32)
+    idx = np.full((n, nq), -1, dtype=np.int32)
+    d1 = np.full((n, nq), 0xFFFF, dtype=np.uint16)
+    d2 = np.full((n, nq), 0xFFFF, dtype=np.uint16)
+    if n == 0 or nq == 0:
+        return counts, idx, d1, d2
+    query = np.ascontiguousarray(query, dtype=np.uint8)
+    if _kernels is not None:
+        kernel = _kernels
+
+        def run(lo: int, hi: int) -> None:
+            offsets = pack.offsets[lo : hi + 1]
+            kernel.match_two(query, pack.planes, offsets, counts[lo:hi], idx[lo:hi], d1[lo:hi], d2[lo:hi])
+
+        _parallel(run, n, min_per_thread=4)
+        return counts, idx, d1, d2
+    counts[:] = cross_check_counts(query, pack)
+    for j in range(n):
+        idx[j], d1[j], d2[j] = nearest_two(query, pack.words(j))
+    return counts, idx, d1, d2
+
+
 def _distances(q_words: np.ndarray, c_planes: np.ndarray) -> np.ndarray:
     dist: np.ndarray = np.bitwise_count(q_words[:, 0, None] ^ c_planes[0]).astype(np.uint16)
     for w in (1, 2, 3):

@@ -33,7 +33,15 @@ import cv2
 import numpy as np
 
 from .features import DETAIL_SIDE, ImageFeatures, detail_orb, features_from_images
-from .kernels import DescriptorPack, count_close, cross_check_counts, map_threads, nearest_two, ssim_scores
+from .kernels import (
+    DescriptorPack,
+    count_close,
+    cross_check_counts,
+    map_threads,
+    match_two,
+    nearest_two,
+    ssim_scores,
+)
 from .packed import PackedCatalog, subsample
 from .params import Scoring
 
@@ -200,6 +208,21 @@ def verified_inliers(
     if len(query_descriptors) < 4 or planes.shape[1] < 4:
         return 0
     idx, d1, d2 = nearest_two(query_descriptors, planes)
+    return fitted_inliers(query_keypoints, keypoints, idx, d1, d2, homography=homography, floor=floor)
+
+
+def fitted_inliers(
+    query_keypoints: np.ndarray,
+    keypoints: np.ndarray,
+    idx: np.ndarray,
+    d1: np.ndarray,
+    d2: np.ndarray,
+    *,
+    homography: bool = False,
+    floor: float = 0.0,
+) -> int:
+    """:func:`verified_inliers` from the query's nearest neighbours among ``keypoints``
+    (:func:`~harmony_image.kernels.nearest_two`: index, smallest and second smallest distance)."""
     good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
     if np.count_nonzero(good) <= max(4, floor):
         return 0
@@ -270,19 +293,29 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     views = (query, mirror)
     clock.lap("mirror ORB")
     rows, looks, votes = shortlist(query, mirror, packed, max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k), clock=clock)
-    subset = catalog_subset(packed, rows)  # gathered once for the query and its mirror
+    grays, descriptors = catalog_subset(packed, rows)  # gathered once for the query and its mirror
     clock.lap("gather shortlist")
-    seeds = [seed_candidates(view, packed, rows, subset=subset) for view in views]
-    clock.lap("SSIM + cross-check")
+    # the seed's cross-check and the nearest two for Lowe's ratio test: one pass over the pairs
+    matches = [match_two(view.descriptors, descriptors) for view in views]
+    clock.lap("cross-check + 2-NN")
+    seeds = []
+    for view, (counts, *_) in zip(views, matches, strict=True):
+        ssim = ssim_scores(view.gray, grays)
+        orb = orb_ratio(counts, view.keypoint_count)
+        seeds.append(Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb))
+    clock.lap("SSIM")
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
     detail_views = [query, mirror]  # the mirror's detail features are added when they are needed
+    catalog_counts = np.diff(descriptors.offsets)
 
     def verify(i: int) -> None:
-        planes = packed.descriptors.words(int(rows[i]))
+        if catalog_counts[i] < 4:
+            return
         keypoints = packed.entries[int(rows[i])].features.keypoints
-        for v, view in enumerate(views):
-            inliers[v, i] = verified_inliers(view.descriptors, view.keypoints, keypoints, planes, floor=INLIER_FLOOR)
+        for v, (view, (_, idx, d1, d2)) in enumerate(zip(views, matches, strict=True)):
+            if len(view.descriptors) >= 4:
+                inliers[v, i] = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
 
     def verify_detail(i: int) -> None:
         entry = packed.entries[int(rows[i])].features

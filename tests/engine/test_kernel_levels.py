@@ -25,7 +25,14 @@ import pytest
 
 from harmony_image import kernels
 from harmony_image.features import seed_gray, seed_orb
-from harmony_image.kernels import DescriptorPack, count_close, cross_check_counts, nearest_two, ssim_scores
+from harmony_image.kernels import (
+    DescriptorPack,
+    count_close,
+    cross_check_counts,
+    match_two,
+    nearest_two,
+    ssim_scores,
+)
 
 IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "harmony_local" / "samples"
@@ -143,6 +150,8 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
             for j, d in enumerate(descriptor_sets()):
                 for part, arr in zip(("idx", "d1", "d2"), nearest_two(q, pack.words(j)), strict=True):
                     out[f"two/{name}/{d}/{part}"] = arr
+            for part, arr in zip(("cross", "idx", "d1", "d2"), match_two(q, pack), strict=True):
+                out[f"match_two/{name}/{part}"] = arr
         for i, g in enumerate(grays()[::4]):
             out[f"ssim/{i}"] = ssim_scores(g, stack)
         return out
@@ -201,6 +210,20 @@ def test_count_close_and_nearest_two_equal_brute_force(level):
         for j, cname in enumerate(sets):
             got = nearest_two(q, pack.words(j))
             for part, a, b in zip(("idx", "d1", "d2"), got, expected[f"{name}/{j}"], strict=True):
+                assert a.tolist() == b.tolist(), (name, cname, part)
+
+
+def test_match_two_is_cross_check_and_nearest_two_in_one_pass(level):
+    sets = descriptor_sets()
+    pack = DescriptorPack(list(sets.values()))
+    expected = brute_force()
+    for name, q in query_sets().items():
+        counts, idx, d1, d2 = match_two(q, pack)
+        assert counts.tolist() == opencv_counts()[name], name
+        if not len(q):
+            continue
+        for j, cname in enumerate(sets):
+            for part, a, b in zip(("idx", "d1", "d2"), (idx[j], d1[j], d2[j]), expected[f"{name}/{j}"], strict=True):
                 assert a.tolist() == b.tolist(), (name, cname, part)
 
 
