@@ -17,7 +17,8 @@ def test_reindex_event_from_the_template(s3_server: Any, images: dict[str, bytes
     bucket = s3_server.harmony_bucket
     put_catalog(s3_server, bucket, images, names=CATALOG_NAMES[:3])
     spec = template_for(load_yaml(TEMPLATE), bucket).functions["IndexFunction"]
-    assert "HARMONY_BUCKET" in spec.environment
+    # the template spells out the deployed bucket name; the reader maps it to the local bucket
+    assert spec.environment["HARMONY_BUCKET"] == bucket
     event = load_event("index-reindex.json")
     assert event == {"action": "reindex"}
     first, second = invoke(spec, [event, event], moto_server_url, HARMONY_BUCKET=bucket)
@@ -26,6 +27,9 @@ def test_reindex_event_from_the_template(s3_server: Any, images: dict[str, bytes
         assert (out["complete"], out["failed"], out["keys"], out["attempted"]) == (True, [], 3, 3), out
     assert first["reindexed"] == {"indexed": 3} and second["reindexed"] == {"unchanged": 3}
     assert len(all_keys(s3_server, bucket, "index/records/")) == 3
-    # the variable is what names the bucket: the deployed name does not exist here
+    # without an override, the variable the template declares names the same bucket
     (out,) = invoke(spec, [event], moto_server_url)
+    assert isinstance(out, dict) and out["reindexed"] == {"unchanged": 3}, out
+    # and a bucket that does not exist is a clear failure, not an empty success
+    (out,) = invoke(spec, [event], moto_server_url, HARMONY_BUCKET="no-such-bucket-here")
     assert isinstance(out, InvokeError) and "does not exist" in out.payload["errorMessage"], out

@@ -210,9 +210,18 @@ class _Resolver:
         self.resources = doc.get("Resources") or {}
         self.params = parameters
         self.bucket_name = bucket_name
+        self.bucket_names: set[str] = set()
         self.conditions: dict[str, bool] = {}
         for name, expr in (doc.get("Conditions") or {}).items():
             self.conditions[name] = bool(self.resolve(expr))
+        # A bucket's deployed name, where the template spells it out (a function's environment
+        # cannot !Ref a bucket whose notifications point back at the function), stands for the
+        # local bucket too.
+        for res in self.resources.values():
+            if res.get("Type") == "AWS::S3::Bucket":
+                deployed = self.resolve((res.get("Properties") or {}).get("BucketName"))
+                if isinstance(deployed, str) and deployed:
+                    self.bucket_names.add(deployed)
 
     def ref(self, name: str) -> Any:
         pseudo = {
@@ -270,7 +279,8 @@ class _Resolver:
                         return str(self.getatt(*ref.split(".", 1)))
                     return str(self.ref(ref))
 
-                return re.sub(r"\$\{([^}]+)\}", sub, text)
+                text = re.sub(r"\$\{([^}]+)\}", sub, text)
+                return self.bucket_name if text in self.bucket_names else text
             if k == "Fn::Join":
                 sep, items = arg
                 return sep.join(str(x) for x in self.resolve(items))
