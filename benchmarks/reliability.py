@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 90.0
 FETCH_CHILD_TIMEOUT = 40.0  # past SearchFunction's 30 s timeout: a fetch still running is "killed"
 MB = 1024 * 1024
+LAMBDA_RESPONSE_LIMIT = 6 * MB
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,36 @@ API_CASES = (
     Spec("api", "request parsing", "api_nested_json_100000", 400, "invalid_json", "[[[[... 100,000 deep"),
     Spec("api", "request parsing", "api_s3_key_100000_chars", 422, "validation_error", "a 100,000-character key"),
     Spec("api", "request parsing", "api_s3_key_lone_surrogate", 422, "validation_error", '"catalog/\\ud800.jpg"'),
-    Spec("api", "request parsing", "api_url_non_ascii_host", 502, "fetch_failed", '{"url": "http://☃.invalid/x.jpg"}'),
+    Spec("api", "non-ascii urls", "api_url_non_ascii_host", 502, "fetch_failed", '{"url": "http://☃.invalid/x.jpg"}'),
+    Spec("api", "content type is a hint", "api_jpeg_as_application_json", 200, None, "a JPEG body labelled JSON"),
     Spec(
         "api",
         "content type is a hint",
-        "api_jpeg_as_form_urlencoded_binary",
+        "api_jpeg_form_urlencoded_as_bytes",
         200,
         None,
-        "curl --data-binary @photo.jpg, no -H: base64 (form type in BinaryMediaTypes)",
+        "curl --data-binary @photo.jpg (no -H), the type in BinaryMediaTypes",
     ),
     Spec(
-        "api", "content type is a hint", "api_json_without_content_type", 502, "fetch_failed", "curl -d '{\"url\":...}'"
+        "api",
+        "content type is a hint",
+        "api_jpeg_form_urlencoded_as_text",
+        415,
+        "not_an_image",
+        "the same, the type not in BinaryMediaTypes (API Gateway passes text)",
+    ),
+    Spec(
+        "api",
+        "content type is a hint",
+        "api_json_without_content_type",
+        502,
+        "fetch_failed",
+        "curl -d '{\"url\": ...}' (no -H)",
+    ),
+    Spec("api", "request parsing", "api_multipart_500000_parts", 400, "bad_request", "500,000 empty parts"),
+    Spec("api", "request parsing", "api_multipart_nested_20000", 400, "bad_request", "multiparts nested 20,000 deep"),
+    Spec(
+        "api", "request parsing", "api_json_400000_keys", 422, "validation_error", "an object of 400,000 unknown keys"
     ),
     Spec("api", "banners", "api_banner_png_1000x2", 200, None, "raw image/png body"),
 )
@@ -307,11 +327,28 @@ def _api_case(name: str, root: Path) -> Callable[[], tuple[int, str | None]]:
         "api_url_non_ascii_host": lambda: event(
             json.dumps({"url": "http://☃.invalid/x.jpg"}), "application/json", b64=False
         ),
-        "api_jpeg_as_form_urlencoded_binary": lambda: event(jpeg, "application/x-www-form-urlencoded", b64=True),
+        "api_jpeg_as_application_json": lambda: event(jpeg, "application/json", b64=True),
+        "api_jpeg_form_urlencoded_as_bytes": lambda: event(jpeg, "application/x-www-form-urlencoded", b64=True),
+        "api_jpeg_form_urlencoded_as_text": lambda: event(
+            jpeg.decode("utf-8", "replace"), "application/x-www-form-urlencoded", b64=False
+        ),
         "api_json_without_content_type": lambda: event(
             json.dumps({"url": "http://no-such-host.invalid/x.jpg"}), "application/x-www-form-urlencoded", b64=False
         ),
         "api_banner_png_1000x2": lambda: event(encoded(".png", photo(1000, 2)), "image/png", b64=True),
+        "api_multipart_500000_parts": lambda: event(
+            b"--b\r\n\r\nx\r\n" * 500_000 + b"--b--\r\n", "multipart/form-data; boundary=b", b64=True
+        ),
+        "api_multipart_nested_20000": lambda: event(
+            b"".join(
+                b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1) for i in range(20_000)
+            ),
+            "multipart/form-data; boundary=b0",
+            b64=True,
+        ),
+        "api_json_400000_keys": lambda: event(
+            json.dumps({f"k{i}": 0 for i in range(400_000)}), "application/json", b64=False
+        ),
     }
     ev = events[name]()
 
@@ -328,7 +365,10 @@ def _api_case(name: str, root: Path) -> Callable[[], tuple[int, str | None]]:
     def run() -> tuple[int, str | None]:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             resp = app.lambda_handler(ev, Context())
-        body = json.loads(resp.get("body") or "{}")
+        text = resp.get("body") or "{}"
+        if len(text.encode()) > LAMBDA_RESPONSE_LIMIT:  # Lambda fails the invocation: API Gateway's 502
+            return 502, f"response of {len(text.encode()) / MB:.0f} MB > Lambda's 6 MB limit"
+        body = json.loads(text)
         err = body.get("error") if isinstance(body, dict) else None
         return int(resp["statusCode"]), (err or {}).get("code")
 
@@ -364,12 +404,17 @@ def run_case(spec: Spec, root: Path, data: bytes) -> dict[str, Any]:
         return result
 
 
+def _cell(text: str, limit: int = 70) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _fmt_answer(r: dict[str, Any] | None) -> str:
     if r is None:
         return ""
     if r.get("status") is None:
-        return str(r.get("code"))
-    return f"{r['status']}" + (f" {r['code']}" if r.get("code") else "")
+        return _cell(str(r.get("code")))
+    return _cell(f"{r['status']}" + (f" {r['code']}" if r.get("code") else ""))
 
 
 def _fmt_cost(r: dict[str, Any] | None) -> str:
@@ -378,43 +423,92 @@ def _fmt_cost(r: dict[str, Any] | None) -> str:
     return f"{r['peak_mb']:,.0f} MB / {r['wall_s']:.2f} s"
 
 
+INTRO = """\
+# Reliability: hostile inputs
+
+What the search API answers to inputs built to cost it memory and time, or to make it fail:
+the answer, how far the worker's peak memory rises and how long it takes. Generated by
+`{command}`; the inputs are built by [tests/hostile.py](../tests/hostile.py), and
+`tests/engine/test_hostile_inputs.py` and `tests/functions/test_search_hostile.py` assert the
+same answers and limits in `make test`.
+
+Targets: no input up to the 6 MB payload limit raises a worker's peak RSS by more than 512 MB or
+takes more than 2 s to refuse; a URL fetch ends at its deadline (10 s) whatever the server does;
+nothing answers 500.
+
+How it is measured: every case runs in a fresh worker process, like a Lambda execution
+environment: the engine is imported and warmed up on a small image first, then the process's
+peak-RSS mark is reset (`/proc/self/clear_refs`) and the case runs. *peak* is VmHWM minus the
+RSS before the case; *time* is the case's wall time. `image` cases run `extract_features` on the
+bytes (what the search service does with a query), `fetch` cases `fetch_url` against a local
+server that misbehaves, `api` cases an API Gateway proxy event through `functions/search/app.py`
+(moto's S3, an empty catalog).{before}
+
+## The limits behind the answers
+
+* **Pixels**: 40 MP (`HARMONY_MAX_PIXELS`), read from the header before any pixel is decoded —
+  of every TIFF page, not just the first.
+* **Decoding memory**: 448 MiB (`max_decoded_bytes`), estimated from the header: the decoded
+  array (width × height × channels × bytes per sample), the decoder's own buffers beside it
+  (TIFF strip or tile buffers, a progressive JPEG's coefficients), the copy OpenCV's Python
+  binding makes of every `imdecode` result (measured: the peak is twice the array), and the
+  8-bit BGR array made from a 16-bit or float one (converted in bands of rows). An 8-bit 40 MP
+  photo takes about 240 MB; a 16-bit RGBA image is accepted up to about 29 MP, a float64 RGBA
+  one up to about 7.3 MP.
+* **Structure**: PNG chunk lengths must fit in the file and the image data must be able to hold
+  the pixels claimed; a TIFF tag stated twice is refused (libtiff keeps the first of two), at most
+  64 pages; GIF frames and WebP animation frames inside the screen/canvas, a WebP bitstream the
+  size of its canvas; uncompressed BMP rows in the file; a progressive JPEG's scans × pixels
+  bounded (each scan walks the whole image again). After decoding, the array must have the
+  header's size.
+* **OpenCV's own guard**: `OPENCV_IO_MAX_IMAGE_PIXELS` = 40 MP, set by `harmony_image.decode`
+  before it imports `cv2` — OpenCV reads it once, while its library loads, so it only works
+  when `harmony_image` is imported before anything else imports `cv2` (true for the Lambda
+  handlers and the CLI; `harmony_image.decode.OPENCV_GUARD` says whether it was in time).
+  An operator who raises `HARMONY_MAX_PIXELS` above 40 MP must raise this variable too.
+* **Fetch**: one deadline (10 s, `HARMONY_FETCH_TIMEOUT_SECONDS`) on the monotonic clock for
+  DNS, connecting, TLS, headers and body; a watchdog shuts the socket down when it passes. A
+  body shorter than its Content-Length is a 502.
+* **Request**: the body is at most 6 MB (API Gateway sends at most 10 MB, Lambda takes a
+  6 MB event: a raw image counts base64-encoded, so about 4.4 MB of image fit); JSON nested too
+  deeply is a 400.
+
+## The cases
+
+"""
+
+
 def report(rows: list[tuple[Spec, int, dict[str, Any], dict[str, Any] | None]], before_label: str | None) -> str:
-    out = [
-        "# Reliability: hostile inputs",
-        "",
-        "Generated by `python -m benchmarks.reliability"
-        + (f" --before-commit {before_label}" if before_label else "")
-        + "` (see the module's docstring). Each case runs in a fresh, warmed-up worker process;",
-        "*peak* is how far the worker's peak RSS rose above its RSS before the case (VmHWM - VmRSS),",
-        "*time* the wall time of the case. Targets: no input up to the 6 MB payload limit raises the",
-        "peak by more than 512 MB or takes more than 2 s to refuse; a fetch ends at its deadline",
-        "(10 s).",
-        "",
-    ]
+    command = "python -m benchmarks.reliability" + (f" --before-commit {before_label}" if before_label else "")
+    before = (
+        f"\n\n*before* is the same case run against commit `{before_label}` (`git archive` of its `src/` and "
+        '`functions/`), the code as issue 9 found it; "killed" means the worker was still busy when the '
+        "harness stopped it (SearchFunction's own timeout is 30 s)."
+        if before_label
+        else ""
+    )
+    out = [INTRO.format(command=command, before=before)]
     head = "| class | case | input | bytes | expected |"
     rule = "|---|---|---|---:|---|"
     if before_label:
-        head += f" before ({before_label}) | before: peak / time |"
+        head += " before | before: peak / time |"
         rule += "---|---:|"
     head += " answer | peak / time |"
     rule += "---|---:|"
     out += [head, rule]
-    for spec, size, after, before in rows:
+    for spec, size, after, earlier in rows:
         expected = f"{spec.status}" + (f" {spec.code}" if spec.code else "")
         line = (
-            f"| {spec.klass} | `{spec.name}` | {spec.note} | {size:,} | {expected} |"
-            if size
-            else (f"| {spec.klass} | `{spec.name}` | {spec.note} | – | {expected} |")
+            f"| {spec.klass} | `{spec.name}` | {_cell(spec.note, 90)} | {f'{size:,}' if size else '–'} | {expected} |"
         )
         if before_label:
-            line += f" {_fmt_answer(before)} | {_fmt_cost(before)} |"
+            line += f" {_fmt_answer(earlier)} | {_fmt_cost(earlier)} |"
         line += f" {_fmt_answer(after)} | {_fmt_cost(after)} |"
         out.append(line)
     out += [
         "",
-        "Machine: "
-        + f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; "
-        + "times vary with the machine's load, peaks hardly.",
+        f"Measured on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d')}; times vary with the machine's load, peaks hardly.",
         "",
     ]
     return "\n".join(out)

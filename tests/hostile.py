@@ -524,7 +524,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "cpu",
-        "jpeg_progressive_2000_scans",
+        "jpeg_progressive_5000_scans",
         lambda: jpeg_many_scans(2000, 2000, 5000),
         422,
         "corrupt_image",

@@ -11,6 +11,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,59 @@ def test_lone_surrogate_in_the_event_body_itself_is_not_a_500(s3, search_fn, lam
     for ctype in ("application/json", "image/jpeg", None):
         status, body = call(search_fn, lambda_context, api_event(body='{"url": "\ud800"}', content_type=ctype))
         assert 400 <= status < 500, body
+
+
+MULTIPART = "multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize(
+    "body, ctype, message",
+    [
+        (b"--b\r\n\r\nx\r\n" * 500_000 + b"--b--\r\n", MULTIPART, "more than 64 parts"),
+        (
+            b"".join(
+                b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1) for i in range(20_000)
+            ),
+            "multipart/form-data; boundary=b0",
+            "fields sent: none",
+        ),
+        (b"--b\r\n" + b"X-A: b\r\n" * 700_000 + b"\r\nx\r\n--b--\r\n", MULTIPART, "8,192 bytes of headers"),
+    ],
+    ids=["500000-parts", "nested-20000-deep", "5-MB-of-headers"],
+)
+def test_hostile_multipart_is_400_at_once(s3, search_fn, lambda_context, body, ctype, message):
+    """The standard library's MIME parser took over a minute on the first and recursed until
+    RecursionError (500) on the second."""
+    t0 = time.perf_counter()
+    status, doc = call(search_fn, lambda_context, api_event(body=body, content_type=ctype))
+    _error(status, doc, 400, "bad_request")
+    assert message in doc["error"]["message"]
+    assert time.perf_counter() - t0 < 2
+
+
+def test_multipart_file_field_is_found(s3, search_fn, lambda_context):
+    fields = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n'
+    encoded_file = base64.b64encode(JPEG)
+    for part in (
+        b'Content-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n' + JPEG,
+        b'Content-Disposition: form-data; name="file"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + encoded_file,
+    ):
+        body = fields + b"--b\r\n" + part + b"\r\n--b--\r\n"
+        status, doc = call(search_fn, lambda_context, api_event(body=body, content_type=MULTIPART))
+        assert status == 200, doc
+
+
+def test_error_messages_stay_small(s3, search_fn, lambda_context):
+    """400,000 unknown JSON keys made a 17 MB message: over Lambda's 6 MB response limit (a 502)."""
+    doc = json.dumps({f"k{i}": 0 for i in range(400_000)})
+    t0 = time.perf_counter()
+    status, body = call(search_fn, lambda_context, api_event(body=doc, content_type="application/json"))
+    assert time.perf_counter() - t0 < 2  # pydantic made an error object per key: 5 s, half a GB
+    _error(status, body, 422, "validation_error")
+    assert len(body["error"]["message"]) < 1000 and "(and 399,997 more)" in body["error"]["message"]
+    doc = json.dumps({"s3": {"key": "k", "x" * 1_000_000: 1}})
+    status, body = call(search_fn, lambda_context, api_event(body=doc, content_type="application/json"))
+    assert status == 422 and len(body["error"]["message"]) < 1000
 
 
 # --------------------------------------------------------------------------- URLs
