@@ -5,9 +5,11 @@ harmony_aws.service; request forms and the answer's shape: harmony_aws/sources.p
 """
 
 import base64
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
@@ -19,6 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harmony_aws import runtime
+from harmony_aws.catalog_ops import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_KEY_BYTES, MAX_LIMIT
 from harmony_aws.errors import BadRequestError, error_body
 from harmony_aws.sources import MAX_URL_LENGTH, ImageUrl, QuerySource, source_from_body
 from harmony_image import DEFAULT_K, MAX_K, MAX_SCORE, MIN_SCORE, HarmonyError, Scoring
@@ -108,7 +111,17 @@ ERROR_RESPONSES: dict[int, Any] = {
 
 class SearchResolver(APIGatewayRestResolver):
     """The resolver, with what the handler reads itself documented in the OpenAPI document: the
-    POST body (read raw, not as a validated parameter) and the error shape."""
+    POST body (read raw, not as a validated parameter) and the error shape.
+
+    A route ending in ``/<key>`` takes the rest of the path, slashes included, as ``key`` (the
+    template's greedy ``{key+}``); Powertools' own path parameters stop at a slash."""
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        if rule.endswith("/<key>"):
+            return re.compile("^" + re.escape(rule[: -len("<key>")]) + "(?P<key>.+?)/*$")
+        compiled: re.Pattern[str] = APIGatewayRestResolver._compile_regex(rule)
+        return compiled
 
     def get_openapi_schema(self, **kwargs: Any) -> OpenAPI:
         schema = super().get_openapi_schema(**kwargs)
@@ -203,6 +216,55 @@ def get_search(
     min_score: MinScore = None,
 ) -> dict[str, Any]:
     return _search(ImageUrl(url), k, scoring, min_score)
+
+
+CATALOG_ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 422)}
+
+
+@app.get(
+    "/catalog",
+    summary="List catalog objects: key, size, source URL, indexed or not; one page at a time",
+    responses={
+        200: {
+            "description": (
+                '{"prefix", "items": [{"key": "catalog/<name>", "name", "size", "last_modified", '
+                '"source_url" (null when none), "indexed"}], "count", "next_cursor" (null on the last page)}'
+            )
+        },
+        **CATALOG_ERRORS,
+    },
+)
+@tracer.capture_method
+def list_catalog(
+    prefix: Annotated[str, Query(max_length=MAX_KEY_BYTES, description="only keys under catalog/<prefix>")] = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"keys per page (1-{MAX_LIMIT})")] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=MAX_CURSOR_LENGTH, description="the previous page's next_cursor (opaque)")
+    ] = None,
+) -> dict[str, Any]:
+    return runtime.catalog_ops().list_page(prefix, limit=limit, cursor=cursor or None)
+
+
+@app.delete(
+    "/catalog/<key>",
+    summary="Delete catalog/<key> and its index record (key URL-encoded, slashes allowed)",
+    responses={
+        200: {"description": '{"deleted": "catalog/<key>", "object": "deleted", "record": "removed" | "absent"}'},
+        400: ERROR_RESPONSES[400],
+        404: {"description": "no such catalog key", "content": ERROR_RESPONSES[404]["content"]},
+    },
+)
+@tracer.capture_method
+def delete_catalog(key: str) -> dict[str, Any]:
+    # API Gateway (REST) passes path parameters as sent, percent-encoded: decoded here, once.
+    raw = (app.current_event.path_parameters or {}).get("key") or key
+    try:
+        rel = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequestError("the key is not percent-encoded UTF-8") from None
+    out = runtime.catalog_ops().delete(rel)
+    logger.info("catalog delete", extra=out)
+    return out
 
 
 @app.exception_handler(HarmonyError)

@@ -79,6 +79,11 @@ class IndexReader:
         index that :meth:`index` last returned."""
         return dict(self._status)
 
+    def expire(self) -> None:
+        """The next :meth:`index` lists the records again (after this process changed them)."""
+        with self._lock:
+            self._loaded_at = None
+
     def index(self, *, force: bool = False) -> SearchIndex:
         with self._lock:
             now = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .catalog_ops import CatalogOps
 from .config import Settings
 from .reader import IndexReader
 from .records import RecordWriter
@@ -59,6 +60,13 @@ def record_writer(bucket: str) -> RecordWriter:
         if bucket not in _writers:
             _writers[bucket] = RecordWriter(_bucket(bucket), max_pixels=s.max_pixels, max_image_bytes=s.max_image_bytes)
         return _writers[bucket]
+
+
+def catalog_ops(bucket: str | None = None) -> CatalogOps:
+    """List and delete over ``bucket`` (default: HARMONY_BUCKET), sharing the search service's
+    bucket and result URLs; a delete expires the warm index of this process."""
+    service = search_service(bucket)
+    return CatalogOps(service.bucket, record_writer(service.bucket.name), service.urls, on_change=service.reader.expire)
 
 
 def reset() -> None:

@@ -45,7 +45,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from .errors import PayloadTooLargeError, S3ObjectChangedError, S3ObjectNotFoundError, StorageError
+from .errors import BadRequestError, PayloadTooLargeError, S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 PRECONDITION_FAILED = frozenset({"412", "PreconditionFailed"})
@@ -127,7 +127,7 @@ class Bucket:
         for attempt in range(1, BODY_ATTEMPTS + 1):
             try:
                 return call()
-            except (S3ObjectNotFoundError, S3ObjectChangedError, PayloadTooLargeError):
+            except (S3ObjectNotFoundError, S3ObjectChangedError, PayloadTooLargeError, BadRequestError):
                 raise
             except BROKEN_ANSWER as exc:
                 if attempt == BODY_ATTEMPTS:
@@ -229,6 +229,31 @@ class Bucket:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+
+    def page(self, prefix: str, *, limit: int, token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One listing page under ``prefix``: up to ``limit`` objects and the continuation token of
+        the next page (None on the last). A token S3 refuses is a :class:`BadRequestError`."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": limit}
+        if token:
+            kwargs["ContinuationToken"] = token
+        where = self._where(prefix)
+
+        def call() -> dict[str, Any]:
+            try:
+                page: dict[str, Any] = self.client.list_objects_v2(**kwargs)
+            except ClientError as exc:
+                if token and error_code(exc) in ("InvalidArgument", "InvalidToken", "400"):
+                    raise BadRequestError(f"the cursor is not valid for this listing ({error_code(exc)})") from exc
+                raise
+            if "KeyCount" not in page:
+                raise BrokenAnswerError(f"LIST {where}: answer without KeyCount")
+            if len(page.get("Contents", [])) != int(page["KeyCount"]):
+                raise BrokenAnswerError(f"LIST {where}: KeyCount does not match the keys")
+            return page
+
+        page = self._attempts(f"LIST {where}", call)
+        nxt = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        return list(page.get("Contents", [])), nxt or None
 
     def etags(self, prefix: str) -> dict[str, str]:
         """key -> ETag of every object under ``prefix``."""

@@ -142,7 +142,13 @@ def _resource_text(stmt) -> list[str]:
 
 def test_least_privilege(tpl):
     allowed = {
-        "SearchFunction": {"s3:GetObject": {"catalog/*", "index/*", "queries/*"}},
+        # DELETE /catalog/{key+} deletes the object and reconciles its record (which re-indexes a
+        # key re-uploaded meanwhile, hence PutObject on index/*)
+        "SearchFunction": {
+            "s3:GetObject": {"catalog/*", "index/*", "queries/*"},
+            "s3:DeleteObject": {"catalog/*", "index/*"},
+            "s3:PutObject": {"index/*"},
+        },
         "IndexFunction": {
             "s3:GetObject": {"catalog/*", "index/*"},
             "s3:PutObject": {"index/*"},
