@@ -373,6 +373,23 @@ def _tall_tiff() -> bytes:
     return tiff_of(photo(100_000, 1)[:, :, ::-1].copy())
 
 
+_FLOOD = 6_000_000 - 1_000  # just under the 6 MB payload limit
+
+
+def _jpeg_segment_flood() -> bytes:
+    jpeg = encoded(".jpg", photo(64, 48))
+    return jpeg[:2] + b"\xff\xe1\x00\x02" * (_FLOOD // 4) + jpeg[2:]
+
+
+def _gif_block_flood() -> bytes:
+    gif = gif_file((10, 10), [(0, 0, 10, 10)])
+    return gif[:19] + b"\x21\xfe\x00" * (_FLOOD // 3) + gif[19:]
+
+
+def _webp_chunk_flood() -> bytes:
+    return webp_file(vp8x_chunk(16, 16) + b"EXIF\x00\x00\x00\x00" * (_FLOOD // 8))
+
+
 CASES: tuple[Case, ...] = (
     Case(
         "png chunk length lies",
@@ -530,6 +547,24 @@ CASES: tuple[Case, ...] = (
         "corrupt_image",
         "a refinement scan repeated",
     ),
+    Case(
+        "structure floods",
+        "jpeg_1500000_app_segments",
+        _jpeg_segment_flood,
+        422,
+        "corrupt_image",
+        "1.5 million empty APP1 segments",
+    ),
+    Case(
+        "structure floods",
+        "png_500000_text_chunks",
+        lambda: png_1x1(before_idat=png_chunk(b"tEXt", b"") * (_FLOOD // 12)),
+        422,
+        "corrupt_image",
+        "libpng logs a warning for each",
+    ),
+    Case("structure floods", "gif_2000000_comments", _gif_block_flood, 422, "corrupt_image"),
+    Case("structure floods", "webp_750000_chunks", _webp_chunk_flood, 422, "corrupt_image"),
     Case("banners", "png_1000x2", _banner_png, 200, None),
     Case("banners", "tiff_100000x1", _tall_tiff, 200, None),
     Case("banners", "png_2x1000", lambda: encoded(".png", photo(2, 1000)), 200, None),

@@ -37,6 +37,7 @@ Normalisation rules, applied to every format:
 from __future__ import annotations
 
 import os
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -67,6 +68,13 @@ from .errors import (  # noqa: E402
 
 SUPPORTED_FORMATS = ("jpeg", "png", "webp", "bmp", "tiff", "gif")
 MAX_TIFF_PAGES = 64
+# Structure a real file never needs this much of; more only costs time (each is a step of a
+# Python walk here) and log lines (libpng and libtiff print a warning per bad chunk or tag).
+MAX_PNG_ANCILLARY_CHUNKS = 1024
+MAX_JPEG_SEGMENTS = 1024  # marker segments before the first scan
+MAX_GIF_BLOCKS = 100_000
+MAX_WEBP_CHUNKS = 65_536
+MAX_TIFF_TAGS = 4096  # per page
 # A progressive JPEG scan walks the whole coefficient buffer: allow any file this many scans, and
 # more only while scans x pixels stays under the budget (~2 s of decoding on one core).
 JPEG_FREE_SCANS = 24
@@ -156,6 +164,7 @@ class _Header:
     work_bytes: int = 0  # the decoder's own buffers at its peak, beside the decoded array
     data_short: str | None = None  # why the pixel data cannot be complete, if it cannot
     pages: tuple[_Header, ...] = ()  # TIFF: the pages after the first
+    scan_offset: int | None = None  # JPEG: where the first scan's header is (None: not found)
 
     @property
     def array_bytes(self) -> int:
@@ -253,7 +262,7 @@ def decode_image(
             )
     if header.data_short:
         raise TruncatedImageError(f"the {name} file is truncated: {header.data_short}")
-    _check_complete(data, fmt)
+    _check_complete(data, fmt, header)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR if fmt == "jpeg" else cv2.IMREAD_UNCHANGED)
@@ -326,10 +335,10 @@ def _composite_on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _check_complete(data: bytes, fmt: str) -> None:
+def _check_complete(data: bytes, fmt: str, header: _Header) -> None:
     """Refuse files whose end marker is missing: decoders would return a half-grey image."""
     if fmt == "jpeg":
-        sos = _jpeg_scan_offset(data)
+        sos = header.scan_offset
         if sos is None or data.rfind(b"\xff\xd9") < sos:
             raise TruncatedImageError("the JPEG file is truncated: its end-of-image marker is missing")
 
@@ -346,6 +355,7 @@ def _png(data: bytes) -> _Header:
     idat = 0
     transparency = False
     seen_ihdr = seen_idat = False
+    ancillary = 0
     while True:
         if pos + 8 > len(data):
             raise TruncatedImageError("the PNG file is truncated: its IEND chunk is missing")
@@ -386,6 +396,10 @@ def _png(data: bytes) -> _Header:
                 )
         elif kind == b"IEND":
             break
+        elif kind not in (b"PLTE", b"fdAT"):
+            ancillary += 1
+            if ancillary > MAX_PNG_ANCILLARY_CHUNKS:
+                raise CorruptImageError(f"the PNG file has more than {MAX_PNG_ANCILLARY_CHUNKS} ancillary chunks")
         pos = end
     if not seen_idat:
         raise TruncatedImageError("the PNG file has no image data (IDAT)")
@@ -414,7 +428,7 @@ def _gif(data: bytes) -> _Header:
     if flags & 0x80:
         pos += 3 << ((flags & 7) + 1)
     frames = 0
-    while True:
+    for _ in range(MAX_GIF_BLOCKS):
         block = _u8(data, pos)
         if block == 0x3B:
             break
@@ -436,6 +450,8 @@ def _gif(data: bytes) -> _Header:
             frames += 1
         else:
             raise CorruptImageError(f"the GIF file has an unknown block 0x{block:02x} at byte {pos}")
+    else:
+        raise CorruptImageError(f"the GIF file has more than {MAX_GIF_BLOCKS:,} blocks")
     if frames == 0:
         raise CorruptImageError("the GIF file has no image")
     # the decoder keeps a BGRA canvas, the previous one and an index buffer
@@ -446,7 +462,9 @@ def _gif(data: bytes) -> _Header:
 def _riff_chunks(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """(fourcc, payload offset, payload size) of the RIFF chunks in data[start:end]."""
     pos = start
-    while pos + 8 <= end:
+    for _ in range(MAX_WEBP_CHUNKS):
+        if pos + 8 > end:
+            return
         kind = data[pos : pos + 4]
         (size,) = struct.unpack_from("<I", data, pos + 4)
         if pos + 8 + size > end:
@@ -455,6 +473,8 @@ def _riff_chunks(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int
             )
         yield kind, pos + 8, size
         pos += 8 + size + (size & 1)
+    if pos + 8 <= end:
+        raise CorruptImageError(f"the WebP file has more than {MAX_WEBP_CHUNKS:,} chunks")
 
 
 def _webp_bitstream(data: bytes, kind: bytes, pos: int, size: int) -> tuple[int, int, bool]:
@@ -606,8 +626,8 @@ def _tiff(data: bytes) -> _Header:
 
 def _tiff_page(data: bytes, endian: str, ifd: int, number: int) -> tuple[_Header, int]:
     (count,) = _unpack(endian + "H", data, ifd)
-    if count == 0:
-        raise CorruptImageError(f"page {number} of the TIFF file has no tags")
+    if count == 0 or count > MAX_TIFF_TAGS:
+        raise CorruptImageError(f"page {number} of the TIFF file has {count:,} tags")
     tags: dict[int, tuple[int, int, int]] = {}  # tag -> (type, count, offset of the value)
     for i in range(count):
         tag, typ, n = _unpack(endian + "HHI", data, ifd + 2 + 12 * i)
@@ -672,14 +692,20 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
+_NOT_FILL = re.compile(rb"[^\xff]")
+
+
 def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
     """Yield (marker, offset of the segment's payload) up to and including the first SOS."""
     pos = 2
-    while True:
-        while data[pos] != 0xFF:
-            pos += 1
-        while data[pos] == 0xFF:
-            pos += 1
+    for _ in range(MAX_JPEG_SEGMENTS):
+        pos = data.find(b"\xff", pos)  # bytes between segments are skipped, as libjpeg does
+        if pos < 0:
+            raise IndexError
+        found = _NOT_FILL.search(data, pos)  # fill bytes (0xFF...) before the marker
+        if found is None:
+            raise IndexError
+        pos = found.start()
         marker = data[pos]
         pos += 1
         if marker in (0x01, *range(0xD0, 0xD8)):
@@ -689,6 +715,7 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
         if marker == 0xDA:
             return
         pos += length
+    raise CorruptImageError(f"the JPEG file has more than {MAX_JPEG_SEGMENTS} marker segments before its image data")
 
 
 def _jpeg_scans(data: bytes, first_sos: int) -> int:
@@ -714,8 +741,9 @@ def _jpeg_scans(data: bytes, first_sos: int) -> int:
 
 
 def _jpeg(data: bytes) -> _Header:
+    segments = _jpeg_segments(data)
     try:
-        for marker, pos in _jpeg_segments(data):
+        for marker, pos in segments:
             if marker in _SOF_MARKERS:
                 _precision, height, width, ncomp = _unpack(">BHHB", data, pos + 2)
                 if ncomp not in (1, 3, 4):
@@ -730,6 +758,10 @@ def _jpeg(data: bytes) -> _Header:
             raise CorruptImageError("the JPEG file has no frame header (SOF)")
     except (struct.error, IndexError):
         raise _ShortError from None
+    try:  # the same walk, on to the first scan
+        sos = next((p for m, p in segments if m == 0xDA), None)
+    except (struct.error, IndexError):
+        sos = None
     hmax, vmax = max(h for h, _v in factors), max(v for _h, v in factors)
     mcu_w, mcu_h = 8 * hmax, 8 * vmax
     mcus = -(-width // mcu_w) * -(-height // mcu_h)
@@ -738,7 +770,6 @@ def _jpeg(data: bytes) -> _Header:
     if marker in _PROGRESSIVE:
         coefficients = sum(mcus * h * v * 64 * 2 for h, v in factors)  # every block's coefficients
         work = max(work, coefficients)
-        sos = _jpeg_scan_offset(data)
         if sos is not None:
             scans = _jpeg_scans(data, sos)
             allowed = max(JPEG_FREE_SCANS, JPEG_SCAN_PIXEL_BUDGET // max(1, width * height))
@@ -746,17 +777,7 @@ def _jpeg(data: bytes) -> _Header:
                 raise CorruptImageError(
                     f"the progressive JPEG has {scans:,} scans; at {width}x{height} at most {allowed:,} are decoded"
                 )
-    return _Header(width, height, 3, 1, work_bytes=work)
-
-
-def _jpeg_scan_offset(data: bytes) -> int | None:
-    try:
-        for marker, pos in _jpeg_segments(data):
-            if marker == 0xDA:
-                return pos
-    except (struct.error, IndexError):
-        return None
-    return None
+    return _Header(width, height, 3, 1, work_bytes=work, scan_offset=sos)
 
 
 _INSPECTORS: dict[str, Callable[[bytes], _Header]] = {
