@@ -9,6 +9,7 @@ import base64
 import copy
 import http.server
 import json
+import os
 import socket
 import threading
 import time
@@ -348,3 +349,24 @@ def test_fuzz_api_gateway_events(
     if resp["statusCode"] >= 400 and "json" in str(resp.get("headers", {}).get("Content-Type", "")):
         doc = json.loads(resp["body"])
         assert set(doc) == {"error"} or "message" in doc, doc
+
+
+@pytest.mark.parametrize("function", ["search", "index", "query_drop"])
+def test_handlers_load_the_engine_before_opencv(function):
+    """OPENCV_IO_MAX_IMAGE_PIXELS only works if harmony_image sets it before OpenCV loads: true
+    for every handler as Lambda imports it (a fresh interpreter, the handler's module first)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    code = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('app', {str(REPO / 'functions' / function / 'app.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "import harmony_image.decode as d\n"
+        "print(d.OPENCV_GUARD, os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["True", "40000000"], out.stderr[-2000:]
