@@ -200,8 +200,10 @@ def _banner(stack: LocalStack) -> None:
     curl -s -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' '{stack.url}search?k=5'
   Embedded S3:       {stack.s3_endpoint}  bucket {b}  (browse: {stack.s3_endpoint}/moto-api/)
     python -m harmony_local put photo.jpg catalog/photo.jpg   -> IndexFunction indexes it
+    python -m harmony_local put ./my-catalog catalog/         -> a whole folder (not its .harmony/)
     python -m harmony_local put photo.jpg queries/photo.jpg   -> QueryDrop writes results/photo.jpg.json
     python -m harmony_local get results/photo.jpg.json
+    python -m harmony_local rm catalog/photo.jpg              -> IndexFunction drops it
     (or: aws --endpoint-url {stack.s3_endpoint} s3 cp photo.jpg s3://{b}/catalog/)
   Ctrl-C stops.
 """,
