@@ -271,6 +271,54 @@ class LocalCatalog:
             if path.stem not in live:
                 path.unlink(missing_ok=True)
 
+    # -- list and remove ---------------------------------------------------------------
+    def entries(self, prefix: str = "") -> list[dict[str, object]]:
+        """Every image file under ``prefix``: ``{"key", "size", "source_url", "indexed"}``, in key
+        order. ``indexed``: the last sync saw the file as it is now and its record exists."""
+        urls = read_manifest(self.root)
+        out: list[dict[str, object]] = []
+        for key, st in self.image_files():
+            if not key.startswith(prefix):
+                continue
+            known = self._state.get(key)
+            indexed = bool(
+                known
+                and "sha256" in known
+                and known["size"] == st.st_size
+                and known["mtime_ns"] == st.st_mtime_ns
+                and self._record_path(known["sha256"]).exists()
+            )
+            out.append({"key": key, "size": st.st_size, "source_url": urls.get(key), "indexed": indexed})
+        return sorted(out, key=lambda e: str(e["key"]))
+
+    def path_of(self, key: str) -> Path:
+        """The file of catalog key ``key``; HarmonyError when the key leaves the folder (``..``, an
+        absolute path, a symlink out) or names the index."""
+        parts = Path(key).parts
+        if not key or Path(key).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts):
+            raise HarmonyError(f"{key!r} is not a key of {self.root} (relative, no '..', no hidden parts)")
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path.is_relative_to(self.index_dir):
+            raise HarmonyError(f"{key!r} is outside the catalog folder {self.root}")
+        return path
+
+    def remove(self, keys: list[str]) -> dict[str, str]:
+        """Delete the files of ``keys`` and forget their records: key -> "removed" or "missing".
+        Every key is checked first (:meth:`path_of`): a refused key deletes nothing."""
+        paths = {key: self.path_of(key) for key in keys}
+        out: dict[str, str] = {}
+        for key, path in paths.items():
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file():
+                path.unlink()
+                out[key] = "removed"
+            else:
+                out[key] = "missing"
+            self._state.pop(rel, None)
+        self._save_state()
+        self._collect_garbage()  # a record no other file shares goes with its file
+        return out
+
     # -- loading -----------------------------------------------------------------------
     def __len__(self) -> int:
         return sum(1 for entry in self._state.values() if "error" not in entry)

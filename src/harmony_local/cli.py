@@ -2,6 +2,8 @@
 
     harmony index  --catalog DIR
     harmony search --catalog DIR [--k 5] [--scoring seed|default] [--min-score S] [--json] QUERY...
+    harmony ls     --catalog DIR [--prefix P] [--json]   key, size, source URL, indexed
+    harmony rm     --catalog DIR KEY...                   delete the files, forget their records
     harmony import images.json --catalog DIR
     harmony demo   [--workdir DIR]
     harmony serve  [--port 3000] ...   the local stack: page + API + embedded S3 (harmony_local.stack)
@@ -86,6 +88,25 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = catalog.sync(progress=ProgressBar("indexing"))
     print(_summary(report, catalog))
     return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    catalog = LocalCatalog(args.catalog, index_dir=args.index_dir)
+    for entry in catalog.entries(args.prefix):
+        if args.json:
+            print(json.dumps(entry, ensure_ascii=False))
+        else:
+            flag = "indexed" if entry["indexed"] else "-"
+            print(f"{entry['key']}\t{entry['size']}\t{flag}\t{entry['source_url'] or ''}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    catalog = LocalCatalog(args.catalog, index_dir=args.index_dir)
+    done = catalog.remove(args.keys)
+    for key, what in done.items():
+        print(f"{what}: {key}", file=sys.stdout if what == "removed" else sys.stderr)
+    return 0 if all(w == "removed" for w in done.values()) else 1
 
 
 def _read_query(query: str) -> bytes:
@@ -211,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="image files (or http(s) URLs)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("ls", help="list a catalog folder: key, size, indexed, source URL (tab-separated)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--index-dir", default=None, help=index_help)
+    p.add_argument("--prefix", default="", help="only keys starting with this")
+    p.add_argument(
+        "--json", action="store_true", help='one JSON object per line: {"key", "size", "source_url", "indexed"}'
+    )
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("rm", help="delete catalog files and forget their index records")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--index-dir", default=None, help=index_help)
+    p.add_argument("keys", nargs="+", metavar="KEY", help="catalog-relative keys (as `harmony ls` shows them)")
+    p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("import", help="download a seed-format URL list into a catalog folder")
     p.add_argument("manifest", help='JSON list of {"url": ...}')
