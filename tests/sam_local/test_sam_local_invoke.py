@@ -79,7 +79,7 @@ TIMINGS_FILE = os.environ.get("HARMONY_SAM_TIMINGS")
 # Event files (under events/) per function logical id, invoked in addition to the ones matched
 # by the function's S3 triggers and routes. Use it for events of other shapes (e.g. a
 # direct-invoke payload); those must just not raise.
-EXTRA_EVENTS: dict[str, list[str]] = {}
+EXTRA_EVENTS: dict[str, list[str]] = {"IndexFunction": ["index-reindex.json"]}
 
 # Event files run before the others of their kind (the catalog must be indexed before a
 # query is answered).
@@ -350,6 +350,14 @@ def _check_query_put(inv: Invocation, s3: Any, bucket: str) -> None:
     assert "chelsea" in doc["results"][0]["key"], doc["results"][0]
 
 
+def _check_reindex(inv: Invocation, s3: Any, bucket: str) -> None:
+    # {"action": "reindex"} finds its bucket in the template's HARMONY_BUCKET (pointed at moto)
+    resp = inv.resp or {}
+    assert resp.get("complete") is True and resp.get("failed") == [], resp
+    catalog = [k for k in all_keys(s3, bucket, "catalog/") if not k.endswith("manifest.json")]
+    assert resp.get("keys", 0) >= len(catalog) >= 1, (resp, catalog)
+
+
 def _check_search_catalog_hit(inv: Invocation, s3: Any, bucket: str) -> None:
     results = inv.payload["results"]
     assert results, inv.payload
@@ -360,6 +368,7 @@ CHECKS: dict[str, Callable[[Invocation, Any, str], None]] = {
     "s3-catalog-put.json": _check_catalog_put,
     "s3-catalog-delete.json": _check_catalog_delete,
     "s3-query-put.json": _check_query_put,
+    "index-reindex.json": _check_reindex,
     "api-search-s3.json": _check_search_catalog_hit,
     "api-search-url.json": _check_search_catalog_hit,
 }
