@@ -135,6 +135,23 @@ def ssim_scores(query: np.ndarray, grays: np.ndarray) -> np.ndarray:
     return out
 
 
+def ssim_pair(query_a: np.ndarray, query_b: np.ndarray, grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ssim_scores` of two queries (default scoring: the query and its mirror image) in
+    one pass over ``grays``, sharing each image's own window sums; the same numbers."""
+    n = grays.shape[0]
+    out_a, out_b = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return out_a, out_b
+    if _kernels is None:
+        return ssim_scores(query_a, grays), ssim_scores(query_b, grays)
+    kernel = _kernels
+    query_a = np.ascontiguousarray(query_a, dtype=np.uint8)
+    query_b = np.ascontiguousarray(query_b, dtype=np.uint8)
+    grays = np.ascontiguousarray(grays, dtype=np.uint8)
+    _parallel(lambda lo, hi: kernel.ssim_pair(query_a, query_b, grays[lo:hi], out_a[lo:hi], out_b[lo:hi]), n, 8)
+    return out_a, out_b
+
+
 class DescriptorPack:
     """ORB descriptors of many images, packed for :func:`cross_check_counts`.
 

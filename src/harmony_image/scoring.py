@@ -40,6 +40,7 @@ from .kernels import (
     map_threads,
     match_two,
     nearest_two,
+    ssim_pair,
     ssim_scores,
 )
 from .packed import PackedCatalog, subsample
@@ -299,8 +300,7 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     matches = [match_two(view.descriptors, descriptors) for view in views]
     clock.lap("cross-check + 2-NN")
     seeds = []
-    for view, (counts, *_) in zip(views, matches, strict=True):
-        ssim = ssim_scores(view.gray, grays)
+    for view, ssim, (counts, *_) in zip(views, ssim_pair(query.gray, mirror.gray, grays), matches, strict=True):
         orb = orb_ratio(counts, view.keypoint_count)
         seeds.append(Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb))
     clock.lap("SSIM")

@@ -31,6 +31,7 @@ from harmony_image.kernels import (
     cross_check_counts,
     match_two,
     nearest_two,
+    ssim_pair,
     ssim_scores,
 )
 
@@ -154,6 +155,7 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
                 out[f"match_two/{name}/{part}"] = arr
         for i, g in enumerate(grays()[::4]):
             out[f"ssim/{i}"] = ssim_scores(g, stack)
+        out["ssim_pair/0"], out["ssim_pair/1"] = ssim_pair(grays()[0], grays()[-1], stack)
         return out
 
 
@@ -233,6 +235,10 @@ def test_ssim_matches_scikit_image(level):
     for i, q in enumerate(grays()[::4]):
         assert np.abs(ssim_scores(q, stack) - expected[i]).max() <= 1e-5
         assert ssim_scores(q, q[None])[0] == pytest.approx(1.0, abs=1e-6)
+    # two queries in one pass (the query and its mirror image): the same numbers, bit for bit
+    first, other = grays()[0], np.ascontiguousarray(grays()[4][:, ::-1])
+    pair = ssim_pair(first, other, stack)
+    assert np.array_equal(pair[0], ssim_scores(first, stack)) and np.array_equal(pair[1], ssim_scores(other, stack))
 
 
 def test_more_descriptors_than_32_bit_keys_hold(level):
@@ -259,7 +265,7 @@ def test_every_level_is_bit_identical_to_the_fastest(other):
     ref, got = outputs_at(ALL_LEVELS[0]), outputs_at(other)
     assert ref.keys() == got.keys()
     for key in ref:
-        if other == "numpy" and key.startswith("ssim/"):
+        if other == "numpy" and key.startswith("ssim"):
             assert np.abs(ref[key] - got[key]).max() <= 1e-6, key
         else:
             assert np.array_equal(ref[key], got[key]) and ref[key].dtype == got[key].dtype, key
@@ -288,12 +294,22 @@ def test_levels_and_switching():
 # ------------------------------------------------------------------ HARMONY_KERNEL at import
 
 
-def _import_with(value: str | None) -> subprocess.CompletedProcess[str]:
+def _import_with(value: str | None, *, package: bool = False) -> subprocess.CompletedProcess[str]:
+    """Import the extension (or, with ``package``, harmony_image.kernels) in a child Python with
+    HARMONY_KERNEL set to ``value``. The extension alone needs no numpy: quick under emulation."""
     env = {k: v for k, v in os.environ.items() if k != "HARMONY_KERNEL"}
     if value is not None:
         env["HARMONY_KERNEL"] = value
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    code = "from harmony_image import kernels; print(kernels.IMPLEMENTATION, *kernels.levels())"
+    assert kernels._module is not None
+    if package:
+        code = "from harmony_image import kernels; print(kernels.IMPLEMENTATION, *kernels.levels())"
+    else:
+        code = (
+            "import importlib.util as u; s = u.spec_from_file_location('harmony_image._kernels', "
+            f"{kernels._module.__file__!r}); m = u.module_from_spec(s); s.loader.exec_module(m); "
+            "print('c-' + m.kernel, *m.levels, 'numpy')"
+        )
     return subprocess.run([*CHILD_PYTHON, "-c", code], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -307,7 +323,6 @@ def test_harmony_kernel_chooses_or_forces_a_level():
 
 @pytest.mark.skipif(not COMPILED, reason="C kernels not built")
 def test_harmony_kernel_refuses_unknown_and_unsupported_levels():
-    """RuntimeError (not ImportError, which kernels.py would turn into a silent numpy fallback)."""
     for value in ("bogus", "AVX2"):
         res = _import_with(value)
         assert res.returncode != 0
@@ -318,3 +333,13 @@ def test_harmony_kernel_refuses_unknown_and_unsupported_levels():
     for value in missing:
         res = _import_with(value)
         assert f"RuntimeError: HARMONY_KERNEL={value}: this CPU does not support that kernel level" in res.stderr
+
+
+@pytest.mark.skipif(not COMPILED, reason="C kernels not built")
+@pytest.mark.skipif("KERNEL_TEST_PYTHON" in os.environ, reason="numpy + OpenCV imports take minutes emulated")
+def test_a_bad_harmony_kernel_is_not_hidden_by_the_numpy_fallback():
+    """RuntimeError, not ImportError: kernels.py turns an ImportError into a silent numpy fallback."""
+    res = _import_with("bogus", package=True)
+    assert res.returncode != 0 and "RuntimeError: HARMONY_KERNEL=bogus is not a kernel level" in res.stderr
+    res = _import_with("portable", package=True)
+    assert res.returncode == 0 and res.stdout.split() == ["c-portable", *COMPILED, "numpy"], res.stderr[-2000:]
