@@ -459,8 +459,10 @@ server that misbehaves, `api` cases an API Gateway proxy event through `function
   the pixels claimed; a TIFF tag stated twice is refused (libtiff keeps the first of two), at most
   64 pages; GIF frames and WebP animation frames inside the screen/canvas, a WebP bitstream the
   size of its canvas; uncompressed BMP rows in the file; a progressive JPEG's scans × pixels
-  bounded (each scan walks the whole image again). After decoding, the array must have the
-  header's size.
+  bounded (each scan walks the whole image again); at most 1,024 JPEG marker segments before
+  the image data and 1,024 PNG ancillary chunks (libpng logs a warning for each bad one),
+  100,000 GIF blocks, 65,536 WebP chunks, 4,096 tags per TIFF page. After decoding, the array
+  must have the header's size.
 * **OpenCV's own guard**: `OPENCV_IO_MAX_IMAGE_PIXELS` = 40 MP, set by `harmony_image.decode`
   before it imports `cv2` — OpenCV reads it once, while its library loads, so it only works
   when `harmony_image` is imported before anything else imports `cv2` (true for the Lambda
@@ -471,14 +473,19 @@ server that misbehaves, `api` cases an API Gateway proxy event through `function
   body shorter than its Content-Length is a 502.
 * **Request**: the body is at most 6 MB (API Gateway sends at most 10 MB, Lambda takes a
   6 MB event: a raw image counts base64-encoded, so about 4.4 MB of image fit); JSON nested too
-  deeply is a 400.
+  deeply is a 400, unknown JSON keys are named before pydantic runs; a multipart body is read in
+  one pass, at most 64 parts of at most 8 KB of headers each; error messages stay short (an
+  answer must fit Lambda's 6 MB response limit, or API Gateway answers 502).
 
 ## The cases
-
 """
 
 
-def report(rows: list[tuple[Spec, int, dict[str, Any], dict[str, Any] | None]], before_label: str | None) -> str:
+def report(
+    rows: list[tuple[Spec, int, dict[str, Any], dict[str, Any] | None]],
+    before_label: str | None,
+    measured: str | None = None,
+) -> str:
     command = "python -m benchmarks.reliability" + (f" --before-commit {before_label}" if before_label else "")
     before = (
         f"\n\n*before* is the same case run against commit `{before_label}` (`git archive` of its `src/` and "
@@ -508,7 +515,7 @@ def report(rows: list[tuple[Spec, int, dict[str, Any], dict[str, Any] | None]], 
     out += [
         "",
         f"Measured on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"{time.strftime('%Y-%m-%d')}; times vary with the machine's load, peaks hardly.",
+        f"{measured or time.strftime('%Y-%m-%d')}; times vary with the machine's load, peaks hardly.",
         "",
     ]
     return "\n".join(out)
@@ -535,11 +542,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="case names (default: all)")
     ap.add_argument("--out", type=Path, help="write the Markdown report here (e.g. docs/RELIABILITY.md)")
     ap.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    ap.add_argument("--from-json", type=Path, help="only re-render the report from a --json file (no runs)")
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1], args.root, args.input)), flush=True)
         return 0
     specs = [s for s in all_specs() if not args.only or s.name in args.only]
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        label = saved["before_label"]
+        by_name = {r["name"]: r for r in saved["rows"]}
+        rows = [(s, by_name[s.name]["bytes"], by_name[s.name]["after"], by_name[s.name]["before"]) for s in specs]
+        text = report(rows, label, saved.get("measured"))
+        if args.out:
+            args.out.write_text(text)
+        else:
+            print(text)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         before_root = args.before
         label = None
@@ -560,15 +579,19 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    text = report(rows, label)
+    measured = time.strftime("%Y-%m-%d")
+    text = report(rows, label, measured)
     if args.out:
         args.out.write_text(text)
     else:
         print(text)
     if args.json:
-        args.json.write_text(
-            json.dumps([{"name": s.name, "bytes": n, "after": a, "before": b} for s, n, a, b in rows], indent=1)
-        )
+        doc = {
+            "before_label": label,
+            "measured": measured,
+            "rows": [{"name": s.name, "bytes": n, "after": a, "before": b} for s, n, a, b in rows],
+        }
+        args.json.write_text(json.dumps(doc, indent=1))
     bad = [s.name for s, _n, a, _b in rows if (a.get("status"), a.get("code")) != (s.status, s.code)]
     if bad:
         print("unexpected answers: " + ", ".join(bad), file=sys.stderr)

@@ -397,7 +397,7 @@ CASES: tuple[Case, ...] = (
         lambda: png_1x1(idat_length=0xFFFFFFF0),
         422,
         "corrupt_image",
-        "67-byte 1x1 PNG, IDAT length field 4,294,967,280",
+        "a valid 1x1 PNG whose IDAT length field says 4,294,967,280",
     ),
     Case(
         "png chunk length lies",
@@ -405,9 +405,15 @@ CASES: tuple[Case, ...] = (
         lambda: png_1x1(idat_length=0x7FFFFFFF),
         422,
         "truncated_image",
+        "the same, 2^31-1: within the PNG limit, beyond the file",
     ),
     Case(
-        "png chunk length lies", "png_idat_len_ffffffff", lambda: png_1x1(idat_length=0xFFFFFFFF), 422, "corrupt_image"
+        "png chunk length lies",
+        "png_idat_len_ffffffff",
+        lambda: png_1x1(idat_length=0xFFFFFFFF),
+        422,
+        "corrupt_image",
+        "the same, 2^32-1",
     ),
     Case(
         "png chunk length lies",
@@ -439,6 +445,7 @@ CASES: tuple[Case, ...] = (
         lambda: tiff_duplicate_tag(IMAGE_WIDTH, 10, 30000),
         422,
         "corrupt_image",
+        "ImageWidth 10 then 30000",
     ),
     Case(
         "repeated tiff tags",
@@ -446,6 +453,7 @@ CASES: tuple[Case, ...] = (
         lambda: tiff_duplicate_tag(IMAGE_LENGTH, 10, 30000),
         422,
         "corrupt_image",
+        "ImageLength 10 then 30000",
     ),
     Case(
         "header vs decoder",
@@ -477,6 +485,7 @@ CASES: tuple[Case, ...] = (
         lambda: webp_canvas_disagrees((16, 16), (16383, 16383)),
         422,
         "corrupt_image",
+        "VP8X canvas 16x16, VP8L bitstream 16383x16383",
     ),
     Case(
         "frames larger than the screen",
@@ -484,6 +493,7 @@ CASES: tuple[Case, ...] = (
         lambda: gif_file((10, 10), [(0, 0, 6000, 6000)]),
         422,
         "corrupt_image",
+        "a 6000x6000 frame on a 10x10 screen",
     ),
     Case(
         "frames larger than the screen",
@@ -491,6 +501,7 @@ CASES: tuple[Case, ...] = (
         lambda: gif_file((10, 10), [(60000, 60000, 10, 10)]),
         422,
         "corrupt_image",
+        "a 10x10 frame at 60000,60000",
     ),
     Case(
         "frames larger than the screen",
@@ -498,6 +509,7 @@ CASES: tuple[Case, ...] = (
         lambda: webp_animated((16, 16), (0, 0, 16383, 16383)),
         422,
         "corrupt_image",
+        "an animation frame of 16383x16383 on a 16x16 canvas",
     ),
     Case(
         "decoded bytes",
@@ -545,7 +557,7 @@ CASES: tuple[Case, ...] = (
         lambda: jpeg_many_scans(2000, 2000, 5000),
         422,
         "corrupt_image",
-        "a refinement scan repeated",
+        "a progressive JPEG whose last scan is repeated to 5,000 scans",
     ),
     Case(
         "structure floods",
@@ -563,9 +575,23 @@ CASES: tuple[Case, ...] = (
         "corrupt_image",
         "libpng logs a warning for each",
     ),
-    Case("structure floods", "gif_2000000_comments", _gif_block_flood, 422, "corrupt_image"),
-    Case("structure floods", "webp_750000_chunks", _webp_chunk_flood, 422, "corrupt_image"),
-    Case("banners", "png_1000x2", _banner_png, 200, None),
-    Case("banners", "tiff_100000x1", _tall_tiff, 200, None),
-    Case("banners", "png_2x1000", lambda: encoded(".png", photo(2, 1000)), 200, None),
+    Case(
+        "structure floods",
+        "gif_2000000_comments",
+        _gif_block_flood,
+        422,
+        "corrupt_image",
+        "2 million empty comment extensions",
+    ),
+    Case(
+        "structure floods",
+        "webp_750000_chunks",
+        _webp_chunk_flood,
+        422,
+        "corrupt_image",
+        "750,000 empty chunks after VP8X",
+    ),
+    Case("banners", "png_1000x2", _banner_png, 200, None, "a 1000x2 banner"),
+    Case("banners", "tiff_100000x1", _tall_tiff, 200, None, "a 100000x1 line"),
+    Case("banners", "png_2x1000", lambda: encoded(".png", photo(2, 1000)), 200, None, "a 2x1000 column"),
 )
