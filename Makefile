@@ -11,7 +11,7 @@ BENCH_SHARED_ARG := $(if $(wildcard $(BENCH_SHARED_DIR)/make_bench.py),--shared 
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
-	layer layer-test sam-local-image sam-local-test bench bench-quick bench-shared clean
+	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -66,6 +66,9 @@ layer: setup ## build the Lambda layers without Docker; print their sizes (limit
 
 layer-test: setup ## build the layers and test the size limit, contents and a run on Python 3.13
 	HARMONY_LAYER_TEST=1 $(PY) -m pytest tests/aws/test_layers.py
+
+arm64-test: ## the arm64 layer's C kernels: cross-built (no Docker), parity tests under qemu-user (cache ~/.cache/harmony-arm64)
+	bash tools/arm64/arm64.sh all
 
 sam-local-image: ## build/import the local python3.13 Lambda base image into podman (cached; root)
 	bash tools/lambda-image/build.sh
