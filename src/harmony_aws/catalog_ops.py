@@ -116,7 +116,10 @@ class CatalogOps:
             raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}")
         check_rel(prefix, what="prefix")
         token = decode_cursor(cursor, prefix) if cursor else None
-        objects, nxt = self.bucket.page(CATALOG_PREFIX + prefix, limit=limit, token=token)
+        try:
+            objects, nxt = self.bucket.page(CATALOG_PREFIX + prefix, limit=limit, token=token)
+        except BadRequestError as exc:  # S3 refused the token inside a well-formed cursor
+            raise BadCursorError(f"unknown cursor: {exc.message}") from exc
         objects = [o for o in objects if is_catalog_image_key(o["Key"])]
         self.urls.refresh_manifest()
         with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:

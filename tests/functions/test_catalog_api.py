@@ -182,6 +182,19 @@ def test_openapi_documents_the_catalog_routes(s3_server, search_fn, lambda_conte
     assert paths["/catalog/{key}"].delete is not None
 
 
+def test_a_token_s3_refuses_is_bad_cursor(s3_server, search_fn, lambda_context, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from harmony_aws import runtime
+
+    def refuse(**kw):
+        raise ClientError({"Error": {"Code": "InvalidArgument", "Message": "bad token"}}, "ListObjectsV2")
+
+    monkeypatch.setattr(runtime.catalog_ops().bucket.client, "list_objects_v2", refuse)
+    status, out = call(search_fn, lambda_context, list_event(cursor=encode_cursor("", "forged")))
+    assert (status, out["error"]["code"]) == (400, "bad_cursor"), out
+
+
 def test_cursor_and_key_checks():
     c = encode_cursor("shoes/", "tok")
     assert decode_cursor(c, "shoes/") == "tok"
