@@ -30,6 +30,7 @@ class ScoringRun:
     keys: dict[str, list[str]] = field(default_factory=dict)  # query -> top-K keys
     scores: dict[str, list[float]] = field(default_factory=dict)
     search_ms: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # query -> ms per scoring stage
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Run the copy-detection benchmark: the seed's original method vs the engine's scorings.
 
     python -m benchmarks.run [--sizes 1000,10000] [--shared /work/shared/bench] [--quick]
+                             [--photos DIR] [--realres-size 1000]
                              [--out docs/BENCHMARKS.md] [--plot docs/img/bench_scores.png]
 
 For each catalog size (from :mod:`benchmarks.datasets`: scikit-image's bundled photos plus
@@ -12,7 +13,10 @@ synthetic distractors): index the catalog, then run the queries through
 * the engine with ``seed`` scoring (exact; its top-5 keys are checked against the seed method);
 * the engine with ``default`` scoring;
 
-and print / write speed, memory and quality numbers. With ``--shared DIR`` (a checkout of the
+and print / write speed, memory and quality numbers — per kernel level (every level the CPU has,
+forced in turn) and per stage of a query (:mod:`benchmarks.speed`). Then the real-resolution set
+(:mod:`benchmarks.realres`: 1-12 MP JPEGs as catalog images and queries, k from 5 to 50), built
+from the project's own photos or from ``--photos DIR``. With ``--shared DIR`` (a checkout of the
 shared copy-detection benchmark with ``make_bench.py``) its reference set is built into
 ``.bench/shared`` and the same quality metrics are reported for it.
 
@@ -36,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, plots, report, runners
+from . import datasets, plots, report, runners, speed
 from .runners import log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--max-queries", type=int, help="use a fixed subset of this many queries (default all; --quick: 120)"
     )
+    ap.add_argument(
+        "--photos", help="a folder of real photos for the real-resolution set (default: the project's own photos)"
+    )
+    ap.add_argument("--realres-size", type=int, help="real-resolution catalog size (default 1000, --quick 60, 0 skips)")
+    ap.add_argument(
+        "--level-queries", type=int, help="queries per kernel level for ms/query per level (default 20; --quick: 4)"
+    )
     ap.add_argument("--from-json", help="only re-render the report and plot from a saved results JSON")
     a = ap.parse_args(argv)
     if a.seed_method_queries is None:
@@ -76,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.max_queries = 120
     if a.quick:
         a.repeats = min(a.repeats, 2)
+    if a.realres_size is None:
+        a.realres_size = 60 if a.quick else 1000
+    if a.level_queries is None:
+        a.level_queries = 4 if a.quick else 20
     return a
 
 
@@ -101,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_full_max=a.seed_full_max,
         seed_queries_large=a.seed_queries_large,
         repeats=a.repeats,
+        level_queries=a.level_queries,
     )
     started = time.perf_counter()
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -127,7 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     queries = runners.load_queries(names, bset.query_path)
     log(f"{len(names)} queries, feature extraction {np.median(list(queries.extract_ms.values())):.1f} ms median")
 
+    log("\n== kernels per catalog image, one thread, every level ==")
+    results["kernels"] = speed.kernel_table([queries.features[q] for q in names], n_queries=3 if a.quick else 6)
     results["sizes"] = [runners.bench_size(bset, size, queries, settings) for size in sorted(sizes)]
+    if a.realres_size > 0:
+        results["realres"] = runners.bench_realres(
+            cache,
+            size=a.realres_size,
+            photos=Path(a.photos) if a.photos else None,
+            seed_method_queries=a.seed_method_queries,
+            repeats=a.repeats,
+            k_queries=8 if a.quick else 24,
+        )
     if a.shared and (Path(a.shared) / "make_bench.py").exists():
         results["shared"] = runners.bench_shared(Path(a.shared), cache, settings)
     elif a.shared:
@@ -141,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"\nwrote {out_path}, {plot_path}, {json_path} in {results['elapsed_s'] / 60:.1f} min")
 
     parity = [s["seed_method"]["parity_ok"] for s in results["sizes"] if "seed_method" in s]
+    if "seed_method" in results.get("realres", {}):
+        parity.append(results["realres"]["seed_method"]["parity_ok"])
     if "shared" in results and "seed_method" in results["shared"]:
         parity.append(results["shared"]["seed_method"]["parity_ok"])
     if not all(parity):

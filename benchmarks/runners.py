@@ -9,7 +9,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +22,7 @@ import harmony_image
 from harmony_image import ImageFeatures, Scoring, SearchIndex, SearchParams, SearchResult, extract_features, kernels
 from harmony_image import scoring as engine_scoring
 
-from . import datasets, metrics
+from . import datasets, metrics, realres, speed
 from .metrics import K, ScoringRun
 from .report import fmt
 from .seed_method import search as seed_search
@@ -74,6 +74,7 @@ def machine() -> dict[str, Any]:
         "opencv": cv2.__version__,
         "scikit-image": skimage_version,
         "kernels": kernels.IMPLEMENTATION,
+        "levels": list(kernels.levels()),
         "kernel_threads": getattr(kernels, "THREADS", None),
         "loadavg_start": os.getloadavg(),
     }
@@ -102,6 +103,7 @@ class Settings:
     seed_full_max: int
     seed_queries_large: int
     repeats: int
+    level_queries: int = 20  # queries per kernel level for the per-level ms/query
 
 
 @dataclass
@@ -178,15 +180,18 @@ def run_engine(idx: SearchIndex, queries: Queries, names: list[str], scoring: Sc
     for q in names[:warmup]:
         idx.search(queries.features[q], SearchParams(k=K, scoring=scoring))
     for q in names:
-        t0 = time.perf_counter()
-        results = idx.search(queries.features[q], SearchParams(k=K, scoring=scoring))
-        run.search_ms[q] = ms(time.perf_counter() - t0)
+        with engine_scoring.stage_times() as stages:
+            t0 = time.perf_counter()
+            results = idx.search(queries.features[q], SearchParams(k=K, scoring=scoring))
+            run.search_ms[q] = ms(time.perf_counter() - t0)
+        run.stages[q] = dict(stages)
         run.keys[q], run.scores[q] = keys_and_scores(results)
     return run
 
 
 def search_timing(run: ScoringRun) -> dict[str, Any]:
-    return {"search": metrics.summary(list(run.search_ms.values()))}
+    stages = speed.stage_summary(list(run.stages.values()))
+    return {"search": metrics.summary(list(run.search_ms.values())), "stages": stages}
 
 
 def scoring_quality(
@@ -255,15 +260,22 @@ def _extract_and_search(
 def seed_method_vs_engine(
     idx: SearchIndex, items: list[tuple[str, Path]], queries: Queries, picks: list[str], repeats: int
 ) -> dict[str, Any]:
-    """Time the seed method and the engine on ``picks``; check the engine's ``seed`` scoring returns its top-5."""
+    """Time the seed method and the engine on ``picks``; check the engine's ``seed`` scoring returns its top-5.
+
+    The engine runs at the reference kernel level (AVX2 where the CPU has it: the level the
+    targets are stated for, forced) and at the fastest level the CPU has."""
     catalog = [(key, key, path.read_bytes()) for key, path in items]
+    level, fastest = speed.reference_level(), kernels.levels()[0]
     rows = []
     for q in picks:
         t0 = time.perf_counter()
         ref = seed_search(queries.data[q], catalog, k=K)
         seed_s = time.perf_counter() - t0
-        seed_ms, seed_results = _extract_and_search(idx, queries.data[q], "seed", repeats)
-        default_ms, _ = _extract_and_search(idx, queries.data[q], "default", repeats)
+        timings: dict[str, float] = {}
+        for lv in dict.fromkeys((level, fastest)):
+            with kernels.using(lv):
+                timings[f"seed/{lv}"], seed_results = _extract_and_search(idx, queries.data[q], "seed", repeats)
+                timings[f"default/{lv}"], _ = _extract_and_search(idx, queries.data[q], "default", repeats)
         eng_keys, eng_scores = keys_and_scores(seed_results)
         ref_keys, ref_scores = [r["key"] for r in ref], [r["score"] for r in ref]
         ok = metrics.same_top(ref_keys, ref_scores, eng_keys, eng_scores)
@@ -272,8 +284,10 @@ def seed_method_vs_engine(
             {
                 "query": q,
                 "seed_method_s": seed_s,
-                "engine_seed_ms": seed_ms,
-                "engine_default_ms": default_ms,
+                "engine_seed_ms": timings[f"seed/{level}"],
+                "engine_default_ms": timings[f"default/{level}"],
+                "engine_seed_ms_fastest": timings[f"seed/{fastest}"],
+                "engine_default_ms_fastest": timings[f"default/{fastest}"],
                 "same_top5": ok,
                 "max_score_diff": max_diff,
                 "ref_top": ref_keys,
@@ -281,19 +295,25 @@ def seed_method_vs_engine(
             }
         )
         log(
-            f"    seed method {q}: {seed_s:.2f} s; engine seed {seed_ms:.1f} ms, default "
-            f"{default_ms:.1f} ms (extract+search); same top-5: {ok} (max |d score| {max_diff:.2e})"
+            f"    seed method {q}: {seed_s:.2f} s; engine ({level}) seed {timings[f'seed/{level}']:.1f} ms, default "
+            f"{timings[f'default/{level}']:.1f} ms (extract+search); same top-5: {ok} (max |d score| {max_diff:.2e})"
         )
     sm = float(np.median([r["seed_method_s"] for r in rows]))
-    es = float(np.median([r["engine_seed_ms"] for r in rows]))
-    ed = float(np.median([r["engine_default_ms"] for r in rows]))
+
+    def med(key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
     return {
         "queries": rows,
+        "level": level,
+        "fastest_level": fastest,
         "seed_method_s_median": sm,
-        "engine_seed_ms_median": es,
-        "engine_default_ms_median": ed,
-        "ratio_seed": sm * 1000 / es,
-        "ratio_default": sm * 1000 / ed,
+        "engine_seed_ms_median": med("engine_seed_ms"),
+        "engine_default_ms_median": med("engine_default_ms"),
+        "ratio_seed": sm * 1000 / med("engine_seed_ms"),
+        "ratio_default": sm * 1000 / med("engine_default_ms"),
+        "ratio_seed_fastest": sm * 1000 / med("engine_seed_ms_fastest"),
+        "ratio_default_fastest": sm * 1000 / med("engine_default_ms_fastest"),
         "parity_ok": all(r["same_top5"] for r in rows),
     }
 
@@ -329,7 +349,10 @@ def bench_size(bset: datasets.BenchSet, size: int, queries: Queries, settings: S
         log(f"  seed method on {len(picks)} queries (seconds each) ...")
         sm = seed_method_vs_engine(idx, items, queries, picks, settings.repeats)
         out["seed_method"] = sm
-        log(f"  ratio seed-method / engine: seed scoring {sm['ratio_seed']:.0f}x, default {sm['ratio_default']:.0f}x")
+        log(
+            f"  ratio seed-method / engine ({sm['level']}): seed scoring {sm['ratio_seed']:.0f}x, "
+            f"default {sm['ratio_default']:.0f}x"
+        )
 
     if size <= settings.seed_full_max:
         seed_names = names
@@ -353,6 +376,9 @@ def bench_size(bset: datasets.BenchSet, size: int, queries: Queries, settings: S
     if len(seed_names) < len(names):
         out["quality"]["default_on_seed_subset"] = scoring_quality(default_run, truth, bset.transforms, seed_names)
     out["shortlist"] = shortlist_loss(idx, queries, seed_run, truth, seed_names)
+    if settings.level_queries > 0:
+        log(f"  every kernel level, forced, {settings.level_queries} queries ...")
+        out["levels"] = speed.level_timings(idx, queries.features, names, size=size, queries=settings.level_queries)
     out["peak_rss_mb"] = peak_rss_mb()
     for name, q in out["quality"].items():
         _log_quality(name, q, 22)
@@ -394,4 +420,114 @@ def bench_shared(shared: Path, cache: Path, settings: Settings) -> dict[str, Any
     out["shortlist"] = shortlist_loss(idx, queries, seed_run, sset.truth, names)
     for name, q in out["quality"].items():
         _log_quality(name, q, 8, negatives=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The real-resolution set (benchmarks/realres.py)
+
+
+def index_items(items: Sequence[tuple[str, Path]]) -> tuple[SearchIndex, float]:
+    idx = SearchIndex()
+    elapsed = 0.0
+    for key, path in items:
+        data = path.read_bytes()
+        t0 = time.perf_counter()
+        idx.add(key, extract_features(data, query=False))
+        elapsed += time.perf_counter() - t0
+    idx.packed()
+    return idx, elapsed
+
+
+def bench_realres(
+    cache: Path,
+    *,
+    size: int,
+    photos: Path | None,
+    seed_method_queries: int,
+    repeats: int,
+    ks: Sequence[int] = (5, 10, 20, 50),
+    k_queries: int = 24,
+) -> dict[str, Any]:
+    """Index a catalog of ``size`` 1-12 MP images, time every query's extraction by step and both
+    scorings (k=5 on all queries, k in ``ks`` on a subset, with the reference level forced), and
+    the seed's method on a few queries; quality at k=5."""
+    log(f"\n== real-resolution set, catalog {size:,} ==")
+    rset = realres.build(cache, size=size, photos=photos, log=log)
+    items = rset.catalog(size)
+    idx, index_s = index_items(items)
+    mp = [rset.megapixels[key] for key, _ in items]
+    log(f"  indexed {size:,} images ({np.mean(mp):.1f} MP mean) at {size / index_s:.1f} images/s")
+    names = sorted(rset.queries)
+    data = {q: rset.query_path(q).read_bytes() for q in names}
+    features: dict[str, ImageFeatures] = {}
+    extract_ms: dict[str, float] = {}
+    stages = []
+    for q in names:
+        stages.append(speed.extract_stages(data[q]))
+        t0 = time.perf_counter()
+        features[q] = extract_features(data[q])
+        extract_ms[q] = ms(time.perf_counter() - t0)
+    truth = {q: rset.queries[q] for q in names}
+    out: dict[str, Any] = {
+        "size": size,
+        "source": rset.source,
+        "photos": len(rset.photos),
+        "queries": len(names),
+        "negatives": sum(v is None for v in truth.values()),
+        "transforms": list(realres.TRANSFORM_NAMES),
+        "catalog_megapixels": metrics.summary(mp),
+        "query_megapixels": metrics.summary([rset.megapixels[f"queries/{q}"] for q in names]),
+        "catalog_bytes_mean": float(np.mean([p.stat().st_size for _, p in items])),
+        "index_images_per_s": size / index_s,
+        "extract": {"total": metrics.summary(list(extract_ms.values())), "stages": speed.stage_summary(stages)},
+        "extract_by_class": _by_class(names, extract_ms, rset.megapixels),
+    }
+    # quality and timing of both scorings on every query, k=5, at the machine's fastest level
+    runs = {}
+    for s in ("default", "seed"):
+        run = ScoringRun(s)
+        for q in names:
+            with engine_scoring.stage_times():
+                t0 = time.perf_counter()
+                results = idx.search(features[q], SearchParams(k=metrics.K, scoring=s))
+                run.search_ms[q] = ms(time.perf_counter() - t0)
+            run.keys[q], run.scores[q] = [r.key for r in results], [r.score for r in results]
+        runs[s] = run
+    out["quality"] = {
+        s: metrics.quality(runs[s], truth, rset.transforms, names, engine_threshold() if s == "default" else None)
+        for s in ("seed", "default")
+    }
+    out["timing"] = {s: metrics.summary(list(runs[s].search_ms.values())) for s in runs}
+    # k from 5 to 50, both scorings, with the reference level forced
+    level = speed.reference_level()
+    subset = names[:: max(1, len(names) // k_queries)][:k_queries]
+    out["k_level"] = level
+    out["by_k"] = {}
+    with kernels.using(level):
+        for k in ks:
+            out["by_k"][str(k)] = {s: speed.scoring_profile(idx, features, subset, s, k) for s in ("seed", "default")}
+            b = out["by_k"][str(k)]
+            log(
+                f"  k={k:>2} ({level}): seed {b['seed']['search']['median']:.0f} ms, "
+                f"default {b['default']['search']['median']:.0f} ms (median of {len(subset)} queries)"
+            )
+    if seed_method_queries > 0:
+        positives = [q for q in names if truth[q] is not None]
+        picks = positives[:: max(1, len(positives) // seed_method_queries)][:seed_method_queries]
+        qs = Queries(names, data, features, extract_ms)
+        out["seed_method"] = seed_method_vs_engine(idx, list(items), qs, picks, repeats)
+        out["seed_method"]["query_megapixels"] = [rset.megapixels[f"queries/{q}"] for q in picks]
+    for s, q in out["quality"].items():
+        log(f"  {s:>8}: recall@1 {q['recall@1']:.3f}  AUC {q['auc']}")
+    return out
+
+
+def _by_class(names: Sequence[str], extract_ms: dict[str, float], megapixels: dict[str, float]) -> dict[str, Any]:
+    """Extraction time by query resolution: up to 2 MP, 2-5 MP, over 5 MP."""
+    classes = {"≤ 2 MP": (0.0, 2.05), "2–5 MP": (2.05, 5.05), "> 5 MP": (5.05, 1e9)}
+    out = {}
+    for label, (lo, hi) in classes.items():
+        sel = [extract_ms[q] for q in names if lo <= megapixels[f"queries/{q}"] < hi]
+        out[label] = metrics.summary(sel)
     return out

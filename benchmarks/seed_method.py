@@ -23,9 +23,14 @@ def prepare(data: bytes) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(image, (256, 256)), cv2.COLOR_BGR2GRAY)
 
 
+def ssim(query_gray: np.ndarray, catalog_gray: np.ndarray) -> float:
+    """scikit-image's SSIM with its defaults, as the seed calls it."""
+    return float(structural_similarity(query_gray, catalog_gray))
+
+
 def compare(query_gray: np.ndarray, catalog_gray: np.ndarray) -> tuple[float, float, float]:
     """(score, ssim, orb) exactly as the seed computes them."""
-    ssim = float(structural_similarity(query_gray, catalog_gray))
+    ssim_value = ssim(query_gray, catalog_gray)
     orb = cv2.ORB.create()
     kp1, des1 = orb.detectAndCompute(query_gray, None)
     _kp2, des2 = orb.detectAndCompute(catalog_gray, None)
@@ -34,7 +39,7 @@ def compare(query_gray: np.ndarray, catalog_gray: np.ndarray) -> tuple[float, fl
     else:
         matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(des1, des2)
         orb_score = len(matches) / len(kp1)
-    return (ssim + orb_score) / 2.0, ssim, orb_score
+    return (ssim_value + orb_score) / 2.0, ssim_value, orb_score
 
 
 def search(query: bytes, catalog: list[tuple[str, str, bytes]], k: int = 5) -> list[dict[str, Any]]:

@@ -93,8 +93,23 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
+_serial = False  # set by serial(): every call on the calling thread (per-core timings)
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """``with serial():`` the kernels run on the calling thread only (the benchmark's per-core
+    timings). Not for concurrent use."""
+    global _serial
+    before, _serial = _serial, True
+    try:
+        yield
+    finally:
+        _serial = before
+
+
 def _parallel(fn: Callable[[int, int], None], n: int, min_per_thread: int = 32) -> None:
-    parts = min(THREADS, max(1, n // min_per_thread))
+    parts = 1 if _serial else min(THREADS, max(1, n // min_per_thread))
     spans = _split(n, parts)
     if _pool is None or len(spans) <= 1:
         for lo, hi in spans:
@@ -107,7 +122,7 @@ def _parallel(fn: Callable[[int, int], None], n: int, min_per_thread: int = 32) 
 def map_threads(fn: Callable[[T], None], items: Iterable[T]) -> None:
     """Call ``fn(item)`` for each item on the kernel threads (for work that releases the GIL)."""
     items = list(items)
-    if _pool is None or len(items) <= 1:
+    if _pool is None or _serial or len(items) <= 1:
         for item in items:
             fn(item)
         return

@@ -29,6 +29,10 @@ def test_quick_benchmark_writes_a_sane_report(tmp_path: Path) -> None:
             "1",
             "--repeats",
             "1",
+            "--realres-size",
+            "20",
+            "--level-queries",
+            "2",
             "--cache",
             str(tmp_path / "cache"),
             "--out",
@@ -52,6 +56,12 @@ def test_quick_benchmark_writes_a_sane_report(tmp_path: Path) -> None:
         "### Seed method vs engine",
         "### Quality",
         "### Shortlist loss (default scoring)",
+        "## Speed",
+        "### Against the targets of issue 10",
+        "### Kernel levels",
+        "### Where the time goes: `default` scoring by stage",
+        "## Real-resolution photos (catalog of 20)",
+        "### Search time by k",
         "## Plot",
     ):
         assert section in report, section
@@ -79,3 +89,15 @@ def test_quick_benchmark_writes_a_sane_report(tmp_path: Path) -> None:
     for metric in ("top5_items_lost", "queries_losing_any", "top1_lost", "answer_lost"):
         assert 0.0 <= loss[metric] <= 1.0
     assert size["peak_rss_mb"] > 0
+    # every level this machine runs, forced in turn: per-image kernel times and per-query times
+    from harmony_image import kernels
+
+    assert set(results["kernels"]["levels"]) == set(kernels.levels())
+    for level, lv in results["kernels"]["levels"].items():
+        assert lv["ssim"] > 0 and lv["cross_check"] > 0 and lv["votes"] > 0 and lv["opencv_ratio"] > 0, level
+        assert size["levels"][level]["default"]["search"]["median"] > 0
+    assert "votes" in size["timing"]["default"]["stages"]
+    rr = results["realres"]
+    assert rr["size"] == 20 and rr["catalog_megapixels"]["median"] >= 1.0 and rr["seed_method"]["parity_ok"]
+    assert set(rr["by_k"]) == {"5", "10", "20", "50"}
+    assert rr["extract"]["stages"]["decode"]["mean"] > 0
