@@ -4,7 +4,12 @@ Response (200)::
 
     {"query": {"sha256", "width", "height"},
      "results": [{"url", "key", "score", "ssim", "orb", "sha256"}],
-     "catalog_size": int, "took_ms": float}
+     "catalog_size": int, "took_ms": float,
+     "index": {"complete": bool, "missing": int}}
+
+``index`` says whether every record could be read: a search is answered from the records that
+could (never a 500 for one unreadable record); ``complete`` comes back once a later refresh reads
+them (IndexReader.status).
 
 Errors: ``{"error": {"code", "message"}}`` with the error's status (see errors.py).
 """
@@ -82,4 +87,5 @@ class SearchService:
             "results": results,
             "catalog_size": len(index),
             "took_ms": round((time.perf_counter() - started) * 1000, 1),
+            "index": self.reader.status,
         }

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from harmony_aws.layout import record_key
 from tests.hostile import png_claiming
 from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
 
@@ -103,11 +104,28 @@ def image_server(images):
     srv.server_close()
 
 
+def test_an_unreadable_record_is_left_out_and_flagged(catalog, search_fn, lambda_context):
+    """One damaged record costs its image, not the search: the answer says the index is incomplete."""
+    catalog.put_object(
+        Bucket=BUCKET,
+        Key=record_key("catalog/coffee.jpg"),
+        Body=b"not a feature record",
+        Metadata={"catalog-key": "catalog/coffee.jpg"},
+    )
+    status, body = call(search_fn, lambda_context, load_event("api-search-upload.json"))
+    assert status == 200, body
+    assert body["index"] == {"complete": False, "missing": 1}
+    assert body["catalog_size"] == len(CATALOG_NAMES) - 1
+    assert "catalog/coffee.jpg" not in [r["key"] for r in body["results"]]
+    assert body["results"][0]["key"] == "catalog/chelsea.jpg"
+
+
 # --------------------------------------------------------------------------- happy paths
 def test_upload_event_from_events_dir(catalog, search_fn, lambda_context):
     status, body = call(search_fn, lambda_context, load_event("api-search-upload.json"))
     assert status == 200, body
-    assert set(body) == {"query", "results", "catalog_size", "took_ms"}
+    assert set(body) == {"query", "results", "catalog_size", "took_ms", "index"}
+    assert body["index"] == {"complete": True, "missing": 0}
     assert set(body["query"]) == {"sha256", "width", "height"}
     assert (body["query"]["width"], body["query"]["height"]) == (48, 32)
     assert body["catalog_size"] == len(CATALOG_NAMES)
