@@ -43,6 +43,7 @@ import numpy as np
 import pytest
 
 from harmony_aws import runtime
+from harmony_aws.errors import StorageError
 from harmony_aws.reader import RETRY_SECONDS
 from harmony_aws.sources import ImageBytes
 from harmony_image import ImageFeatures, SearchParams
@@ -248,14 +249,23 @@ def test_event_storm_under_s3_faults(rate, moto_server_url, s3_server, index_fn,
         # The redrive: a reindex under the same faults. Whatever it does not repair, it reports.
         reports = []
         for _ in range(3):  # as an operator would run it again while it reports failures
+            # each run a new invocation, in a new execution environment: botocore's retry quota,
+            # spent by the storm, is per client (a run that cannot even list fails loudly: the
+            # operator sees the error and runs it again)
+            runtime.reset()
             ctx = LambdaContext("IndexFunction", 1769, deadline=time.time() + 600)
-            out = index_fn.lambda_handler({"action": "reindex"}, ctx)
+            try:
+                out = index_fn.lambda_handler({"action": "reindex"}, ctx)
+            except StorageError as exc:
+                print("REINDEX RUN FAILED", exc.message)
+                continue
             reports.append(out)
             assert out["attempted"] == out["keys"] and out["resume_after"] is None, out
             assert out["complete"] == (out["failed"] == []), out
             assert sum(out["reindexed"].values()) == out["keys"], out
             if out["complete"]:
                 break
+        assert reports, "no reindex run could list the bucket"
         diff = compare(storm, direct, bucket)
         failed = {f["key"] for f in reports[-1]["failed"]}
         n_images = sum(c.image for c in storm.final.values())
