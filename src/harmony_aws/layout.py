@@ -31,7 +31,11 @@ _MAX_B64_NAME = 900  # base64 names up to here keep the record key under S3's 10
 
 
 def is_catalog_image_key(key: str) -> bool:
-    return key.startswith(CATALOG_PREFIX) and key != MANIFEST_KEY and not key.endswith("/")
+    """A catalog image's key: under catalog/, not the manifest, not a folder marker, and no hidden
+    part (``catalog/.harmony/...``: a local index uploaded with its folder, as the CLI skips it)."""
+    if not key.startswith(CATALOG_PREFIX) or key == MANIFEST_KEY or key.endswith("/"):
+        return False
+    return not any(part.startswith(".") for part in catalog_rel(key).split("/"))
 
 
 def catalog_rel(key: str) -> str:

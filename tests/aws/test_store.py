@@ -168,6 +168,12 @@ def test_manifest_and_folders_are_not_indexed(bucket, images):
     client.put_object(Bucket=name, Key="catalog/folder/", Body=b"")
     assert store.records.reconcile("catalog/manifest.json").action == "skipped"
     assert store.records.reconcile("catalog/folder/").action == "skipped"
+    # a local index uploaded with its folder (aws s3 cp --recursive without --exclude) is not a catalog
+    client.put_object(Bucket=name, Key="catalog/.harmony/records-v3/x.npz", Body=images["chelsea.jpg"])
+    client.put_object(Bucket=name, Key="catalog/shoes/.DS_Store.jpg", Body=images["chelsea.jpg"])
+    assert store.records.reconcile("catalog/.harmony/records-v3/x.npz").action == "skipped"
+    assert store.records.reconcile("catalog/shoes/.DS_Store.jpg").action == "skipped"
+    assert all_keys(client, name, "index/records/") == {}
     assert store.records.reconcile("queries/x.jpg").action == "skipped"
     assert all_keys(client, name, "index/") == {}
 
