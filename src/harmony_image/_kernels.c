@@ -728,13 +728,42 @@ HK_INLINE void ssim_body(const query_stats *const *qs, const int nq, const uint8
         }                                                                                                     \
     }
 
-SSIM_LEVEL(portable, )
+/* ---------------------------------------------------------------- thumbnail correlation */
+
+/* out[i] = max(a . row_i, b . row_i) for the n rows of `rows` (d floats each, d a multiple of 8):
+ * eight running sums over columns c = j mod 8, then ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)),
+ * every product and sum a separate IEEE float operation (-std=c11: no FMA contraction), so the
+ * numbers are the same at every level and on every CPU -- unlike a BLAS product, whose order
+ * depends on the library's kernel for the CPU (and whose threads spin-wait when a core is taken). */
+HK_INLINE float dot8(const float *x, const float *y, int64_t d)
+{
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int j = 0; j < 8; j++) {
+            float p = x[c + j] * y[c + j];
+            s[j] += p;
+        }
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+#define LEVEL_FUNCTIONS(SUFFIX, TARGET)                                                                      \
+    SSIM_LEVEL(SUFFIX, TARGET)                                                                               \
+    TARGET static void dots_##SUFFIX(const float *rows, int64_t n, int64_t d, const float *a, const float *b, \
+                                     float *out)                                                             \
+    {                                                                                                        \
+        for (int64_t i = 0; i < n; i++) {                                                                    \
+            float x = dot8(rows + i * d, a, d), y = dot8(rows + i * d, b, d);                                \
+            out[i] = x < y ? y : x;                                                                          \
+        }                                                                                                    \
+    }
+
+LEVEL_FUNCTIONS(portable, )
 #if defined(HK_X86)
-SSIM_LEVEL(popcnt, T_POPCNT)
-SSIM_LEVEL(avx2, T_AVX2)
-SSIM_LEVEL(avx512, T_AVX512)
+LEVEL_FUNCTIONS(popcnt, T_POPCNT)
+LEVEL_FUNCTIONS(avx2, T_AVX2)
+LEVEL_FUNCTIONS(avx512, T_AVX512)
 #endif
-/* AArch64: Advanced SIMD is baseline, so the portable copy is already the NEON one */
+/* AArch64: Advanced SIMD is baseline, so the portable copies are already the NEON ones */
 
 /* ---------------------------------------------------------------- levels */
 
@@ -744,6 +773,7 @@ typedef struct {
     int32_t (*pass)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode);
     void (*prepare)(const uint8_t *y, query_stats *q);
     void (*ssim)(const query_stats *const *qs, int nq, const uint8_t *x, Py_ssize_t n, double *const *scores);
+    void (*dots)(const float *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
 } level_t;
 
 static int always(void) { return 1; }
@@ -771,13 +801,13 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512},
-    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2},
-    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt},
+    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512},
+    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2},
+    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, prepare_portable, ssim_portable},
+    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable},
 #endif
-    {"portable", always, pass_portable, prepare_portable, ssim_portable},
+    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable},
 };
 #define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 
@@ -1057,6 +1087,33 @@ done:
     return result;
 }
 
+/* out[i] = max(query_a . row_i, query_b . row_i) over float32 rows of d (a multiple of 8) */
+static PyObject *dot_max(PyObject *self, PyObject *args)
+{
+    Py_buffer rows, qa, qb, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &rows, &qa, &qb, &out))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t d = qa.len / (Py_ssize_t)sizeof(float), n = d ? rows.len / (Py_ssize_t)sizeof(float) / d : 0;
+    if (d % 8 != 0 || qb.len != qa.len || (d && rows.len % (d * (Py_ssize_t)sizeof(float)) != 0) ||
+        out.len < n * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "dot_max: expects float32 rows of d (a multiple of 8), queries of d, out of n");
+        goto done;
+    }
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    L->dots((const float *)rows.buf, n, d, (const float *)qa.buf, (const float *)qb.buf, (float *)out.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&qa);
+    PyBuffer_Release(&qb);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyObject *use(PyObject *module, PyObject *arg);
 
 static PyMethodDef methods[] = {
@@ -1080,6 +1137,9 @@ static PyMethodDef methods[] = {
      "match_two(query, planes, offsets, out, out_idx, out_d1, out_d2) -> None\n\n"
      "cross_check_counts and nearest_two in one pass: out[j] = cross-check count with image j;\n"
      "out_idx/out_d1/out_d2[j * nq + i] = nearest_two of query row i in image j."},
+    {"dot_max", dot_max, METH_VARARGS,
+     "dot_max(rows, query_a, query_b, out) -> None\n\n"
+     "out[i] = max(query_a . rows[i], query_b . rows[i]), float32, the same order at every level."},
     {"use", use, METH_O,
      "use(level) -> str\n\n"
      "Switch to another level of `levels` ('auto': the fastest); returns the previous one.\n"

@@ -38,6 +38,7 @@ from .kernels import (
     DescriptorPack,
     count_close,
     cross_check_counts,
+    dot_max,
     map_threads,
     match_two,
     nearest_two,
@@ -174,8 +175,7 @@ def mirror_detail(mirror: ImageFeatures, query: ImageFeatures) -> ImageFeatures:
 
 def look_scores(query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatalog) -> np.ndarray:
     """Thumbnail correlation of every catalog row with the query or its mirror, the better."""
-    scores: np.ndarray = np.maximum(packed.thumbs @ query.thumb, packed.thumbs @ mirror.thumb)
-    return scores
+    return dot_max(packed.thumbs, query.thumb, mirror.thumb)
 
 
 def shortlist(
@@ -315,8 +315,6 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     clock.lap("mirror ORB")
     looks = look_scores(query, mirror, packed)
     clock.lap("thumbnails")
-    # started after the BLAS product above: OpenBLAS's threads spin-wait and crawl when another
-    # thread takes a core from them (14 ms instead of 0.3 at 1,000 images, measured)
     mirror_with_detail = _background.submit(mirror_detail, mirror, query)
     size = max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * k)
     rows, looks, votes = shortlist(query, mirror, packed, size, clock=clock, looks=looks)

@@ -29,6 +29,7 @@ from harmony_image.kernels import (
     DescriptorPack,
     count_close,
     cross_check_counts,
+    dot_max,
     match_two,
     nearest_two,
     ssim_pair,
@@ -115,6 +116,15 @@ def query_sets() -> dict[str, np.ndarray]:
     return {n: sets[n] for n in names}
 
 
+@functools.cache
+def thumbnails() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit-norm float32 rows (as the shortlist's 32x32 thumbnails) and two queries."""
+    rng = np.random.default_rng(9)
+    rows = rng.normal(size=(301, 1024)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows, rows[7].copy(), rows[200][::-1].copy()
+
+
 def brute_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
 
@@ -156,6 +166,7 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
         for i, g in enumerate(grays()[::4]):
             out[f"ssim/{i}"] = ssim_scores(g, stack)
         out["ssim_pair/0"], out["ssim_pair/1"] = ssim_pair(grays()[0], grays()[-1], stack)
+        out["dot_max"] = dot_max(*thumbnails())
         return out
 
 
@@ -241,6 +252,14 @@ def test_ssim_matches_scikit_image(level):
     assert np.array_equal(pair[0], ssim_scores(first, stack)) and np.array_equal(pair[1], ssim_scores(other, stack))
 
 
+def test_dot_max_is_the_better_correlation(level):
+    rows, a, b = thumbnails()
+    got = dot_max(rows, a, b)
+    assert got.dtype == np.float32 and got.shape == (len(rows),)
+    assert np.allclose(got, np.maximum(rows @ a, rows @ b), atol=1e-5)
+    assert got[7] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_more_descriptors_than_32_bit_keys_hold(level):
     """Over 65,535 descriptors on either side the kernels switch to 64-bit keys."""
     rng = np.random.default_rng(3)
@@ -258,8 +277,8 @@ def test_more_descriptors_than_32_bit_keys_hold(level):
 
 @pytest.mark.parametrize("other", ALL_LEVELS[1:] or ["none"])
 def test_every_level_is_bit_identical_to_the_fastest(other):
-    """C levels are bit-identical in every output (SSIM included); numpy equals them exactly in
-    the integer outputs and to 1e-6 in SSIM (it is computed in another order)."""
+    """C levels are bit-identical in every output (SSIM and dot_max included); numpy equals them
+    exactly too except SSIM, within 1e-6 (it is computed in another order)."""
     if other == "none":
         pytest.skip("one level only")
     ref, got = outputs_at(ALL_LEVELS[0]), outputs_at(other)
