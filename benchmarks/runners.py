@@ -208,10 +208,10 @@ def shortlist_loss(
 
     Per query, the exhaustive ``seed`` top-5 against the rows default scoring's first pass keeps
     for k=5 (``scoring.shortlist`` of the query and its mirror,
-    ``max(SHORTLIST_MIN, SHORTLIST_PER_RESULT * 5)`` rows); see :func:`metrics.shortlist_loss`.
+    ``scoring.shortlist_size(5)`` rows by each vote); see :func:`metrics.shortlist_loss`.
     """
     try:
-        size = max(engine_scoring.SHORTLIST_MIN, engine_scoring.SHORTLIST_PER_RESULT * K)
+        size = engine_scoring.shortlist_size(K)
         packed = idx.packed()
         kept = {}
         for q in names:
