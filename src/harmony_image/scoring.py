@@ -52,7 +52,7 @@ VOTE_QUERY_DESCRIPTORS = 200
 VOTE_THRESHOLD = 50
 SHORTLIST_MIN = 24
 SHORTLIST_BASE = 12
-SHORTLIST_PER_RESULT = 2
+SHORTLIST_PER_RESULT = 1
 RATIO = 0.8
 MAX_MATCH_DISTANCE = 64
 RANSAC_THRESHOLD = 4.0
@@ -148,17 +148,13 @@ def catalog_subset(packed: PackedCatalog, rows: np.ndarray) -> tuple[np.ndarray,
 
 
 def shortlist_size(k: int) -> int:
-    """Rows the first pass keeps by each of its two votes for ``k`` results: 24 up to k = 6, then
-    2 more per result. (It was max(24, 4k): at k = 50 default scoring verified ~400 of 1,000 rows
-    in both views and cost 1.5-2x the exhaustive seed scoring; with 12 + 2k the benchmark's k = 10-50
-    lists keep every answer at the same or a better rank and hold fewer false copies.)"""
+    """Rows the first pass keeps by each of its two votes for ``k`` results: 24 up to k = 12, then
+    one more per result. It was max(24, 4k): at k = 50 default scoring verified ~400 of 1,000
+    rows in both views (and detail-verified the best 50) and cost 1.5-3x the exhaustive seed
+    scoring. Measured on the benchmark's two 1,000-image catalogs for k = 10-50: every answer
+    found at the same or a better rank, the same copies, fewer unrelated images scored >= 0.5
+    (commit message and docs/BENCHMARKS.md)."""
     return max(SHORTLIST_MIN, SHORTLIST_BASE + SHORTLIST_PER_RESULT * k)
-
-
-def detail_candidates(k: int) -> int:
-    """How many of the best-scored candidates get detail verification: 6 up to k = 6, then one
-    more per two results (it was max(6, k); the same measurements as :func:`shortlist_size`)."""
-    return max(DETAIL_CANDIDATES, (k + DETAIL_CANDIDATES) // 2)
 
 
 def mirrored(query: ImageFeatures, *, detail: bool = True) -> ImageFeatures:
@@ -376,7 +372,7 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     # the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
     # crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
     # short of certain.
-    best = np.argsort(-scores.max(axis=0), kind="stable")[: detail_candidates(k)]
+    best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
     best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
     most_voted = np.argsort(-votes, kind="stable")[:DETAIL_BY_VOTES]
     candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
