@@ -729,7 +729,9 @@ def _realres_section(rr: dict[str, Any]) -> list[str]:
         f"and synthetic distractors resampled the same way, JPEG quality 90. Catalog: {cm['mean']:.1f} MP mean "
         f"(median {cm['median']:.1f}), {rr['catalog_bytes_mean'] / 1e6:.2f} MB per file. Queries: {rr['queries']} "
         f"({rr['negatives']} negatives), every photo under {', '.join(rr['transforms'])}, {qm['mean']:.1f} MP mean. "
-        f"Indexing: {rr['index_images_per_s']:.1f} images/s (decoding dominates).",
+        f"Indexing: {rr['index_images_per_s']:.1f} images/s (decoding dominates). "
+        "`make bench BENCH_PHOTOS=DIR` (`--photos DIR`) builds the set from a folder of real photos instead, "
+        "e.g. ../shared/bench/originals/photos (for measuring only: nothing of it is committed).",
         "",
         "### A query's feature extraction by step",
         "",
