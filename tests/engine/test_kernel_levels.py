@@ -272,6 +272,34 @@ def test_more_descriptors_than_32_bit_keys_hold(level):
     assert idx[:3].tolist() == [5, 69_999, 65_536] and d1[:3].tolist() == [0, 0, 0]
 
 
+def synthetic_outputs() -> bytes:
+    """Every kernel's output on inputs made without any decoder (so the same bytes on every
+    machine): random and patterned grays, random descriptors, random unit-norm rows."""
+    rng = np.random.default_rng(2024)
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    gs = np.stack([rng.integers(0, 256, (256, 256), dtype=np.uint8) for _ in range(3)] + [ramp, ramp.T.copy()])
+    sets = [rng.integers(0, 256, (n, 32), dtype=np.uint8) for n in (1, 7, 17, 100, 333)]
+    sets += [np.repeat(sets[3][:5], 3, axis=0), ~sets[4][:40]]
+    pack = DescriptorPack(sets)
+    rows = rng.normal(size=(40, 1024)).astype(np.float32)
+    parts = [ssim_scores(g, gs) for g in gs] + list(ssim_pair(gs[0], gs[3], gs))
+    for q in sets:
+        parts += [cross_check_counts(q, pack), count_close(q, pack, 100), *match_two(q, pack)]
+    parts.append(dot_max(rows, rows[3], rows[11]))
+    return b"".join(np.ascontiguousarray(p).tobytes() for p in parts)
+
+
+# sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
+SYNTHETIC_SHA256 = "25cb7327fd4552942e7f6e22dd078290806c6d94ccf0bdb2ded274ca1ea07a9b"
+
+
+def test_outputs_are_the_same_bytes_on_every_machine(level):
+    """Bit-identical across architectures too: no FMA contraction, fixed summation orders."""
+    import hashlib
+
+    assert hashlib.sha256(synthetic_outputs()).hexdigest() == SYNTHETIC_SHA256
+
+
 # ------------------------------------------------------------------ levels against each other
 
 
