@@ -4,6 +4,7 @@
     harmony search --catalog DIR [--k 5] [--scoring seed|default] [--min-score S] [--json] QUERY...
     harmony ls     --catalog DIR [--prefix P] [--json]   key, size, source URL, indexed
     harmony rm     --catalog DIR KEY...                   delete the files, forget their records
+    harmony duplicates --catalog DIR [--json | --csv] [--min-score S] [--keep largest|oldest|shortest]
     harmony import images.json --catalog DIR
     harmony demo   [--workdir DIR]
     harmony serve  [--port 3000] ...   the local stack: page + API + embedded S3 (harmony_local.stack)
@@ -14,6 +15,7 @@ Exit status: 0 on success, 1 when some queries or downloads failed, 2 on usage e
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -32,8 +34,10 @@ from harmony_image import (
     __version__,
     extract_features,
 )
+from harmony_image.duplicates import KEEP_RULES, DuplicateReport, find_duplicates
 from harmony_image.fetch import fetch_url
 from harmony_image.params import check_k, check_min_score
+from harmony_image.scoring import SAME_IMAGE_THRESHOLD
 
 from .catalog import LocalCatalog, SyncReport
 from .stack.cli import add_serve_arguments, run_serve
@@ -162,6 +166,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     return run_search(index, args.queries, args)
 
 
+CSV_COLUMNS = ("group", "keep", "key", "url", "score", "sha256", "width", "height")
+
+
+def _write_csv(report: DuplicateReport, stream: TextIO) -> None:
+    """One row per group member; ``keep`` is true on the keeper's row."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for number, group in enumerate(report.groups, 1):
+        for m in group.members:
+            keep = "true" if m.key == group.keep else "false"
+            writer.writerow([number, keep, m.key, m.url, f"{m.score:.4f}", m.sha256, m.width, m.height])
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    catalog = LocalCatalog(args.catalog, workers=args.workers, index_dir=args.index_dir)
+    index, sync = catalog.open(progress=ProgressBar("indexing"))
+    if sync is not None:
+        print(_summary(sync, catalog), file=sys.stderr)
+    mtimes = {key: st.st_mtime for key, st in catalog.image_files() if key in index}
+    report = find_duplicates(
+        index,
+        min_score=args.min_score if args.min_score is not None else SAME_IMAGE_THRESHOLD,
+        keep=args.keep,
+        timestamps=mtimes,
+        progress=ProgressBar("comparing"),
+    )
+    if args.csv:
+        _write_csv(report, sys.stdout)
+    else:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    grouped = sum(len(g.members) for g in report.groups)
+    print(
+        f"{report.images} images: {len(report.groups)} groups of duplicates ({grouped} images, "
+        f"{grouped - len(report.groups)} beside their keepers) in {report.took_s:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_urls
 
@@ -247,6 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", default=None, help=index_help)
     p.add_argument("keys", nargs="+", metavar="KEY", help="catalog-relative keys (as `harmony ls` shows them)")
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate images in a catalog folder, with a keeper each")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--index-dir", default=None, help=index_help)
+    p.add_argument("--workers", type=int, default=None)
+    form = p.add_mutually_exclusive_group()
+    form.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object (the default): {"groups": [{"keep", "members", "pairs"}], "images", "took_s"}',
+    )
+    form.add_argument("--csv", action="store_true", help=f"one row per group member: {','.join(CSV_COLUMNS)}")
+    p.add_argument(
+        "--min-score",
+        type=_argument(check_min_score, float),
+        default=None,
+        help=f"default score from which two images are duplicates (0-1, default {SAME_IMAGE_THRESHOLD}: a copy)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP_RULES,
+        default="largest",
+        help="the member to keep: most pixels (default), oldest file, or shortest key",
+    )
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("import", help="download a seed-format URL list into a catalog folder")
     p.add_argument("manifest", help='JSON list of {"url": ...}')
