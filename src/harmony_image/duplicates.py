@@ -1,18 +1,23 @@
 """The duplicate report: groups of catalog images that are the same image or a copy of one.
 
 Every catalog entry is queried against the whole index with ``default`` scoring, its stored
-features being the query. A pair scoring at least ``min_score`` (by default
+features being the query. Each catalog image it finds scoring at least ``min_score`` (by default
 :data:`~harmony_image.scoring.SAME_IMAGE_THRESHOLD`: "the same image or an edited copy") is an
-*edge*; entries with identical content (same sha256) are joined by an edge of score 1.0. Edges
-are merged into groups (connected components, so a crop and a resize of one photo meet through
-the photo), and each group gets a keeper chosen by a rule.
+*edge* (:class:`Edge`: query -> found, with the score); entries with identical content (same
+sha256) find each other with 1.0. Edges become undirected *pairs*: matched in either direction,
+or, with ``mutual=True``, only in both (the scores are asymmetric: each direction verifies the
+query's keypoints). Pairs are merged into groups — connected components (union-find), so a crop
+and a resize of one photo meet through the photo — and each group gets a keeper chosen by a rule.
 
-The work splits in two so that it can be fanned out:
+One false pair joins two whole groups; ``mutual`` trades some true pairs for fewer false ones
+(measured in docs/BENCHMARKS.md, "Duplicate report").
 
-* :func:`find_edges` queries the entries of a *slice* of the catalog (a list of keys; all of them
-  by default) and returns their edges — independent per slice;
-* :func:`duplicate_groups` merges edges from any number of slices into groups with keepers and
-  scores; merging the edges of slices that cover the catalog gives the whole catalog's report.
+The work splits so that it can be fanned out:
+
+* :func:`find_edges` queries the entries of a *slice* of the catalog (a list of keys; all of
+  them by default) and returns their edges — independent per slice;
+* :func:`duplicate_groups` turns edges from any number of slices into groups with keepers and
+  scores; the edges of slices that cover the catalog give exactly the whole catalog's report.
 
 :func:`find_duplicates` does both over the whole index.
 
@@ -32,7 +37,7 @@ from typing import Any, Literal, get_args
 
 from .errors import InvalidParameterError
 from .features import ImageFeatures
-from .index import SearchIndex
+from .index import SearchIndex, SearchResult
 from .packed import CatalogEntry
 from .params import MAX_K, SearchParams, check_min_score
 from .scoring import SAME_IMAGE_THRESHOLD
@@ -52,8 +57,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Edge:
-    """Two catalog keys (``a < b``) whose default score reached the threshold; ``score`` is the
-    higher of the two directions that were scored (1.0 for identical content)."""
+    """A match: ``a``, searched with default scoring, found ``b`` with ``score`` (>= the
+    threshold); 1.0 both ways between entries with identical content."""
 
     a: str
     b: str
@@ -64,14 +69,21 @@ class Edge:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Edge:
-        return edge(str(data["a"]), str(data["b"]), float(data["score"]))
+        """The inverse of :meth:`to_dict` (edges cross process boundaries as JSON)."""
+        return cls(str(data["a"]), str(data["b"]), float(data["score"]))
 
 
-def edge(a: str, b: str, score: float) -> Edge:
-    """The edge between ``a`` and ``b`` in canonical order."""
-    if a == b:
-        raise ValueError(f"an edge joins two keys; got {a!r} twice")
-    return Edge(a, b, score) if a < b else Edge(b, a, score)
+@dataclass(frozen=True)
+class Pair:
+    """Two catalog keys (``a < b``) found to be duplicates; ``score``: the higher of the two
+    directions' scores, or with ``mutual`` the lower (the score both directions reach)."""
+
+    a: str
+    b: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "score": self.score}
 
 
 @dataclass(frozen=True)
@@ -101,12 +113,12 @@ class Member:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """A group: the keeper's key, the members (keeper first, then by score), and the edges that
-    joined them (every pair found at or above the threshold, in either direction)."""
+    """A group: the keeper's key, the members (keeper first, then by score), and the pairs that
+    joined them (:func:`pairs_of`)."""
 
     keep: str
     members: tuple[Member, ...]
-    pairs: tuple[Edge, ...]
+    pairs: tuple[Pair, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,18 +165,18 @@ def find_edges(
     query_features: Callable[[str], ImageFeatures] | None = None,
     progress: Progress | None = None,
 ) -> list[Edge]:
-    """The edges of the entries ``keys`` (all of the index's if None) to the whole index.
+    """The edges of the entries ``keys`` (all of the index's if None) in the whole index.
 
     Parameters
     ----------
     index : SearchIndex
         The catalog. Every key of ``keys`` must be in it.
     keys : sequence of str, optional
-        The slice to query. Slices that together cover the catalog give, merged by
-        :func:`duplicate_groups`, exactly the whole catalog's report: each distinct content is
-        queried once, by its first key in key order, in whichever slice holds that key.
+        The slice to query. Each distinct content is queried once, by its first key in key order,
+        and each of its other keys and that one find each other with 1.0; so slices that together
+        cover the catalog produce every edge of the whole catalog exactly once.
     min_score : float
-        Score in [0, 1] from which a pair is an edge; default
+        Score in [0, 1] from which a found image is an edge; default
         :data:`~harmony_image.scoring.SAME_IMAGE_THRESHOLD`.
     query_features : callable, optional
         ``key -> ImageFeatures`` of the query for ``key``; default: the stored features (see the
@@ -175,58 +187,66 @@ def find_edges(
     Returns
     -------
     list of Edge
-        Sorted by ``(a, b)``; an edge found in both directions appears once with the higher score.
+        ``a`` the query, ``b`` what it found: in the order of ``keys``, each query's by descending
+        score. A found image stands for its content: ``b`` is that content's first key.
     """
     checked = check_min_score(min_score)
     threshold = SAME_IMAGE_THRESHOLD if checked is None else checked
     todo = list(index.keys()) if keys is None else list(keys)
-    # content -> its first key in the whole index: the one that queries and that identical
-    # copies are joined to
+    # content -> its first key in the whole index: the one that queries and is found
     first_of: dict[str, str] = {}
     for key in sorted(index.keys()):
         first_of.setdefault(_features(index, key).sha256, key)
-    found: dict[tuple[str, str], float] = {}
-
-    def add(a: str, b: str, score: float) -> None:
-        e = edge(a, b, score)
-        found[(e.a, e.b)] = max(score, found.get((e.a, e.b), 0.0))
-
+    edges: list[Edge] = []
     for done, key in enumerate(todo, 1):
         stored = _features(index, key)
         first = first_of[stored.sha256]
         if first != key:
-            add(first, key, 1.0)
+            edges += [Edge(key, first, 1.0), Edge(first, key, 1.0)]
         else:
             query = query_features(key) if query_features is not None else stored
-            for result in _copies(index, query, threshold):
-                if result[1] != stored.sha256:
-                    add(key, result[0], result[2])
+            edges += [
+                Edge(key, first_of[r.sha256], r.score)
+                for r in _copies(index, query, threshold)
+                if r.sha256 != stored.sha256
+            ]
         if progress is not None:
             progress(done, len(todo))
-    return [Edge(a, b, s) for (a, b), s in sorted(found.items())]
+    return edges
 
 
-def _copies(index: SearchIndex, query: ImageFeatures, min_score: float) -> list[tuple[str, str, float]]:
-    """(key, sha256, score) of the distinct catalog images scoring >= ``min_score`` for ``query``
-    (the search keeps one key per content: the first in key order among equal scores)."""
+def _copies(index: SearchIndex, query: ImageFeatures, min_score: float) -> list[SearchResult]:
+    """The distinct catalog images scoring >= ``min_score`` for ``query``, best first."""
     k = QUERY_K
     while True:
         results = index.search(query, SearchParams(k=k, scoring="default", min_score=min_score))
         if len(results) < k or k >= MAX_K:
-            return [(r.key, r.sha256, r.score) for r in results]
+            return results
         k = MAX_K
 
 
-def merge_edges(edges: Iterable[Edge]) -> list[Edge]:
-    """Edges from several slices as one list: each pair once, with its highest score, sorted."""
-    best: dict[tuple[str, str], float] = {}
+def pairs_of(edges: Iterable[Edge], *, mutual: bool = False) -> list[Pair]:
+    """Edges (from any number of slices) as undirected pairs, sorted by ``(a, b)``: every pair
+    matched in either direction with its higher score or, with ``mutual``, only pairs matched in
+    both directions, with the lower score."""
+    scores: dict[tuple[str, str], dict[bool, float]] = {}
     for e in edges:
-        best[(e.a, e.b)] = max(e.score, best.get((e.a, e.b), 0.0))
-    return [Edge(a, b, s) for (a, b), s in sorted(best.items())]
+        if e.a == e.b:
+            raise ValueError(f"an edge joins two keys; got {e.a!r} twice")
+        forward = e.a < e.b
+        by_direction = scores.setdefault((e.a, e.b) if forward else (e.b, e.a), {})
+        by_direction[forward] = max(e.score, by_direction.get(forward, 0.0))
+    pairs = []
+    for (a, b), by_direction in sorted(scores.items()):
+        if not mutual:
+            pairs.append(Pair(a, b, max(by_direction.values())))
+        elif len(by_direction) == 2:
+            pairs.append(Pair(a, b, min(by_direction.values())))
+    return pairs
 
 
-def connected_groups(edges: Iterable[Edge]) -> list[list[str]]:
-    """The connected components of ``edges`` (union-find): each sorted, ordered by their first key."""
+def connected_groups(pairs: Iterable[Pair | Edge]) -> list[list[str]]:
+    """The connected components of ``pairs`` (union-find): each sorted, ordered by their first key."""
     parent: dict[str, str] = {}
 
     def root(x: str) -> str:
@@ -236,8 +256,8 @@ def connected_groups(edges: Iterable[Edge]) -> list[list[str]]:
             x = parent[x]
         return x
 
-    for e in edges:
-        ra, rb = root(e.a), root(e.b)
+    for p in pairs:
+        ra, rb = root(p.a), root(p.b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     groups: dict[str, list[str]] = {}
@@ -301,20 +321,22 @@ def duplicate_groups(
     index: SearchIndex,
     edges: Iterable[Edge],
     *,
+    mutual: bool = False,
     keep: KeepRule = "largest",
     timestamps: Mapping[str, float] | None = None,
 ) -> list[DuplicateGroup]:
-    """Groups from the edges of one or more :func:`find_edges` slices, largest group first (then
-    by keeper key): each with its keeper (:func:`choose_keeper`), its members (keeper first, then
-    by :func:`keeper_scores` descending) and the edges that joined them."""
+    """Groups from the edges of one or more :func:`find_edges` slices (:func:`pairs_of`,
+    then :func:`connected_groups`), largest group first (then by keeper key): each with its
+    keeper (:func:`choose_keeper`), its members (keeper first, then by :func:`keeper_scores`
+    descending) and the pairs that joined them."""
     keep = check_keep(keep)
-    merged = merge_edges(edges)
+    pairs = pairs_of(edges, mutual=mutual)
     groups: list[DuplicateGroup] = []
-    pairs_of: dict[str, list[Edge]] = {}
-    components = connected_groups(merged)
+    pairs_in: dict[str, list[Pair]] = {}
+    components = connected_groups(pairs)
     component_of = {key: g[0] for g in components for key in g}
-    for e in merged:
-        pairs_of.setdefault(component_of[e.a], []).append(e)
+    for p in pairs:
+        pairs_in.setdefault(component_of[p.a], []).append(p)
     for keys in components:
         keeper = choose_keeper(index, keys, keep=keep, timestamps=timestamps)
         scores = keeper_scores(index, keeper, keys)
@@ -323,7 +345,7 @@ def duplicate_groups(
             entry = _entry(index, key)
             f = entry.features
             members.append(Member(key, entry.url, scores[key], f.sha256, f.width, f.height))
-        groups.append(DuplicateGroup(keeper, tuple(members), tuple(pairs_of[keys[0]])))
+        groups.append(DuplicateGroup(keeper, tuple(members), tuple(pairs_in[keys[0]])))
     groups.sort(key=lambda g: (-len(g.members), g.keep))
     return groups
 
@@ -332,6 +354,7 @@ def find_duplicates(
     index: SearchIndex,
     *,
     min_score: float = SAME_IMAGE_THRESHOLD,
+    mutual: bool = False,
     keep: KeepRule = "largest",
     timestamps: Mapping[str, float] | None = None,
     query_features: Callable[[str], ImageFeatures] | None = None,
@@ -342,5 +365,5 @@ def find_duplicates(
     keep = check_keep(keep)
     started = time.perf_counter()
     edges = find_edges(index, min_score=min_score, query_features=query_features, progress=progress)
-    groups = duplicate_groups(index, edges, keep=keep, timestamps=timestamps)
+    groups = duplicate_groups(index, edges, mutual=mutual, keep=keep, timestamps=timestamps)
     return DuplicateReport(tuple(groups), len(index), round(time.perf_counter() - started, 3))

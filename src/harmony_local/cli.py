@@ -4,8 +4,9 @@
     harmony search --catalog DIR [--k 5] [--scoring seed|default] [--min-score S] [--json] QUERY...
     harmony ls     --catalog DIR [--prefix P] [--json]   key, size, source URL, indexed
     harmony rm     --catalog DIR KEY...                   delete the files, forget their records
-    harmony duplicates --catalog DIR [--json | --csv] [--min-score S] [--keep largest|oldest|shortest]
+    harmony duplicates --catalog DIR [--json | --csv] [--min-score S] [--mutual] [--keep largest|oldest|shortest]
     harmony import images.json --catalog DIR
+    harmony import DIR --stack [--prefix P]   bulk ingest into the running local stack (IndexQueue)
     harmony demo   [--workdir DIR]
     harmony serve  [--port 3000] ...   the local stack: page + API + embedded S3 (harmony_local.stack)
 
@@ -188,6 +189,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     report = find_duplicates(
         index,
         min_score=args.min_score if args.min_score is not None else SAME_IMAGE_THRESHOLD,
+        mutual=args.mutual,
         keep=args.keep,
         timestamps=mtimes,
         progress=ProgressBar("comparing"),
@@ -207,6 +209,19 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_urls
+
+    if args.stack:
+        from .stack.cli import NoStackError, run_import
+
+        args.folder = Path(args.manifest)
+        try:
+            return run_import(args)
+        except NoStackError as exc:
+            print(f"harmony: error: {exc}", file=sys.stderr)
+            return 2
+    if not args.catalog:
+        print("harmony: error: import needs --catalog DIR (a URL list) or --stack (a folder)", file=sys.stderr)
+        return 2
 
     report = import_urls(
         Path(args.manifest), Path(args.catalog), workers=args.workers, allow_private=args.allow_private
@@ -309,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default score from which two images are duplicates (0-1, default {SAME_IMAGE_THRESHOLD}: a copy)",
     )
     p.add_argument(
+        "--mutual",
+        action="store_true",
+        help="pair two images only when each finds the other (fewer false groups, a few copies missed)",
+    )
+    p.add_argument(
         "--keep",
         choices=KEEP_RULES,
         default="largest",
@@ -316,10 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_duplicates)
 
-    p = sub.add_parser("import", help="download a seed-format URL list into a catalog folder")
-    p.add_argument("manifest", help='JSON list of {"url": ...}')
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--workers", type=int, default=8)
+    p = sub.add_parser(
+        "import", help="download a seed-format URL list into a catalog folder, or upload a folder to the local stack"
+    )
+    p.add_argument("manifest", metavar="SOURCE", help='JSON list of {"url": ...}; with --stack, a folder of images')
+    p.add_argument("--catalog", default=None, help="the catalog folder the URLs are downloaded into")
+    p.add_argument(
+        "--stack",
+        action="store_true",
+        help="upload the folder SOURCE into the running local stack's catalog/ (progress, then indexed / "
+        "not images / failed once IndexQueue drains)",
+    )
+    p.add_argument("--prefix", default="", help="with --stack: upload under catalog/PREFIX")
+    p.add_argument("--timeout", type=float, default=3600, help="with --stack: seconds to wait for the index")
+    p.add_argument("--port", type=int, default=None, help="with --stack: the stack's API port (when several run)")
+    p.add_argument("--workdir", type=Path, default=None, help="with --stack: the stack's --workdir")
+    p.add_argument("--workers", type=int, default=8, help="concurrent downloads (or uploads, with --stack)")
     p.add_argument(
         "--allow-private", action="store_true", help="allow URLs on private/loopback addresses (local testing)"
     )

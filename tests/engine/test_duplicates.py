@@ -10,13 +10,13 @@ import pytest
 from harmony_image import InvalidParameterError, SearchIndex, extract_features
 from harmony_image.duplicates import (
     Edge,
+    Pair,
     choose_keeper,
     connected_groups,
     duplicate_groups,
-    edge,
     find_duplicates,
     find_edges,
-    merge_edges,
+    pairs_of,
 )
 from harmony_image.scoring import SAME_IMAGE_THRESHOLD
 
@@ -81,40 +81,52 @@ def test_planted_copies_are_grouped_and_nothing_else(index):
         assert all(m.score >= SAME_IMAGE_THRESHOLD for m in group.members)
 
 
-def test_identical_content_is_an_edge_of_one(edges, index):
-    assert edge("copies/coffee-same.jpg", "coffee.jpg", 1.0) in edges
+def test_identical_content_is_an_edge_of_one_both_ways(edges, index):
+    assert Edge("copies/coffee-same.jpg", "coffee.jpg", 1.0) in edges
+    assert Edge("coffee.jpg", "copies/coffee-same.jpg", 1.0) in edges
+    assert Pair("coffee.jpg", "copies/coffee-same.jpg", 1.0) in pairs_of(edges, mutual=True)
     pair = next(g for g in find_duplicates(index).groups if g.keep in ("coffee.jpg", "copies/coffee-same.jpg"))
     assert [m.score for m in pair.members] == [1.0, 1.0]
     assert pair.members[0].sha256 == pair.members[1].sha256
 
 
-def test_edges_are_canonical_sorted_and_only_above_the_threshold(edges):
-    assert edges == sorted(edges, key=lambda e: (e.a, e.b))
-    assert all(e.a < e.b and SAME_IMAGE_THRESHOLD <= e.score <= 1.0 for e in edges)
+def test_edges_are_distinct_and_only_above_the_threshold(edges):
+    assert all(e.a != e.b and SAME_IMAGE_THRESHOLD <= e.score <= 1.0 for e in edges)
     assert len({(e.a, e.b) for e in edges}) == len(edges)
+    pairs = pairs_of(edges)
+    assert pairs == sorted(pairs, key=lambda p: (p.a, p.b)) and all(p.a < p.b for p in pairs)
+    # the identical copy never queries: coffee's content is queried once, by its first key
+    assert not any(e.a == "copies/coffee-same.jpg" and e.b != "coffee.jpg" for e in edges)
 
 
 def test_slices_merged_equal_the_whole(index, edges):
     keys = sorted(index.keys())
     slices = [keys[i::3] for i in range(3)]  # interleaved: a content's copies land in different slices
     parts = [find_edges(index, keys=s) for s in slices]
-    merged = merge_edges(e for part in parts for e in part)
-    assert merged == edges
-    assert duplicate_groups(index, merged) == duplicate_groups(index, edges)
+    merged = [e for part in parts for e in part]
+    assert sorted(merged, key=repr) == sorted(edges, key=repr)  # each edge once, from its query's slice
+    for mutual in (False, True):
+        assert duplicate_groups(index, merged, mutual=mutual) == duplicate_groups(index, edges, mutual=mutual)
 
 
 def test_union_find_joins_chains_and_keeps_components_apart():
-    chain = [edge("b", "c", 0.7), edge("a", "b", 0.9), edge("x", "y", 0.6), edge("d", "c", 0.8)]
+    chain = [Pair("b", "c", 0.7), Pair("a", "b", 0.9), Pair("x", "y", 0.6), Pair("c", "d", 0.8)]
     assert connected_groups(chain) == [["a", "b", "c", "d"], ["x", "y"]]
     assert connected_groups([]) == []
 
 
-def test_merge_keeps_each_pair_once_with_its_best_score():
-    merged = merge_edges([edge("b", "a", 0.6), edge("a", "b", 0.8), Edge.from_dict({"a": "c", "b": "a", "score": 1})])
-    assert merged == [Edge("a", "b", 0.8), Edge("a", "c", 1.0)]
-    assert [Edge.from_dict(e.to_dict()) for e in merged] == merged
+def test_pairs_either_way_or_mutual():
+    edges = [
+        Edge("b", "a", 0.6),
+        Edge("a", "b", 0.8),
+        Edge("a", "b", 0.7),
+        Edge.from_dict({"a": "c", "b": "a", "score": 1}),
+    ]
+    assert pairs_of(edges) == [Pair("a", "b", 0.8), Pair("a", "c", 1.0)]  # the better direction
+    assert pairs_of(edges, mutual=True) == [Pair("a", "b", 0.6)]  # the score both directions reach
+    assert [Edge.from_dict(e.to_dict()) for e in edges] == edges
     with pytest.raises(ValueError, match="twice"):
-        edge("a", "a", 1.0)
+        pairs_of([Edge("a", "a", 1.0)])
 
 
 def test_keeper_rules(index, edges):
@@ -145,6 +157,11 @@ def test_bad_keep_rule_or_missing_timestamps_are_parameter_errors(index, edges):
         find_edges(index, keys=["nope.jpg"])
 
 
+def test_mutual_pairs_find_the_same_planted_groups(index, edges):
+    groups = duplicate_groups(index, edges, mutual=True)
+    assert sorted(sorted(m.key for m in g.members) for g in groups) == EXPECTED
+
+
 def test_min_score_one_leaves_only_identical_content(index):
     report = find_duplicates(index, min_score=1.0)
     assert [sorted(m.key for m in g.members) for g in report.groups] == [["coffee.jpg", "copies/coffee-same.jpg"]]
@@ -160,5 +177,5 @@ def test_progress_and_full_query_features(index, files, edges):
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    assert [(e.a, e.b) for e in got] == [("astronaut.jpg", "copies/astronaut-mirror.jpg")]
-    assert [(e.a, e.b) for e in edges if e.a in keys or e.b in keys] == [(e.a, e.b) for e in got]
+    assert [(p.a, p.b) for p in pairs_of(got)] == [("astronaut.jpg", "copies/astronaut-mirror.jpg")]
+    assert {(e.a, e.b) for e in got} == {(e.a, e.b) for e in edges if e.a in keys}

@@ -81,9 +81,13 @@ def test_csv_and_keep_rules(catalog_dir: Path, capsys):
     assert len(keepers) == len({r["group"] for r in rows}) == 3
     assert sorted(r["key"] for r in rows) == sorted(k for group in PLANTED for k in group)
 
-    code, out, _ = run(capsys, "--catalog", str(catalog_dir), "--keep", "shortest")
+    code, out, _ = run(capsys, "--catalog", str(catalog_dir), "--keep", "shortest", "--mutual")
     keeps = {g["keep"] for g in json.loads(out)["groups"]}
-    assert keeps == {"chelsea.jpg", "coffee.jpg", "rocket.jpg"}
+    assert keeps == {
+        "chelsea.jpg",
+        "coffee.jpg",
+        "rocket.jpg",
+    }  # the same groups: each copy and original find each other
 
 
 def test_min_score_one_groups_identical_files_only(catalog_dir: Path, capsys):
