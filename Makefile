@@ -13,7 +13,7 @@ BENCH_PHOTOS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
-	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared reliability clean
+	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates reliability clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -88,6 +88,9 @@ bench-quick: setup ## a benchmark smoke run on a 200-image catalog (report in .b
 bench-shared: setup ## quality on ../shared/bench (must exist), report in .bench/shared-report/
 	@test -f $(BENCH_SHARED_DIR)/make_bench.py || { echo "$(BENCH_SHARED_DIR)/make_bench.py not found"; exit 1; }
 	$(PY) -m benchmarks.run --quick --sizes 200 --shared $(BENCH_SHARED_DIR) --out .bench/shared-report/BENCHMARKS.md
+
+bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall on planted copies (1,000 images); its section of docs/BENCHMARKS.md
+	$(PY) -m benchmarks.duplicates --size 1000 --doc docs/BENCHMARKS.md
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md
