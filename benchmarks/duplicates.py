@@ -259,13 +259,36 @@ def render(results: list[dict[str, Any]]) -> str:
     L.append("")
     for r in results:
         m = r["machine"]
+        busy = m["loadavg_start"][0] > m["cores"]
+        avx512 = " with AVX-512" if "avx512" in m.get("levels", []) else ""
         L.append(
-            f"- {r['size']:,} images: {r['when']}, {m['cpu']} ({m['cores']} cores, kernels `{m['kernels']}`), "
-            f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}; featurising took "
-            f"{r['index_s']:.0f} s (not counted)."
+            f"- {r['size']:,} images: {r['when']}, {m['cpu']}{avx512} "
+            f"({m['cores']} cores, kernels `{m['kernels']}`), "
+            f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
+            + (" — other work shared the CPU, so the throughput is lower than on an idle machine" if busy else "")
+            + f"; featurising took {r['index_s']:.0f} s (not counted). Mixed groups, "
+            + "; ".join(f"{name}: {mixed_summary(r[name]['mixed_groups'])}" for name in ("either", "mutual"))
+            + "."
         )
     L += ["", END]
     return "\n".join(L)
+
+
+def mixed_summary(groups: list[list[str]]) -> str:
+    """Groups that mix photos or hold distractors, by what they hold: "grass 19 + moon 19"."""
+    if not groups:
+        return "none"
+    parts = []
+    only_distractors = [g for g in groups if all(photo_of(k) is None for k in g)]
+    for g in groups:
+        if g in only_distractors:
+            continue
+        counts = Counter(photo_of(k) or "distractor" for k in g)
+        parts.append(" + ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+    if only_distractors:
+        sizes = sorted(len(g) for g in only_distractors)
+        parts.append(f"{len(only_distractors)} of distractors only ({sizes[0]}-{sizes[-1]} images)")
+    return ", ".join(parts)
 
 
 def write_section(doc: Path, results: list[dict[str, Any]]) -> None:
