@@ -216,7 +216,8 @@ def find_edges(
 
 
 def _copies(index: SearchIndex, query: ImageFeatures, min_score: float) -> list[SearchResult]:
-    """The distinct catalog images scoring >= ``min_score`` for ``query``, best first."""
+    """The distinct catalog images scoring >= ``min_score`` for ``query``, best first. Distinct as
+    the search counts them: entries sharing a content hash or a result URL count once."""
     k = QUERY_K
     while True:
         results = index.search(query, SearchParams(k=k, scoring="default", min_score=min_score))
