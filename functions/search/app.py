@@ -25,6 +25,7 @@ from harmony_aws.catalog_ops import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_KEY_BY
 from harmony_aws.errors import BadRequestError, error_body
 from harmony_aws.sources import MAX_URL_LENGTH, ImageUrl, QuerySource, source_from_body
 from harmony_image import DEFAULT_K, MAX_K, MAX_SCORE, MIN_SCORE, HarmonyError, Scoring
+from harmony_image.duplicates import KeepRule
 
 logger = Logger()
 tracer = Tracer()
@@ -134,7 +135,10 @@ class SearchResolver(APIGatewayRestResolver):
         return schema
 
 
-app = SearchResolver(enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300))
+# CORS: the methods of the routes (DELETE included) and the Location of a started job
+app = SearchResolver(
+    enable_validation=True, cors=CORSConfig(allow_origin="*", max_age=300, expose_headers=["Location"])
+)
 app.enable_swagger(path="/openapi", title="Harmony-Image search API", version="1.0.0")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"number of results (1-{MAX_K})")]
@@ -265,6 +269,55 @@ def delete_catalog(key: str) -> dict[str, Any]:
     out = runtime.catalog_ops().delete(rel)
     logger.info("catalog delete", extra=out)
     return out
+
+
+DUPLICATES_JOB = (
+    '{"id", "state": "queued" | "running" | "done" | "failed", "keys", "slices", "slices_done", "min_score", '
+    '"keep", "created_at"; when done "report": {"id", "groups": [{"keep", "members": [{"key", "url", "score", '
+    '"sha256", "width", "height"}], "pairs": [{"a", "b", "score"}]}], "images", "took_s", ...}; when failed "error"}'
+)
+
+
+@app.post(
+    "/duplicates",
+    summary="Start a duplicate report of the whole catalog (a job; follow it at GET /duplicates/{id})",
+    responses={202: {"description": DUPLICATES_JOB}, 422: ERROR_RESPONSES[422]},
+)
+@tracer.capture_method
+def start_duplicates(
+    min_score: Annotated[
+        float | None, Query(ge=MIN_SCORE, le=MAX_SCORE, description="pairs scoring this or more are duplicates")
+    ] = None,
+    keep: Annotated[KeepRule, Query(description="which member a group keeps: largest, oldest or shortest key")] = (
+        "largest"
+    ),
+    mutual: Annotated[
+        bool, Query(description="pairs only when each image finds the other (fewer false pairs)")
+    ] = False,
+) -> Response[dict[str, Any]]:
+    job = runtime.duplicate_jobs().start(min_score=min_score, keep=keep, mutual=mutual)
+    logger.info("duplicates job started", extra={k: job[k] for k in ("id", "state", "keys", "slices")})
+    return Response(
+        status_code=202,
+        content_type=content_types.APPLICATION_JSON,
+        body=job,
+        headers={"Location": f"duplicates/{job['id']}"},
+    )
+
+
+@app.get(
+    "/duplicates/<job_id>",
+    summary="A duplicate-report job: its state, and the report once done (`latest`: the newest report)",
+    responses={
+        200: {"description": DUPLICATES_JOB + '; for "latest" before any report: {"id": null, "report": null}'},
+        400: ERROR_RESPONSES[400],
+        404: {"description": "no such job", "content": ERROR_RESPONSES[404]["content"]},
+    },
+)
+@tracer.capture_method
+def get_duplicates(job_id: str) -> dict[str, Any]:
+    jobs = runtime.duplicate_jobs()
+    return jobs.latest() if job_id == "latest" else jobs.status(job_id)
 
 
 @app.exception_handler(HarmonyError)

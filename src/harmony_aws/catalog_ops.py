@@ -9,9 +9,10 @@ Listing, one page of ``limit`` keys under ``catalog/<prefix>``:
   order is not the catalog's, so it would have to be read whole for every page). The record's
   metadata also gives the object's ``source-url``;
 * one HEAD per key that is *not* indexed, of the object itself, for its ``source-url``;
-* one HEAD of ``catalog/manifest.json`` (and a GET when it changed) for manifest URLs.
+* one HEAD of ``catalog/manifest.json`` (and a GET when it changed) for manifest URLs;
+* one GET of ``reports/latest.json``, the latest duplicate report, for ``duplicate_of``.
 
-So a page of n keys costs 1 LIST + n HEADs + one HEAD per unindexed key + 1 HEAD.
+So a page of n keys costs 1 LIST + n HEADs + one HEAD per unindexed key + 1 HEAD + 1 GET.
 
 The cursor is S3's continuation token wrapped with the prefix it belongs to (URL-safe base64 of
 JSON): opaque to the client, checked before it reaches S3 (a cursor that does not decode, or
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
+from .duplicate_jobs import LATEST_KEY, MAX_REPORT_BYTES, duplicate_of
 from .errors import BadRequestError, S3ObjectNotFoundError
 from .layout import CATALOG_PREFIX, is_catalog_image_key, record_key
 from .records import RecordWriter
@@ -110,8 +112,11 @@ class CatalogOps:
 
     # ------------------------------------------------------------------ list
     def list_page(self, prefix: str = "", *, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
-        """``{"prefix", "items": [{"key", "name", "size", "last_modified", "source_url",
-        "indexed"}], "count", "next_cursor"}`` for one page (module doc: what it costs)."""
+        """``{"prefix", "items": [{"key", "name", "size", "last_modified", "source_url", "url",
+        "indexed", "duplicate_of"}], "count", "next_cursor", "duplicates_report"}`` for one page
+        (module doc: what it costs). ``url`` is the source URL, else a presigned GET of the object
+        (a thumbnail the page can show); ``duplicate_of`` the key that the latest duplicate report
+        (``duplicates_report``, its id) keeps in the key's group, else None."""
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}")
         check_rel(prefix, what="prefix")
@@ -124,12 +129,26 @@ class CatalogOps:
         self.urls.refresh_manifest()
         with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
             items = list(pool.map(self._item, objects))
+        report = self._latest_report()
+        dup_of = duplicate_of(report)
+        for it in items:
+            it["duplicate_of"] = dup_of.get(it["key"])
         return {
             "prefix": prefix,
             "items": items,
             "count": len(items),
             "next_cursor": encode_cursor(prefix, nxt) if nxt else None,
+            "duplicates_report": report.get("id") if report else None,
         }
+
+    def _latest_report(self) -> dict[str, Any] | None:
+        """The newest duplicate report (one GET of reports/latest.json), None before the first."""
+        try:
+            data, _ = self.bucket.read(LATEST_KEY, max_bytes=MAX_REPORT_BYTES)
+        except S3ObjectNotFoundError:
+            return None
+        doc = json.loads(data)
+        return doc if isinstance(doc, dict) else None
 
     def _item(self, obj: dict[str, Any]) -> dict[str, Any]:
         key, etag = obj["Key"], obj["ETag"]
@@ -144,12 +163,15 @@ class CatalogOps:
             if head is not None:
                 meta_url = head.metadata.get("source-url")
         modified = obj.get("LastModified")
+        source_url = self.urls.source_url(key, meta_url)
         return {
             "key": key,
             "name": key[len(CATALOG_PREFIX) :],
             "size": int(obj["Size"]),
             "last_modified": modified.isoformat() if modified is not None else None,
-            "source_url": self.urls.source_url(key, meta_url),
+            "source_url": source_url,
+            # what a search result would show: the source URL, else a presigned GET (no S3 call)
+            "url": self.urls.for_result(key, source_url or ""),
             "indexed": indexed,
         }
 

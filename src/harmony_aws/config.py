@@ -25,6 +25,7 @@ ENV_VARS: dict[str, str] = {
     "HARMONY_FETCH_TIMEOUT_SECONDS": "timeout of a URL query (default 10)",
     "HARMONY_DEFAULT_SCORING": "scoring when the request names none: default|seed (default: default)",
     "HARMONY_ALLOW_PRIVATE_URLS": "tests only: allow URL queries to private addresses (default off)",
+    "HARMONY_DUPLICATES_QUEUE_URL": "SearchFunction: the SQS queue POST /duplicates sends its slices to",
 }
 
 
@@ -50,6 +51,7 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     fetch_timeout: float = 10.0
     default_scoring: Scoring = DEFAULT_SCORING
+    duplicates_queue_url: str | None = None
 
     def search_params(
         self, k: int = DEFAULT_K, scoring: Scoring | None = None, min_score: float | None = None
@@ -78,4 +80,5 @@ class Settings:
             max_image_bytes=int(_num(env, "HARMONY_MAX_IMAGE_BYTES", 20 * 1024 * 1024, lo=1, hi=2**31)),
             fetch_timeout=_num(env, "HARMONY_FETCH_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=300),
             default_scoring=scoring,
+            duplicates_queue_url=env.get("HARMONY_DUPLICATES_QUEUE_URL", "").strip() or None,
         )

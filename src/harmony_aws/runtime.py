@@ -13,6 +13,7 @@ from typing import Any
 
 from .catalog_ops import CatalogOps
 from .config import Settings
+from .duplicate_jobs import DuplicateJobs, SliceQueue
 from .reader import IndexReader
 from .records import RecordWriter
 from .s3 import Bucket, s3_client
@@ -24,6 +25,7 @@ _settings: Settings | None = None
 _client: Any = None
 _services: dict[str, SearchService] = {}
 _writers: dict[str, RecordWriter] = {}
+_queue: SliceQueue | None = None
 
 
 def settings() -> Settings:
@@ -69,10 +71,24 @@ def catalog_ops(bucket: str | None = None) -> CatalogOps:
     return CatalogOps(service.bucket, record_writer(service.bucket.name), service.urls, on_change=service.reader.expire)
 
 
+def duplicate_jobs(bucket: str | None = None) -> DuplicateJobs:
+    """Duplicate-report jobs over ``bucket`` (default: HARMONY_BUCKET): its warm index and result
+    URLs, and the slice queue HARMONY_DUPLICATES_QUEUE_URL (needed to start a job, not to run one)."""
+    global _queue
+    service = search_service(bucket)
+    url = settings().duplicates_queue_url
+    with _lock:
+        if _queue is None or _queue.url != url:
+            _queue = SliceQueue(url)
+        queue = _queue
+    return DuplicateJobs(service.bucket, queue, service.urls, service.reader.index)
+
+
 def reset() -> None:
-    global _settings, _client
+    global _settings, _client, _queue
     with _lock:
         _settings = None
         _client = None
+        _queue = None
         _services.clear()
         _writers.clear()

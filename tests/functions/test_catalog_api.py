@@ -7,7 +7,7 @@ import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -73,14 +73,20 @@ def test_list_pages_through_2500_keys(big, search_fn, lambda_context):
     assert {k for k, it in by_key.items() if it["indexed"]} == {"catalog/" + n for n in INDEXED}
     assert by_key["catalog/coffee.jpg"]["source_url"] == "https://example.com/coffee.jpg"
     assert by_key["catalog/chelsea.jpg"]["source_url"] is None
-    assert by_key["catalog/bulk/00003.bin"] | {"last_modified": None} == {
+    assert by_key["catalog/bulk/00003.bin"] | {"last_modified": None, "url": None} == {
         "key": "catalog/bulk/00003.bin",
         "name": "bulk/00003.bin",
         "size": 3,
         "last_modified": None,
         "source_url": None,
+        "url": None,
         "indexed": False,
+        "duplicate_of": None,
     }
+    # url: the source URL, else a presigned GET of the object (the page's thumbnail)
+    assert by_key["catalog/coffee.jpg"]["url"] == "https://example.com/coffee.jpg"
+    presigned = urlsplit(by_key["catalog/bulk/00003.bin"]["url"])
+    assert presigned.path == f"/{big.harmony_bucket}/catalog/bulk/00003.bin" and "Signature=" in presigned.query
     print(f"2,500 keys in {pages} pages: {took:.1f} s")
 
     # prefix and the default limit
@@ -207,3 +213,18 @@ def test_cursor_and_key_checks():
     for bad in ("..", "a/../b", "/a", "a\x00b", "x" * 2000):
         with pytest.raises(BadKeyError):
             check_rel(bad)
+
+
+def test_cors_preflight_allows_delete(s3_server, search_fn, lambda_context):
+    """A page on another origin may DELETE (the resolver's preflight; template.yaml's Api Cors says
+    the same for API Gateway's) and read a started job's Location."""
+    ev = delete_event("chelsea.jpg")
+    ev["httpMethod"] = ev["requestContext"]["httpMethod"] = "OPTIONS"
+    ev["headers"] = {"Origin": "https://example.com", "Access-Control-Request-Method": "DELETE"}
+    ev["multiValueHeaders"] = {k: [v] for k, v in ev["headers"].items()}
+    resp = search_fn.lambda_handler(ev, lambda_context)
+    headers = resp.get("multiValueHeaders") or {}
+    allowed = {m.strip() for v in headers.get("Access-Control-Allow-Methods", []) for m in v.split(",")}
+    assert resp["statusCode"] == 204 and "DELETE" in allowed, resp
+    assert headers["Access-Control-Allow-Origin"] == ["*"]
+    assert "Location" in headers["Access-Control-Expose-Headers"][0]
