@@ -214,6 +214,14 @@ class DescriptorPack:
                 words = np.ascontiguousarray(d, dtype=np.uint8).view(np.uint64).reshape(-1, 4)
                 self.planes[4 * lo : 4 * hi] = words.T.reshape(-1)
 
+    @classmethod
+    def from_arrays(cls, planes: np.ndarray, offsets: np.ndarray) -> DescriptorPack:
+        """A pack over ``planes`` and ``offsets`` laid out as :meth:`__init__` lays them out
+        (a stored segment's, memory-mapped or not), without copying them."""
+        pack = cls.__new__(cls)
+        pack.planes, pack.offsets = planes, offsets
+        return pack
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 

@@ -1,20 +1,35 @@
-"""The catalog packed for batch scoring: every entry's arrays, in one order.
+"""The catalog packed for batch scoring, in two tiers.
 
-:class:`~harmony_image.index.SearchIndex` builds one lazily after changes; the scoring functions
-read only this.
+* The **shortlist tier** — what the first pass of ``default`` scoring reads for every image —
+  stays in memory: the 32x32 thumbnail, :data:`VOTE_DESCRIPTORS` subsampled ORB descriptors,
+  the colour signature, sha256, key and URL (~7.3 KB per image, :attr:`ShortlistTier.nbytes`).
+* The **verification tier** — the 256x256 grayscale, all ORB descriptors and keypoints, the
+  detail features (~110 KB per image) — is read only for the rows a query keeps (all rows for
+  ``seed``). It is in memory for entries added one by one, and memory-mapped from a stored
+  segment (:mod:`harmony_image.segment`) for compacted ones.
+
+Entries come in :class:`Block` s (a batch with both tiers); :class:`PackedCatalog` orders the
+live entries of all blocks by key — the catalog order ties are broken by — and runs the batch
+kernels block by block. Every kernel scores each image on its own, so the numbers are the same
+whichever block an image is in. :class:`~harmony_image.index.SearchIndex` builds one lazily
+after changes; the scoring functions read only this.
 """
 
 from __future__ import annotations
 
+import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .features import HUE_BINS, ImageFeatures
-from .kernels import DescriptorPack
+from .features import HUE_BINS, SEED_SIDE, THUMB_SIDE, ImageFeatures
+from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, ssim_scores
 
 VOTE_DESCRIPTORS = 96
 """Catalog descriptors per image that take part in the shortlist's keypoint vote."""
+DESCRIPTOR_BYTES = 32
+"""An ORB descriptor: 256 bits."""
 
 
 @dataclass(frozen=True)
@@ -32,46 +47,376 @@ def subsample(descriptors: np.ndarray, count: int) -> np.ndarray:
     return rows
 
 
-class PackedCatalog:
-    """Arrays over all entries, in one order, as the scoring functions read them."""
+def offsets_of(counts: list[int]) -> np.ndarray:
+    """(n + 1,) int64 start offsets of n consecutive runs of ``counts`` rows."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
+    return offsets
 
-    def __init__(self, entries: list[CatalogEntry]) -> None:
-        n = len(entries)
-        self.grays = np.empty((n, 256, 256), dtype=np.uint8)
-        self.thumbs = np.empty((n, entries[0].features.thumb.size if n else 0), dtype=np.float32)
-        self.colours = np.zeros((n, HUE_BINS + 1), dtype=np.float32)
-        for i, entry in enumerate(entries):
-            self.grays[i] = entry.features.gray
-            self.thumbs[i] = entry.features.thumb
-            self.colours[i] = entry.features.colours
-        # The entries' grayscales and thumbnails become views into the packed arrays, so the
-        # largest feature (64 KB of ~100 KB per image) is held once, not twice.
-        self.entries = [
-            replace(e, features=replace(e.features, gray=self.grays[i], thumb=self.thumbs[i]))
-            for i, e in enumerate(entries)
-        ]
-        self._descriptor_sets = [e.features.descriptors for e in entries]
-        self.descriptors = DescriptorPack(self._descriptor_sets)
-        self.vote_descriptors = DescriptorPack([subsample(d, VOTE_DESCRIPTORS) for d in self._descriptor_sets])
+
+def pack_rows(pack: DescriptorPack, rows: list[int]) -> tuple[list[np.ndarray], list[int]]:
+    """The plane chunks and descriptor counts of images ``rows`` of ``pack`` (for :func:`join_packs`)."""
+    chunks, counts = [], []
+    for j in rows:
+        lo, hi = int(pack.offsets[j]), int(pack.offsets[j + 1])
+        chunks.append(pack.planes[4 * lo : 4 * hi])
+        counts.append(hi - lo)
+    return chunks, counts
+
+
+def join_packs(chunks: list[np.ndarray], counts: list[int]) -> DescriptorPack:
+    """A pack of images given by their plane chunks — the same planes, so the same scores."""
+    planes = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint64)
+    return DescriptorPack.from_arrays(np.ascontiguousarray(planes, dtype=np.uint64), offsets_of(counts))
+
+
+class Strings:
+    """Many strings as one UTF-8 byte array and (n + 1,) offsets: no Python object per string."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def of(cls, values: list[str]) -> Strings:
+        encoded = [v.encode() for v in values]
+        data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        return cls(data, offsets_of([len(e) for e in encoded]))
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.offsets) - 1
 
-    def descriptors_of(self, row: int) -> np.ndarray:
-        return self._descriptor_sets[row]
+    def __getitem__(self, i: int) -> str:
+        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes().decode()
 
-    def detail_planes(self, row: int) -> np.ndarray:
-        """Row's detail descriptors as (4, n) uint64 planes (built on demand: few rows need them)."""
-        descriptors = self.entries[row].features.detail_descriptors
-        return np.ascontiguousarray(np.ascontiguousarray(descriptors).view(np.uint64).reshape(-1, 4).T)
+    def to_list(self) -> list[str]:
+        raw = self.data.tobytes()
+        bounds = self.offsets.tolist()
+        return [raw[a:b].decode() for a, b in itertools.pairwise(bounds)]
 
     @property
     def nbytes(self) -> int:
-        packs = (self.descriptors, self.vote_descriptors)
-        keypoints = sum(
-            e.features.keypoints.nbytes + e.features.detail_keypoints.nbytes + e.features.detail_descriptors.nbytes
-            for e in self.entries
+        return int(self.data.nbytes + self.offsets.nbytes)
+
+
+@dataclass(frozen=True)
+class ShortlistTier:
+    """What default scoring's first pass reads for every image of a block, held in memory."""
+
+    keys: list[str]
+    urls: Strings
+    """Each entry's result URL; empty when it is the key."""
+    sha256: np.ndarray
+    """(n, 32) uint8: sha256 digests of the original bytes."""
+    thumbs: np.ndarray
+    """(n, THUMB_SIDE**2) float32 thumbnails (:func:`~harmony_image.features.thumbnail`)."""
+    colours: np.ndarray
+    """(n, HUE_BINS + 1) float32 colour signatures."""
+    votes: DescriptorPack
+    """At most :data:`VOTE_DESCRIPTORS` descriptors per image (:func:`subsample`)."""
+    descriptor_offsets: np.ndarray
+    """(n + 1,) int64 offsets of each image's ORB descriptors and keypoints in the verification tier."""
+    detail_offsets: np.ndarray
+    """(n + 1,) int64 offsets of each image's detail descriptors and keypoints."""
+    sizes: np.ndarray
+    """(n, 2) int64 width and height of the original image, in pixels."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def url(self, i: int) -> str:
+        return self.urls[i] or self.keys[i]
+
+    def sha256_hex(self, i: int) -> str:
+        return bytes(self.sha256[i]).hex()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this tier's arrays (the key strings are counted by their UTF-8 length)."""
+        arrays: tuple[np.ndarray, ...] = (self.sha256, self.thumbs, self.colours, self.votes.planes, self.votes.offsets)
+        arrays += (self.descriptor_offsets, self.detail_offsets, self.sizes)
+        keys = sum(len(k.encode()) for k in self.keys)
+        return int(sum(a.nbytes for a in arrays) + self.urls.nbytes + keys)
+
+
+class VerificationTier(ABC):
+    """The arrays only candidates are verified with (all rows for ``seed``), for a block's images."""
+
+    grays: np.ndarray
+    """(n, 256, 256) uint8: the seed's grayscales."""
+    descriptors: DescriptorPack
+    """Every image's ORB descriptors, as the seed kernels read them."""
+    mapped: bool
+    """Whether the arrays are memory-mapped (then not process memory: the kernel's page cache)."""
+
+    @abstractmethod
+    def keypoints_of(self, i: int) -> np.ndarray:
+        """Image i's (n, 2) float32 ORB keypoint coordinates, rows as its descriptors."""
+
+    @abstractmethod
+    def detail_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i's detail keypoints (n, 2) float32 and descriptors (n, 32) uint8."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int: ...
+
+
+class ArrayTier(VerificationTier):
+    """The tier as a segment stores it: each kind of array concatenated over the images, at the
+    shortlist tier's offsets. Views of a memory-mapped file read only the pages a query needs."""
+
+    def __init__(
+        self,
+        *,
+        grays: np.ndarray,
+        descriptors: DescriptorPack,
+        keypoints: np.ndarray,
+        detail_offsets: np.ndarray,
+        detail_descriptors: np.ndarray,
+        detail_keypoints: np.ndarray,
+        mapped: bool,
+    ) -> None:
+        self.grays, self.descriptors, self.mapped = grays, descriptors, mapped
+        self.keypoints = keypoints
+        self.detail_offsets = detail_offsets
+        self.detail_descriptors = detail_descriptors
+        self.detail_keypoints = detail_keypoints
+
+    def keypoints_of(self, i: int) -> np.ndarray:
+        rows: np.ndarray = self.keypoints[self.descriptors.offsets[i] : self.descriptors.offsets[i + 1]]
+        return rows
+
+    def detail_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.detail_offsets[i], self.detail_offsets[i + 1]
+        return self.detail_keypoints[lo:hi], self.detail_descriptors[lo:hi]
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.grays, self.descriptors.planes, self.keypoints, self.detail_descriptors, self.detail_keypoints)
+        return int(sum(a.nbytes for a in arrays))
+
+
+class EntriesTier(VerificationTier):
+    """The tier of entries added one by one: grayscales and seed descriptors packed (the batch
+    kernels read them), keypoints and detail features left in each entry's features."""
+
+    def __init__(self, grays: np.ndarray, descriptors: DescriptorPack, features: list[ImageFeatures]) -> None:
+        self.grays, self.descriptors, self.mapped = grays, descriptors, False
+        self.features = features
+
+    def keypoints_of(self, i: int) -> np.ndarray:
+        return self.features[i].keypoints
+
+    def detail_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.features[i].detail_keypoints, self.features[i].detail_descriptors
+
+    @property
+    def nbytes(self) -> int:
+        per_entry = sum(
+            f.keypoints.nbytes + f.detail_keypoints.nbytes + f.detail_descriptors.nbytes for f in self.features
         )
-        return int(
-            self.grays.nbytes + self.thumbs.nbytes + keypoints + sum(p.planes.nbytes + p.offsets.nbytes for p in packs)
+        return int(self.grays.nbytes + self.descriptors.planes.nbytes + self.descriptors.offsets.nbytes + per_entry)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A batch of catalog entries with both tiers, in the block's own order."""
+
+    shortlist: ShortlistTier
+    verification: VerificationTier
+
+    def __len__(self) -> int:
+        return len(self.shortlist)
+
+    def descriptors_of(self, i: int) -> np.ndarray:
+        """Image i's (n, 32) uint8 ORB descriptors, from their planes."""
+        words = self.verification.descriptors.words(i)
+        rows: np.ndarray = np.ascontiguousarray(words.T).view(np.uint8).reshape(-1, DESCRIPTOR_BYTES)
+        return rows
+
+    def features(self, i: int) -> ImageFeatures:
+        """Image i's features: views of the tiers' arrays (a mapped segment's pages are read
+        when used), but for the descriptors, rebuilt from their planes (16 KB at most)."""
+        short, verification = self.shortlist, self.verification
+        detail_keypoints, detail_descriptors = verification.detail_of(i)
+        return ImageFeatures(
+            sha256=short.sha256_hex(i),
+            width=int(short.sizes[i, 0]),
+            height=int(short.sizes[i, 1]),
+            gray=verification.grays[i],
+            keypoints=verification.keypoints_of(i),
+            descriptors=self.descriptors_of(i),
+            thumb=short.thumbs[i],
+            detail_keypoints=detail_keypoints,
+            detail_descriptors=detail_descriptors,
+            colours=short.colours[i],
         )
+
+
+def build_block(entries: list[CatalogEntry]) -> tuple[Block, list[CatalogEntry]]:
+    """Both tiers of ``entries`` (in their order), and the entries with their grayscales and
+    thumbnails replaced by views into the tiers' arrays, so each is held once."""
+    n = len(entries)
+    features = [e.features for e in entries]
+    grays = np.empty((n, SEED_SIDE, SEED_SIDE), dtype=np.uint8)
+    thumbs = np.empty((n, THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
+    colours = np.zeros((n, HUE_BINS + 1), dtype=np.float32)
+    sha256 = np.zeros((n, 32), dtype=np.uint8)
+    sizes = np.zeros((n, 2), dtype=np.int64)
+    for i, f in enumerate(features):
+        grays[i] = f.gray
+        thumbs[i] = f.thumb
+        colours[i] = f.colours
+        sha256[i] = np.frombuffer(bytes.fromhex(f.sha256), dtype=np.uint8)
+        sizes[i] = (f.width, f.height)
+    viewed = [replace(e, features=replace(e.features, gray=grays[i], thumb=thumbs[i])) for i, e in enumerate(entries)]
+    descriptors = DescriptorPack([f.descriptors for f in features])
+    shortlist = ShortlistTier(
+        keys=[e.key for e in entries],
+        urls=Strings.of(["" if e.url == e.key else e.url for e in entries]),
+        sha256=sha256,
+        thumbs=thumbs,
+        colours=colours,
+        votes=DescriptorPack([subsample(f.descriptors, VOTE_DESCRIPTORS) for f in features]),
+        descriptor_offsets=descriptors.offsets,
+        detail_offsets=offsets_of([len(f.detail_descriptors) for f in features]),
+        sizes=sizes,
+    )
+    return Block(shortlist, EntriesTier(grays, descriptors, [e.features for e in viewed])), viewed
+
+
+def concatenated(block: Block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block's keypoints (m, 2), detail descriptors (md, 32) and detail keypoints (md, 2), each
+    concatenated over its images (as a segment stores them)."""
+    v, n = block.verification, len(block)
+
+    def concat(arrays: list[np.ndarray], width: int, dtype: type) -> np.ndarray:
+        parts: list[np.ndarray] = [np.asarray(a, dtype=dtype).reshape(-1, width) for a in arrays]
+        return np.concatenate(parts) if parts else np.empty((0, width), dtype=dtype)
+
+    details = [v.detail_of(i) for i in range(n)]
+    return (
+        concat([v.keypoints_of(i) for i in range(n)], 2, np.float32),
+        concat([d for _, d in details], DESCRIPTOR_BYTES, np.uint8),
+        concat([k for k, _ in details], 2, np.float32),
+    )
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+class PackedCatalog:
+    """The live entries of some blocks, ordered by key, as the scoring functions read them.
+
+    A row is an entry's place in that order. ``alive[b]`` (None: all) marks which entries of
+    block b take part: a removed or replaced entry stays in its immutable segment.
+    """
+
+    def __init__(self, blocks: list[Block], alive: list[np.ndarray | None] | None = None) -> None:
+        alive = alive if alive is not None else [None] * len(blocks)
+        self.blocks = blocks
+        live = [np.arange(len(b)) if a is None else np.flatnonzero(a) for b, a in zip(blocks, alive, strict=True)]
+        keys = [k for b, idx in zip(blocks, live, strict=True) for k in map(b.shortlist.keys.__getitem__, idx.tolist())]
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # timsort merges the blocks' sorted runs
+        self.keys: list[str] = [keys[i] for i in order]
+        """Each row's key."""
+        block_of = np.concatenate([np.full(len(idx), b, dtype=np.int64) for b, idx in enumerate(live)] or [_NONE])
+        local_of = np.concatenate([idx.astype(np.int64) for idx in live] or [_NONE])
+        self.block_of = block_of[order].astype(np.int32)
+        self.local_of = local_of[order].astype(np.int64)
+        # block b's entry i is row rows_of[b][i], or -1 when it does not take part
+        self.rows_of = [np.full(len(b), -1, dtype=np.int64) for b in blocks]
+        for b, rows in enumerate(self.rows_of):
+            in_block = np.flatnonzero(self.block_of == b)
+            rows[self.local_of[in_block]] = in_block
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _locate(self, row: int) -> tuple[Block, int]:
+        return self.blocks[int(self.block_of[row])], int(self.local_of[row])
+
+    def url(self, row: int) -> str:
+        block, i = self._locate(row)
+        return block.shortlist.url(i)
+
+    def sha256(self, row: int) -> str:
+        block, i = self._locate(row)
+        return block.shortlist.sha256_hex(i)
+
+    def entry(self, row: int) -> CatalogEntry:
+        block, i = self._locate(row)
+        return CatalogEntry(key=self.keys[row], url=block.shortlist.url(i), features=block.features(i))
+
+    def _scatter(self, per_block: list[np.ndarray], dtype: type) -> np.ndarray:
+        """Per-block results (one per block entry) placed at the rows of the live entries."""
+        out: np.ndarray = np.empty(len(self), dtype=dtype)
+        for rows, values in zip(self.rows_of, per_block, strict=True):
+            live = rows >= 0
+            out[rows[live]] = values[live]
+        return out
+
+    def look_scores(self, query_a: np.ndarray, query_b: np.ndarray) -> np.ndarray:
+        """:func:`~harmony_image.kernels.dot_max` of every row's thumbnail with two query thumbnails."""
+        return self._scatter([dot_max(b.shortlist.thumbs, query_a, query_b) for b in self.blocks], np.float32)
+
+    def vote_counts(self, query: np.ndarray, threshold: int) -> np.ndarray:
+        """:func:`~harmony_image.kernels.count_close` of ``query`` with every row's vote descriptors."""
+        return self._scatter([count_close(query, b.shortlist.votes, threshold) for b in self.blocks], np.int32)
+
+    def seed_scores(self, gray: np.ndarray, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SSIM with ``gray`` and cross-checked match counts of ``descriptors``, every row: the
+        whole verification tier, block by block (a segment's straight from its mapping)."""
+        ssim = [ssim_scores(gray, b.verification.grays) for b in self.blocks]
+        counts = [cross_check_counts(descriptors, b.verification.descriptors) for b in self.blocks]
+        return self._scatter(ssim, np.float64), self._scatter(counts, np.int32)
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, DescriptorPack]:
+        """The grayscales and packed seed descriptors of ``rows``, as the seed kernels read them."""
+        grays = np.empty((len(rows), SEED_SIDE, SEED_SIDE), dtype=np.uint8)
+        chunks, counts = [], []
+        for k, row in enumerate(rows.tolist()):
+            block, i = self._locate(row)
+            grays[k] = block.verification.grays[i]
+            chunk, count = pack_rows(block.verification.descriptors, [i])
+            chunks += chunk
+            counts += count
+        return grays, join_packs(chunks, counts)
+
+    def colours_of(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), HUE_BINS + 1), dtype=np.float32)
+        for k, row in enumerate(rows.tolist()):
+            block, i = self._locate(row)
+            out[k] = block.shortlist.colours[i]
+        return out
+
+    def descriptors_of(self, row: int) -> np.ndarray:
+        block, i = self._locate(row)
+        return block.descriptors_of(i)
+
+    def keypoints_of(self, row: int) -> np.ndarray:
+        block, i = self._locate(row)
+        return block.verification.keypoints_of(i)
+
+    def detail_keypoints_of(self, row: int) -> np.ndarray:
+        block, i = self._locate(row)
+        return block.verification.detail_of(i)[0]
+
+    def detail_planes(self, row: int) -> np.ndarray:
+        """Row's detail descriptors as (4, n) uint64 planes (built on demand: few rows need them)."""
+        block, i = self._locate(row)
+        descriptors = block.verification.detail_of(i)[1]
+        return np.ascontiguousarray(np.ascontiguousarray(descriptors).view(np.uint64).reshape(-1, 4).T)
+
+    @property
+    def shortlist_nbytes(self) -> int:
+        """Bytes of the shortlist tier's arrays, plus this catalog's row maps (8 B per row)."""
+        short = sum(b.shortlist.nbytes for b in self.blocks)
+        return int(short + self.block_of.nbytes + self.local_of.nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in process memory: the shortlist tier and the verification tier of the
+        blocks that are not memory-mapped (a mapped segment's pages are the kernel's cache)."""
+        verification = sum(b.verification.nbytes for b in self.blocks if not b.verification.mapped)
+        return self.shortlist_nbytes + int(verification)

@@ -36,9 +36,7 @@ import numpy as np
 from .features import DETAIL_SIDE, ImageFeatures, detail_orb, features_from_images
 from .kernels import (
     DescriptorPack,
-    count_close,
     cross_check_counts,
-    dot_max,
     map_threads,
     match_two,
     nearest_two,
@@ -132,19 +130,19 @@ def seed_candidates(
 ) -> Candidates:
     """The exact seed score of ``query`` against ``rows`` of the catalog (all rows if None).
     ``subset`` is :func:`catalog_subset` of those rows, when the caller scores several queries."""
-    if rows is None:
+    if rows is None:  # every row: the whole verification tier, block by block
         rows = np.arange(len(packed))
-        grays, descriptors = packed.grays, packed.descriptors
+        ssim, counts = packed.seed_scores(query.gray, query.descriptors)
     else:
         grays, descriptors = subset if subset is not None else catalog_subset(packed, rows)
-    ssim = ssim_scores(query.gray, grays)
-    orb = orb_ratio(cross_check_counts(query.descriptors, descriptors), query.keypoint_count)
+        ssim, counts = ssim_scores(query.gray, grays), cross_check_counts(query.descriptors, descriptors)
+    orb = orb_ratio(counts, query.keypoint_count)
     return Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb)
 
 
 def catalog_subset(packed: PackedCatalog, rows: np.ndarray) -> tuple[np.ndarray, DescriptorPack]:
     """The grayscales and packed seed descriptors of ``rows``, as the seed kernels read them."""
-    return packed.grays[rows], DescriptorPack([packed.descriptors_of(int(r)) for r in rows])
+    return packed.gather(rows)
 
 
 def shortlist_size(k: int) -> int:
@@ -186,7 +184,7 @@ def mirror_detail(mirror: ImageFeatures, query: ImageFeatures) -> ImageFeatures:
 
 def look_scores(query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatalog) -> np.ndarray:
     """Thumbnail correlation of every catalog row with the query or its mirror, the better."""
-    return dot_max(packed.thumbs, query.thumb, mirror.thumb)
+    return packed.look_scores(query.thumb, mirror.thumb)
 
 
 def shortlist(
@@ -205,8 +203,8 @@ def shortlist(
     correlation = look_scores(query, mirror, packed) if looks is None else looks
     clock.lap("thumbnails")
     votes = np.maximum(
-        count_close(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
-        count_close(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), packed.vote_descriptors, VOTE_THRESHOLD),
+        packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
+        packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
     )
     clock.lap("votes")
     n = len(packed)
@@ -347,19 +345,19 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     def verify(i: int) -> None:
         if catalog_counts[i] < 4:
             return
-        keypoints = packed.entries[int(rows[i])].features.keypoints
+        keypoints = packed.keypoints_of(int(rows[i]))
         for v, (view, (_, idx, d1, d2)) in enumerate(zip(views, matches, strict=True)):
             if len(view.descriptors) >= 4:
                 inliers[v, i] = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
 
     def verify_detail(i: int) -> None:
-        entry = packed.entries[int(rows[i])].features
+        keypoints = packed.detail_keypoints_of(int(rows[i]))
         planes = packed.detail_planes(int(rows[i]))
         for v, view in enumerate(detail_views):
             detail_inliers[v, i] = verified_inliers(
                 view.detail_descriptors,
                 view.detail_keypoints,
-                entry.detail_keypoints,
+                keypoints,
                 planes,
                 homography=True,
                 floor=DETAIL_INLIER_FLOOR,
@@ -385,7 +383,7 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
     # product), the one whose colours agree with the query's goes first.
-    scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours[rows]))
+    scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours_of(rows)))
     np.clip(scores, 0.0, 1.0, out=scores)
     use_flip = scores[1] > scores[0]
     result = Candidates(

@@ -1,0 +1,308 @@
+"""Two tiers: segments (write, read, damage) and search over them, which must equal search over
+the same entries added one by one — keys, URLs and scores exactly."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from harmony_image import ImageFeatures, IndexFormatError, SearchIndex, SearchParams, extract_features, scoring
+from harmony_image.features import FEATURE_VERSION
+from harmony_image.packed import CatalogEntry
+from harmony_image.segment import Segment, save_segment, segment_bytes
+from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_bytes
+
+EDGE_IMAGES = ("flat_gray.png", "tiny_4x3.png", "camera_gray.png", "coffee.webp")
+SHORTLIST_TIER_LIMIT = 8 * 1024  # issue 11: the in-memory tier, bytes per image
+
+
+def _jpeg(bgr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def _variants(data: bytes) -> dict[str, bytes]:
+    """Copies of a photo as a catalog holds them: crops, a mirror, a rotation, brighter, smaller, gray."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    h, w = bgr.shape[:2]
+    return {
+        "crop": _jpeg(bgr[h // 6 : h - h // 6, w // 6 : w - w // 6]),
+        "corner": _jpeg(bgr[: h * 3 // 5, w * 2 // 5 :]),
+        "mirror": _jpeg(bgr[:, ::-1]),
+        "rot90": _jpeg(cv2.rotate(bgr, cv2.ROTATE_90_CLOCKWISE)),
+        "bright": _jpeg(cv2.convertScaleAbs(bgr, alpha=1.0, beta=40)),
+        "small": _jpeg(cv2.resize(bgr, (w // 3, h // 3), interpolation=cv2.INTER_AREA)),
+        "gray": _jpeg(cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)),
+    }
+
+
+@pytest.fixture(scope="module")
+def entries(catalog_photos) -> list[CatalogEntry]:
+    """~80 entries (more than a shortlist keeps), some with a source URL, one key not ASCII."""
+    out = []
+    for name, data in catalog_photos.items():
+        out.append(
+            CatalogEntry(f"catalog/{name}", f"https://cdn.example.com/{name}", extract_features(data, query=False))
+        )
+        for tag, copy in _variants(data).items():
+            key = f"catalog/copies/{name.removesuffix('.jpg')}-{tag}.jpg"
+            out.append(CatalogEntry(key, key, extract_features(copy, query=False)))
+    for name in EDGE_IMAGES:
+        out.append(
+            CatalogEntry(
+                f"catalog/édge/{name}", f"catalog/édge/{name}", extract_features(image_bytes(name), query=False)
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def queries(catalog_photos) -> dict[str, ImageFeatures]:
+    """Query features: the sample queries and fixtures' variants, and crops and mirrors of crops."""
+    out = {name: extract_features(image_bytes(name)) for name in [*QUERY_VARIANTS, *EDGE_IMAGES[:2]]}
+    for name in CATALOG_NAMES[::2]:
+        bgr = cv2.imdecode(np.frombuffer(catalog_photos[name], np.uint8), cv2.IMREAD_COLOR)
+        h, w = bgr.shape[:2]
+        out[f"{name}-crop"] = extract_features(_jpeg(bgr[h // 4 :, : w * 2 // 3]))
+        out[f"{name}-mirror-crop"] = extract_features(_jpeg(bgr[h // 8 : h * 7 // 8, ::-1]))
+    return out
+
+
+def in_memory(entries: list[CatalogEntry]) -> SearchIndex:
+    index = SearchIndex()
+    for e in entries:
+        index.add(e.key, e.features, url=e.url)
+    return index
+
+
+@pytest.fixture(scope="module")
+def segment_file(entries, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("segments") / "all.seg"
+    save_segment(path, entries)
+    return path
+
+
+def tiered(entries: list[CatalogEntry], folder: Path) -> SearchIndex:
+    """The same entries as a reader would hold them: two segments (one mapped from a file, one
+    from bytes), then records newer than them — one replacing a segment's entry, one removed
+    and added back, one removed from a segment and living in a later one."""
+    first, second, late = entries[0::3], entries[1::3], entries[2::3]
+    save_segment(folder / "first.seg", first + late[:5])
+    index = SearchIndex()
+    index.add_segment(Segment.open(folder / "first.seg"))
+    index.add_segment(Segment.from_bytes(segment_bytes([*second, first[3]])))
+    for e in late:
+        index.add(e.key, e.features, url=e.url)
+    index.add(first[4].key, first[4].features, url=first[4].url)
+    assert index.remove(second[2].key)
+    index.add(second[2].key, second[2].features, url=second[2].url)
+    return index
+
+
+def test_segment_round_trip(entries, segment_file):
+    for segment in (Segment.open(segment_file), Segment.from_bytes(segment_file.read_bytes())):
+        index = SearchIndex()
+        index.add_segment(segment)
+        assert len(index) == len(entries) and sorted(index.keys()) == sorted(e.key for e in entries)
+        for e in entries:
+            got = index.get(e.key)
+            assert got is not None and got.key == e.key and got.url == e.url
+            for field in ("sha256", "width", "height"):
+                assert getattr(got.features, field) == getattr(e.features, field)
+            for field in (
+                "gray",
+                "keypoints",
+                "descriptors",
+                "thumb",
+                "detail_keypoints",
+                "detail_descriptors",
+                "colours",
+            ):
+                want, have = getattr(e.features, field), getattr(got.features, field)
+                assert have.dtype == want.dtype and np.array_equal(have, want.reshape(have.shape)), field
+            # a segment's entry is a record like any other
+            assert got.features.to_bytes() == e.features.to_bytes()
+
+
+@pytest.mark.parametrize("scoring_name", ["seed", "default"])
+@pytest.mark.parametrize("k", [3, 10])
+def test_tiered_search_equals_in_memory(entries, queries, tmp_path, scoring_name, k):
+    plain, tiers = in_memory(entries), tiered(entries, tmp_path)
+    assert len(plain) == len(tiers) == len(entries)
+    assert sorted(plain.keys()) == sorted(tiers.keys())
+    assert len(tiers.packed().blocks) == 3  # two segments and the entries added one by one
+    params = SearchParams(k=k, scoring=scoring_name)
+    for name, query in queries.items():
+        want, got = plain.search(query, params), tiers.search(query, params)
+        assert got == want, name  # keys, URLs, sha256, score, ssim, orb: exactly
+        assert want, name
+
+
+def test_default_reads_the_verification_tier_of_shortlisted_rows_only(entries, queries):
+    """Overwrite every non-shortlisted row's verification tier with noise: default's answer does
+    not move, seed's does (it reads every row)."""
+    data = bytearray(segment_bytes(entries))
+    index = SearchIndex()
+    index.add_segment(Segment.from_bytes(bytes(data)))
+    query = queries["chelsea__hflip.jpg"]
+    k = 3
+    packed = index.packed()
+    rows, _, _ = scoring.shortlist(query, scoring.mirrored(query, detail=False), packed, scoring.shortlist_size(k))
+    assert 0 < len(rows) < len(packed)
+    header = json.loads(data[16 : 16 + struct.unpack_from("<I", data, 12)[0]])
+    arrays = header["arrays"]
+    rng = np.random.default_rng(3)
+
+    def scramble(name: str, start: int, stop: int) -> None:
+        begin = arrays[name]["offset"]
+        data[begin + start : begin + stop] = rng.integers(0, 256, stop - start, dtype=np.uint8).tobytes()
+
+    segment = Segment.from_bytes(bytes(data))  # offsets, from the shortlist tier
+    descriptor_offsets, detail_offsets = (
+        segment.block.shortlist.descriptor_offsets,
+        segment.block.shortlist.detail_offsets,
+    )
+    shortlisted = set(rows.tolist())
+    for row in range(len(packed)):
+        if row in shortlisted:
+            continue
+        scramble("grays", row * 256 * 256, (row + 1) * 256 * 256)
+        lo, hi = int(descriptor_offsets[row]), int(descriptor_offsets[row + 1])
+        scramble("descriptor_planes", 32 * lo, 32 * hi)
+        scramble("keypoints", 8 * lo, 8 * hi)
+        lo, hi = int(detail_offsets[row]), int(detail_offsets[row + 1])
+        scramble("detail_descriptors", 32 * lo, 32 * hi)
+        scramble("detail_keypoints", 8 * lo, 8 * hi)
+    noisy = SearchIndex()
+    noisy.add_segment(Segment.from_bytes(bytes(data)))  # the shortlist tier's CRC still holds
+    for scoring_name, moved in (("default", False), ("seed", True)):
+        params = SearchParams(k=k, scoring=scoring_name)
+        same = noisy.search(query, params) == index.search(query, params)
+        assert same is not moved, scoring_name
+
+
+def test_latest_add_or_segment_wins(entries):
+    a, b = entries[0], entries[1]
+    index = SearchIndex()
+    index.add(a.key, b.features, url="old")
+    index.add_segment(Segment.from_bytes(segment_bytes([a, b])))
+    assert len(index) == 2 and a.key in index
+    assert index.get(a.key).url == a.url and index.get(a.key).features.sha256 == a.features.sha256
+    index.add(b.key, a.features, url="new")
+    assert index.get(b.key).url == "new" and len(index) == 2
+    assert index.remove(a.key) and a.key not in index and index.get(a.key) is None
+    assert not index.remove(a.key)
+    assert index.keys() == [b.key]
+    top = index.search(a.features, SearchParams(k=5, scoring="seed"))
+    assert [r.key for r in top] == [b.key] and top[0].score == pytest.approx(1.0)
+
+
+def test_empty_segment_and_repeated_keys(entries):
+    empty = Segment.from_bytes(segment_bytes([]))
+    assert len(empty) == 0
+    index = SearchIndex()
+    index.add_segment(empty)
+    assert len(index) == 0 and index.search(entries[0].features) == []
+    with pytest.raises(ValueError, match="unique keys"):
+        segment_bytes([entries[0], CatalogEntry(entries[0].key, "x", entries[1].features)])
+
+
+def test_shortlist_tier_fits_in_8_kb_per_image(entries, segment_file):
+    segment = Segment.open(segment_file)
+    short, verification = segment.block.shortlist, segment.block.verification
+    per_image = short.nbytes / len(segment)
+    assert per_image <= SHORTLIST_TIER_LIMIT, per_image
+    assert verification.mapped and verification.nbytes / len(segment) > 8 * SHORTLIST_TIER_LIMIT
+    index = SearchIndex()
+    index.add_segment(segment)
+    packed = index.packed()
+    # a mapped segment's verification tier is not process memory; the shortlist tier and row maps are
+    assert packed.shortlist_nbytes <= SHORTLIST_TIER_LIMIT * len(packed)
+    assert packed.nbytes - packed.shortlist_nbytes <= 64  # the empty block of entries added one by one
+    assert in_memory(entries).packed().nbytes > 10 * packed.nbytes
+
+
+# -------------------------------------------------------------------------- damaged segments
+
+
+def _rewrite_header(data: bytes, edit) -> bytes:
+    """``data`` with its JSON header edited by ``edit(header)``; the shortlist CRC recomputed."""
+    out = bytearray(data)
+    length = struct.unpack_from("<I", out, 12)[0]
+    header = json.loads(out[16 : 16 + length])
+    first = min(a["offset"] for a in header["arrays"].values())  # the shortlist tier's first array
+    edit(header, out)
+    header["shortlist_crc32"] = zlib.crc32(out[first : header["shortlist_end"]])
+    text = json.dumps(header).encode()
+    assert len(text) <= first - 16
+    out[12:16] = struct.pack("<I", len(text))
+    out[16 : 16 + len(text)] = text
+    return bytes(out)
+
+
+def _poke(name: str, values: list[int]):
+    def edit(header, out):
+        a = header["arrays"][name]
+        raw = np.asarray(values, dtype=a["dtype"]).tobytes()
+        out[a["offset"] : a["offset"] + len(raw)] = raw
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def small(entries) -> bytes:
+    return segment_bytes(entries[:6])
+
+
+def test_truncated_segments_are_refused(small, tmp_path):
+    header_end = 16 + struct.unpack_from("<I", small, 12)[0]
+    shortlist_end = json.loads(small[16:header_end])["shortlist_end"]
+    for cut in (0, 5, 16, header_end - 1, header_end + 10, shortlist_end - 100, shortlist_end + 10, len(small) - 1):
+        with pytest.raises(IndexFormatError, match=r"truncated|not a segment"):
+            Segment.from_bytes(small[:cut])
+        (tmp_path / "cut.seg").write_bytes(small[:cut])
+        with pytest.raises(IndexFormatError, match=r"truncated|not a segment"):
+            Segment.open(tmp_path / "cut.seg")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: b"NOTASEG\0" + d[8:], "not a segment"),
+        (lambda d: d[:8] + struct.pack("<I", 99) + d[12:], "format version 99"),
+        (lambda d: d[:16] + b"x" + d[17:], "damaged header"),
+        (lambda d: _rewrite_header(d, lambda h, _: h.update(feature_version=FEATURE_VERSION - 1)), "feature version"),
+        (lambda d: _rewrite_header(d, lambda h, _: h["arrays"].pop("grays")), "not the expected ones"),
+        (
+            lambda d: _rewrite_header(d, lambda h, _: h["arrays"]["thumbs"].update(dtype="<f8")),
+            "thumbs is not described",
+        ),
+        (lambda d: _rewrite_header(d, lambda h, _: h["arrays"]["grays"].update(offset=len(d))), "grays .* not inside"),
+        (lambda d: _rewrite_header(d, lambda h, _: h["arrays"]["grays"].update(offset=65)), "grays .* not inside"),
+        (lambda d: _rewrite_header(d, lambda h, _: h["arrays"]["sha256"].update(shape=[5, 32])), "sha256 has shape"),
+        (lambda d: _rewrite_header(d, _poke("vote_offsets", [0, 50, 20])), "vote_offsets do not index"),
+        (lambda d: _rewrite_header(d, _poke("detail_offsets", [1])), "detail_offsets do not index"),
+        (lambda d: _rewrite_header(d, _poke("keys", [0xFF])), "not UTF-8"),
+        (lambda d: _rewrite_header(d, _poke("keys", [ord("z")])), "not sorted"),
+    ],
+)
+def test_damaged_segments_are_refused(small, damage, message):
+    with pytest.raises(IndexFormatError, match=message):
+        Segment.from_bytes(damage(small))
+
+
+def test_a_flipped_bit_in_the_shortlist_tier_fails_its_crc(small):
+    header = json.loads(small[16 : 16 + struct.unpack_from("<I", small, 12)[0]])
+    thumbs = header["arrays"]["thumbs"]["offset"]
+    flipped = bytearray(small)
+    flipped[thumbs + 100] ^= 0x10
+    with pytest.raises(IndexFormatError, match="CRC-32"):
+        Segment.from_bytes(bytes(flipped))
+    assert IndexFormatError("x").status == 500  # the engine's error: adapters report it, re-compact
