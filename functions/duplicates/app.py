@@ -9,7 +9,8 @@ the slice's keys against the whole warm index, writes the slice's edges under
 Powertools' BatchProcessor reports a failed slice in ``batchItemFailures``: it comes back after
 the queue's visibility timeout; a failure on its last delivery marks the job failed before SQS
 moves the message to the dead-letter queue. A body that is not a slice raises (dead letter, to
-be looked at). A duplicated delivery finds its part written and does nothing.
+be looked at); a slice of a job that does not exist is dropped (logged). A duplicated delivery
+finds its part written and does nothing.
 """
 
 from __future__ import annotations

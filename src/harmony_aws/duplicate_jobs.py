@@ -181,7 +181,7 @@ class SliceQueue:
 class SliceResult:
     job: str
     slice: int
-    action: str  # computed | already_done | job_finished | job_failed | merged | merged_elsewhere
+    action: str  # computed | already_done | job_finished | job_failed | unknown_job | merged | merged_elsewhere
     edges: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,8 +329,9 @@ class DuplicateJobs:
 
     def _run_slice(self, job_id: str, n: int, keys: list[str]) -> SliceResult:
         job = self._get_json(job_key(job_id))
-        if job is None:
-            raise JobNotFoundError(f"no duplicate-report job {job_id}")
+        if job is None:  # job.json is written before its slices are sent: none will ever come
+            log.warning("slice %d of %s dropped: no such job", n, job_id)
+            return SliceResult(job_id, n, "unknown_job")
         if self.bucket.head(report_key(job_id)) is not None:
             return SliceResult(job_id, n, "job_finished")
         if self.bucket.head(failed_key(job_id)) is not None:

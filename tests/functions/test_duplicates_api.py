@@ -241,6 +241,22 @@ def test_an_empty_catalog_is_done_at_once(s3, queue, search_fn, lambda_context):
     assert receive(queue) == []
 
 
+def test_a_slice_of_an_unknown_job_is_dropped(s3, queue, duplicates_fn, lambda_context):
+    """events/sqs-duplicates-slice.json names a job this bucket never had: nothing to retry."""
+    out = duplicates_fn.lambda_handler(load_event("sqs-duplicates-slice.json"), lambda_context)
+    assert out == {"batchItemFailures": []}
+    assert all_keys(s3, BUCKET, "reports/") == {}
+
+
+def test_a_body_that_is_not_a_slice_fails(s3, queue, duplicates_fn, lambda_context):
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    ev = load_event("sqs-duplicates-slice.json")
+    ev["Records"][0]["body"] = json.dumps({"job": "../../catalog/x", "slice": 0, "keys": []})
+    with pytest.raises(BatchProcessingError, match="job id"):  # -> dead-letter queue, to be looked at
+        duplicates_fn.lambda_handler(ev, lambda_context)
+
+
 @pytest.mark.parametrize(
     ("job_id", "status", "code"),
     [
