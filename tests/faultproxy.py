@@ -10,8 +10,9 @@ Each request is forwarded to the upstream (moto) with ``http.client``. With prob
 * ``cut``       - the request is forwarded, then the connection is closed in the middle of the
   answer, at a random byte: in the status line, in the headers, or in the body.
 
-and, only when asked for by a rule (below), ``cut_body`` (all headers, then half the body) and
-``corrupt_body`` (the whole answer, one byte of the body changed).
+and, only when asked for by a rule (below), ``cut_body`` (all headers, then half the body),
+``corrupt_body`` (the whole answer, one byte of the body changed) and ``denied`` (``403
+AccessDenied``, not forwarded: an error botocore does not retry, so the caller fails at once).
 
 Besides the random faults, :meth:`FaultProxy.fail` sets a fault for the requests whose path
 contains a string (optionally one method, optionally only the next N): a key that S3 keeps
@@ -33,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 FAULTS = ("error500", "slowdown", "delay", "cut")  # the random ones
-RULE_FAULTS = (*FAULTS, "cut_body", "corrupt_body")
+RULE_FAULTS = (*FAULTS, "cut_body", "corrupt_body", "denied")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -218,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault, r = self.proxy.decide(self.command, self.path)
         if fault == "slowdown":
             return self._send_error_xml(503, "SlowDown", "Please reduce your request rate.")
+        if fault == "denied":
+            return self._send_error_xml(403, "AccessDenied", "Access Denied")
         if fault == "error500" and r < 0.5:
             return self._send_error_xml(500, "InternalError", "We encountered an internal error. Please try again.")
         status, headers, data = self._forward(body)

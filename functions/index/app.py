@@ -1,9 +1,15 @@
 """IndexFunction: S3 ObjectCreated/ObjectRemoved under catalog/ -> reconcile that key's index record.
 
-Every record of an event is attempted; if any failed, the invocation fails afterwards (listing
-the keys), so that Lambda retries the event - the records already reconciled are reconciled
-again at no cost (reconcile is idempotent) - and after its retries sends it to the dead-letter
-queue.
+Deployed, S3 sends catalog/ changes to IndexQueue (SQS) and the function gets batches of its
+messages, each body an S3 event notification (or S3's one-off ``s3:TestEvent``, skipped).
+Powertools' BatchProcessor reconciles each message's records; a message whose reconcile failed
+is reported in ``batchItemFailures``, so only it comes back (after the queue's visibility
+timeout) and, after maxReceiveCount receives, goes to the queue's dead-letter queue.
+
+Invoked with an S3 event itself (``sam local invoke -e events/s3-catalog-put.json``, or a bucket
+notification pointing at the function) every record is attempted; if any failed, the invocation
+fails afterwards (listing the keys), so that Lambda retries the event - the records already
+reconciled are reconciled again at no cost (reconcile is idempotent).
 
 Invoked directly with {"action": "reindex"} it reconciles every catalog object and record of the
 function's bucket (HARMONY_BUCKET; or "bucket": "<name>"): backfill of images uploaded before the
@@ -18,13 +24,17 @@ so duplicated, reordered and concurrent events converge to the bucket's state.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from harmony_aws import runtime
@@ -57,29 +67,59 @@ def _reindex(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     return out
 
 
+def _reconcile(record: S3EventRecord) -> dict[str, Any]:
+    """Reconcile the key of one S3 event record (raises what reconcile raises)."""
+    bucket = record.s3.bucket.name
+    key = unquote_plus(record.s3.get_object.key)  # S3 event keys arrive URL-encoded
+    try:
+        result = runtime.record_writer(bucket).reconcile(key)
+    except Exception:
+        logger.exception("reconcile failed", extra={"bucket": bucket, "key": key, "event": record.event_name})
+        metrics.add_metric(name="IndexFailed", unit=MetricUnit.Count, value=1)
+        raise
+    logger.info("reconciled", extra={"bucket": bucket, "event": record.event_name, **result.to_dict()})
+    metrics.add_metric(name=f"Index{result.action.capitalize()}", unit=MetricUnit.Count, value=1)
+    return result.to_dict()
+
+
+def _queue_message(record: SQSRecord) -> list[dict[str, Any]]:
+    """One IndexQueue message: an S3 event notification, or S3's test message (nothing to do).
+    Anything else raises, so the message ends in the dead-letter queue to be looked at."""
+    body = json.loads(record.body)
+    if isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
+        logger.info("s3 test event skipped", extra={"bucket": body.get("Bucket")})
+        return []
+    if not (isinstance(body, dict) and isinstance(body.get("Records"), list)):
+        raise ValueError(f"message {record.message_id} is not an S3 event notification")
+    return [_reconcile(s3_record) for s3_record in S3Event(body).records]
+
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
 @tracer.capture_method
 def handle(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     if event.get("action") == "reindex":  # direct invoke, see the module doc
         return _reindex(event, context)
+    records = event.get("Records") or []
+    if records and all(r.get("eventSource") == "aws:sqs" for r in records):
+        return dict(
+            process_partial_response(
+                event=event.raw_event, record_handler=_queue_message, processor=processor, context=context
+            )
+        )
     done: dict[tuple[str, str], dict[str, Any]] = {}
     failed: list[tuple[str, BaseException]] = []
     seen: set[tuple[str, str]] = set()
     for record in event.records:
-        bucket = record.s3.bucket.name
-        key = unquote_plus(record.s3.get_object.key)  # S3 event keys arrive URL-encoded
+        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
         if (bucket, key) in seen:
-            continue  # the same key twice in one batch: once is enough
+            continue  # the same key twice in one event: once is enough
         seen.add((bucket, key))
         try:
-            result = runtime.record_writer(bucket).reconcile(key)
-        except Exception as exc:  # the other records are attempted first; raised below
-            logger.exception("reconcile failed", extra={"bucket": bucket, "key": key, "event": record.event_name})
-            metrics.add_metric(name="IndexFailed", unit=MetricUnit.Count, value=1)
+            done[(bucket, key)] = _reconcile(record)
+        except Exception as exc:  # noqa: BLE001 - the other records are attempted first; raised below
             failed.append((key, exc))
-            continue
-        logger.info("reconciled", extra={"bucket": bucket, "event": record.event_name, **result.to_dict()})
-        metrics.add_metric(name=f"Index{result.action.capitalize()}", unit=MetricUnit.Count, value=1)
-        done[(bucket, key)] = result.to_dict()
     if failed:
         raise EventRecordsFailedError.of(failed, done=len(done))
     return {"results": list(done.values())}

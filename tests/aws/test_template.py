@@ -106,7 +106,10 @@ def test_bucket_is_private_encrypted_tls_only(tpl):
 
 
 def test_triggers_filtered_by_prefix_and_results_trigger_nothing(tpl):
+    """catalog/ changes reach IndexFunction through IndexQueue (the bucket's QueueConfigurations
+    and the function's SQS event), queries/ reach QueryDropFunction directly (its S3 event)."""
     triggers: dict[str, set[tuple[str, str]]] = {}
+    queue_consumer = {}
     for lid, fn in _functions(tpl).items():
         for ev in (fn["Properties"].get("Events") or {}).values():
             if ev["Type"] == "S3":
@@ -114,10 +117,61 @@ def test_triggers_filtered_by_prefix_and_results_trigger_nothing(tpl):
                 rules = ev["Properties"]["Filter"]["S3Key"]["Rules"]
                 prefix = next(r["Value"] for r in rules if r["Name"] == "prefix")
                 triggers.setdefault(lid, set()).add((ev["Properties"]["Events"], prefix))
+            elif ev["Type"] == "SQS":
+                queue_consumer[ev["Properties"]["Queue"]["Fn::GetAtt"][0]] = lid
+    bucket = tpl["Resources"]["CatalogBucket"]["Properties"]
+    for qc in bucket["NotificationConfiguration"]["QueueConfigurations"]:
+        prefix = next(r["Value"] for r in qc["Filter"]["S3Key"]["Rules"] if r["Name"] == "prefix")
+        triggers.setdefault(queue_consumer[qc["Queue"]["Fn::GetAtt"][0]], set()).add((qc["Event"], prefix))
     assert triggers == {
         "IndexFunction": {("s3:ObjectCreated:*", "catalog/"), ("s3:ObjectRemoved:*", "catalog/")},
         "QueryDropFunction": {("s3:ObjectCreated:*", "queries/")},
     }
+    # the local stack reads the same wiring from the template
+    local = load_template(TEMPLATE)
+    assert {(n.queue, n.events, n.rules) for n in local.queue_notifications} == {
+        ("IndexQueue", ("s3:ObjectCreated:*",), (("prefix", "catalog/"),)),
+        ("IndexQueue", ("s3:ObjectRemoved:*",), (("prefix", "catalog/"),)),
+    }
+    assert [(s.function, s.queue) for s in local.sqs_triggers] == [("IndexFunction", "IndexQueue")]
+
+
+def test_index_queue_batches_cap_and_dead_letters(tpl):
+    """IndexQueue: encrypted, S3 may send to it (this bucket, this account only), a visibility
+    timeout of at least 6x the function's timeout plus its batching window (Lambda's advice), a
+    redrive to the alarmed dead-letter queue; the function reports partial batch failures and
+    runs at most IndexMaxConcurrency batches at once, within its reserved concurrency."""
+    res = tpl["Resources"]
+    fn = res["IndexFunction"]["Properties"]
+    (ev,) = fn["Events"].values()
+    assert ev["Type"] == "SQS"
+    sqs = ev["Properties"]
+    assert sqs["Queue"] == {"Fn::GetAtt": ["IndexQueue", "Arn"]}
+    assert sqs["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= sqs["BatchSize"] <= 10
+    cap = sqs["ScalingConfig"]["MaximumConcurrency"]
+    assert tpl["Parameters"][cap["Ref"]]["MinValue"] == 2  # Lambda's minimum
+    assert _param_default(tpl, cap) <= _param_default(tpl, fn["ReservedConcurrentExecutions"]["Fn::If"][1])
+    queue = res["IndexQueue"]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] >= 6 * fn["Timeout"] + sqs["MaximumBatchingWindowInSeconds"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["IndexDeadLetterQueue", "Arn"]}
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5
+    dlq = res["IndexDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]  # a redriven message keeps its age
+    assert "EventInvokeConfig" not in fn and "DeadLetterQueue" not in fn  # not invoked asynchronously
+    (stmt,) = res["IndexQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert res["IndexQueuePolicy"]["Properties"]["Queues"] == [{"Ref": "IndexQueue"}]
+    assert (stmt["Effect"], stmt["Principal"], stmt["Action"]) == (
+        "Allow",
+        {"Service": "s3.amazonaws.com"},
+        "sqs:SendMessage",
+    )
+    bucket_name = res["CatalogBucket"]["Properties"]["BucketName"]["Fn::Sub"]
+    assert stmt["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{bucket_name}"}
+    assert stmt["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # S3 checks the destination when the notifications are set: the policy must exist first
+    assert res["CatalogBucket"]["DependsOn"] == "IndexQueuePolicy"
 
 
 def _statements(fn):
@@ -236,21 +290,26 @@ def test_reserved_concurrency_per_function_from_parameters(tpl):
     assert reserved["SearchFunction"] >= reserved["IndexFunction"] + reserved["QueryDropFunction"]
 
 
-def test_async_functions_retry_then_dead_letter_with_an_alarm(tpl):
+def test_failures_end_in_dead_letter_queues_with_an_alarm(tpl):
+    """QueryDropFunction (asynchronous, from S3): retried twice, then its dead-letter queue.
+    IndexFunction (from IndexQueue): a message received maxReceiveCount times goes to the queue's
+    dead-letter queue. Each dead-letter queue is encrypted and alarmed."""
     res = tpl["Resources"]
     alarms = {
         a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]: a["Properties"]
         for a in res.values()
         if a["Type"] == "AWS::CloudWatch::Alarm"
     }
-    for lid in ("IndexFunction", "QueryDropFunction"):
-        props = res[lid]["Properties"]
-        eic = props["EventInvokeConfig"]
-        assert eic["MaximumRetryAttempts"] == 2
-        assert _param_default(tpl, eic["MaximumEventAgeInSeconds"]) == 21600  # Lambda's maximum
-        dlq = props["DeadLetterQueue"]
-        assert dlq["Type"] == "SQS"
-        queue = dlq["TargetArn"]["Fn::GetAtt"][0]
+    props = res["QueryDropFunction"]["Properties"]
+    eic = props["EventInvokeConfig"]
+    assert eic["MaximumRetryAttempts"] == 2
+    assert _param_default(tpl, eic["MaximumEventAgeInSeconds"]) == 21600  # Lambda's maximum
+    assert props["DeadLetterQueue"]["Type"] == "SQS"
+    dead_letter_queues = [
+        props["DeadLetterQueue"]["TargetArn"]["Fn::GetAtt"][0],
+        res["IndexQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
+    ]
+    for queue in dead_letter_queues:
         assert res[queue]["Type"] == "AWS::SQS::Queue" and res[queue]["Properties"]["SqsManagedSseEnabled"] is True
         alarm = alarms.pop(queue)
         assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")

@@ -60,14 +60,14 @@ def api_ok(result: Any) -> dict[str, Any]:
 
 
 def events_for(template: Template, function: str) -> list[str]:
-    """events/*.json that the function's triggers accept (S3 event name and key rules, API route)."""
+    """events/*.json that the function's triggers accept (S3 events, SQS batches of S3
+    notifications from a queue it reads, API routes)."""
     fn = template.functions[function]
     out = []
     for p in sorted(EVENTS.glob("*.json")):
         ev = json.loads(p.read_text())
         if "Records" in ev:
-            rec = ev["Records"][0]
-            if any(t.matches(rec["eventName"], rec["s3"]["object"]["key"]) for t in fn.s3_triggers):
+            if template.delivers(function, ev):
                 out.append(p.name)
         elif "httpMethod" in ev and any(r.match(ev["httpMethod"], ev["path"]) is not None for r in fn.routes):
             out.append(p.name)
@@ -96,10 +96,20 @@ def point(ev: dict[str, Any], bucket: str, key: str | None = None) -> dict[str, 
     return ev
 
 
+def point_sqs(ev: dict[str, Any], bucket: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """An SQS batch of S3 notifications pointed at ``bucket`` (message i at ``keys[i]``)."""
+    ev = copy.deepcopy(ev)
+    for i, msg in enumerate(ev["Records"]):
+        body = json.loads(msg["body"])
+        if "Records" in body:
+            msg["body"] = json.dumps(point(body, bucket, keys[i] if keys else None))
+    return ev
+
+
 def test_every_function_has_events(doc: dict[str, Any]) -> None:
     template = template_for(doc, "b")
     assert sorted(template.functions) == ["IndexFunction", "QueryDropFunction", "SearchFunction"]
-    assert events_for(template, "IndexFunction") == ["s3-catalog-delete.json", "s3-catalog-put.json"]
+    assert events_for(template, "IndexFunction") == ["sqs-catalog-put-delete.json", "sqs-s3-test-event.json"]
     assert events_for(template, "QueryDropFunction") == ["s3-query-put.json"]
     assert events_for(template, "SearchFunction") == [
         "api-search-s3.json",
@@ -112,13 +122,20 @@ def test_all_functions_from_template(
     world: tuple[Any, str, Template], images: dict[str, bytes], moto_server_url: str
 ) -> None:
     s3, bucket, template = world
-    # IndexFunction: the catalog, then the events/ put and delete
-    evs = [point(load_event("s3-catalog-put.json"), bucket, f"catalog/{n}") for n in CATALOG]
-    evs += [point(load_event(n), bucket) for n in events_for(template, "IndexFunction")]
+    # IndexFunction: an IndexQueue batch of the catalog's notifications, then the events/ batches
+    # (chelsea.jpg again: unchanged; a delete of a key never there: absent; S3's test message)
+    batch = load_event("sqs-catalog-put-delete.json")
+    batch["Records"] = [
+        {**batch["Records"][0], "messageId": n, "body": json.dumps(load_event("s3-catalog-put.json"))} for n in CATALOG
+    ]
+    evs = [point_sqs(batch, bucket, [f"catalog/{n}" for n in CATALOG])]
+    evs += [point_sqs(load_event(n), bucket) for n in events_for(template, "IndexFunction")]
     out = invoke(template.functions["IndexFunction"], evs, moto_server_url)
-    actions = [r["results"][0]["action"] if isinstance(r, dict) else r for r in out]
-    assert actions == ["indexed"] * len(CATALOG) + ["absent", "unchanged"], actions
-    assert len(all_keys(s3, bucket, "index/records/")) == len(CATALOG)
+    assert out == [{"batchItemFailures": []}] * len(evs), out
+    records = all_keys(s3, bucket, "index/records/")
+    assert len(records) == len(CATALOG)
+    out = invoke(template.functions["IndexFunction"], evs, moto_server_url)  # delivered again
+    assert out == [{"batchItemFailures": []}] * len(evs) and all_keys(s3, bucket, "index/records/") == records
 
     # SearchFunction: upload, S3 reference, URL (served locally; private URLs allowed for the test)
     with ServedImages(images) as srv:

@@ -8,7 +8,8 @@ import json
 import time
 import uuid
 
-from tests.support import image_bytes, request, request_json
+from harmony_aws.layout import record_key
+from tests.support import all_keys, image_bytes, request, request_json
 
 
 def _search(stack, name: str, ctype: str = "image/jpeg", k: int = 5):
@@ -82,8 +83,10 @@ def test_catalog_upload_is_indexed_and_searchable(stack):
     key = f"catalog/added/{uuid.uuid4().hex[:8]} rocket.jpg"  # a space: S3 event keys are URL-encoded
     s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("rocket__brighter.jpg"))
     stack.wait_idle(60)
-    inv = [i for i in stack.invocations if i.function == "IndexFunction" and i.source.endswith(key)]
-    assert inv and inv[-1].ok and inv[-1].result["results"][0]["action"] == "indexed"
+    inv = [i for i in stack.invocations if ("ObjectCreated:Put", key) in i.s3_events]
+    assert inv and inv[-1].function == "IndexFunction" and inv[-1].source.startswith("sqs IndexQueue ")
+    assert inv[-1].ok and inv[-1].result == {"batchItemFailures": []}
+    assert record_key(key) in all_keys(s3, bucket, "index/records/")
     # the SearchFunction picks it up (its warm index refreshes after HARMONY_INDEX_TTL_SECONDS)
     ttl = float(stack.template.functions["SearchFunction"].environment.get("HARMONY_INDEX_TTL_SECONDS") or 10)
     deadline = time.monotonic() + max(30.0, ttl + 10)
@@ -97,8 +100,9 @@ def test_catalog_upload_is_indexed_and_searchable(stack):
     # and a delete removes it
     s3.delete_object(Bucket=bucket, Key=key)
     stack.wait_idle(60)
-    inv = [i for i in stack.invocations if i.function == "IndexFunction" and i.source.endswith(key)]
-    assert inv[-1].source.startswith("s3 ObjectRemoved") and inv[-1].result["results"][0]["action"] == "removed"
+    inv = [i for i in stack.invocations if ("ObjectRemoved:Delete", key) in i.s3_events]
+    assert inv and inv[-1].function == "IndexFunction" and inv[-1].result == {"batchItemFailures": []}
+    assert record_key(key) not in all_keys(s3, bucket, "index/records/")
 
 
 def test_query_drop_writes_results_and_nothing_fires_on_results(stack):
@@ -111,7 +115,7 @@ def test_query_drop_writes_results_and_nothing_fires_on_results(stack):
     assert doc["source"]["key"] == f"queries/{name}"
     fired = [i for i in stack.invocations if name in i.source]
     assert [(i.function, i.source.split()[1]) for i in fired] == [("QueryDropFunction", "ObjectCreated:Put")]
-    assert not [i for i in stack.invocations if "results/" in i.source or "index/" in i.source]
+    assert not [i for i in stack.invocations if any(k.startswith(("results/", "index/")) for _, k in i.s3_events)]
     # a non-image dropped gets an error document, still under results/
     s3.put_object(Bucket=bucket, Key="queries/notes.txt", Body=b"hello")
     stack.wait_idle(60)

@@ -18,6 +18,10 @@ What it does, for each function of the template:
     picked by name) is uploaded at the event's key first, for ObjectRemoved the key is made
     absent. The invocation must return without error; an ObjectCreated invocation must write
     something to S3; CHECKS below adds per-event expectations.
+  * SQS-triggered functions: each SQS batch (Records[].eventSource aws:sqs) that the template
+    delivers to the function (Template.delivers: a queue it reads, S3 notifications the bucket
+    sends there, or S3's test message); each message's S3 records seeded as above. The answer
+    must report no batch item failures.
   * API-triggered functions: each API Gateway event whose path and method match one of the
     function's routes (ApiRoute.match). The response must be statusCode 200 with a JSON body,
     and a search response (path or file name contains "search") must carry a `results` list.
@@ -79,7 +83,10 @@ TIMINGS_FILE = os.environ.get("HARMONY_SAM_TIMINGS")
 # Event files (under events/) per function logical id, invoked in addition to the ones matched
 # by the function's S3 triggers and routes. Use it for events of other shapes (e.g. a
 # direct-invoke payload); those must just not raise.
-EXTRA_EVENTS: dict[str, list[str]] = {"IndexFunction": ["index-reindex.json"]}
+# IndexFunction also takes S3 events directly (its handler keeps that path).
+EXTRA_EVENTS: dict[str, list[str]] = {
+    "IndexFunction": ["s3-catalog-put.json", "s3-catalog-delete.json", "index-reindex.json"]
+}
 
 # Event files run before the others of their kind (the catalog must be indexed before a
 # query is answered).
@@ -104,6 +111,8 @@ def event_kind(ev: Event) -> str | None:
     recs = ev.get("Records")
     if isinstance(recs, list) and recs and recs[0].get("eventSource") == "aws:s3":
         return "s3-removed" if "ObjectRemoved" in str(recs[0].get("eventName")) else "s3"
+    if isinstance(recs, list) and recs and recs[0].get("eventSource") == "aws:sqs":
+        return "sqs"
     if "httpMethod" in ev or ("requestContext" in ev and ("rawPath" in ev or "path" in ev)):
         return "api"
     return None
@@ -138,9 +147,9 @@ def cases(tpl: Template) -> list[Case]:
         out += [(event_kind(load_event(name)) or "other", lid, name) for name in EXTRA_EVENTS.get(lid, [])]
         for name, ev in events.items():
             kind = event_kind(ev)
-            if kind and triggers(fn, kind, ev):
+            if kind and (tpl.delivers(lid, ev) if kind == "sqs" else triggers(fn, kind, ev)):
                 out.append((kind, lid, name))
-    order = {"s3": 0, "s3-removed": 1, "other": 2, "api": 3}
+    order = {"s3": 0, "sqs": 0, "s3-removed": 1, "other": 2, "api": 3}
     first = {name: i for i, name in enumerate(RUN_FIRST)}
     return sorted(dict.fromkeys(out), key=lambda c: (order[c[0]], first.get(Path(c[2]).name, len(RUN_FIRST))))
 
@@ -303,6 +312,27 @@ def seed_s3_event(name: str, kind: str, s3: Any, bucket: str, images: dict[str, 
     return event, seeded
 
 
+def seed_sqs_event(name: str, s3: Any, bucket: str, images: dict[str, bytes]) -> tuple[Event, set[str]]:
+    """events/<name>, an SQS batch: each message's S3 notification pointed at ``bucket`` and
+    seeded like seed_s3_event (S3's test message left as it is)."""
+    event, seeded = load_event(name), set[str]()
+    for msg in event["Records"]:
+        body = json.loads(msg["body"])
+        for rec in body.get("Records", []):
+            rec["s3"]["bucket"].update(name=bucket, arn=f"arn:aws:s3:::{bucket}")
+            key = s3_key(rec)
+            if "ObjectRemoved" in rec["eventName"]:
+                s3.delete_object(Bucket=bucket, Key=key)
+                seeded.discard(key)
+            else:
+                data = pick_image(key, images)
+                put = s3.put_object(Bucket=bucket, Key=key, Body=data)
+                rec["s3"]["object"].update(size=len(data), eTag=put["ETag"].strip('"'))
+                seeded.add(key)
+        msg["body"] = json.dumps(body)
+    return event, seeded
+
+
 def rewrite_url(event: Event, server: str) -> tuple[Event, bool]:
     """Point a JSON {"url": ...} body (or a ?url= query) at the local image server."""
     ev = copy.deepcopy(event)
@@ -341,6 +371,14 @@ def _check_catalog_delete(inv: Invocation, s3: Any, bucket: str) -> None:
     assert actions and all(a in ("removed", "absent") for a in actions), inv.resp
 
 
+def _check_catalog_queue(inv: Invocation, s3: Any, bucket: str) -> None:
+    # the batch's put is indexed, its delete leaves no record
+    records = all_keys(s3, bucket, "index/records/")
+    assert any(k.startswith("index/records/") for k in inv.written), f"no record written: {inv.written}"
+    kept = {urllib.parse.unquote(s3.head_object(Bucket=bucket, Key=k)["Metadata"]["catalog-key"]) for k in records}
+    assert "catalog/chelsea.jpg" in kept and "catalog/old photo.jpg" not in kept, kept
+
+
 def _check_query_put(inv: Invocation, s3: Any, bucket: str) -> None:
     results = [k for k in inv.written if k.startswith("results/") and k.endswith(".json")]
     assert results, f"no results/*.json written: {inv.written}"
@@ -368,6 +406,7 @@ CHECKS: dict[str, Callable[[Invocation, Any, str], None]] = {
     "s3-catalog-put.json": _check_catalog_put,
     "s3-catalog-delete.json": _check_catalog_delete,
     "s3-query-put.json": _check_query_put,
+    "sqs-catalog-put-delete.json": _check_catalog_queue,
     "index-reindex.json": _check_reindex,
     "api-search-s3.json": _check_search_catalog_hit,
     "api-search-url.json": _check_search_catalog_hit,
@@ -413,6 +452,8 @@ def test_sam_local_invoke(
     url_refused_expected = False
     if kind in ("s3", "s3-removed"):
         event, seeded = seed_s3_event(event_name, kind, moto_s3, moto_bucket, images)
+    elif kind == "sqs":
+        event, seeded = seed_sqs_event(event_name, moto_s3, moto_bucket, images)
     elif kind == "api":
         event, has_url = rewrite_url(event, image_server)
         url_refused_expected = has_url and ALLOW_PRIVATE_URLS_VAR not in tpl.functions[lid].environment
@@ -432,6 +473,8 @@ def test_sam_local_invoke(
         )
     if kind == "s3":
         assert inv.written, inv.why("the S3-triggered function wrote nothing to S3")
+    elif kind == "sqs":
+        assert resp == {"batchItemFailures": []}, inv.why(f"batch item failures: {resp}")
     elif kind == "api":
         assert isinstance(resp, dict) and "statusCode" in resp, inv.why("not an API Gateway response")
         body = resp.get("body") or ""

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/events/make_events.py [--sam .tools/sam/bin/sam]
 
-The upload event carries a tiny real JPEG (chelsea, 48x32, from tests/fixtures/images) as a
+The upload event carries a tiny real JPEG (chelsea, 48x32, from the sample catalog) as a
 base64 body, as API Gateway sends binary media types.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ def sam(exe: str, *args: str) -> dict:
 
 def tiny_jpeg() -> bytes:
     src = cv2.imdecode(
-        np.frombuffer((REPO / "tests/fixtures/images/chelsea.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR
+        np.frombuffer((REPO / "src/harmony_local/samples/catalog/chelsea.jpg").read_bytes(), np.uint8), cv2.IMREAD_COLOR
     )
     small = cv2.resize(src, (48, 32), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -57,6 +58,32 @@ def api(exe: str, method: str, body: str | None, headers: dict, query: dict | No
     if body is None:
         ev["body"] = None
         ev["isBase64Encoded"] = False
+    return ev
+
+
+# What S3 sends to a queue when a notification configuration is set (the documented message)
+S3_TEST_EVENT = {
+    "Service": "Amazon S3",
+    "Event": "s3:TestEvent",
+    "Time": "2026-01-01T00:00:00.000Z",
+    "Bucket": BUCKET,
+    "RequestId": "5582815E1AEA5ADF",
+    "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YYCIKIQbmgExGpoKhn+4GWYt3aVGFuw=",
+}
+
+
+def sqs(exe: str, bodies: list[dict]) -> dict:
+    """An SQS batch event of IndexQueue whose messages' bodies are ``bodies`` (sam cannot take a
+    JSON body itself: it pastes it into its template unescaped)."""
+    ev = sam(exe, "sqs", "receive-message", "--queue-name", "harmony-image-IndexQueue-EXAMPLE")
+    (first,) = ev["Records"]
+    ev["Records"] = []
+    for i, body in enumerate(bodies):
+        rec = json.loads(json.dumps(first))
+        rec["messageId"] = f"{i:08d}-6a1f-4c2b-9d0e-{i:012d}"
+        rec["body"] = json.dumps(body)
+        rec["md5OfBody"] = hashlib.md5(rec["body"].encode(), usedforsecurity=False).hexdigest()
+        ev["Records"].append(rec)
     return ev
 
 
@@ -91,6 +118,9 @@ def main() -> None:
         rec["s3"]["object"]["size"] = len(jpeg)
     for rec in out["s3-catalog-delete.json"]["Records"]:  # real S3 encodes a space as '+'
         rec["s3"]["object"]["key"] = rec["s3"]["object"]["key"].replace("%20", "+")
+    # IndexQueue's messages: S3 event notifications (one record each, as S3 sends them)
+    out["sqs-catalog-put-delete.json"] = sqs(a.sam, [out["s3-catalog-put.json"], out["s3-catalog-delete.json"]])
+    out["sqs-s3-test-event.json"] = sqs(a.sam, [S3_TEST_EVENT])
     for name, ev in out.items():
         (EVENTS / name).write_text(json.dumps(ev, indent=2) + "\n")
         print(f"wrote events/{name}")

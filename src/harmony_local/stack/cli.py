@@ -10,6 +10,10 @@
                                     each running stack leaves a state file in a per-user folder
                                     ($XDG_RUNTIME_DIR/harmony-local, else ~/.cache/harmony-local/run),
                                     one per API port; --port picks one when several run
+    import DIR [--prefix P]         bulk ingest: upload every file of DIR under catalog/P, wait until
+                                    IndexQueue drains, count indexed / not images / failed
+    status                          the stack's queues: waiting, in flight, dead letters
+    redrive [QUEUE]                 move a queue's dead letters back into it (default: IndexQueue's)
 
 Exit status: 0 ok, 1 a step failed, 2 usage or start-up errors.
 """
@@ -137,7 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="delete everything under each KEY as a prefix")
     which_stack(p)
     p.set_defaults(func=run_rm)
+    p = sub.add_parser("import", help="bulk ingest: upload a folder under catalog/, wait for the index, count")
+    add_import_arguments(p)
+    which_stack(p)
+    p.set_defaults(func=run_import)
+    p = sub.add_parser("status", help="the running stack's queues: waiting, in flight, dead letters")
+    which_stack(p)
+    p.set_defaults(func=run_status)
+    p = sub.add_parser("redrive", help="move a queue's dead letters back into it (aws sqs start-message-move-task)")
+    p.add_argument("queue", nargs="?", default=None, help="the queue's logical id (default: the catalog's queue)")
+    which_stack(p)
+    p.set_defaults(func=run_redrive)
     return parser
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``import`` (also used by ``harmony import DIR --stack``)."""
+    p.add_argument("folder", type=Path, metavar="DIR", help="a folder of images (hidden files and folders left out)")
+    p.add_argument("--prefix", default="", help="upload under catalog/PREFIX (default: catalog/ itself)")
+    p.add_argument("--workers", type=int, default=16, help="concurrent uploads (default 16)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the queue to drain (default 3600)")
 
 
 # --------------------------------------------------------------------------- start / stop
@@ -172,24 +195,34 @@ def start_stack(args: argparse.Namespace) -> LocalStack:
         parameter_overrides=overrides,
     )
     stack = LocalStack(cfg).start()
-    state = {
-        "api": stack.url,
-        "s3": stack.s3_endpoint,
-        "bucket": cfg.bucket,
-        "pid": os.getpid(),
-        "workdir": str(Path(args.workdir).resolve()),
-    }
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    shared = _state_path(stack.url)
-    shared.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shared.write_text(json.dumps(state, indent=2))
+    write_state(stack, args.workdir)
     if not args.no_seed:
         t0 = time.perf_counter()
         print(f"seeding s3://{cfg.bucket}/catalog/ with the sample catalog (IndexFunction indexes each upload) ...")
         n = stack.seed_catalog()
         print(f"catalog: {n} images uploaded and indexed in {time.perf_counter() - t0:.1f} s")
     return stack
+
+
+def write_state(stack: LocalStack, workdir: Path) -> dict[str, Any]:
+    """Leave the running stack's address (and its queues) where the bucket commands find it:
+    ``workdir/stack.json`` and the per-user state folder."""
+    state = {
+        "api": stack.url,
+        "s3": stack.s3_endpoint,
+        "bucket": stack.config.bucket,
+        "pid": os.getpid(),
+        "workdir": str(Path(workdir).resolve()),
+        "queues": stack.queue_urls,  # the template's queues (logical id -> URL in the embedded SQS)
+        "dead_letter_queues": stack.dead_letter_of(),
+        "catalog_queue": stack.catalog_queue(),
+    }
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / STATE_FILE).write_text(json.dumps(state, indent=2))
+    shared = _state_path(stack.url)
+    shared.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shared.write_text(json.dumps(state, indent=2))
+    return state
 
 
 def _banner(stack: LocalStack) -> None:
@@ -448,6 +481,96 @@ def run_rm(args: argparse.Namespace) -> int:
             s3.delete_object(Bucket=bucket, Key=k)
             print(f"deleted s3://{bucket}/{k}")
     return 1 if missing else 0
+
+
+def _clients_of(state: dict[str, Any]) -> tuple[Any, Any]:
+    import boto3
+
+    from .server import CREDENTIALS, REGION
+
+    kw = {
+        "region_name": REGION,
+        "endpoint_url": state["s3"],
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    }
+    return boto3.client("s3", **kw), boto3.client("sqs", **kw)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from ..importer import Progress, folder_files, index_report, upload_files, wait_drained
+
+    folder: Path = args.folder
+    if not folder.is_dir():
+        print(f"harmony-local: {folder} is not a folder", file=sys.stderr)
+        return 2
+    state = find_stack(getattr(args, "port", None), getattr(args, "workdir", None))
+    queue = state.get("catalog_queue")
+    if not queue:
+        print("harmony-local: the stack's template sends catalog/ uploads to no queue", file=sys.stderr)
+        return 2
+    s3, sqs = _clients_of(state)
+    bucket = state["bucket"]
+    prefix = "catalog/" + (args.prefix.strip("/") + "/" if args.prefix.strip("/") else "")
+    files = {prefix + path.relative_to(folder).as_posix(): path for path in folder_files(folder)}
+    if not files:
+        print(f"harmony-local: {folder} holds no files to upload", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    print(f"uploading {len(files)} files to s3://{bucket}/{prefix} ...", file=sys.stderr, flush=True)
+    upload_files(s3, bucket, files, workers=args.workers, progress=Progress("uploaded"))
+    uploaded_s = time.perf_counter() - t0
+    waiting = Progress(f"indexing ({queue})")
+    total = len(files)
+    wait_drained(
+        sqs,
+        state["queues"][queue],
+        timeout=args.timeout,
+        progress=lambda left: waiting(max(0, total - left), total, f"- {left} messages left "),
+    )
+    dlq = state.get("dead_letter_queues", {}).get(queue)
+    report = index_report(s3, sqs, bucket, sorted(files), state["queues"].get(dlq) if dlq else None)
+    report.upload_seconds, report.seconds = uploaded_s, time.perf_counter() - t0
+    for key in report.failed_keys[:20]:
+        print(f"  failed: {key}", file=sys.stderr)
+    for key in report.not_image_keys[:20]:
+        print(f"  not an image: {key}", file=sys.stderr)
+    print(report.line(), flush=True)
+    if report.failed:
+        print(
+            f"the failed keys' messages are in {dlq}: fix the cause, then `python -m harmony_local redrive {queue}`",
+            file=sys.stderr,
+        )
+    return 1 if report.failed else 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .server import _depth
+
+    state = find_stack(getattr(args, "port", None), getattr(args, "workdir", None))
+    _, sqs = _clients_of(state)
+    dead = set(state.get("dead_letter_queues", {}).values())
+    print(f"stack {state['api']}  S3 {state['s3']}  bucket {state['bucket']}")
+    for name, url in sorted(state.get("queues", {}).items()):
+        d = _depth(sqs, url)
+        what = "dead letters" if name in dead else "waiting"
+        print(f"  {name:<28} {what} {d['visible']:>6}   in flight {d['in_flight']:>6}")
+    return 0
+
+
+def run_redrive(args: argparse.Namespace) -> int:
+    from .server import move_messages
+
+    state = find_stack(getattr(args, "port", None), getattr(args, "workdir", None))
+    queue = args.queue or state.get("catalog_queue")
+    dlq = state.get("dead_letter_queues", {}).get(queue)
+    if not dlq:
+        print(f"harmony-local: {queue} has no dead-letter queue in the stack's template", file=sys.stderr)
+        return 2
+    _, sqs = _clients_of(state)
+    moved = move_messages(sqs, state["queues"][dlq], state["queues"][queue])
+    print(f"moved {moved} messages from {dlq} back to {queue}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -243,6 +243,8 @@ class Invocation:
     ms: float
     result: Any = None
     error: dict[str, Any] = field(default_factory=dict)  # the error payload when not ok
+    # (eventName, key) of each S3 event record the invocation carried (directly or in SQS messages)
+    s3_events: tuple[tuple[str, str], ...] = ()
 
 
 class FunctionPool:

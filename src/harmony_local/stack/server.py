@@ -7,11 +7,22 @@ per template S3 event (its Events and S3Key prefix/suffix rules), and a dispatch
 function turns each message into an asynchronous invocation with the S3 event record in the
 shape S3 sends (missing fields of moto's record filled in). So a write under a prefix no trigger
 watches (``results/``, ``index/``) invokes nothing, exactly as on AWS.
+
+The template's own SQS queues are moto queues too, with their RedrivePolicy (moto moves a
+message received maxReceiveCount times to the dead-letter queue) and the bucket's
+QueueConfigurations to them. Each ``Type: SQS`` event source is a poller thread, as Lambda's:
+batches of up to BatchSize messages (gathered for MaximumBatchingWindowInSeconds), at most
+ScalingConfig.MaximumConcurrency (and the stack's workers) at once; after an invocation the
+messages it did not report in ``batchItemFailures`` are deleted, a failed invocation deletes
+none, and what is not deleted comes back after the visibility timeout. The template's timeout
+(780 s for IndexQueue) would hold a failed record back for 13 minutes here: the local stack uses
+StackConfig.queue_visibility_timeout instead, unless that is None.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import socket
@@ -28,7 +39,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 from .apigw import BadLambdaResponseError, build_event, parse_response
 from .lambdas import FunctionPool, Invocation, InvokeError, lambda_environment
-from .template import REGION, Template, load_template
+from .template import REGION, QueueSpec, SqsTrigger, Template, load_template
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
@@ -43,6 +54,10 @@ STARTUP_WAIT_SECONDS = 60.0  # a request during start-up waits this long for the
 TOO_LONG = {"message": "Request Too Long"}  # API Gateway's answer (its shape, not the API's)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 ASYNC_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and two retries
+LOCAL_VISIBILITY_SECONDS = 10.0
+"""A template queue's visibility timeout locally (see the module doc): long enough for a batch of
+ten camera photos on a slow machine, short enough that a retried record is seen soon."""
+SQS_RECEIVE_MAX = 10  # SQS's most messages per ReceiveMessage
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -98,6 +113,23 @@ class StackConfig:
     max_concurrency: int = 2
     function_logs: bool = False  # True: function output on this console, else workdir/logs/<fn>.log
     parameter_overrides: dict[str, str] = field(default_factory=dict)
+    # seconds before a received, undeleted message of a template queue comes back (None: the template's)
+    queue_visibility_timeout: float | None = LOCAL_VISIBILITY_SECONDS
+    # the S3 endpoint the functions use (default: the embedded S3), e.g. a fault proxy in front of it
+    function_s3_endpoint: str | None = None
+
+
+@dataclass
+class SourceStats:
+    """What one SQS event source did: batches and messages handed to the function, messages
+    reported failed (batch item failures, or all of a failed invocation), the most batches at once."""
+
+    batches: int = 0
+    messages: int = 0
+    failed_messages: int = 0
+    failed_invocations: int = 0
+    running: int = 0
+    peak_concurrency: int = 0
 
 
 class LocalStack:
@@ -112,7 +144,10 @@ class LocalStack:
         self.invocations: list[Invocation] = []
         self._cond = threading.Condition()
         self._pools: dict[str, FunctionPool] = {}
-        self._queues: dict[str, str] = {}  # function -> queue url
+        self._queues: dict[str, str] = {}  # function -> queue url (S3 triggers)
+        self.queue_urls: dict[str, str] = {}  # template queue (logical id) -> url
+        self._queue_arns: dict[str, str] = {}
+        self.sqs_stats: dict[str, SourceStats] = {}  # "<function>.<event>" -> what it did
         self._threads: list[threading.Thread] = []
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._inflight = 0
@@ -136,7 +171,7 @@ class LocalStack:
         if not cfg.function_logs:
             log_dir = Path(cfg.workdir) / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
-        extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.s3_endpoint}
+        extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint}
         for name, spec in self.template.functions.items():
             pool = FunctionPool(
                 spec, lambda_environment(spec, extra), log_dir=log_dir, max_concurrency=cfg.max_concurrency
@@ -202,8 +237,6 @@ class LocalStack:
 
     def _start_triggers(self) -> None:
         triggers = self.template.s3_triggers
-        if not triggers:
-            return
         sqs = self.client("sqs")
         configs = []
         for trig in triggers:
@@ -218,9 +251,16 @@ class LocalStack:
             if trig.rules:
                 conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in trig.rules]}}
             configs.append(conf)
-        self.client().put_bucket_notification_configuration(
-            Bucket=self.config.bucket, NotificationConfiguration={"QueueConfigurations": configs}
-        )
+        self._create_queues(sqs)
+        for i, note in enumerate(self.template.queue_notifications):
+            conf = {"Id": f"{note.queue}-{i}", "QueueArn": self._queue_arns[note.queue], "Events": list(note.events)}
+            if note.rules:
+                conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in note.rules]}}
+            configs.append(conf)
+        if configs:
+            self.client().put_bucket_notification_configuration(
+                Bucket=self.config.bucket, NotificationConfiguration={"QueueConfigurations": configs}
+            )
         for function, url in self._queues.items():
             self._executors[function] = ThreadPoolExecutor(
                 self.config.max_concurrency, thread_name_prefix=f"s3-{function}"
@@ -228,6 +268,163 @@ class LocalStack:
             t = threading.Thread(target=self._dispatch, args=(function, url), name=f"dispatch-{function}", daemon=True)
             t.start()
             self._threads.append(t)
+        for source in self.template.sqs_triggers:
+            name = f"{source.function}.{source.name}"
+            self.sqs_stats[name] = SourceStats()
+            self._executors[name] = ThreadPoolExecutor(self.concurrency_of(source), thread_name_prefix=f"sqs-{name}")
+            t = threading.Thread(target=self._poll, args=(source,), name=f"poll-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _create_queues(self, sqs: Any) -> None:
+        """The template's queues in moto, each dead-letter queue before the queues that use it."""
+        todo = dict(self.template.queues)
+        while todo:
+            ready = [q for q in todo.values() if q.dead_letter is None or q.dead_letter in self._queue_arns]
+            if not ready:
+                raise ValueError(f"the dead-letter queues of {sorted(todo)} form a loop or are missing")
+            for spec in ready:
+                del todo[spec.name]
+                url = sqs.create_queue(
+                    QueueName=f"harmony-local-{spec.name}-{uuid.uuid4().hex[:6]}",
+                    Attributes=self._queue_attributes(spec),
+                )["QueueUrl"]
+                self.queue_urls[spec.name] = url
+                self._queue_arns[spec.name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+                    "Attributes"
+                ]["QueueArn"]
+
+    def _queue_attributes(self, spec: QueueSpec) -> dict[str, str]:
+        visibility = self.config.queue_visibility_timeout
+        attrs = {"VisibilityTimeout": str(max(0, round(spec.visibility_timeout if visibility is None else visibility)))}
+        if spec.dead_letter is not None and spec.max_receive_count:
+            attrs["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": self._queue_arns[spec.dead_letter], "maxReceiveCount": spec.max_receive_count}
+            )
+        return attrs
+
+    def concurrency_of(self, trig: SqsTrigger) -> int:
+        """Batches of an SQS event source run at once: its MaximumConcurrency, within the workers."""
+        return max(1, min(trig.max_concurrency or self.config.max_concurrency, self.config.max_concurrency))
+
+    @property
+    def dead_letter_queues(self) -> set[str]:
+        return {q.dead_letter for q in self.template.queues.values() if q.dead_letter is not None}
+
+    def dead_letter_of(self) -> dict[str, str]:
+        """Template queue -> its dead-letter queue (logical ids)."""
+        return {q.name: q.dead_letter for q in self.template.queues.values() if q.dead_letter is not None}
+
+    def catalog_queue(self) -> str | None:
+        """The template queue the bucket sends catalog/ uploads to (IndexQueue), if any."""
+        for note in self.template.queue_notifications:
+            if note.matches("ObjectCreated:Put", "catalog/x.jpg"):
+                return note.queue
+        return None
+
+    def redrive(self, queue: str) -> int:
+        """Move every message of ``queue``'s dead-letter queue back into ``queue`` (what
+        ``aws sqs start-message-move-task`` does; moto has no such task). Returns how many."""
+        dlq = self.dead_letter_of()[queue]
+        return move_messages(self.client("sqs"), self.queue_urls[dlq], self.queue_urls[queue])
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Per template queue: messages waiting (``visible``) and received but not yet deleted
+        (``in_flight``: being handled, or failed and waiting for their visibility timeout)."""
+        sqs = self.client("sqs")
+        return {name: _depth(sqs, url) for name, url in self.queue_urls.items()}
+
+    # ------------------------------------------------------------------ SQS event sources
+    def _poll(self, trig: SqsTrigger) -> None:
+        sqs = self.client("sqs")
+        name = f"{trig.function}.{trig.name}"
+        slots = threading.BoundedSemaphore(self.concurrency_of(trig))
+        while not self._stop.is_set():
+            if not slots.acquire(timeout=0.5):  # no batch is received while none could run
+                continue
+            try:
+                batch = self._receive_batch(sqs, trig)
+            except Exception as exc:  # noqa: BLE001 - the server is going away
+                slots.release()
+                if self._stop.is_set():
+                    return
+                self.echo(f"harmony-local: reading {trig.queue} failed: {exc}")
+                time.sleep(0.5)
+                continue
+            if not batch:
+                slots.release()
+                continue
+            try:
+                self._executors[name].submit(self._run_batch, trig, batch, slots)
+            except RuntimeError:  # stopping: the executor is shut down
+                slots.release()
+                return
+
+    def _receive_batch(self, sqs: Any, trig: SqsTrigger) -> list[dict[str, Any]]:
+        """Up to BatchSize messages: a long poll for the first, then whatever else arrives within
+        the batching window."""
+        url = self.queue_urls[trig.queue]
+        out: list[dict[str, Any]] = []
+        window_end = None
+        while len(out) < trig.batch_size and not self._stop.is_set():
+            got = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=min(SQS_RECEIVE_MAX, trig.batch_size - len(out)),
+                WaitTimeSeconds=0 if out else 1,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            out += got
+            if not out:
+                return out
+            if window_end is None:
+                window_end = time.monotonic() + trig.batching_window
+            if not got:
+                if time.monotonic() >= window_end:
+                    break
+                time.sleep(0.05)
+        return out
+
+    def _run_batch(self, trig: SqsTrigger, batch: list[dict[str, Any]], slots: threading.BoundedSemaphore) -> None:
+        stats = self.sqs_stats[f"{trig.function}.{trig.name}"]
+        try:
+            event = {"Records": [_sqs_record(m, self._queue_arns[trig.queue]) for m in batch]}
+            s3_events = tuple(
+                (str(r.get("eventName", "")), unquote_plus(r.get("s3", {}).get("object", {}).get("key", "")))
+                for rec in event["Records"]
+                for r in _s3_records_of(rec["body"])
+            )
+            with self._cond:
+                stats.batches += 1
+                stats.messages += len(batch)
+                stats.running += 1
+                stats.peak_concurrency = max(stats.peak_concurrency, stats.running)
+            try:
+                inv = self.invoke(
+                    trig.function, event, source=f"sqs {trig.queue} {len(batch)} messages", s3_events=s3_events
+                )
+            finally:
+                with self._cond:
+                    stats.running -= 1
+            failed = _failed_ids(inv, batch, report=trig.report_batch_item_failures)
+            done = [m for m in batch if m["MessageId"] not in failed]
+            with self._cond:
+                stats.failed_messages += len(failed)
+                stats.failed_invocations += 0 if inv.ok else 1
+            sqs = self.client("sqs")
+            for i in range(0, len(done), SQS_RECEIVE_MAX):
+                entries = [
+                    {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
+                    for j, m in enumerate(done[i : i + SQS_RECEIVE_MAX])
+                ]
+                sqs.delete_message_batch(QueueUrl=self.queue_urls[trig.queue], Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - a poller thread reports, never dies
+            if not self._stop.is_set():
+                self.echo(f"harmony-local: a {trig.queue} batch failed locally: {type(exc).__name__}: {exc}")
+        finally:
+            slots.release()
+            with self._cond:
+                self._cond.notify_all()
 
     def _dispatch(self, function: str, queue_url: str) -> None:
         sqs = self.client("sqs")
@@ -255,10 +452,11 @@ class LocalStack:
 
     def _invoke_async(self, function: str, event: dict) -> None:
         rec = event["Records"][0]
-        source = f"s3 {rec.get('eventName')} {unquote_plus(rec['s3']['object'].get('key', ''))}"
+        key = unquote_plus(rec["s3"]["object"].get("key", ""))
+        source = f"s3 {rec.get('eventName')} {key}"
         try:
             for attempt in range(1, ASYNC_ATTEMPTS + 1):
-                inv = self.invoke(function, event, source=source)
+                inv = self.invoke(function, event, source=source, s3_events=((str(rec.get("eventName")), key),))
                 if inv.ok or self._stop.is_set():
                     break
                 if attempt < ASYNC_ATTEMPTS:
@@ -269,17 +467,23 @@ class LocalStack:
                 self._cond.notify_all()
 
     # ------------------------------------------------------------------ invoking
-    def invoke(self, function: str, event: dict, *, source: str = "direct") -> Invocation:
+    def invoke(
+        self, function: str, event: dict, *, source: str = "direct", s3_events: tuple[tuple[str, str], ...] = ()
+    ) -> Invocation:
         t0 = time.perf_counter()
         try:
             result = self._pools[function].invoke(event)
-            inv = Invocation(function, "", source, True, (time.perf_counter() - t0) * 1000, result=result)
+            inv = Invocation(
+                function, "", source, True, (time.perf_counter() - t0) * 1000, result=result, s3_events=s3_events
+            )
         except InvokeError as exc:
-            inv = Invocation(function, "", source, False, (time.perf_counter() - t0) * 1000, error=exc.payload)
+            inv = Invocation(
+                function, "", source, False, (time.perf_counter() - t0) * 1000, error=exc.payload, s3_events=s3_events
+            )
         with self._cond:
             self.invocations.append(inv)
             self._cond.notify_all()
-        if source.startswith("s3 "):
+        if source.startswith(("s3 ", "sqs ")):
             summary = _summarise(inv)
             self.echo(f"  [{function}] {source} -> {summary} ({inv.ms:.0f} ms)")
         return inv
@@ -288,14 +492,12 @@ class LocalStack:
         """Block until every S3 event so far has been delivered and handled."""
         sqs = self.client("sqs")
         deadline = time.monotonic() + timeout
+        dead = self.dead_letter_queues
+        urls = [*self._queues.values(), *(u for q, u in self.queue_urls.items() if q not in dead)]
         while True:
             queued = 0
-            for url in self._queues.values():
-                attrs = sqs.get_queue_attributes(
-                    QueueUrl=url,
-                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-                )
-                queued += sum(int(v) for v in attrs["Attributes"].values())
+            for url in urls:
+                queued += sum(_depth(sqs, url).values())
             with self._cond:
                 if queued == 0 and self._inflight == 0:
                     return
@@ -370,10 +572,96 @@ class LocalStack:
         self._threads.append(t)
 
 
+def move_messages(sqs: Any, source_url: str, dest_url: str) -> int:
+    """Move every message of ``source_url`` to ``dest_url`` (each sent, then deleted)."""
+    moved = 0
+    while True:
+        got = sqs.receive_message(QueueUrl=source_url, MaxNumberOfMessages=SQS_RECEIVE_MAX, VisibilityTimeout=60).get(
+            "Messages", []
+        )
+        if not got:
+            return moved
+        sqs.send_message_batch(
+            QueueUrl=dest_url, Entries=[{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(got)]
+        )
+        sqs.delete_message_batch(
+            QueueUrl=source_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+        )
+        moved += len(got)
+
+
+def _depth(sqs: Any, url: str) -> dict[str, int]:
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return {
+        "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    }
+
+
+def _s3_records_of(body: str) -> list[dict[str, Any]]:
+    """The S3 event records of a message body ([] for S3's test event or anything else)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    records = doc.get("Records") if isinstance(doc, dict) else None
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def _sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    """A received message as a record of Lambda's SQS event; an S3 notification body completed
+    to the shape S3 sends (see s3_record)."""
+    body = message["Body"]
+    records = _s3_records_of(body)
+    if records:
+        body = json.dumps({"Records": [s3_record(r) for r in records]})
+    attrs = message.get("Attributes") or {}
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": body,
+        "attributes": {
+            k: attrs[k]
+            for k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp")
+            if k in attrs
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
+
+
+def _failed_ids(inv: Invocation, batch: list[dict[str, Any]], *, report: bool) -> set[str]:
+    """The messages of a batch that failed, as Lambda reads an invocation: all of them when it
+    failed or (with ReportBatchItemFailures) answered something that is not a valid report; else
+    the ``batchItemFailures`` it names."""
+    every = {m["MessageId"] for m in batch}
+    if not inv.ok:
+        return every
+    if not report:
+        return set()
+    res = inv.result
+    if res is None or (isinstance(res, dict) and res.get("batchItemFailures") in (None, [])):
+        return set()
+    items = res.get("batchItemFailures") if isinstance(res, dict) else None
+    if not isinstance(items, list):
+        return every
+    ids = {i.get("itemIdentifier") for i in items if isinstance(i, dict)}
+    return every if not ids <= every or None in ids else {str(i) for i in ids}
+
+
 def _summarise(inv: Invocation) -> str:
     if not inv.ok:
         return f"ERROR {inv.error.get('errorType')}: {inv.error.get('errorMessage')}"
     res = inv.result
+    if isinstance(res, dict) and isinstance(res.get("batchItemFailures"), list):
+        failed = len(res["batchItemFailures"])
+        return f"{failed} failed (back after the visibility timeout)" if failed else "ok"
     if isinstance(res, dict) and isinstance(res.get("results"), list):
         parts = []
         for r in res["results"]:

@@ -1,19 +1,24 @@
 """template.yaml -> what a local stack needs: functions, their code, layers, environment, API
-routes and S3 triggers, the way ``sam local start-api`` reads them.
+routes and S3 triggers, the way ``sam local start-api`` reads them; and SQS queues (visibility
+timeout, redrive policy), the buckets' notifications to them and the functions' SQS event sources
+(batch size, window, MaximumConcurrency, partial batch responses).
 
 Only the parts of CloudFormation that those fields use are evaluated: Ref (parameters, pseudo
 parameters, resources), Fn::Sub, Fn::Join, Fn::If with Conditions, Fn::Select, Fn::Split,
-Fn::GetAtt (bucket Arn/name; anything else becomes a placeholder string). A bucket resource
-(AWS::S3::Bucket) stands for the local bucket, whatever its deployed name would be.
+Fn::GetAtt (bucket Arn/name, queue Arn/QueueName; anything else becomes a placeholder string). A
+bucket resource (AWS::S3::Bucket) stands for the local bucket, whatever its deployed name would be;
+a queue's ARN ends with its logical id.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import yaml
 
@@ -21,6 +26,7 @@ REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 STACK_NAME = "harmony-local"
 NO_VALUE = object()
+QUEUE_ARN_PREFIX = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:"  # + the queue's logical id
 
 
 class TemplateError(Exception):
@@ -74,6 +80,20 @@ class ApiRoute:
         return match_path(self.path, path)
 
 
+def s3_filter_matches(events: tuple[str, ...], rules: tuple[tuple[str, str], ...], event_name: str, key: str) -> bool:
+    """Would S3 deliver ``event_name`` (e.g. ObjectCreated:Put) for ``key`` to a notification of
+    these ``events`` (patterns, e.g. s3:ObjectCreated:*) and S3Key ``rules``?"""
+    full = event_name if event_name.startswith("s3:") else "s3:" + event_name
+    if not any(fnmatch.fnmatchcase(full, pattern) for pattern in events):
+        return False
+    for kind, value in rules:
+        if kind == "prefix" and not key.startswith(value):
+            return False
+        if kind == "suffix" and not key.endswith(value):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class S3Trigger:
     function: str
@@ -84,15 +104,43 @@ class S3Trigger:
 
     def matches(self, event_name: str, key: str) -> bool:
         """Would S3 deliver ``event_name`` (e.g. ObjectCreated:Put) for ``key`` to this trigger?"""
-        full = event_name if event_name.startswith("s3:") else "s3:" + event_name
-        if not any(fnmatch.fnmatchcase(full, pattern) for pattern in self.events):
-            return False
-        for kind, value in self.rules:
-            if kind == "prefix" and not key.startswith(value):
-                return False
-            if kind == "suffix" and not key.endswith(value):
-                return False
-        return True
+        return s3_filter_matches(self.events, self.rules, event_name, key)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """An AWS::SQS::Queue: what a local queue needs to behave like it."""
+
+    name: str  # logical id
+    visibility_timeout: float = 30.0  # seconds (SQS's default)
+    dead_letter: str | None = None  # logical id of the RedrivePolicy's deadLetterTargetArn
+    max_receive_count: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueNotification:
+    """One of a bucket's NotificationConfiguration.QueueConfigurations."""
+
+    bucket: str  # logical id of the bucket resource
+    queue: str  # logical id of the queue
+    events: tuple[str, ...]
+    rules: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, event_name: str, key: str) -> bool:
+        return s3_filter_matches(self.events, self.rules, event_name, key)
+
+
+@dataclass(frozen=True)
+class SqsTrigger:
+    """A function's ``Type: SQS`` event (an event source mapping)."""
+
+    function: str
+    name: str
+    queue: str  # logical id
+    batch_size: int = 10
+    batching_window: float = 0.0  # MaximumBatchingWindowInSeconds
+    max_concurrency: int | None = None  # ScalingConfig.MaximumConcurrency (None: no cap of its own)
+    report_batch_item_failures: bool = False
 
 
 @dataclass
@@ -109,6 +157,7 @@ class FunctionSpec:
     project_root: Path | None = None  # the template's folder: a local run sees none of it but code and layers
     routes: list[ApiRoute] = field(default_factory=list)
     s3_triggers: list[S3Trigger] = field(default_factory=list)
+    sqs_triggers: list[SqsTrigger] = field(default_factory=list)
 
     def python_path(self) -> list[str]:
         """sys.path entries like Lambda's: /var/task (the code), then each layer's /opt/python."""
@@ -143,6 +192,8 @@ class Template:
     buckets: list[str]  # logical ids of AWS::S3::Bucket resources
     apis: dict[str | None, RestApi]
     parameters: dict[str, str]
+    queues: dict[str, QueueSpec] = field(default_factory=dict)
+    queue_notifications: list[QueueNotification] = field(default_factory=list)
 
     @property
     def routes(self) -> list[ApiRoute]:
@@ -151,6 +202,47 @@ class Template:
     @property
     def s3_triggers(self) -> list[S3Trigger]:
         return [t for f in self.functions.values() for t in f.s3_triggers]
+
+    @property
+    def sqs_triggers(self) -> list[SqsTrigger]:
+        return [t for f in self.functions.values() for t in f.sqs_triggers]
+
+    def delivers(self, function: str, event: dict[str, Any]) -> bool:
+        """Would the template deliver ``event`` to ``function``: an S3 event by one of its S3
+        events, or an SQS batch from a queue it reads (the queue's logical id is a part of the
+        queue name in ``eventSourceARN``, as CloudFormation names queues) whose messages are S3
+        notifications that the bucket sends to that queue, or S3's test message?"""
+        fn = self.functions[function]
+        records = event.get("Records") if isinstance(event, dict) else None
+        if not isinstance(records, list) or not records:
+            return False
+        if all(r.get("eventSource") == "aws:s3" for r in records):
+            return any(
+                all(t.matches(r["eventName"], unquote_plus(r["s3"]["object"]["key"])) for r in records)
+                for t in fn.s3_triggers
+            )
+        if not all(r.get("eventSource") == "aws:sqs" for r in records):
+            return False
+        for trig in fn.sqs_triggers:
+            notes = [n for n in self.queue_notifications if n.queue == trig.queue]
+            ok = True
+            for msg in records:
+                if trig.queue not in str(msg.get("eventSourceARN", "")).rsplit(":", 1)[-1].split("-"):
+                    ok = False
+                    break
+                body = json.loads(msg.get("body") or "null")
+                if isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
+                    continue
+                s3_records = body.get("Records") if isinstance(body, dict) else None
+                if not s3_records or not all(
+                    any(n.matches(r["eventName"], unquote_plus(r["s3"]["object"]["key"])) for n in notes)
+                    for r in s3_records
+                ):
+                    ok = False
+                    break
+            if ok:
+                return True
+        return False
 
     def route_for(self, method: str, path: str) -> tuple[ApiRoute, dict[str, str]] | None:
         """The route API Gateway would pick: exact paths before parameterised ones, a method before ANY."""
@@ -250,6 +342,11 @@ class _Resolver:
                 return f"arn:aws:s3:::{self.bucket_name}"
             if attr in ("DomainName", "RegionalDomainName"):
                 return f"{self.bucket_name}.s3.amazonaws.com"
+        if res.get("Type") == "AWS::SQS::Queue":
+            if attr == "Arn":
+                return f"{QUEUE_ARN_PREFIX}{name}"
+            if attr == "QueueName":
+                return name
         return f"{name}.{attr}-local"
 
     def resolve(self, v: Any) -> Any:
@@ -314,6 +411,18 @@ def _as_str(v: Any) -> str:
     return str(v)
 
 
+def _queue_id(arn: Any, queues: dict[str, Any]) -> str | None:
+    """The logical id of the queue whose (resolved) ARN is ``arn``."""
+    if isinstance(arn, str) and arn.startswith(QUEUE_ARN_PREFIX) and arn[len(QUEUE_ARN_PREFIX) :] in queues:
+        return arn[len(QUEUE_ARN_PREFIX) :]
+    return None
+
+
+def _s3_rules(filt: Any) -> tuple[tuple[str, str], ...]:
+    rules = (((filt or {}).get("S3Key") or {}).get("Rules")) or []
+    return tuple((str(r.get("Name", "")).lower(), str(r.get("Value", ""))) for r in rules)
+
+
 def _merge_env(*envs: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for env in envs:
@@ -354,11 +463,33 @@ def template_from_doc(
     }
     buckets: list[str] = []
     layers: dict[str, LayerSpec] = {}
+    queue_ids = {name for name, res in resources.items() if res.get("Type") == "AWS::SQS::Queue"}
+    queues: dict[str, QueueSpec] = {}
+    notifications: list[QueueNotification] = []
     for name, res in resources.items():
         rtype = res.get("Type")
         props = r.resolve(res.get("Properties") or {})
         if rtype == "AWS::S3::Bucket":
             buckets.append(name)
+            for qc in (props.get("NotificationConfiguration") or {}).get("QueueConfigurations") or []:
+                queue = _queue_id(qc.get("Queue"), dict.fromkeys(queue_ids))
+                if queue is None:
+                    raise TemplateError(
+                        f"{name}: a QueueConfiguration names no queue of the template ({qc.get('Queue')})"
+                    )
+                notifications.append(
+                    QueueNotification(name, queue, (str(qc.get("Event")),), _s3_rules(qc.get("Filter")))
+                )
+        elif rtype == "AWS::SQS::Queue":
+            redrive = props.get("RedrivePolicy") or {}
+            if isinstance(redrive, str):
+                redrive = json.loads(redrive)
+            queues[name] = QueueSpec(
+                name,
+                visibility_timeout=float(props.get("VisibilityTimeout", 30)),
+                dead_letter=_queue_id(redrive.get("deadLetterTargetArn"), dict.fromkeys(queue_ids)),
+                max_receive_count=int(redrive["maxReceiveCount"]) if "maxReceiveCount" in redrive else None,
+            )
         elif rtype == "AWS::Serverless::Api":
             bmt = tuple(glob_api.get("BinaryMediaTypes") or ()) + tuple(props.get("BinaryMediaTypes") or ())
             apis[name] = RestApi(
@@ -422,11 +553,34 @@ def template_from_doc(
                 bucket_id = bucket_ref.get("Ref") if isinstance(bucket_ref, dict) else None
                 events = ep.get("Events")
                 events = [events] if isinstance(events, str) else list(events or [])
-                rules = []
-                for rule in ((ep.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []:
-                    rules.append((str(rule.get("Name", "")).lower(), str(rule.get("Value", ""))))
-                spec.s3_triggers.append(S3Trigger(name, ev_name, bucket_id or "", tuple(events), tuple(rules)))
+                rules = _s3_rules(ep.get("Filter"))
+                spec.s3_triggers.append(S3Trigger(name, ev_name, bucket_id or "", tuple(events), rules))
+            elif etype == "SQS":
+                queue = _queue_id(ep.get("Queue"), queues)
+                if queue is None:
+                    raise TemplateError(f"{name}.{ev_name}: Queue names no queue of the template ({ep.get('Queue')})")
+                cap = (ep.get("ScalingConfig") or {}).get("MaximumConcurrency")
+                spec.sqs_triggers.append(
+                    SqsTrigger(
+                        name,
+                        ev_name,
+                        queue,
+                        batch_size=int(ep.get("BatchSize", 10)),
+                        batching_window=float(ep.get("MaximumBatchingWindowInSeconds", 0)),
+                        max_concurrency=int(cap) if cap is not None else None,
+                        report_batch_item_failures="ReportBatchItemFailures" in (ep.get("FunctionResponseTypes") or []),
+                    )
+                )
         functions[name] = spec
     if not functions:
         raise TemplateError(f"{path} has no AWS::Serverless::Function")
-    return Template(path=path, functions=functions, layers=layers, buckets=buckets, apis=apis, parameters=params)
+    return Template(
+        path=path,
+        functions=functions,
+        layers=layers,
+        buckets=buckets,
+        apis=apis,
+        parameters=params,
+        queues=queues,
+        queue_notifications=notifications,
+    )
