@@ -210,8 +210,9 @@ class Template:
     def delivers(self, function: str, event: dict[str, Any]) -> bool:
         """Would the template deliver ``event`` to ``function``: an S3 event by one of its S3
         events, or an SQS batch from a queue it reads (the queue's logical id is a part of the
-        queue name in ``eventSourceARN``, as CloudFormation names queues) whose messages are S3
-        notifications that the bucket sends to that queue, or S3's test message?"""
+        queue name in ``eventSourceARN``, as CloudFormation names queues)? When a bucket sends
+        notifications to that queue, its messages must be ones it sends (S3 events its filters
+        let through, or S3's test message); any message can come from a queue no bucket feeds."""
         fn = self.functions[function]
         records = event.get("Records") if isinstance(event, dict) else None
         if not isinstance(records, list) or not records:
@@ -230,6 +231,8 @@ class Template:
                 if trig.queue not in str(msg.get("eventSourceARN", "")).rsplit(":", 1)[-1].split("-"):
                     ok = False
                     break
+                if not notes:
+                    continue
                 body = json.loads(msg.get("body") or "null")
                 if isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
                     continue
