@@ -133,7 +133,10 @@ def test_triggers_filtered_by_prefix_and_results_trigger_nothing(tpl):
         ("IndexQueue", ("s3:ObjectCreated:*",), (("prefix", "catalog/"),)),
         ("IndexQueue", ("s3:ObjectRemoved:*",), (("prefix", "catalog/"),)),
     }
-    assert [(s.function, s.queue) for s in local.sqs_triggers] == [("IndexFunction", "IndexQueue")]
+    assert sorted((s.function, s.queue) for s in local.sqs_triggers) == [
+        ("DuplicatesFunction", "DuplicatesQueue"),
+        ("IndexFunction", "IndexQueue"),
+    ]
 
 
 def test_index_queue_batches_cap_and_dead_letters(tpl):
@@ -198,10 +201,16 @@ def test_least_privilege(tpl):
     allowed = {
         # DELETE /catalog/{key+} deletes the object and reconciles its record (which re-indexes a
         # key re-uploaded meanwhile, hence PutObject on index/*)
+        # POST /duplicates writes the job under reports/ and sends its slices to DuplicatesQueue
         "SearchFunction": {
-            "s3:GetObject": {"catalog/*", "index/*", "queries/*"},
+            "s3:GetObject": {"catalog/*", "index/*", "queries/*", "reports/*"},
             "s3:DeleteObject": {"catalog/*", "index/*"},
-            "s3:PutObject": {"index/*"},
+            "s3:PutObject": {"index/*", "reports/*"},
+            "sqs:SendMessage": {"${DuplicatesQueue.Arn}"},
+        },
+        "DuplicatesFunction": {
+            "s3:GetObject": {"catalog/*", "index/*", "reports/*"},
+            "s3:PutObject": {"reports/*"},
         },
         "IndexFunction": {
             "s3:GetObject": {"catalog/*", "index/*"},
@@ -221,6 +230,9 @@ def test_least_privilege(tpl):
             for a in actions:
                 assert "*" not in a, f"{lid}: wildcard action {a}"
                 for r in _resource_text(s):
+                    if not a.startswith("s3:"):
+                        granted.setdefault(a, set()).add(r)
+                        continue
                     if a == "s3:ListBucket":
                         assert not r.endswith("/*") and "/" not in r.split("}")[-1], (lid, r)
                         continue
@@ -285,7 +297,7 @@ def test_reserved_concurrency_per_function_from_parameters(tpl):
         assert tpl["Conditions"][cond] == {"Fn::Not": [{"Fn::Equals": [{"Ref": param}, 0]}]}
         assert tpl["Parameters"][param]["MinValue"] == 0
         reserved[lid] = _param_default(tpl, value)
-    assert set(reserved) == {"SearchFunction", "IndexFunction", "QueryDropFunction"}
+    assert set(reserved) == {"SearchFunction", "IndexFunction", "QueryDropFunction", "DuplicatesFunction"}
     assert all(isinstance(v, int) and v > 0 for v in reserved.values()), reserved
     assert reserved["SearchFunction"] >= reserved["IndexFunction"] + reserved["QueryDropFunction"]
 
@@ -308,6 +320,7 @@ def test_failures_end_in_dead_letter_queues_with_an_alarm(tpl):
     dead_letter_queues = [
         props["DeadLetterQueue"]["TargetArn"]["Fn::GetAtt"][0],
         res["IndexQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
+        res["DuplicatesQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
     ]
     for queue in dead_letter_queues:
         assert res[queue]["Type"] == "AWS::SQS::Queue" and res[queue]["Properties"]["SqsManagedSseEnabled"] is True

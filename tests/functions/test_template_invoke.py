@@ -108,8 +108,10 @@ def point_sqs(ev: dict[str, Any], bucket: str, keys: list[str] | None = None) ->
 
 def test_every_function_has_events(doc: dict[str, Any]) -> None:
     template = template_for(doc, "b")
-    assert sorted(template.functions) == ["IndexFunction", "QueryDropFunction", "SearchFunction"]
+    assert sorted(template.functions) == ["DuplicatesFunction", "IndexFunction", "QueryDropFunction", "SearchFunction"]
     assert events_for(template, "IndexFunction") == ["sqs-catalog-put-delete.json", "sqs-s3-test-event.json"]
+    # DuplicatesQueue's messages: slices that POST /duplicates sends (the flow: test below)
+    assert events_for(template, "DuplicatesFunction") == ["sqs-duplicates-slice.json"]
     assert events_for(template, "QueryDropFunction") == ["s3-query-put.json"]
     assert events_for(template, "SearchFunction") == [
         "api-search-s3.json",
@@ -157,6 +159,55 @@ def test_all_functions_from_template(
     assert isinstance(out[0], dict), out
     doc = json.loads(s3.get_object(Bucket=bucket, Key="results/chelsea-query.jpg.json")["Body"].read())
     assert doc["results"][0]["key"] == "catalog/chelsea.jpg"
+
+
+def test_duplicate_report_through_the_template(
+    world: tuple[Any, str, Template], images: dict[str, bytes], moto_server_url: str
+) -> None:
+    """POST /duplicates (SearchFunction) sends its slices to an SQS queue (moto), each is handed
+    to DuplicatesFunction as the SQS event source would, and GET /duplicates/{id} gives the
+    report: the planted copy of chelsea.jpg in one group with it, nothing else."""
+    import boto3
+
+    from harmony_aws import runtime
+
+    s3, bucket, template = world
+    s3.put_object(Bucket=bucket, Key="catalog/copies/chelsea.jpg", Body=images["chelsea.jpg"])
+    writer = runtime.record_writer(bucket)
+    for key in [*(f"catalog/{n}" for n in CATALOG), "catalog/copies/chelsea.jpg"]:
+        writer.reconcile(key)
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=moto_server_url)
+    queue = sqs.create_queue(QueueName=f"{bucket}-duplicates")["QueueUrl"]
+    sqs_env = {"AWS_ENDPOINT_URL_SQS": moto_server_url, "HARMONY_DUPLICATES_QUEUE_URL": queue}
+
+    start = copy.deepcopy(load_event("api-search-url.json"))
+    start.update(httpMethod="POST", path="/duplicates", resource="/duplicates", body=None, isBase64Encoded=False)
+    start["requestContext"].update(httpMethod="POST", resourcePath="/duplicates", path="/v1/duplicates")
+    start["queryStringParameters"] = start["multiValueQueryStringParameters"] = None
+    (started,) = invoke(template.functions["SearchFunction"], [start], moto_server_url, **sqs_env)
+    assert started["statusCode"] == 202, started
+    job = json.loads(started["body"])
+
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
+    batches = []
+    for m in messages["Messages"]:
+        ev = load_event("sqs-duplicates-slice.json")
+        ev["Records"][0].update(messageId=m["MessageId"], receiptHandle=m["ReceiptHandle"], body=m["Body"])
+        batches.append(ev)
+    assert len(batches) == job["slices"] == 1
+    out = invoke(template.functions["DuplicatesFunction"], batches, moto_server_url, **sqs_env)
+    assert out == [{"batchItemFailures": []}], out
+
+    get = copy.deepcopy(start)
+    get.update(httpMethod="GET", path=f"/duplicates/{job['id']}", resource="/duplicates/{id}")
+    get["requestContext"].update(httpMethod="GET", resourcePath="/duplicates/{id}")
+    get["pathParameters"] = {"id": job["id"]}
+    (done,) = invoke(template.functions["SearchFunction"], [get], moto_server_url, **sqs_env)
+    report = api_ok(done)["report"]
+    assert [(g["keep"], [m["key"] for m in g["members"]]) for g in report["groups"]] == [
+        ("catalog/chelsea.jpg", ["catalog/chelsea.jpg", "catalog/copies/chelsea.jpg"])
+    ]
+    assert report["images"] == len(CATALOG) + 1
 
 
 def _broken(doc: dict[str, Any], how: str) -> dict[str, Any]:

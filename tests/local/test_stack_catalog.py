@@ -8,7 +8,7 @@ import uuid
 from urllib.parse import quote
 
 from harmony_aws.layout import record_key
-from tests.support import all_keys, image_bytes, request_json
+from tests.support import all_keys, image_bytes, request, request_json
 
 
 def _search_keys(stack, name: str) -> list[str]:
@@ -50,9 +50,13 @@ def test_list_and_delete_through_the_http_server(stack):
             "size": len(image_bytes("rocket__brighter.jpg")),
             "last_modified": doc["items"][0]["last_modified"],
             "source_url": None,
+            "url": doc["items"][0]["url"],  # presigned: checked below
             "indexed": True,
+            "duplicate_of": None,
         }
     ]
+    status, _, body = request(doc["items"][0]["url"])
+    assert status == 200 and body == image_bytes("rocket__brighter.jpg")
     status, err = request_json(f"{stack.url}catalog?limit=5000")
     assert status == 422 and err["error"]["code"] == "validation_error"
 
