@@ -16,6 +16,8 @@ from harmony_image.params import DEFAULT_K, check_scoring
 
 from .errors import ConfigError
 
+MAX_SHARDS = 1024
+
 ENV_VARS: dict[str, str] = {
     "HARMONY_BUCKET": "the catalog bucket (SearchFunction; IndexFunction's reindex; S3 events name their own)",
     "HARMONY_INDEX_TTL_SECONDS": "how long a warm SearchFunction trusts its in-memory index (default 10)",
@@ -26,6 +28,9 @@ ENV_VARS: dict[str, str] = {
     "HARMONY_DEFAULT_SCORING": "scoring when the request names none: default|seed (default: default)",
     "HARMONY_ALLOW_PRIVATE_URLS": "tests only: allow URL queries to private addresses (default off)",
     "HARMONY_DUPLICATES_QUEUE_URL": "SearchFunction: the SQS queue POST /duplicates sends its slices to",
+    "HARMONY_SHARDS": "shards the catalog is compacted into (IndexFunction's compaction; default 1)",
+    "HARMONY_SHARD": "ShardFunction: the shard it serves, as i/n (e.g. 0/4)",
+    "HARMONY_SHARD_FUNCTIONS": "SearchFunction: ShardFunction names, shard 0 first, comma-separated (unset: none)",
 }
 
 
@@ -52,6 +57,9 @@ class Settings:
     fetch_timeout: float = 10.0
     default_scoring: Scoring = DEFAULT_SCORING
     duplicates_queue_url: str | None = None
+    shards: int = 1
+    shard: tuple[int, int] | None = None
+    shard_functions: tuple[str, ...] = ()
 
     def search_params(
         self, k: int = DEFAULT_K, scoring: Scoring | None = None, min_score: float | None = None
@@ -81,4 +89,21 @@ class Settings:
             fetch_timeout=_num(env, "HARMONY_FETCH_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=300),
             default_scoring=scoring,
             duplicates_queue_url=env.get("HARMONY_DUPLICATES_QUEUE_URL", "").strip() or None,
+            shards=int(_num(env, "HARMONY_SHARDS", 1, lo=1, hi=MAX_SHARDS)),
+            shard=_shard(env.get("HARMONY_SHARD", "")),
+            shard_functions=tuple(f.strip() for f in env.get("HARMONY_SHARD_FUNCTIONS", "").split(",") if f.strip()),
         )
+
+
+def _shard(raw: str) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)``; empty -> None."""
+    if not raw.strip():
+        return None
+    i, _, n = raw.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        raise ConfigError(f"HARMONY_SHARD={raw!r} must be i/n, e.g. 0/4") from None
+    if not 0 <= shard[0] < shard[1] <= MAX_SHARDS:
+        raise ConfigError(f"HARMONY_SHARD={raw!r}: need 0 <= i < n <= {MAX_SHARDS}")
+    return shard

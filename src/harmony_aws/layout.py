@@ -3,6 +3,8 @@
     catalog/<rel>                 catalog images (any sub-folders)
     catalog/manifest.json         optional source URLs, the seed's format
     index/records/<name>.npz      one feature record per catalog object
+    index/segments.json           the compacted index's manifest (segments.py)
+    index/segments/<id>.seg       compacted segments of many records, and <id>.json beside each
     queries/<rel>                 dropped query images (QueryDrop)
     results/<rel>.json            QueryDrop's answers
 
@@ -21,6 +23,8 @@ from harmony_image import MANIFEST_NAME
 CATALOG_PREFIX = "catalog/"
 INDEX_PREFIX = "index/"
 RECORDS_PREFIX = "index/records/"
+SEGMENTS_PREFIX = "index/segments/"
+SEGMENTS_MANIFEST_KEY = "index/segments.json"
 QUERIES_PREFIX = "queries/"
 RESULTS_PREFIX = "results/"
 MANIFEST_KEY = CATALOG_PREFIX + MANIFEST_NAME
@@ -28,6 +32,13 @@ MANIFEST_KEY = CATALOG_PREFIX + MANIFEST_NAME
 RECORD_SUFFIX = ".npz"
 _HASHED_SUFFIX = ".h.npz"
 _MAX_B64_NAME = 900  # base64 names up to here keep the record key under S3's 1024 bytes
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard (0 .. ``shards`` - 1) of catalog key ``key``: a stable hash, the same in every
+    process and release (Python's own ``hash`` is salted per process)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
 
 
 def is_catalog_image_key(key: str) -> bool:

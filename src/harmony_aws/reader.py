@@ -1,7 +1,11 @@
-"""The read path: a warm in-memory :class:`~harmony_image.SearchIndex` of one bucket's records.
+"""The read path: a warm in-memory :class:`~harmony_image.SearchIndex` of one bucket's index.
 
-A refresh (after ``ttl`` seconds) lists the records and fetches only new and changed ones (by
-ETag), in parallel; a warm function pays one LIST per TTL when nothing changed.
+The index is the compacted segments (segments.py; when the bucket has been compacted) plus the
+records that differ from what the segments hold. A cold start reads the segments manifest,
+the segments (a few large GETs, cached on local disk) and then, one by one, only the records
+newer than them. A refresh (after ``ttl`` seconds) lists the records and fetches only new and
+changed ones (by ETag), in parallel; it reloads the segments only when the manifest changed (one
+HEAD otherwise).
 
 Each record is loaded on its own (S3 reads are checked and retried in s3.py): one that still
 cannot be read is left out of this refresh - an older version of it, if any, is kept - and
@@ -9,8 +13,8 @@ tried again at the next one, which comes after :data:`RETRY_SECONDS` instead of 
 index is served meanwhile, flagged: :attr:`IndexReader.status` is ``{"complete": false,
 "missing": N}``, N the listed records not served at their listed version (unreadable, damaged,
 or stored under a name that is not their catalog key's). A refresh that serves every listed
-record clears it. A listing that fails keeps the index of the last one (flagged, with
-``"error"``); the very first one raises.
+record clears it. A listing or segment load that fails keeps the index of the last one (flagged,
+with ``"error"``); the very first listing raises.
 """
 
 from __future__ import annotations
@@ -19,34 +23,27 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from harmony_image import ImageFeatures, IndexFormatError, SearchIndex
+from harmony_image import HarmonyError, SearchIndex
 
-from .errors import S3ObjectNotFoundError, StorageError
-from .layout import CATALOG_PREFIX, RECORDS_PREFIX, is_catalog_image_key, record_key, rel_from_record_name
+from .errors import ConfigError, StorageError
+from .layout import CATALOG_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, rel_from_record_name, shard_of
+from .records import RecordRejectedError, StoredRecord, read_record
 from .s3 import POOL_CONNECTIONS, Bucket
+from .segments import Folded, SegmentCache, SegmentRef, read_folded, read_manifest
 from .urls import ResultUrls
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 """How soon a refresh that could not read everything is tried again (when the TTL is longer)."""
-MAX_RECORD_BYTES = 64 * 1024 * 1024
-
-
-@dataclass
-class _Record:
-    etag: str
-    key: str
-    source_url: str | None
-    features: ImageFeatures
-
-
-class _RejectedError(Exception):
-    """A record that can be read but must not be served (damaged, or under another key's name)."""
+SEGMENT_CACHE = Path("/tmp/harmony-segments")  # noqa: S108 - Lambda's only writable disk; segments are public to the function anyway
+"""Where downloaded segments are kept (Lambda's /tmp holds up to 10 GB)."""
+SEGMENT_WORKERS = 4
+"""Segments downloaded at once (each is up to ~100 MB, streamed to disk)."""
+_NO_MANIFEST = "none"
 
 
 class IndexReader:
@@ -59,14 +56,26 @@ class IndexReader:
         *,
         ttl: float = 10.0,
         load_workers: int = POOL_CONNECTIONS,  # cold loads are latency-bound: one per connection
+        cache_dir: str | Path = SEGMENT_CACHE,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        """``shard``: ``(i, n)`` serves only the catalog keys of shard ``i`` of ``n``
+        (:func:`~harmony_aws.layout.shard_of`); None serves them all."""
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard[0]} of {shard[1]} does not exist")
+        self.shard = shard
         self.bucket = bucket
         self.urls = urls
         self.ttl = ttl
         self.load_workers = load_workers
         self._lock = threading.Lock()
         self._index = SearchIndex()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, StoredRecord] = {}  # loaded one by one: newer than the segments
+        self._segments = SegmentCache(bucket, cache_dir)
+        self._segments_etag: str | None = None  # of the manifest the segments came from
+        self._folded: Folded = {}  # records the segments hold
+        self._dropped: set[str] = set()  # of those, records no longer listed (removed from the index)
+        self._foreign: dict[str, str] = {}  # record key -> ETag: of another shard (hashed names only)
         self._rejected: dict[str, str] = {}  # record key -> ETag found unservable (not reloaded)
         self._loaded_at: float | None = None
         self._retry_soon = False
@@ -93,40 +102,62 @@ class IndexReader:
                 self._loaded_at = time.monotonic()
             return self._index
 
-    def _load(self, rkey: str) -> _Record | None:
-        """The record, None when it was deleted since the listing; StorageError when it cannot be
-        read; _RejectedError when it must not be served."""
+    def _try_load(self, rkey: str) -> tuple[str, StoredRecord | BaseException | None]:
         try:
-            data, head = self.bucket.read(rkey, max_bytes=MAX_RECORD_BYTES)
-        except S3ObjectNotFoundError:
-            return None  # deleted since the listing
-        meta = head.metadata
-        if meta.get("catalog-key"):
-            key = unquote(meta["catalog-key"])
-        else:
-            rel = rel_from_record_name(rkey[len(RECORDS_PREFIX) :])
-            if rel is None:
-                raise _RejectedError("no catalog-key metadata and a name that does not give one")
-            key = CATALOG_PREFIX + rel
-        if not is_catalog_image_key(key) or record_key(key) != rkey:
-            raise _RejectedError(f"stored under another name than {key}'s record")
-        try:
-            features = ImageFeatures.from_bytes(data)
-        except IndexFormatError as exc:
-            raise _RejectedError(f"unreadable ({exc.message}); ignored until re-indexed") from exc
-        url = unquote(meta["source-url"]) if meta.get("source-url") else None
-        return _Record(etag=head.etag, key=key, source_url=url, features=features)
-
-    def _try_load(self, rkey: str) -> tuple[str, _Record | BaseException | None]:
-        try:
-            return rkey, self._load(rkey)
+            return rkey, read_record(self.bucket, rkey)
         except Exception as exc:  # noqa: BLE001 - one record must not take the index down; reported
             return rkey, exc
+
+    def _etag_served(self, rk: str) -> str | None:
+        if rk in self._records:
+            return self._records[rk].etag
+        folded = self._folded.get(rk)
+        return folded[0] if folded is not None and rk not in self._dropped else None
+
+    def _refresh_segments(self) -> None:
+        """Reload the segments if the manifest changed; the records loaded one by one that the new
+        segments hold are let go, the others kept on top."""
+        head = self.bucket.head(SEGMENTS_MANIFEST_KEY)
+        etag = head.etag if head is not None else _NO_MANIFEST
+        if etag == self._segments_etag:
+            return
+        manifest = read_manifest(self.bucket) if head is not None else None
+        refs: tuple[SegmentRef, ...] = ()
+        if manifest is not None:
+            if self.shard is not None and manifest.shards != self.shard[1]:
+                raise ConfigError(
+                    f"the segments are compacted in {manifest.shards} shards; this reader serves "
+                    f"shard {self.shard[0]} of {self.shard[1]}: compact again with {self.shard[1]} shards"
+                )
+            refs = tuple(manifest.of_shard(self.shard[0] if self.shard else None))
+        workers = max(1, min(SEGMENT_WORKERS, len(refs)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            segments = list(pool.map(self._segments.open, refs))
+            folded_of = list(pool.map(lambda ref: read_folded(self.bucket, ref), refs))
+        index = SearchIndex()
+        folded: Folded = {}
+        for segment, part in zip(segments, folded_of, strict=True):
+            index.add_segment(segment)
+            folded.update(part)
+        for _, key in folded.values():  # the catalog manifest's URLs, where a record has none
+            url = self.urls.source_url(key, None)
+            if url:
+                entry = index.get(key)
+                if entry is not None and entry.url == key:
+                    index.add(key, entry.features, url=url)
+        for rk, rec in list(self._records.items()):
+            if rk in folded and folded[rk][0] == rec.etag:
+                del self._records[rk]
+            else:
+                index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
+        self._index, self._folded, self._dropped = index, folded, set()
+        self._segments_etag = manifest.etag if manifest is not None else _NO_MANIFEST
+        self._segments.keep_only(refs)
 
     def _refresh(self) -> None:
         t0 = time.perf_counter()
         try:
-            listing = self.bucket.etags(RECORDS_PREFIX)
+            listing = self._ours(self.bucket.etags(RECORDS_PREFIX))
         except StorageError as exc:
             if self._loaded_at is None:
                 raise  # nothing to serve
@@ -134,54 +165,64 @@ class IndexReader:
             self._status = {**self._status, "complete": False, "error": f"listing the records failed: {exc.message}"}
             self._retry_soon = True
             return
-        manifest_error = None
+        errors: list[str] = []
+        manifest_changed = False
         try:
             manifest_changed = self.urls.refresh_manifest()
+            if manifest_changed:
+                self._segments_etag = None  # URLs changed: rebuild the segments' part too
+                for rec in self._records.values():
+                    self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
         except StorageError as exc:  # keep the URLs of the last manifest read; try again soon
-            manifest_changed, manifest_error = False, f"reading the manifest failed: {exc.message}"
-            log.warning("%s", manifest_error)
+            errors.append(f"reading the manifest failed: {exc.message}")
+        try:
+            self._refresh_segments()
+        except (StorageError, HarmonyError) as exc:  # keep the segments of the last manifest read
+            errors.append(f"loading the segments failed: {exc.message}")
+        for e in errors:
+            log.warning("%s", e)
         gone = [rk for rk in self._records if rk not in listing]
-        self._rejected = {rk: etag for rk, etag in self._rejected.items() if listing.get(rk) == etag}
-        todo = [
-            rk
-            for rk, etag in listing.items()
-            if (rk not in self._records or self._records[rk].etag != etag) and rk not in self._rejected
-        ]
         for rk in gone:
             self._index.remove(self._records.pop(rk).key)
-        loaded: list[tuple[str, _Record | BaseException | None]] = []
+        for rk, (_, key) in self._folded.items():
+            if rk not in listing and rk not in self._dropped:
+                self._index.remove(key)
+                self._dropped.add(rk)
+                gone.append(rk)
+        self._rejected = {rk: etag for rk, etag in self._rejected.items() if listing.get(rk) == etag}
+        todo = [rk for rk, etag in listing.items() if self._etag_served(rk) != etag and rk not in self._rejected]
+        loaded: list[tuple[str, StoredRecord | BaseException | None]] = []
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, min(self.load_workers, len(todo)))) as pool:
                 loaded = list(pool.map(self._try_load, todo))
         failed = 0
-        for rk, rec in loaded:
-            if isinstance(rec, BaseException):
-                if isinstance(rec, _RejectedError):
-                    log.warning("record %s not served: %s", rk, rec)
-                    self._rejected[rk] = listing[rk]
-                    old = self._records.pop(rk, None)
-                    if old is not None:
-                        self._index.remove(old.key)
-                else:  # kept at its older version, if any; loaded again at the next refresh
-                    log.warning("record %s could not be loaded: %s: %s", rk, type(rec).__name__, rec)
-                    failed += 1
-                continue
-            old = self._records.pop(rk, None)
-            if old is not None:
-                self._index.remove(old.key)
-            if rec is not None:
+        for rk, got in loaded:
+            if isinstance(got, RecordRejectedError):
+                log.warning("record %s not served: %s", rk, got)
+                self._rejected[rk] = listing[rk]
+                self._forget(rk)
+            elif isinstance(got, BaseException):  # kept at its older version; loaded again next time
+                log.warning("record %s could not be loaded: %s: %s", rk, type(got).__name__, got)
+                failed += 1
+            elif got is None:  # deleted since the listing
+                self._forget(rk)
+            elif self.shard is not None and shard_of(got.key, self.shard[1]) != self.shard[0]:
+                self._foreign[rk] = got.etag  # a hashed name: its shard is known only now
+            else:
+                rec = got
+                old = self._records.pop(rk, None)
+                if old is not None and old.key != rec.key:
+                    self._index.remove(old.key)
                 self._records[rk] = rec
                 self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
-        if manifest_changed:
-            for rec in self._records.values():
-                self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
         missing = failed + len(self._rejected)
-        self._retry_soon = failed > 0 or manifest_error is not None
-        self._status = {"complete": missing == 0 and manifest_error is None, "missing": missing}
-        if manifest_error:
-            self._status["error"] = manifest_error
+        self._retry_soon = failed > 0 or bool(errors)
+        self._status = {"complete": missing == 0 and not errors, "missing": missing}
+        if errors:
+            self._status["error"] = "; ".join(errors)
         self.last_refresh = {
             "records": len(self._records),
+            "segment_records": len(self._folded) - len(self._dropped),
             "loaded": len(todo),
             "removed": len(gone),
             "failed": failed,
@@ -189,3 +230,27 @@ class IndexReader:
             "manifest_changed": manifest_changed,
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         }
+
+    def _ours(self, listing: dict[str, str]) -> dict[str, str]:
+        """The listed records of this reader's shard (hashed names: until loaded once)."""
+        if self.shard is None:
+            return listing
+        i, n = self.shard
+        self._foreign = {rk: etag for rk, etag in self._foreign.items() if listing.get(rk) == etag}
+        ours = {}
+        for rk, etag in listing.items():
+            rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
+            mine = rk not in self._foreign if rel is None else shard_of(CATALOG_PREFIX + rel, n) == i
+            if mine:
+                ours[rk] = etag
+        return ours
+
+    def _forget(self, rk: str) -> None:
+        """Take record ``rk`` out of the index, in whichever form it is served."""
+        old = self._records.pop(rk, None)
+        if old is not None:
+            self._index.remove(old.key)
+        folded = self._folded.get(rk)
+        if folded is not None and rk not in self._dropped:
+            self._index.remove(folded[1])
+            self._dropped.add(rk)

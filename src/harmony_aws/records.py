@@ -50,6 +50,48 @@ MAX_REPORTED_FAILURES = 100
 
 
 @dataclass(frozen=True)
+class StoredRecord:
+    """A record as read back: its ETag, catalog key, source URL (metadata) and features."""
+
+    etag: str
+    key: str
+    source_url: str | None
+    features: ImageFeatures
+
+
+class RecordRejectedError(Exception):
+    """A record that can be read but must not be served (damaged, or under another key's name)."""
+
+
+def read_record(bucket: Bucket, rkey: str) -> StoredRecord | None:
+    """The record ``rkey``; None when it does not exist (deleted since a listing named it).
+
+    Raises StorageError when it cannot be read, :class:`RecordRejectedError` when it must not
+    be served: its body is not a readable record, or it is stored under another name than its
+    catalog key's (metadata ``catalog-key``, else the key its name encodes)."""
+    try:
+        data, head = bucket.read(rkey, max_bytes=MAX_RECORD_BYTES)
+    except S3ObjectNotFoundError:
+        return None
+    meta = head.metadata
+    if meta.get("catalog-key"):
+        key = unquote(meta["catalog-key"])
+    else:
+        rel = rel_from_record_name(rkey[len(RECORDS_PREFIX) :])
+        if rel is None:
+            raise RecordRejectedError("no catalog-key metadata and a name that does not give one")
+        key = CATALOG_PREFIX + rel
+    if not is_catalog_image_key(key) or record_key(key) != rkey:
+        raise RecordRejectedError(f"stored under another name than {key}'s record")
+    try:
+        features = ImageFeatures.from_bytes(data)
+    except IndexFormatError as exc:
+        raise RecordRejectedError(f"unreadable ({exc.message}); ignored until re-indexed") from exc
+    url = unquote(meta["source-url"]) if meta.get("source-url") else None
+    return StoredRecord(etag=head.etag, key=key, source_url=url, features=features)
+
+
+@dataclass(frozen=True)
 class ReconcileResult:
     key: str
     action: str  # indexed | unchanged | removed | absent | skipped

@@ -11,12 +11,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import boto3
+from botocore.config import Config
+
 from .catalog_ops import CatalogOps
 from .config import Settings
 from .duplicate_jobs import DuplicateJobs, SliceQueue
+from .fanout import ShardFanOut
 from .reader import IndexReader
 from .records import RecordWriter
 from .s3 import Bucket, s3_client
+from .segments import Compactor
 from .service import SearchService
 from .urls import ResultUrls
 
@@ -52,8 +57,24 @@ def search_service(bucket: str | None = None) -> SearchService:
         if name not in _services:
             b = _bucket(name)
             urls = ResultUrls(b, presign_seconds=s.presign_seconds)
-            _services[name] = SearchService(b, IndexReader(b, urls, ttl=s.index_ttl), urls, s)
+            fanout = ShardFanOut(_lambda_client(), s.shard_functions) if s.shard_functions else None
+            reader = IndexReader(b, urls, ttl=s.index_ttl, shard=s.shard)
+            _services[name] = SearchService(b, reader, urls, s, fanout=fanout)
         return _services[name]
+
+
+def _lambda_client() -> Any:
+    """A Lambda client for the shard fan-out: a read timeout past a shard's own timeout, one retry
+    (a shard search only reads; a shard that still fails flags the answer instead)."""
+    cfg = Config(
+        connect_timeout=5, read_timeout=60, retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=64
+    )
+    return boto3.client("lambda", config=cfg)
+
+
+def compactor(bucket: str) -> Compactor:
+    """Compaction of ``bucket``'s records into HARMONY_SHARDS shards (IndexFunction)."""
+    return Compactor(_bucket(bucket), shards=settings().shards)
 
 
 def record_writer(bucket: str) -> RecordWriter:

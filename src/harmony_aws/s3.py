@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -169,12 +172,45 @@ class Bucket:
         S3ObjectNotFoundError (404), PayloadTooLargeError (over ``max_bytes``),
         S3ObjectChangedError (``if_match`` given and the ETag differs), StorageError (S3 failed,
         or the answer arrived broken :data:`BODY_ATTEMPTS` times)."""
+        chunks: list[bytes] = []
+
+        def restart() -> Callable[[bytes], object]:
+            chunks.clear()
+            return chunks.append
+
+        head = self._get(key, max_bytes=max_bytes, if_match=if_match, restart=restart)
+        return b"".join(chunks), head
+
+    def download(self, key: str, path: str | os.PathLike[str], *, max_bytes: int, if_match: str | None = None) -> Head:
+        """:meth:`read` streamed into the file ``path`` (written whole, through a temporary file
+        and a rename, or not at all), for objects too large to hold twice in memory."""
+        target = Path(path)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        with open(tmp, "wb") as f:
+
+            def restart() -> Callable[[bytes], object]:
+                f.seek(0)
+                f.truncate()
+                return f.write
+
+            try:
+                head = self._get(key, max_bytes=max_bytes, if_match=if_match, restart=restart)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        tmp.replace(target)
+        return head
+
+    def _get(
+        self, key: str, *, max_bytes: int, if_match: str | None, restart: Callable[[], Callable[[bytes], object]]
+    ) -> Head:
+        """GET ``key`` into the sink that ``restart()`` gives (called again for each attempt)."""
         kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key}
         if if_match:
             kwargs["IfMatch"] = if_match
         where = self._where(key)
 
-        def call() -> tuple[bytes, Head]:
+        def call() -> Head:
             try:
                 r = self.client.get_object(**kwargs)
             except ClientError as exc:
@@ -193,18 +229,17 @@ class Bucket:
                 if size > max_bytes:
                     raise PayloadTooLargeError(f"{where} is {size} bytes; the limit is {max_bytes}")
                 try:
-                    data = _read_all(body, max_bytes, where)
+                    got, md5 = _stream(body, restart(), max_bytes, where)
                 except (ReadTimeoutError, urllib3.exceptions.HTTPError) as exc:  # stalled or cut body
                     raise BrokenAnswerError(f"GET {where}: reading the body failed ({exc})") from exc
             finally:
                 body.close()
-            if len(data) != size:
-                raise BrokenAnswerError(f"GET {where}: {len(data)} of {size} bytes arrived")
-            if etag_is_md5(etag, r.get("ServerSideEncryption"), r.get("SSECustomerAlgorithm")):
-                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-                if md5 != etag.strip('"').lower():
-                    raise BrokenAnswerError(f"GET {where}: content MD5 {md5} does not match ETag {etag}")
-            return data, Head(etag=etag, size=size, metadata=dict(r.get("Metadata") or {}))
+            if got != size:
+                raise BrokenAnswerError(f"GET {where}: {got} of {size} bytes arrived")
+            is_md5 = etag_is_md5(etag, r.get("ServerSideEncryption"), r.get("SSECustomerAlgorithm"))
+            if is_md5 and md5 != etag.strip('"').lower():
+                raise BrokenAnswerError(f"GET {where}: content MD5 {md5} does not match ETag {etag}")
+            return Head(etag=etag, size=size, metadata=dict(r.get("Metadata") or {}))
 
         return self._attempts(f"GET {where}", call)
 
@@ -268,6 +303,27 @@ class Bucket:
             ),
         )
 
+    def put_if(self, key: str, data: bytes, *, content_type: str, if_match: str | None) -> str | None:
+        """A conditional PUT: only if ``key``'s ETag is still ``if_match``, or, with None, only if
+        ``key`` does not exist. The new ETag, or None when the condition failed (someone else
+        wrote first: 412, or 409 when a concurrent conditional write was in flight)."""
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        where = self._where(key)
+
+        def call() -> str | None:
+            try:
+                r = self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType=content_type, **condition)
+            except ClientError as exc:
+                if error_code(exc) in PRECONDITION_FAILED or error_code(exc) in ("409", "ConditionalRequestConflict"):
+                    return None
+                raise
+            etag = r.get("ETag")
+            if not etag:
+                raise BrokenAnswerError(f"PUT {where}: answer without ETag")
+            return str(etag)
+
+        return self._attempts(f"PUT {where}", call)
+
     def put_json(self, key: str, payload: Any, *, metadata: dict[str, str] | None = None) -> None:
         self.put(key, json.dumps(payload, indent=2).encode("utf-8"), content_type="application/json", metadata=metadata)
 
@@ -281,15 +337,17 @@ class Bucket:
         return url
 
 
-def _read_all(body: Any, max_bytes: int, where: str) -> bytes:
-    """A streaming body to its end (botocore checks Content-Length and checksums at the end)."""
-    chunks: list[bytes] = []
+def _stream(body: Any, write: Callable[[bytes], object], max_bytes: int, where: str) -> tuple[int, str]:
+    """A streaming body to its end into ``write`` (botocore checks Content-Length and checksums at
+    the end); the byte count and the content's MD5."""
+    md5 = hashlib.md5(usedforsecurity=False)
     total = 0
     while True:
         chunk = body.read(CHUNK)
         if not chunk:
-            return b"".join(chunks)
+            return total, md5.hexdigest()
         total += len(chunk)
         if total > max_bytes:
             raise PayloadTooLargeError(f"{where} is larger than {max_bytes} bytes")
-        chunks.append(chunk)
+        md5.update(chunk)
+        write(chunk)

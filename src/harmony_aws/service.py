@@ -24,6 +24,7 @@ from harmony_image.fetch import fetch_url
 
 from .config import Settings
 from .errors import S3ReferenceRefusedError
+from .fanout import ShardFanOut
 from .layout import CATALOG_PREFIX, QUERIES_PREFIX
 from .reader import IndexReader
 from .s3 import Bucket
@@ -35,11 +36,23 @@ RESULT_FIELDS = ("url", "key", "score", "ssim", "orb", "sha256")
 
 
 class SearchService:
-    def __init__(self, bucket: Bucket, reader: IndexReader, urls: ResultUrls, settings: Settings) -> None:
+    """Searches the bucket's index: the warm ``reader``'s, or every shard's through ``fanout``
+    (fanout.py) when the catalog is sharded."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        reader: IndexReader,
+        urls: ResultUrls,
+        settings: Settings,
+        *,
+        fanout: ShardFanOut | None = None,
+    ) -> None:
         self.bucket = bucket
         self.reader = reader
         self.urls = urls
         self.settings = settings
+        self.fanout = fanout
 
     def image_bytes(self, source: QuerySource) -> bytes:
         """The query image's bytes: as given, downloaded (SSRF-guarded), or read from S3."""
@@ -76,16 +89,20 @@ class SearchService:
         """The answer to one query; ``started`` (perf_counter) is when the request arrived."""
         started = time.perf_counter() if started is None else started
         features = self.features(self.image_bytes(source))
-        index = self.reader.index()
+        if self.fanout is not None:
+            found, size, status = self.fanout.search(features, params)
+        else:
+            index = self.reader.index()
+            found, size, status = index.search(features, params), len(index), self.reader.status
         results = []
-        for r in index.search(features, params):
+        for r in found:
             d = r.to_dict()
             d["url"] = self.urls.for_result(r.key, r.url)
             results.append({f: d[f] for f in RESULT_FIELDS})
         return {
             "query": {"sha256": features.sha256, "width": features.width, "height": features.height},
             "results": results,
-            "catalog_size": len(index),
+            "catalog_size": size,
             "took_ms": round((time.perf_counter() - started) * 1000, 1),
-            "index": self.reader.status,
+            "index": status,
         }

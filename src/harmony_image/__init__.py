@@ -29,7 +29,7 @@ from .errors import (
     UrlRefusedError,
 )
 from .features import FEATURE_VERSION, ImageFeatures, extract_features
-from .index import SearchIndex, SearchResult
+from .index import SearchIndex, SearchResult, merge_results
 from .manifest import MANIFEST_NAME, parse_manifest
 from .packed import CatalogEntry
 from .params import DEFAULT_K, DEFAULT_SCORING, MAX_K, MAX_SCORE, MIN_SCORE, SCORINGS, Scoring, SearchParams
@@ -70,6 +70,7 @@ __all__ = [
     "UrlRefusedError",
     "decode_image",
     "extract_features",
+    "merge_results",
     "parse_manifest",
     "read_image_info",
 ]

@@ -1,0 +1,322 @@
+"""The compacted index in S3: records folded into a few large immutable segments.
+
+Records (records.py) stay the write path: one object per catalog object, so concurrent events
+never race on a shared object. Compaction folds them into segments (the engine's format,
+:mod:`harmony_image.segment`) so that a cold reader makes a handful of large GETs instead of one
+per image::
+
+    index/segments.json          manifest: {"format", "generation", "shards", "writer",
+                                  "segments": [{"key", "etag", "records_key", "shard", "images",
+                                  "bytes"}]}
+    index/segments/<id>.seg      one segment: up to ``segment_images`` entries of one shard
+    index/segments/<id>.json     the records folded into it: {record key: [record ETag, catalog key]}
+
+A compaction reads the manifest (and its ETag), lists the records, keeps each segment whose
+folded records are all still current, rebuilds the others from their records, puts records
+no segment holds into new segments, and writes the manifest with a conditional PUT (If-Match
+the ETag it read; If-None-Match when there was none). Of two compactors one wins; the other
+deletes the segments it wrote. Segments that no manifest names are deleted by a later
+compaction once older than :data:`GRACE_SECONDS` (a reader may still be loading them).
+
+Readers load the manifest, the segments of their shard (cached on local disk by ETag: they
+never change) and, one by one, the records that differ from what the segments hold
+(:mod:`harmony_aws.reader`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from harmony_image import IndexFormatError
+from harmony_image.packed import CatalogEntry
+from harmony_image.segment import Segment, segment_bytes
+
+from .errors import S3ObjectNotFoundError, StorageError
+from .layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
+from .records import RecordRejectedError, StoredRecord, read_record
+from .s3 import POOL_CONNECTIONS, Bucket
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+SEGMENT_IMAGES = 1024
+"""Entries per segment: ~100 MB of verification tier, one GET of a few seconds at most."""
+GRACE_SECONDS = 3600
+"""How long a segment no manifest names is kept (a reader that read the previous manifest may
+still be downloading it)."""
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_SEGMENT_BYTES = 4 * 1024 * 1024 * 1024
+MAX_FOLDED_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One segment as the manifest names it."""
+
+    key: str
+    etag: str
+    records_key: str
+    shard: int
+    images: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SegmentsManifest:
+    generation: int
+    shards: int
+    segments: tuple[SegmentRef, ...]
+    writer: str = ""
+    etag: str | None = None  # the manifest object's ETag when read from S3
+
+    def of_shard(self, shard: int | None) -> list[SegmentRef]:
+        return [s for s in self.segments if shard is None or s.shard == shard]
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "format": MANIFEST_FORMAT,
+            "generation": self.generation,
+            "shards": self.shards,
+            "writer": self.writer,
+            "segments": [asdict(s) for s in self.segments],
+        }
+        return json.dumps(body, indent=1).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, etag: str | None = None) -> SegmentsManifest:
+        """Parse a manifest; :class:`~harmony_image.IndexFormatError` when it is not one."""
+        try:
+            body = json.loads(data)
+            if body.get("format") != MANIFEST_FORMAT:
+                raise IndexFormatError(
+                    f"{SEGMENTS_MANIFEST_KEY} has format {body.get('format')!r}, not {MANIFEST_FORMAT}"
+                )
+            segments = tuple(
+                SegmentRef(
+                    key=str(s["key"]),
+                    etag=str(s["etag"]),
+                    records_key=str(s["records_key"]),
+                    shard=int(s["shard"]),
+                    images=int(s["images"]),
+                    bytes=int(s["bytes"]),
+                )
+                for s in body["segments"]
+            )
+            manifest = cls(int(body["generation"]), int(body["shards"]), segments, str(body.get("writer", "")), etag)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} is not a segments manifest ({exc})") from exc
+        if manifest.shards < 1 or any(not 0 <= s.shard < manifest.shards for s in segments):
+            raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a shard outside 0..{manifest.shards - 1}")
+        if any(
+            not s.key.startswith(SEGMENTS_PREFIX) or not s.records_key.startswith(SEGMENTS_PREFIX) for s in segments
+        ):
+            raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a segment outside {SEGMENTS_PREFIX}")
+        return manifest
+
+
+def read_manifest(bucket: Bucket) -> SegmentsManifest | None:
+    """The current segments manifest, None when there is none (never compacted)."""
+    try:
+        data, head = bucket.read(SEGMENTS_MANIFEST_KEY, max_bytes=MAX_MANIFEST_BYTES)
+    except S3ObjectNotFoundError:
+        return None
+    return SegmentsManifest.from_bytes(data, etag=head.etag)
+
+
+Folded = dict[str, tuple[str, str]]
+"""record key -> (record ETag, catalog key) of the records folded into a segment."""
+
+
+def read_folded(bucket: Bucket, ref: SegmentRef) -> Folded:
+    data, _ = bucket.read(ref.records_key, max_bytes=MAX_FOLDED_BYTES)
+    try:
+        raw = json.loads(data)
+        return {str(rk): (str(v[0]), str(v[1])) for rk, v in raw.items()}
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise IndexFormatError(f"{ref.records_key} is not a list of folded records ({exc})") from exc
+
+
+class SegmentCache:
+    """Segments downloaded to a local folder (Lambda's /tmp), named by ETag: a segment never
+    changes, so a file once complete is reused by every later load and by other readers of the
+    same process. Files of segments no longer wanted are removed by :meth:`keep_only`."""
+
+    def __init__(self, bucket: Bucket, folder: str | os.PathLike[str]) -> None:
+        self.bucket = bucket
+        self.folder = Path(folder)
+
+    def _path(self, ref: SegmentRef) -> Path:
+        return self.folder / (ref.etag.strip('"') + ".seg")
+
+    def open(self, ref: SegmentRef) -> Segment:
+        """The segment, from the cache or downloaded (its ETag checked: another version is an
+        :class:`~harmony_aws.errors.S3ObjectChangedError`)."""
+        path = self._path(ref)
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.bucket.download(ref.key, path, max_bytes=MAX_SEGMENT_BYTES, if_match=ref.etag)
+        try:
+            return Segment.open(path)
+        except IndexFormatError:
+            path.unlink(missing_ok=True)  # damaged on disk or in S3: fetched again next time
+            raise
+
+    def keep_only(self, refs: Iterable[SegmentRef]) -> None:
+        wanted = {self._path(r).name for r in refs}
+        for path in self.folder.glob("*.seg"):
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
+
+
+@dataclass
+class CompactionReport:
+    generation: int = 0
+    won: bool = False
+    records: int = 0
+    segments: int = 0
+    kept: int = 0
+    written: int = 0
+    rejected: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Compactor:
+    """Folds one bucket's records into segments; see the module doc."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        *,
+        shards: int = 1,
+        segment_images: int = SEGMENT_IMAGES,
+        workers: int = POOL_CONNECTIONS,
+        grace_seconds: float = GRACE_SECONDS,
+    ) -> None:
+        if shards < 1 or segment_images < 1:
+            raise ValueError("shards and segment_images must be at least 1")
+        self.bucket = bucket
+        self.shards = shards
+        self.segment_images = segment_images
+        self.workers = workers
+        self.grace_seconds = grace_seconds
+
+    def compact(self) -> CompactionReport:
+        """One compaction. Raises StorageError when S3 fails (nothing half-done is published:
+        the manifest is written last, and only if no other compactor wrote one meanwhile)."""
+        t0 = time.monotonic()
+        report = CompactionReport()
+        bucket = self.bucket
+        old = read_manifest(bucket)
+        listing = bucket.etags(RECORDS_PREFIX)
+        report.records = len(listing)
+        kept: list[SegmentRef] = []
+        covered: set[str] = set()
+        if old is not None and old.shards == self.shards:
+            with ThreadPoolExecutor(max_workers=min(self.workers, max(1, len(old.segments)))) as pool:
+                folded_of = list(pool.map(lambda ref: read_folded(bucket, ref), old.segments))
+            for ref, folded in zip(old.segments, folded_of, strict=True):
+                if all(listing.get(rk) == etag for rk, (etag, _) in folded.items()) and not covered & folded.keys():
+                    kept.append(ref)
+                    covered |= folded.keys()
+        report.kept = len(kept)
+        todo = sorted(rk for rk in listing if rk not in covered)
+        records = self._load(todo, listing, report)
+        by_shard: dict[int, list[StoredRecord]] = {}
+        for rec in records:
+            by_shard.setdefault(shard_of(rec.key, self.shards), []).append(rec)
+        writer = uuid.uuid4().hex
+        written: list[SegmentRef] = []
+        try:
+            for shard, recs in sorted(by_shard.items()):
+                recs.sort(key=lambda r: r.key)
+                for start in range(0, len(recs), self.segment_images):
+                    written.append(self._write_segment(shard, recs[start : start + self.segment_images]))
+            report.written = len(written)
+            segments = tuple(sorted([*kept, *written], key=lambda r: (r.shard, r.key)))
+            generation = (old.generation if old else 0) + 1
+            manifest = SegmentsManifest(generation, self.shards, segments, writer)
+            etag = bucket.put_if(
+                SEGMENTS_MANIFEST_KEY,
+                manifest.to_bytes(),
+                content_type="application/json",
+                if_match=old.etag if old else None,
+            )
+            if etag is None:  # someone wrote first - or our own write landed and its answer was lost
+                current = read_manifest(bucket)
+                report.won = current is not None and current.writer == writer
+            else:
+                report.won = True
+        except BaseException:
+            self._delete_quietly([k for ref in written for k in (ref.key, ref.records_key)])
+            raise
+        if not report.won:
+            log.info("another compaction published first; removing the %d segments written", len(written))
+            self._delete_quietly([k for ref in written for k in (ref.key, ref.records_key)])
+        else:
+            report.generation = generation
+            report.segments = len(segments)
+            report.deleted = self._collect(segments)
+        report.seconds = round(time.monotonic() - t0, 2)
+        return report
+
+    def _load(self, todo: Sequence[str], listing: dict[str, str], report: CompactionReport) -> list[StoredRecord]:
+        """The records ``todo`` at their listed version (a record changed or gone since the listing
+        is left to the next compaction: readers load it on its own meanwhile)."""
+
+        def one(rk: str) -> StoredRecord | None:
+            try:
+                rec = read_record(self.bucket, rk)
+            except RecordRejectedError as exc:
+                log.warning("record %s not compacted: %s", rk, exc)
+                report.rejected += 1
+                return None
+            return rec if rec is not None and rec.etag == listing[rk] else None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo) or 1))) as pool:
+            return [r for r in pool.map(one, todo) if r is not None]
+
+    def _write_segment(self, shard: int, records: list[StoredRecord]) -> SegmentRef:
+        name = f"{SEGMENTS_PREFIX}{uuid.uuid4().hex}"
+        data = segment_bytes(CatalogEntry(key=r.key, url=r.source_url or r.key, features=r.features) for r in records)
+        folded = {record_key(r.key): [r.etag, r.key] for r in records}
+        seg_key, records_key = name + ".seg", name + ".json"
+        self.bucket.put(records_key, json.dumps(folded).encode("utf-8"), content_type="application/json")
+        self.bucket.put(seg_key, data, content_type="application/octet-stream")
+        head = self.bucket.head(seg_key)
+        if head is None:
+            raise StorageError(f"{seg_key} vanished right after it was written")
+        return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data))
+
+    def _collect(self, current: Sequence[SegmentRef]) -> int:
+        """Delete segment files no manifest names that are older than the grace period."""
+        named = {k for ref in current for k in (ref.key, ref.records_key)}
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.grace_seconds)
+        stale = [
+            o["Key"]
+            for o in self.bucket.objects(SEGMENTS_PREFIX)
+            if o["Key"] not in named and o["LastModified"] < cutoff
+        ]
+        self._delete_quietly(stale)
+        return len(stale)
+
+    def _delete_quietly(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.bucket.delete(key)
+            except StorageError as exc:  # left for a later compaction's collection
+                log.warning("could not delete %s: %s", key, exc.message)
