@@ -45,7 +45,9 @@ N = 1000
 MAX_CONCURRENCY = 2  # IndexMaxConcurrency for this stack; its functions have 3 workers each
 WORKERS = 3
 RATE = 0.02  # share of the functions' S3 requests given a random fault
-VISIBILITY = 2  # seconds before a failed message comes back (the template's 780 s, scaled down)
+# seconds before a received, undeleted message comes back (the template's 780 s, scaled down):
+# longer than a batch takes under the faults, so that no message is received again mid-batch
+VISIBILITY = 5
 FLAKY, BROKEN = 20, 2  # keys whose first GET is denied / whose every HEAD is denied
 DUPLICATED, EARLY = 0.1, 10  # share of keys notified twice; keys notified before their upload
 DRAIN_TIMEOUT = 600.0

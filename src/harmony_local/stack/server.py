@@ -147,6 +147,8 @@ class LocalStack:
         self._queues: dict[str, str] = {}  # function -> queue url (S3 triggers)
         self.queue_urls: dict[str, str] = {}  # template queue (logical id) -> url
         self._queue_arns: dict[str, str] = {}
+        self._visibility: dict[str, int] = {}  # template queue -> its visibility timeout here (s)
+        self._sqs: Any = None  # one SQS client for the event sources (clients are thread-safe)
         self.sqs_stats: dict[str, SourceStats] = {}  # "<function>.<event>" -> what it did
         self._threads: list[threading.Thread] = []
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -167,20 +169,15 @@ class LocalStack:
         cfg = self.config
         t0 = time.perf_counter()
         self._start_s3()
-        self._create_queues(self.client("sqs"))  # before the functions: their environment names the queues
         log_dir = None
         if not cfg.function_logs:
             log_dir = Path(cfg.workdir) / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
-        extra = {
-            **CREDENTIALS,
-            "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint,
-            "AWS_ENDPOINT_URL_SQS": self.s3_endpoint,  # the embedded moto serves SQS too
-        }
+        extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint}
         for name, spec in self.template.functions.items():
-            env = lambda_environment(spec, extra)
-            env.update(self._queue_urls_of(env))
-            pool = FunctionPool(spec, env, log_dir=log_dir, max_concurrency=cfg.max_concurrency)
+            pool = FunctionPool(
+                spec, lambda_environment(spec, extra), log_dir=log_dir, max_concurrency=cfg.max_concurrency
+            )
             pool.prewarm()  # spawn now; the imports run in parallel with the rest of start()
             self._pools[name] = pool
         self._start_triggers()
@@ -242,7 +239,7 @@ class LocalStack:
 
     def _start_triggers(self) -> None:
         triggers = self.template.s3_triggers
-        sqs = self.client("sqs")
+        sqs = self._sqs = self.client("sqs")
         configs = []
         for trig in triggers:
             if trig.function not in self._queues:
@@ -256,6 +253,7 @@ class LocalStack:
             if trig.rules:
                 conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in trig.rules]}}
             configs.append(conf)
+        self._create_queues(sqs)
         for i, note in enumerate(self.template.queue_notifications):
             conf = {"Id": f"{note.queue}-{i}", "QueueArn": self._queue_arns[note.queue], "Events": list(note.events)}
             if note.rules:
@@ -298,19 +296,10 @@ class LocalStack:
                     "Attributes"
                 ]["QueueArn"]
 
-    def _queue_urls_of(self, env: dict[str, str]) -> dict[str, str]:
-        """The variables of ``env`` set to a template queue's ``!Ref`` (its URL on AWS; the template
-        reader's ``<Name>-local``), set to the local queue's URL: a function that sends to a queue
-        of the template (SearchFunction -> DuplicatesQueue) sends to the local one."""
-        return {
-            k: self.queue_urls[v.removesuffix("-local")]
-            for k, v in env.items()
-            if v.endswith("-local") and v.removesuffix("-local") in self.queue_urls
-        }
-
     def _queue_attributes(self, spec: QueueSpec) -> dict[str, str]:
         visibility = self.config.queue_visibility_timeout
-        attrs = {"VisibilityTimeout": str(max(0, round(spec.visibility_timeout if visibility is None else visibility)))}
+        self._visibility[spec.name] = max(1, round(spec.visibility_timeout if visibility is None else visibility))
+        attrs = {"VisibilityTimeout": str(self._visibility[spec.name])}
         if spec.dead_letter is not None and spec.max_receive_count:
             attrs["RedrivePolicy"] = json.dumps(
                 {"deadLetterTargetArn": self._queue_arns[spec.dead_letter], "maxReceiveCount": spec.max_receive_count}
@@ -374,6 +363,21 @@ class LocalStack:
                 slots.release()
                 return
 
+    def _keep_invisible(self, queue: str, batch: list[dict[str, Any]], done: threading.Event) -> None:
+        """While a batch runs, keep its messages from coming back: the local visibility timeout is
+        shorter than the function's (the template's is 6x longer, so Lambda needs no such thing)."""
+        visibility = self._visibility[queue]
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": visibility}
+            for i, m in enumerate(batch)
+        ]
+        while not done.wait(max(0.5, visibility / 2)):
+            for i in range(0, len(entries), SQS_RECEIVE_MAX):
+                with contextlib.suppress(Exception):  # the stack is stopping, or the message is gone
+                    self._sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue_urls[queue], Entries=entries[i : i + SQS_RECEIVE_MAX]
+                    )
+
     def _receive_batch(self, sqs: Any, trig: SqsTrigger) -> list[dict[str, Any]]:
         """Up to BatchSize messages: a long poll for the first, then whatever else arrives within
         the batching window."""
@@ -413,11 +417,16 @@ class LocalStack:
                 stats.messages += len(batch)
                 stats.running += 1
                 stats.peak_concurrency = max(stats.peak_concurrency, stats.running)
+            running = threading.Event()
+            keeper = threading.Thread(target=self._keep_invisible, args=(trig.queue, batch, running), daemon=True)
+            keeper.start()
             try:
                 inv = self.invoke(
                     trig.function, event, source=f"sqs {trig.queue} {len(batch)} messages", s3_events=s3_events
                 )
             finally:
+                running.set()
+                keeper.join()
                 with self._cond:
                     stats.running -= 1
             failed = _failed_ids(inv, batch, report=trig.report_batch_item_failures)
@@ -425,7 +434,7 @@ class LocalStack:
             with self._cond:
                 stats.failed_messages += len(failed)
                 stats.failed_invocations += 0 if inv.ok else 1
-            sqs = self.client("sqs")
+            sqs = self._sqs
             for i in range(0, len(done), SQS_RECEIVE_MAX):
                 entries = [
                     {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
@@ -827,7 +836,7 @@ class _ApiHandler(BaseHTTPRequestHandler):
                     200,
                     [
                         ("Access-Control-Allow-Origin", "*"),
-                        ("Access-Control-Allow-Methods", "GET,POST,DELETE,OPTIONS"),
+                        ("Access-Control-Allow-Methods", "GET,POST,OPTIONS"),
                         ("Access-Control-Allow-Headers", "Content-Type,Authorization,X-Api-Key"),
                         ("Content-Type", "application/json"),
                     ],
