@@ -169,15 +169,20 @@ class LocalStack:
         cfg = self.config
         t0 = time.perf_counter()
         self._start_s3()
+        self._create_queues(self.client("sqs"))  # before the functions: their environment names the queues
         log_dir = None
         if not cfg.function_logs:
             log_dir = Path(cfg.workdir) / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
-        extra = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint}
+        extra = {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint,
+            "AWS_ENDPOINT_URL_SQS": self.s3_endpoint,  # the embedded moto serves SQS too
+        }
         for name, spec in self.template.functions.items():
-            pool = FunctionPool(
-                spec, lambda_environment(spec, extra), log_dir=log_dir, max_concurrency=cfg.max_concurrency
-            )
+            env = lambda_environment(spec, extra)
+            env.update(self._queue_urls_of(env))
+            pool = FunctionPool(spec, env, log_dir=log_dir, max_concurrency=cfg.max_concurrency)
             pool.prewarm()  # spawn now; the imports run in parallel with the rest of start()
             self._pools[name] = pool
         self._start_triggers()
@@ -253,7 +258,6 @@ class LocalStack:
             if trig.rules:
                 conf["Filter"] = {"Key": {"FilterRules": [{"Name": k, "Value": v} for k, v in trig.rules]}}
             configs.append(conf)
-        self._create_queues(sqs)
         for i, note in enumerate(self.template.queue_notifications):
             conf = {"Id": f"{note.queue}-{i}", "QueueArn": self._queue_arns[note.queue], "Events": list(note.events)}
             if note.rules:
@@ -295,6 +299,16 @@ class LocalStack:
                 self._queue_arns[spec.name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
                     "Attributes"
                 ]["QueueArn"]
+
+    def _queue_urls_of(self, env: dict[str, str]) -> dict[str, str]:
+        """The variables of ``env`` set to a template queue's ``!Ref`` (its URL on AWS; the template
+        reader's ``<Name>-local``), set to the local queue's URL: a function that sends to a queue
+        of the template (SearchFunction -> DuplicatesQueue) sends to the local one."""
+        return {
+            k: self.queue_urls[v.removesuffix("-local")]
+            for k, v in env.items()
+            if v.endswith("-local") and v.removesuffix("-local") in self.queue_urls
+        }
 
     def _queue_attributes(self, spec: QueueSpec) -> dict[str, str]:
         visibility = self.config.queue_visibility_timeout
@@ -836,7 +850,7 @@ class _ApiHandler(BaseHTTPRequestHandler):
                     200,
                     [
                         ("Access-Control-Allow-Origin", "*"),
-                        ("Access-Control-Allow-Methods", "GET,POST,OPTIONS"),
+                        ("Access-Control-Allow-Methods", "GET,POST,DELETE,OPTIONS"),
                         ("Access-Control-Allow-Headers", "Content-Type,Authorization,X-Api-Key"),
                         ("Content-Type", "application/json"),
                     ],
