@@ -5,11 +5,12 @@ the report (:func:`harmony_image.duplicates.duplicate_groups`).
 
 Everything a job is lives in the bucket::
 
-    reports/<id>/job.json          {"id", "state", "images", "slices", "min_score", "keep", "created_at", ...}
+    reports/<id>/job.json          {"id", "state", "keys", "slices", "min_score", "keep", "mutual", "created_at", ...}
     reports/<id>/parts/<n>.json    one per slice: its edges and counts (written once: If-None-Match)
     reports/<id>/failed.json       a slice that failed its last delivery (:data:`MAX_RECEIVES`)
     reports/<id>.json              the report (written once: If-None-Match)
-    reports/latest.json            a copy of the newest finished report (GET /duplicates/latest)
+    reports/latest.json            a copy of the newest report (GET /duplicates/latest; not replaced
+                                   by a report of an older job that finishes later)
 
 State: ``done`` once the report exists, ``failed`` once failed.json does, else ``running`` when
 some parts exist, else ``queued``. Nothing is counted in a shared object: a slice's part is
