@@ -138,13 +138,13 @@ def start_stack(template: Path, workdir: Path, **kw: Any) -> Any:
 
 
 @contextmanager
-def app_stack(workdir: Path, *, bucket: str) -> Iterator[Any]:
-    """The repository's template.yaml on a local stack, the sample catalog uploaded (and indexed
-    by IndexFunction)."""
+def app_stack(workdir: Path, *, bucket: str, **kw: Any) -> Iterator[Any]:
+    """The repository's template.yaml on a local stack (``kw``: StackConfig's, e.g.
+    ``parameter_overrides``), the sample catalog uploaded (and indexed by IndexFunction)."""
     template = Path(os.environ.get("HARMONY_LOCAL_TEMPLATE") or TEMPLATE)
     if not template.is_file():
         pytest.skip(f"{template} does not exist (the SAM template of the app)")
-    st = start_stack(template, workdir, bucket=bucket)
+    st = start_stack(template, workdir, bucket=bucket, **kw)
     try:
         st.seed_catalog()
         yield st

@@ -18,6 +18,10 @@ record), "start_after": "<key>" (continue a previous run). It stops starting key
 the function's timeout and says so: "complete": false and "resume_after" (pass it back as
 "start_after").
 
+Invoked with {"action": "compact"} (hourly by its schedule, or by hand) it folds the records into
+segments of HARMONY_SHARDS shards (harmony_aws.segments): readers then cold-start from a few
+large objects. Incremental: segments whose records did not change are kept.
+
 The event is only a hint: harmony_aws.records.RecordWriter.reconcile looks at the object itself,
 so duplicated, reordered and concurrent events converge to the bucket's state.
 """
@@ -67,6 +71,16 @@ def _reindex(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     return out
 
 
+def _compact(event: S3Event) -> dict[str, Any]:
+    bucket = event.get("bucket") or runtime.settings().bucket
+    if not bucket:
+        raise ConfigError('compact: no bucket (set HARMONY_BUCKET or pass "bucket")')
+    report = runtime.compactor(bucket).compact().to_dict()
+    metrics.add_metric(name="CompactionSegmentsWritten", unit=MetricUnit.Count, value=report["written"])
+    logger.info("compacted", extra={"bucket": bucket, **report})
+    return report
+
+
 def _reconcile(record: S3EventRecord) -> dict[str, Any]:
     """Reconcile the key of one S3 event record (raises what reconcile raises)."""
     bucket = record.s3.bucket.name
@@ -101,6 +115,8 @@ processor = BatchProcessor(event_type=EventType.SQS)
 def handle(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     if event.get("action") == "reindex":  # direct invoke, see the module doc
         return _reindex(event, context)
+    if event.get("action") == "compact":
+        return _compact(event)
     records = event.get("Records") or []
     if records and all(r.get("eventSource") == "aws:sqs" for r in records):
         return dict(

@@ -146,7 +146,8 @@ def test_index_queue_batches_cap_and_dead_letters(tpl):
     runs at most IndexMaxConcurrency batches at once, within its reserved concurrency."""
     res = tpl["Resources"]
     fn = res["IndexFunction"]["Properties"]
-    (ev,) = fn["Events"].values()
+    assert {e["Type"] for e in fn["Events"].values()} == {"SQS", "Schedule"}
+    ev = fn["Events"]["CatalogQueue"]
     assert ev["Type"] == "SQS"
     sqs = ev["Properties"]
     assert sqs["Queue"] == {"Fn::GetAtt": ["IndexQueue", "Arn"]}
@@ -178,14 +179,20 @@ def test_index_queue_batches_cap_and_dead_letters(tpl):
 
 
 def _statements(fn):
-    out = []
+    """Every statement a function may get (a conditional policy's: both branches)."""
+    out: list[dict] = []
     for pol in fn["Properties"].get("Policies", []):
-        out += pol.get("Statement", [])
+        branches = pol["Fn::If"][1:] if "Fn::If" in pol else [pol]
+        for b in branches:
+            out += b.get("Statement", []) if isinstance(b, dict) else []
     return out
 
 
 def _resource_text(stmt) -> list[str]:
-    res = stmt["Resource"] if isinstance(stmt["Resource"], list) else [stmt["Resource"]]
+    res = stmt["Resource"]
+    if isinstance(res, dict) and "Fn::If" in res:  # both branches
+        res = [r for branch in res["Fn::If"][1:] for r in branch]
+    res = res if isinstance(res, list) else [res]
     texts = []
     for r in res:
         if isinstance(r, dict) and "Fn::Sub" in r:
@@ -207,7 +214,9 @@ def test_least_privilege(tpl):
             "s3:DeleteObject": {"catalog/*", "index/*"},
             "s3:PutObject": {"index/*", "reports/*"},
             "sqs:SendMessage": {"${DuplicatesQueue.Arn}"},
+            "lambda:InvokeFunction": {f"${{ShardFunction{i}.Arn}}" for i in range(4)},  # Shards > 1 only
         },
+        **{f"ShardFunction{i}": {"s3:GetObject": {"index/*", "catalog/manifest.json"}} for i in range(4)},
         "DuplicatesFunction": {
             "s3:GetObject": {"catalog/*", "index/*", "reports/*"},
             "s3:PutObject": {"reports/*"},
@@ -290,6 +299,9 @@ def test_reserved_concurrency_per_function_from_parameters(tpl):
     or a flood of dropped queries cannot take the executions SearchFunction needs."""
     reserved = {}
     for lid, fn in _functions(tpl).items():
+        if lid.startswith("ShardFunction"):  # invoked once per search: SearchFunction's reservation bounds it
+            assert "ReservedConcurrentExecutions" not in fn["Properties"]
+            continue
         rce = fn["Properties"]["ReservedConcurrentExecutions"]
         cond, value, off = rce["Fn::If"]
         assert off == {"Ref": "AWS::NoValue"}
@@ -389,3 +401,31 @@ def test_checkov_finds_what_a_waiver_hides(tmp_path):
     bad.write_text(text.replace("      checkov:\n        skip:\n", "      not_checkov:\n        skip:\n"))
     failed = {c["check_id"] for c in _checkov(bad)["results"]["failed_checks"]}
     assert {"CKV_AWS_117", "CKV_AWS_116", "CKV_AWS_27", "CKV_AWS_18"} <= failed, failed
+
+
+def test_compaction_runs_hourly_and_shards_get_a_function_each(tpl):
+    """IndexFunction compacts on a schedule into HARMONY_SHARDS = Shards shards; each shard has
+    its own ShardFunction (created only when Shards asks for it) that reads only index/ and the
+    URL manifest, and SearchFunction may invoke exactly those."""
+    res = tpl["Resources"]
+    index = res["IndexFunction"]["Properties"]
+    schedule = index["Events"]["Compaction"]["Properties"]
+    assert json.loads(schedule["Input"]) == {"action": "compact"} and schedule["Schedule"].startswith("rate(")
+    assert index["Environment"]["Variables"]["HARMONY_SHARDS"] == {"Ref": "Shards"}
+    assert tpl["Parameters"]["Shards"]["AllowedValues"] == [1, 2, 4]
+    shard_fns = sorted(n for n in res if n.startswith("ShardFunction"))
+    assert shard_fns == [f"ShardFunction{i}" for i in range(4)]
+    for i, name in enumerate(shard_fns):
+        fn = res[name]
+        assert fn["Condition"] == ("Sharded" if i < 2 else "FourShards")
+        props = fn["Properties"]
+        assert props["Environment"]["Variables"]["HARMONY_SHARD"] == {"Fn::Sub": f"{i}/${{Shards}}"}
+        (stmt,) = props["Policies"]
+        actions = {s["Action"] for s in stmt["Statement"]}
+        assert actions == {"s3:GetObject", "s3:ListBucket"}  # read-only
+    search = res["SearchFunction"]["Properties"]
+    invoke = search["Policies"][0]["Fn::If"]
+    assert invoke[0] == "Sharded" and invoke[2] == {"Ref": "AWS::NoValue"}
+    arns = invoke[1]["Statement"][0]["Resource"]["Fn::If"]
+    assert arns[1] == [{"Fn::GetAtt": [f"ShardFunction{i}", "Arn"]} for i in range(4)]
+    assert arns[2] == [{"Fn::GetAtt": [f"ShardFunction{i}", "Arn"]} for i in range(2)]

@@ -17,6 +17,10 @@ messages it did not report in ``batchItemFailures`` are deleted, a failed invoca
 none, and what is not deleted comes back after the visibility timeout. The template's timeout
 (780 s for IndexQueue) would hold a failed record back for 13 minutes here: the local stack uses
 StackConfig.queue_visibility_timeout instead, unless that is None.
+
+The HTTP server also answers Lambda's Invoke API (``POST /2015-03-31/functions/<name>/invocations``,
+RequestResponse, as ``sam local start-lambda`` does), and the functions get it as their
+``AWS_ENDPOINT_URL_LAMBDA``: SearchFunction's fan-out reaches the ShardFunctions through it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -35,7 +40,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import quote_plus, unquote, unquote_plus
 
 from .apigw import BadLambdaResponseError, build_event, parse_response
 from .lambdas import FunctionPool, Invocation, InvokeError, lambda_environment
@@ -48,6 +53,7 @@ MAX_API_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
 # Lambda's limit on a synchronous invocation's request: the event JSON, so a binary body counts
 # base64-encoded (4/3) — a raw upload of more than about 4.4 MB never reaches the function.
 MAX_LAMBDA_EVENT = 6 * 1024 * 1024
+_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 READ_IDLE_SECONDS = 10.0  # a connection that sends nothing for this long is closed
 READ_BODY_SECONDS = 30.0  # the whole body must arrive within this
 STARTUP_WAIT_SECONDS = 60.0  # a request during start-up waits this long for the functions, then 503
@@ -174,10 +180,12 @@ class LocalStack:
         if not cfg.function_logs:
             log_dir = Path(cfg.workdir) / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
+        self._bind_http()  # the functions' environment names the stack's Lambda Invoke API
         extra = {
             **CREDENTIALS,
             "AWS_ENDPOINT_URL_S3": cfg.function_s3_endpoint or self.s3_endpoint,
             "AWS_ENDPOINT_URL_SQS": self.s3_endpoint,  # the embedded moto serves SQS too
+            "AWS_ENDPOINT_URL_LAMBDA": self.url.rstrip("/"),  # SearchFunction -> ShardFunctions
         }
         for name, spec in self.template.functions.items():
             env = lambda_environment(spec, extra)
@@ -582,7 +590,7 @@ class LocalStack:
         return n
 
     # ------------------------------------------------------------------ HTTP
-    def _start_http(self) -> None:
+    def _bind_http(self) -> None:
         stack = self
 
         class Handler(_ApiHandler):
@@ -595,6 +603,9 @@ class LocalStack:
         host = host.decode() if isinstance(host, bytes) else str(host)
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - a comparison, not a bind
         self.url = f"http://{shown}:{port}/"
+
+    def _start_http(self) -> None:
+        assert self._http is not None
         if not any(r.match("GET", "/") is not None for r in self.template.routes):
             for spec in self.template.functions.values():
                 page = spec.code_uri / "web" / "index.html"
@@ -809,6 +820,29 @@ class _ApiHandler(BaseHTTPRequestHandler):
             found = template.route_for("GET", path)
         return found, path
 
+    def _lambda_invoke(self, name: str, body: bytes) -> None:
+        """Lambda's Invoke API (RequestResponse), as ``sam local start-lambda`` serves it: the
+        function by its logical id, its ``!Ref`` here (``<id>-local``) or an ARN ending in either."""
+        stack = self.stack
+        function = name.rsplit(":function:", 1)[-1].removesuffix("-local")
+        if function not in stack.template.functions:
+            return self._invoke_error(404, "ResourceNotFoundException", f"Function not found: {name}")
+        if len(body) > MAX_LAMBDA_EVENT:
+            return self._invoke_error(413, "RequestTooLargeException", "Request must be smaller than 6291456 bytes")
+        try:
+            event = json.loads(body or b"{}")
+        except ValueError:
+            return self._invoke_error(400, "InvalidRequestContentException", "Could not parse request body into json")
+        inv = stack.invoke(function, event, source="invoke")
+        headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST")]
+        if not inv.ok:
+            return self._send(200, [*headers, ("X-Amz-Function-Error", "Unhandled")], json.dumps(inv.error).encode())
+        return self._send(200, headers, json.dumps(inv.result).encode())
+
+    def _invoke_error(self, status: int, error_type: str, message: str) -> None:
+        body = json.dumps({"Type": "User", "message": message}).encode()
+        self._send(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type)], body)
+
     def _handle(self) -> None:
         try:
             self._handle_request()
@@ -840,6 +874,9 @@ class _ApiHandler(BaseHTTPRequestHandler):
             stack.echo(f"{self.command} {self.path} -> 503 (the functions are still starting)")
             return None
         method = self.command
+        invoke = _INVOKE_PATH.match(path)
+        if method == "POST" and invoke is not None:
+            return self._lambda_invoke(unquote(invoke.group(1)), body)
         found, route_path = self._route(method, path)
         if found is None:
             if stack.page_fallback is not None and method in ("GET", "HEAD") and path in ("/", "/index.html"):

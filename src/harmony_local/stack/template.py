@@ -457,7 +457,11 @@ def template_from_doc(
     params = {name: _as_str(p.get("Default", "")) for name, p in (doc.get("Parameters") or {}).items()}
     params.update(parameter_overrides or {})
     r = _Resolver(doc, params, bucket_name)
-    resources = doc.get("Resources") or {}
+    resources = {  # a resource whose Condition is false is not created
+        name: res
+        for name, res in (doc.get("Resources") or {}).items()
+        if "Condition" not in res or r.conditions.get(res["Condition"], False)
+    }
     glob_fn = r.resolve((doc.get("Globals") or {}).get("Function") or {})
     glob_api = r.resolve((doc.get("Globals") or {}).get("Api") or {})
 
