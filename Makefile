@@ -13,7 +13,7 @@ BENCH_PHOTOS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
-	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates reliability clean
+	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates bench-scale reliability clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -91,6 +91,9 @@ bench-shared: setup ## quality on ../shared/bench (must exist), report in .bench
 
 bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall on planted copies (1,000 images); its section of docs/BENCHMARKS.md
 	$(PY) -m benchmarks.duplicates --size 1000 --doc docs/BENCHMARKS.md
+
+bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
+	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md

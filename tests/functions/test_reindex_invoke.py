@@ -33,3 +33,25 @@ def test_reindex_event_from_the_template(s3_server: Any, images: dict[str, bytes
     # and a bucket that does not exist is a clear failure, not an empty success
     (out,) = invoke(spec, [event], moto_server_url, HARMONY_BUCKET="no-such-bucket-here")
     assert isinstance(out, InvokeError) and "does not exist" in out.payload["errorMessage"], out
+
+
+def test_compact_event_from_the_template(s3_server: Any, images: dict[str, bytes], moto_server_url: str) -> None:
+    """`{"action": "compact"}` (events/index-compact.json, also the template's hourly schedule):
+    the records folded into segments under a new manifest generation; a second run keeps them."""
+    bucket = s3_server.harmony_bucket
+    put_catalog(s3_server, bucket, images, names=CATALOG_NAMES[:4])
+    spec = template_for(load_yaml(TEMPLATE), bucket).functions["IndexFunction"]
+    assert spec.environment["HARMONY_SHARDS"] == "1"
+    event = load_event("index-compact.json")
+    assert event == {"action": "compact"}
+    (first,) = invoke(spec, [event], moto_server_url)
+    assert isinstance(first, dict) and first["won"] and first["records"] == 0  # nothing indexed yet
+    invoke(spec, [load_event("index-reindex.json")], moto_server_url)
+    third, fourth = invoke(spec, [event, event], moto_server_url)
+    assert isinstance(third, dict) and (third["won"], third["records"], third["written"]) == (True, 4, 1), third
+    assert isinstance(fourth, dict) and (fourth["generation"], fourth["kept"], fourth["written"]) == (
+        third["generation"] + 1,
+        1,
+        0,
+    ), fourth
+    assert len([k for k in all_keys(s3_server, bucket, "index/segments/") if k.endswith(".seg")]) == 1

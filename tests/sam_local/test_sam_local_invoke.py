@@ -87,7 +87,7 @@ TIMINGS_FILE = os.environ.get("HARMONY_SAM_TIMINGS")
 # messages are slices of a job, not S3 notifications: the event's job is not in the bucket, so
 # the slice is dropped (no batch item failure).
 EXTRA_EVENTS: dict[str, list[str]] = {
-    "IndexFunction": ["s3-catalog-put.json", "s3-catalog-delete.json", "index-reindex.json"],
+    "IndexFunction": ["s3-catalog-put.json", "s3-catalog-delete.json", "index-reindex.json", "index-compact.json"],
     "DuplicatesFunction": ["sqs-duplicates-slice.json"],
 }
 
@@ -402,6 +402,15 @@ def _check_reindex(inv: Invocation, s3: Any, bucket: str) -> None:
     assert resp.get("keys", 0) >= len(catalog) >= 1, (resp, catalog)
 
 
+def _check_compact(inv: Invocation, s3: Any, bucket: str) -> None:
+    # {"action": "compact"}: the records folded into segments, the manifest published
+    resp = inv.resp or {}
+    assert resp.get("won") is True and resp.get("generation", 0) >= 1, resp
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="index/segments.json")["Body"].read())
+    assert manifest["generation"] == resp["generation"], manifest
+    assert sum(seg["images"] for seg in manifest["segments"]) == resp["records"] - resp["rejected"], (manifest, resp)
+
+
 def _check_search_catalog_hit(inv: Invocation, s3: Any, bucket: str) -> None:
     results = inv.payload["results"]
     assert results, inv.payload
@@ -414,6 +423,7 @@ CHECKS: dict[str, Callable[[Invocation, Any, str], None]] = {
     "s3-query-put.json": _check_query_put,
     "sqs-catalog-put-delete.json": _check_catalog_queue,
     "index-reindex.json": _check_reindex,
+    "index-compact.json": _check_compact,
     "api-search-s3.json": _check_search_catalog_hit,
     "api-search-url.json": _check_search_catalog_hit,
 }
