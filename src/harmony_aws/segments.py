@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,11 @@ class SegmentCache:
 
 @dataclass
 class CompactionReport:
+    """What a compaction did: ``won`` (its manifest was published) and its ``generation``;
+    ``records`` listed; ``segments`` in the new manifest, of which ``kept`` from the last one and
+    ``written`` new; records ``rejected`` (unreadable, left to be read one by one); old segment
+    files ``deleted``."""
+
     generation: int = 0
     won: bool = False
     records: int = 0
@@ -189,7 +194,6 @@ class CompactionReport:
     rejected: int = 0
     deleted: int = 0
     seconds: float = 0.0
-    failed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
