@@ -13,7 +13,8 @@ Ground truth: two catalog images are duplicates when they come from the same pho
   queried with ``default`` scoring, then groups and keeper scores), after featurising (timed
   apart: a catalog is indexed once, not per report);
 * pair precision and recall of the groups (two images in one group = a predicted pair), and of
-  the pairs alone (found directly, before union-find) — pairs found either way, and mutual ones;
+  the pairs alone (found directly, before union-find) — mutual pairs (the default), and pairs
+  found either way;
 * per transform, the share of copies grouped with their photo's original (or, for a held-out
   photo, with another copy of it).
 
@@ -120,11 +121,11 @@ def run(size: int, *, cache: Path, seed: int, full_queries: bool, workers: int) 
     t0 = time.perf_counter()
     edges = find_edges(index, query_features=queries.__getitem__ if queries else None, progress=Progress())
     edges_s = time.perf_counter() - t0
-    groups = duplicate_groups(index, edges)
+    groups = duplicate_groups(index, edges)  # mutual pairs, the default
     report_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mutual_groups = duplicate_groups(index, edges, mutual=True)
-    mutual_group_s = time.perf_counter() - t0
+    either_groups = duplicate_groups(index, edges, mutual=False)
+    either_group_s = time.perf_counter() - t0
 
     by_photo: dict[str, list[str]] = {}
     for key, _ in items:
@@ -143,9 +144,9 @@ def run(size: int, *, cache: Path, seed: int, full_queries: bool, workers: int) 
         "edges_s": edges_s,
         "report_s": report_s,
         "images_per_s": len(items) / report_s,
-        "mutual_group_s": mutual_group_s,
+        "either_group_s": either_group_s,
     }
-    for name, found, mutual in (("either", groups, False), ("mutual", mutual_groups, True)):
+    for name, found, mutual in (("mutual", groups, True), ("either", either_groups, False)):
         result[name] = quality(found, pairs_of(edges, mutual=mutual), truth, by_photo, bset.transforms)
     return result
 
@@ -192,7 +193,7 @@ def print_result(r: dict[str, Any]) -> None:
         + ("  [queries re-featurised from the bytes]" if r["full_queries"] else "")
     )
     print(f"  truth: {r['photos']} photos, {r['planted_copies']} planted copies")
-    for name in ("either", "mutual"):
+    for name in ("mutual", "either"):
         q = r[name]
         print(
             f"  pairs {name}: {q['groups']} groups of {q['grouped_images']} images; "
@@ -231,10 +232,10 @@ def render(results: list[dict[str, Any]]) -> str:
         "package set's originals, every query file of the set planted beside them as a catalog image (each",
         "photo under each transform, the held-out photos' copies included: their only duplicates are each",
         "other), then distractors. Truth: two images are duplicates when they come from the same photo.",
-        "Every image is queried with `default` scoring from its stored features; a found image scoring",
-        f">= {SAME_IMAGE_THRESHOLD} is an edge. *either*: a pair found in either direction (the default);",
-        "*mutual*: found in both (`--mutual`). Groups are the pairs' connected components: *group pairs*",
-        "count every two images in one group as a predicted pair, *direct pairs* only the pairs found.",
+        "Every image is queried with `default` scoring from its stored features; a found image scoring at",
+        f"least {SAME_IMAGE_THRESHOLD} is an edge. *mutual* (the default): a pair is two images that find each",
+        "other; *either* (`--pairing either`): one finds the other. Groups are the pairs' connected components:",
+        "*group pairs* count every two images in one group as a predicted pair, *direct pairs* only the pairs found.",
         "Throughput: the whole report (queries, groups, keeper scores) over catalog images, features",
         "already extracted (a catalog is featurised once when indexed, not per report).",
         "",
@@ -243,13 +244,13 @@ def render(results: list[dict[str, Any]]) -> str:
         "|---:|---:|---|---:|---:|---|---|---|",
     ]
     for r in results:
-        for name in ("either", "mutual"):
+        for name in ("mutual", "either"):
             q = r[name]
             gp, dp = q["group_pairs"], q["pairs"]
             missed = ", ".join(
                 f"{t} {c['n'] - c['found']}" for t, c in q["per_transform"].items() if c["found"] < c["n"]
             )
-            speed = f"{r['images_per_s']:.1f} images/s ({r['report_s']:.0f} s)" if name == "either" else "same queries"
+            speed = f"{r['images_per_s']:.1f} images/s ({r['report_s']:.0f} s)" if name == "mutual" else "same queries"
             L.append(
                 f"| {r['size']:,}{' (full queries)' if r['full_queries'] else ''} | {speed} | {name} "
                 f"| {q['groups']} ({r['photos']}) | {q['wrongly_grouped']} "
@@ -267,7 +268,7 @@ def render(results: list[dict[str, Any]]) -> str:
             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
             + (" — other work shared the CPU, so the throughput is lower than on an idle machine" if busy else "")
             + f"; featurising took {r['index_s']:.0f} s (not counted). Mixed groups, "
-            + "; ".join(f"{name}: {mixed_summary(r[name]['mixed_groups'])}" for name in ("either", "mutual"))
+            + "; ".join(f"{name}: {mixed_summary(r[name]['mixed_groups'])}" for name in ("mutual", "either"))
             + "."
         )
     L += ["", END]

@@ -4,7 +4,8 @@
     harmony search --catalog DIR [--k 5] [--scoring seed|default] [--min-score S] [--json] QUERY...
     harmony ls     --catalog DIR [--prefix P] [--json]   key, size, source URL, indexed
     harmony rm     --catalog DIR KEY...                   delete the files, forget their records
-    harmony duplicates --catalog DIR [--json | --csv] [--min-score S] [--mutual] [--keep largest|oldest|shortest]
+    harmony duplicates --catalog DIR [--json | --csv] [--min-score S] [--pairing mutual|either]
+                       [--keep largest|oldest|shortest]
     harmony import images.json --catalog DIR
     harmony import DIR --stack [--prefix P]   bulk ingest into the running local stack (IndexQueue)
     harmony demo   [--workdir DIR]
@@ -189,7 +190,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     report = find_duplicates(
         index,
         min_score=args.min_score if args.min_score is not None else SAME_IMAGE_THRESHOLD,
-        mutual=args.mutual,
+        mutual=args.pairing == "mutual",
         keep=args.keep,
         timestamps=mtimes,
         progress=ProgressBar("comparing"),
@@ -324,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default score from which two images are duplicates (0-1, default {SAME_IMAGE_THRESHOLD}: a copy)",
     )
     p.add_argument(
-        "--mutual",
-        action="store_true",
-        help="pair two images only when each finds the other (fewer false groups, a few copies missed)",
+        "--pairing",
+        choices=("mutual", "either"),
+        default="mutual",
+        help="pair two images when each finds the other (default), or when either finds the other: "
+        "a few more copies, many more wrong groups (docs/BENCHMARKS.md)",
     )
     p.add_argument(
         "--keep",

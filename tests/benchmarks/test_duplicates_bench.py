@@ -56,7 +56,8 @@ def test_the_section_is_appended_once_then_replaced(tmp_path: Path) -> None:
     write_section(doc, [result(1000)])
     first = doc.read_text()
     assert first.startswith("# Benchmarks\n\nother sections\n\n" + BEGIN)
-    assert "| 1,000 | 15.2 images/s (66 s) | either | 20 (19) | 2 | 0.990 / 0.950 | 1.000 / 0.900 | hflip 1 |" in first
+    assert "| 1,000 | 15.2 images/s (66 s) | mutual | 20 (19) | 2 | 0.990 / 0.950 | 1.000 / 0.900 | hflip 1 |" in first
+    assert "| 1,000 | same queries | either |" in first
     write_section(doc, [result(1000), result(10000)])
     second = doc.read_text()
     assert second.count(BEGIN) == second.count(END) == 1

@@ -93,7 +93,7 @@ def test_identical_content_is_an_edge_of_one_both_ways(edges, index):
 def test_edges_are_distinct_and_only_above_the_threshold(edges):
     assert all(e.a != e.b and SAME_IMAGE_THRESHOLD <= e.score <= 1.0 for e in edges)
     assert len({(e.a, e.b) for e in edges}) == len(edges)
-    pairs = pairs_of(edges)
+    pairs = pairs_of(edges, mutual=False)
     assert pairs == sorted(pairs, key=lambda p: (p.a, p.b)) and all(p.a < p.b for p in pairs)
     # the identical copy never queries: coffee's content is queried once, by its first key
     assert not any(e.a == "copies/coffee-same.jpg" and e.b != "coffee.jpg" for e in edges)
@@ -122,8 +122,8 @@ def test_pairs_either_way_or_mutual():
         Edge("a", "b", 0.7),
         Edge.from_dict({"a": "c", "b": "a", "score": 1}),
     ]
-    assert pairs_of(edges) == [Pair("a", "b", 0.8), Pair("a", "c", 1.0)]  # the better direction
-    assert pairs_of(edges, mutual=True) == [Pair("a", "b", 0.6)]  # the score both directions reach
+    assert pairs_of(edges, mutual=False) == [Pair("a", "b", 0.8), Pair("a", "c", 1.0)]  # the better direction
+    assert pairs_of(edges) == [Pair("a", "b", 0.6)]  # mutual: the score both directions reach
     assert [Edge.from_dict(e.to_dict()) for e in edges] == edges
     with pytest.raises(ValueError, match="twice"):
         pairs_of([Edge("a", "a", 1.0)])
@@ -157,8 +157,8 @@ def test_bad_keep_rule_or_missing_timestamps_are_parameter_errors(index, edges):
         find_edges(index, keys=["nope.jpg"])
 
 
-def test_mutual_pairs_find_the_same_planted_groups(index, edges):
-    groups = duplicate_groups(index, edges, mutual=True)
+def test_pairs_either_way_find_the_same_planted_groups(index, edges):
+    groups = duplicate_groups(index, edges, mutual=False)
     assert sorted(sorted(m.key for m in g.members) for g in groups) == EXPECTED
 
 
@@ -177,5 +177,5 @@ def test_progress_and_full_query_features(index, files, edges):
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    assert [(p.a, p.b) for p in pairs_of(got)] == [("astronaut.jpg", "copies/astronaut-mirror.jpg")]
+    assert [(p.a, p.b) for p in pairs_of(got)] == [("astronaut.jpg", "copies/astronaut-mirror.jpg")]  # both ways
     assert {(e.a, e.b) for e in got} == {(e.a, e.b) for e in edges if e.a in keys}

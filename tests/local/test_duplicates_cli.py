@@ -81,13 +81,13 @@ def test_csv_and_keep_rules(catalog_dir: Path, capsys):
     assert len(keepers) == len({r["group"] for r in rows}) == 3
     assert sorted(r["key"] for r in rows) == sorted(k for group in PLANTED for k in group)
 
-    code, out, _ = run(capsys, "--catalog", str(catalog_dir), "--keep", "shortest", "--mutual")
+    code, out, _ = run(capsys, "--catalog", str(catalog_dir), "--keep", "shortest", "--pairing", "either")
     keeps = {g["keep"] for g in json.loads(out)["groups"]}
     assert keeps == {
         "chelsea.jpg",
         "coffee.jpg",
         "rocket.jpg",
-    }  # the same groups: each copy and original find each other
+    }  # the same groups: each copy and its original find each other
 
 
 def test_min_score_one_groups_identical_files_only(catalog_dir: Path, capsys):
@@ -114,6 +114,7 @@ def test_a_catalog_without_copies_has_no_groups(tmp_path: Path, capsys):
         (["--json", "--csv"], "not allowed with argument"),
         (["--min-score", "1.5"], "min_score must be between 0 and 1"),
         (["--keep", "newest"], "invalid choice: 'newest'"),
+        (["--pairing", "any"], "invalid choice: 'any'"),
     ],
 )
 def test_bad_arguments_are_usage_errors(catalog_dir: Path, capsys, argv: list[str], message: str):
