@@ -237,7 +237,9 @@ def render(results: list[dict[str, Any]]) -> str:
         "other; *either* (`--pairing either`): one finds the other. Groups are the pairs' connected components:",
         "*group pairs* count every two images in one group as a predicted pair, *direct pairs* only the pairs found.",
         "Throughput: the whole report (queries, groups, keeper scores) over catalog images, features",
-        "already extracted (a catalog is featurised once when indexed, not per report).",
+        "already extracted (a catalog is featurised once when indexed, not per report). *(full queries)*: each",
+        "query re-featurised from the image's bytes, with the 512 px detail image that stored records lack",
+        "(it verifies the mirrored query at detail resolution) — `--full-queries`.",
         "",
         "| catalog | report | pairing | groups (truth) | images in mixed groups | group pairs precision / recall "
         "| direct pairs precision / recall | copies not grouped with their photo |",
@@ -263,7 +265,7 @@ def render(results: list[dict[str, Any]]) -> str:
         busy = m["loadavg_start"][0] > m["cores"]
         avx512 = " with AVX-512" if "avx512" in m.get("levels", []) else ""
         L.append(
-            f"- {r['size']:,} images: {r['when']}, {m['cpu']}{avx512} "
+            f"- {r['size']:,} images{' (full queries)' if r['full_queries'] else ''}: {r['when']}, {m['cpu']}{avx512} "
             f"({m['cores']} cores, kernels `{m['kernels']}`), "
             f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
             + (" — other work shared the CPU, so the throughput is lower than on an idle machine" if busy else "")
