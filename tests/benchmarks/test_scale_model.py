@@ -1,0 +1,51 @@
+"""benchmarks.scale's 1M/10M model and its doc: shards and costs follow from the measured
+figures (relations, not numbers: the figures change with every run)."""
+
+from __future__ import annotations
+
+from benchmarks.scale import SHARD_IMAGES, model, write_doc
+
+MEASURED = {
+    "images": 10_000,
+    "shards": 4,
+    "queries": 60,
+    "cpu": "test CPU",
+    "kernel": "c-test",
+    "index_images_per_s": 20.0,
+    "compaction_images_per_s": 90.0,
+    "s3_bytes_per_image": {"records": 78_000, "segments": 110_000},
+    "memory_bytes_per_image": 8_000,
+    "memory_bytes_per_image_records": 190_000,
+    "cold_start_s": 20.0,
+    "cold_start_s_per_shard": [5.0, 6.0, 5.5, 7.0],
+    "cold_start_s_records": 75.0,
+    "p50_ms": 280.0,
+    "p99_ms": 600.0,
+    "p50_ms_one_shard": 75.0,
+    "p99_ms_one_shard": 190.0,
+    "p50_ms_unsharded": 165.0,
+    "p99_ms_unsharded": 590.0,
+    "recall_vs_exhaustive": 0.4,
+    "same_top5_as_unsharded": 0.0,
+    "same_top1_as_unsharded": 0.8,
+    "copies": 46,
+    "copies_found_top1": {"one index": 45, "shards": 45},
+}
+
+
+def test_the_model_grows_with_the_catalog():
+    one, ten = model(MEASURED, 1_000_000), model(MEASURED, 10_000_000)
+    assert one["shards"] == 1_000_000 // SHARD_IMAGES and ten["shards"] == 10 * one["shards"]
+    assert one["p99_ms"] >= one["p50_ms"] > MEASURED["p50_ms_one_shard"]  # a 50k shard is slower than 2.5k
+    assert ten["usd_per_1000_queries"] > one["usd_per_1000_queries"] > 0
+    assert ten["usd_idle_month"] > one["usd_idle_month"] > 0
+    slower = {**MEASURED, "p50_ms_unsharded": 2 * MEASURED["p50_ms_unsharded"]}
+    assert model(slower, 1_000_000)["p50_ms"] > one["p50_ms"]
+
+
+def test_the_doc_shows_the_measured_and_the_modelled(tmp_path):
+    path = tmp_path / "SCALE.md"
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000")
+    text = path.read_text()
+    assert "test CPU" in text and "c-test" in text and "75.0 s" in text and "7.8 KiB" in text
+    assert f"| shards (ShardFunctions) | {1_000_000 // SHARD_IMAGES} | {10_000_000 // SHARD_IMAGES} |" in text
