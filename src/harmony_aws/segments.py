@@ -15,8 +15,9 @@ A compaction reads the manifest (and its ETag), lists the records, keeps each se
 folded records are all still current, rebuilds the others from their records, puts records
 no segment holds into new segments, and writes the manifest with a conditional PUT (If-Match
 the ETag it read; If-None-Match when there was none). Of two compactors one wins; the other
-deletes the segments it wrote. Segments that no manifest names are deleted by a later
-compaction once older than :data:`GRACE_SECONDS` (a reader may still be loading them).
+deletes the segments it wrote. Segments that neither the current manifest nor the one before
+it names are deleted by a later compaction once older than :data:`GRACE_SECONDS` (a reader
+may still be loading them).
 
 Readers load the manifest, the segments of their shard (cached on local disk by ETag: they
 never change) and, one by one, the records that differ from what the segments hold
@@ -274,7 +275,7 @@ class Compactor:
         else:
             report.generation = generation
             report.segments = len(segments)
-            report.deleted = self._collect(segments)
+            report.deleted = self._collect([*segments, *(old.segments if old else ())])
         report.seconds = round(time.monotonic() - t0, 2)
         return report
 
@@ -306,9 +307,11 @@ class Compactor:
             raise StorageError(f"{seg_key} vanished right after it was written")
         return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data))
 
-    def _collect(self, current: Sequence[SegmentRef]) -> int:
-        """Delete segment files no manifest names that are older than the grace period."""
-        named = {k for ref in current for k in (ref.key, ref.records_key)}
+    def _collect(self, named_refs: Sequence[SegmentRef]) -> int:
+        """Delete segment files older than the grace period that neither the new manifest nor the
+        one it replaces names (a reader may have read that one just before: its segments go at
+        the next compaction)."""
+        named = {k for ref in named_refs for k in (ref.key, ref.records_key)}
         cutoff = datetime.now(UTC) - timedelta(seconds=self.grace_seconds)
         stale = [
             o["Key"]

@@ -12,7 +12,7 @@ from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_P
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
-from harmony_aws.segments import Compactor, read_manifest
+from harmony_aws.segments import Compactor, SegmentCache, read_manifest
 from harmony_aws.urls import ResultUrls
 from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, put_catalog
@@ -187,3 +187,22 @@ def test_shard_readers_split_the_catalog(bucket, images, tmp_path):
     wrong = IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / "w", shard=(0, 2))
     assert len(wrong.index()) == len([k for k in held[0] | held[1] | held[2] if shard_of(k, 2) == 0])
     assert "compact again with 2 shards" in wrong.status["error"]
+
+
+def test_superseded_segments_outlive_one_compaction(bucket, images, tmp_path):
+    """A reader that read the previous manifest can still load its segments: they are deleted
+    only by the compaction after the one that replaced them (and past the grace period)."""
+    client, name = bucket
+    first = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
+    gen1 = read_manifest(Bucket(name))
+    assert first.won and gen1 is not None and len(gen1.segments) == 1
+    writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    client.delete_object(Bucket=name, Key="catalog/brick.jpg")
+    writer.reconcile("catalog/brick.jpg")
+    second = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
+    assert second.won and second.kept == 0 and second.deleted == 0
+    # a reader that read generation 1 just before: its segment is still there to be read
+    assert SegmentCache(Bucket(name), tmp_path / "late").open(gen1.segments[0]).keys
+    third = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
+    assert third.won and third.kept == 1 and third.deleted == 2  # gen 1's segment and its record list
+    assert gen1.segments[0].key not in all_keys(client, name, SEGMENTS_PREFIX)
