@@ -39,16 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.memory import memory_mb
+from benchmarks.runners import machine
+from harmony_local.catalog import IMAGE_SUFFIXES
+
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "harmony-scale"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _files(folder: Path) -> list[Path]:
@@ -81,7 +77,7 @@ def child(mode: str, shards: int, cache: str) -> dict[str, Any]:
     from harmony_aws.urls import ResultUrls
 
     b = Bucket(BUCKET)
-    before = rss_mb()
+    before = memory_mb()["VmRSS"]
     t0 = time.perf_counter()
     readers = []
     if mode == "records":
@@ -97,13 +93,14 @@ def child(mode: str, shards: int, cache: str) -> dict[str, Any]:
         index.packed()
         per_shard.append({"seconds": round(time.perf_counter() - s0, 3), "images": len(index), **r.last_refresh})
     seconds = time.perf_counter() - t0
+    grown = memory_mb()["VmRSS"] - before
     images = sum(p["images"] for p in per_shard)
     return {
         "mode": mode,
         "seconds": round(seconds, 3),
         "images": images,
-        "rss_mb": round(rss_mb() - before, 1),
-        "rss_bytes_per_image": round((rss_mb() - before) * 1024 * 1024 / max(1, images)),
+        "rss_mb": round(grown, 1),
+        "rss_bytes_per_image": round(grown * 1024 * 1024 / max(1, images)),
         "shards": per_shard,
     }
 
@@ -211,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images": len(catalog),
         "shards": args.shards,
         "queries": len(queries),
-        "cpu": _cpu(),
+        "cpu": machine()["cpu"],
         "index_images_per_s": round(len(catalog) / index_s, 1),
         "compaction_images_per_s": round(len(catalog) / compact_s, 1),
         "s3_bytes_per_image": {"records": round(rec_bytes / len(catalog)), "segments": round(seg_bytes / len(catalog))},
@@ -394,13 +391,6 @@ answer, and fetch the shortlisted rows' verification data by ranged GETs while t
 to /tmp.
 """
     path.write_text(text)
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,7 +141,6 @@ class ShardFanOut:
         """The merged results, the catalog size the shards hold and the index status (shards
         that failed are listed in ``failed_shards``)."""
         requests = [shard_request(i, self.shards, features, params) for i in range(self.shards)]
-        answers: list[dict[str, Any] | ShardFailedError] = []
 
         def one(request: dict[str, Any]) -> dict[str, Any] | ShardFailedError:
             try:

@@ -8,7 +8,7 @@ arrays are used where they are, not copied).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -133,47 +133,42 @@ class SearchIndex:
 
 def _rank(packed: PackedCatalog, c: Candidates, *, k: int, min_score: float | None) -> list[SearchResult]:
     order = np.lexsort((c.rows, -c.score))  # best score first; ties by catalog order (key)
-    seen_urls: set[str] = set()
-    seen_hashes: set[str] = set()
-    results: list[SearchResult] = []
-    for i in order:
-        if min_score is not None and c.score[i] < min_score:
-            break
-        row = int(c.rows[i])
-        url, sha256 = packed.url(row), packed.sha256(row)
-        if url in seen_urls or sha256 in seen_hashes:
-            continue
-        seen_urls.add(url)
-        seen_hashes.add(sha256)
-        results.append(
-            SearchResult(
+
+    def ranked() -> Iterator[SearchResult]:
+        for i in order:
+            if min_score is not None and c.score[i] < min_score:
+                return
+            row = int(c.rows[i])
+            yield SearchResult(
                 key=packed.keys[row],
-                url=url,
+                url=packed.url(row),
                 score=float(c.score[i]),
                 ssim=float(c.ssim[i]),
                 orb=float(c.orb[i]),
-                sha256=sha256,
+                sha256=packed.sha256(row),
             )
-        )
-        if len(results) == k:
-            break
-    return results
+
+    return _distinct(ranked(), k=k)
 
 
 def merge_results(lists: Iterable[list[SearchResult]], *, k: int) -> list[SearchResult]:
     """The ``k`` best of several searches' results (one per shard of a catalog), best first,
     ties by key; a result whose URL or content hash an earlier one has is dropped before the
     cut, as :meth:`SearchIndex.search` does within one index."""
-    ranked = sorted((r for results in lists for r in results), key=lambda r: (-r.score, r.key))
+    return _distinct(sorted((r for results in lists for r in results), key=lambda r: (-r.score, r.key)), k=k)
+
+
+def _distinct(ranked: Iterable[SearchResult], *, k: int) -> list[SearchResult]:
+    """The first ``k`` of ``ranked`` whose URL and content hash no earlier one has."""
     seen_urls: set[str] = set()
     seen_hashes: set[str] = set()
-    merged: list[SearchResult] = []
+    results: list[SearchResult] = []
     for r in ranked:
         if r.url in seen_urls or r.sha256 in seen_hashes:
             continue
         seen_urls.add(r.url)
         seen_hashes.add(r.sha256)
-        merged.append(r)
-        if len(merged) == k:
+        results.append(r)
+        if len(results) == k:
             break
-    return merged
+    return results

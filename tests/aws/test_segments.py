@@ -33,9 +33,9 @@ def bucket(request, images):
     return client, name
 
 
-def reader(name, tmp_path, sub="cache") -> IndexReader:
+def reader(name, tmp_path, sub="cache", shard=None) -> IndexReader:
     b = Bucket(name)
-    return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub)
+    return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub, shard=shard)
 
 
 def answers(index, images) -> list[list[tuple[str, float]]]:
@@ -172,11 +172,7 @@ def test_shard_readers_split_the_catalog(bucket, images, tmp_path):
     writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
     client.put_object(Bucket=name, Key="catalog/late.jpg", Body=images["rocket__brighter.jpg"])
     writer.reconcile("catalog/late.jpg")  # after the compaction: a record on its own
-    b = Bucket(name)
-    readers = [
-        IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / f"s{i}", shard=(i, 3))
-        for i in range(3)
-    ]
+    readers = [reader(name, tmp_path, f"s{i}", shard=(i, 3)) for i in range(3)]
     held = [set(r.index().keys()) for r in readers]
     assert sum(len(h) for h in held) == 10 and set().union(*held) == {"catalog/" + n for n in CATALOG_NAMES} | {
         "catalog/late.jpg"
@@ -184,7 +180,7 @@ def test_shard_readers_split_the_catalog(bucket, images, tmp_path):
     for i, h in enumerate(held):
         assert all(shard_of(k, 3) == i for k in h)
         assert readers[i].status == {"complete": True, "missing": 0}
-    wrong = IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / "w", shard=(0, 2))
+    wrong = reader(name, tmp_path, "w", shard=(0, 2))
     assert len(wrong.index()) == len([k for k in held[0] | held[1] | held[2] if shard_of(k, 2) == 0])
     assert "compact again with 2 shards" in wrong.status["error"]
 
