@@ -6,11 +6,13 @@ Pytest fixtures built on these live in tests/conftest.py.
 from __future__ import annotations
 
 import copy
+import http.server
 import importlib.util
 import json
 import logging
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -110,6 +112,39 @@ def put_catalog(
 
 
 # -------------------------------------------------------------------------- HTTP and the local stack
+
+
+@contextmanager
+def serving(handler: Any) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) with ``handler`` (a BaseHTTPRequestHandler
+    class, or a callable making one); yields its base URL, shuts it down after."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextmanager
+def served_images(images: dict[str, bytes]) -> Iterator[str]:
+    """``images`` over HTTP, each at /<name> (404 for any other path): a URL query's source."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            data = images.get(self.path.lstrip("/"))
+            self.send_response(200 if data else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            if data:
+                self.wfile.write(data)
+
+    with serving(Handler) as url:
+        yield url
 
 
 def request(

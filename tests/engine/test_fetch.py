@@ -12,7 +12,6 @@ import contextlib
 import http.server
 import re
 import socket
-import threading
 import time
 from typing import ClassVar
 
@@ -22,7 +21,7 @@ from harmony_image import FetchError, UrlRefusedError, extract_features
 from harmony_image import fetch as fetch_mod
 from harmony_image.errors import FetchNotFoundError, FetchTimeoutError, FetchTooLargeError
 from harmony_image.fetch import fetch_url, is_public_address
-from tests.support import image_bytes
+from tests.support import image_bytes, serving
 
 IMAGE = image_bytes("chelsea.jpg")
 
@@ -136,13 +135,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 @pytest.fixture

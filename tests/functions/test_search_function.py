@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 import copy
-import http.server
 import json
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from harmony_aws.layout import record_key
 from tests.hostile import png_claiming
-from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event
+from tests.support import BUCKET, CATALOG_NAMES, all_keys, load_event, put_catalog, s3_event, served_images
 
 RESULT_FIELDS = {"url", "key", "score", "ssim", "orb", "sha256"}
 
@@ -81,27 +79,8 @@ def catalog(s3, images, index_fn, lambda_context, monkeypatch):
 
 @pytest.fixture
 def image_server(images):
-    class H(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            name = self.path.lstrip("/")
-            if name in images:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(images[name])))
-                self.end_headers()
-                self.wfile.write(images[name])
-            else:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with served_images(images) as url:
+        yield url
 
 
 def test_an_unreadable_record_is_left_out_and_flagged(catalog, search_fn, lambda_context):

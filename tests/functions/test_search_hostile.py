@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from harmony_aws.sources import ImageBytes, ImageUrl, S3Object, source_from_body
 from harmony_image import HarmonyError
 from tests.functions.test_search_function import api_event, call
 from tests.hostile import encoded, photo
-from tests.support import BUCKET, image_bytes
+from tests.support import BUCKET, image_bytes, serving
 
 JPEG = image_bytes("chelsea.jpg")
 # thousands of requests without a search: Powertools warns each time that no metric was added
@@ -181,11 +180,8 @@ def cafe_server() -> Iterator[str]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serving(H) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", ["/café.jpg", "/redirect"])

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
-import http.server
 import json
-import threading
 from typing import Any
 
 import pytest
@@ -23,7 +21,7 @@ import pytest
 from harmony_local.stack.lambdas import FunctionPool, InvokeError, lambda_environment
 from harmony_local.stack.server import CREDENTIALS
 from harmony_local.stack.template import FunctionSpec, Template, load_yaml, template_from_doc
-from tests.support import EVENTS, REPO, TEMPLATE, all_keys, load_event, put_catalog
+from tests.support import EVENTS, REPO, TEMPLATE, all_keys, load_event, put_catalog, served_images
 
 CATALOG = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
 
@@ -140,7 +138,7 @@ def test_all_functions_from_template(
     assert out == [{"batchItemFailures": []}] * len(evs) and all_keys(s3, bucket, "index/records/") == records
 
     # SearchFunction: upload, S3 reference, URL (served locally; private URLs allowed for the test)
-    with ServedImages(images) as srv:
+    with served_images(images) as srv:
         evs = []
         for name in events_for(template, "SearchFunction"):
             ev = load_event(name)
@@ -253,30 +251,3 @@ def test_broken_template_fails(
         assert result["statusCode"] == 500, f"{how}: template error went unnoticed: {result}"
         got = json.loads(result["body"])["error"]["code"]
     assert got == expect, result
-
-
-class ServedImages:
-    """The test images over HTTP on 127.0.0.1 (the URL query's source)."""
-
-    def __init__(self, images: dict[str, bytes]) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                data = images.get(self.path.lstrip("/"))
-                self.send_response(200 if data else 404)
-                self.send_header("Content-Length", str(len(data or b"")))
-                self.end_headers()
-                if data:
-                    self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()

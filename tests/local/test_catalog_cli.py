@@ -4,7 +4,6 @@ import http.server
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from harmony_image import SearchParams
 from harmony_local.catalog import LocalCatalog
 from harmony_local.cli import main
-from tests.support import image_bytes, image_path
+from tests.support import image_bytes, image_path, serving
 
 
 @pytest.fixture
@@ -209,11 +208,8 @@ def image_server(tmp_path: Path):
     def handler(*a, **kw):
         return http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **kw)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(handler) as url:
+        yield url
 
 
 def test_import_downloads_and_keeps_source_urls(tmp_path: Path, image_server: str, capsys):
