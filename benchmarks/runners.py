@@ -132,14 +132,8 @@ def load_queries(names: list[str], path_of: Callable[[str], Path]) -> Queries:
 
 def index_catalog(items: list[tuple[str, Path]]) -> tuple[SearchIndex, dict[str, Any]]:
     """Index ``items`` (key, path); time it, and measure record size and memory per image."""
-    idx = SearchIndex()
     rss0 = current_rss_mb()
-    elapsed = 0.0
-    for key, path in items:
-        data = path.read_bytes()
-        t0 = time.perf_counter()
-        idx.add(key, extract_features(data, query=False))
-        elapsed += time.perf_counter() - t0
+    idx, elapsed = index_items(items)
     t0 = time.perf_counter()
     packed = idx.packed()
     pack_s = time.perf_counter() - t0
@@ -428,6 +422,7 @@ def bench_shared(shared: Path, cache: Path, settings: Settings) -> dict[str, Any
 
 
 def index_items(items: Sequence[tuple[str, Path]]) -> tuple[SearchIndex, float]:
+    """Index ``items`` (key, path): the index (not yet packed) and the seconds spent extracting."""
     idx = SearchIndex()
     elapsed = 0.0
     for key, path in items:
@@ -435,7 +430,6 @@ def index_items(items: Sequence[tuple[str, Path]]) -> tuple[SearchIndex, float]:
         t0 = time.perf_counter()
         idx.add(key, extract_features(data, query=False))
         elapsed += time.perf_counter() - t0
-    idx.packed()
     return idx, elapsed
 
 
@@ -456,6 +450,7 @@ def bench_realres(
     rset = realres.build(cache, size=size, photos=photos, log=log)
     items = rset.catalog(size)
     idx, index_s = index_items(items)
+    idx.packed()
     mp = [rset.megapixels[key] for key, _ in items]
     log(f"  indexed {size:,} images ({np.mean(mp):.1f} MP mean) at {size / index_s:.1f} images/s")
     names = sorted(rset.queries)
