@@ -170,15 +170,16 @@ class IndexReader:
         try:
             manifest_changed = self.urls.refresh_manifest()
             if manifest_changed:
-                self._segments_etag = None  # URLs changed: rebuild the segments' part too
-                for rec in self._records.values():
-                    self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
+                self._segments_etag = None  # URLs changed: the rebuild below gives every entry its URL
         except StorageError as exc:  # keep the URLs of the last manifest read; try again soon
             errors.append(f"reading the manifest failed: {exc.message}")
         try:
             self._refresh_segments()
         except (StorageError, HarmonyError) as exc:  # keep the segments of the last manifest read
             errors.append(f"loading the segments failed: {exc.message}")
+            if manifest_changed:  # no rebuild: the records loaded one by one get their new URLs here
+                for rec in self._records.values():
+                    self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
         for e in errors:
             log.warning("%s", e)
         gone = [rk for rk in self._records if rk not in listing]
