@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -187,6 +187,50 @@ def look_scores(query: ImageFeatures, mirror: ImageFeatures, packed: PackedCatal
     return packed.look_scores(query.thumb, mirror.thumb)
 
 
+def best_rows(values: np.ndarray, size: int) -> np.ndarray:
+    """Positions of the ``size`` largest ``values`` (NaN counts as smallest), unordered; among
+    equal values at the cut, the first positions. The catalog's rows are in key order, so this
+    cut is the same whether one index or the shards of a catalog make it (shard fan-out: each
+    shard's cut, then the cut of their union)."""
+    n = len(values)
+    if size >= n:
+        return np.arange(n)
+    if size <= 0:
+        return np.zeros(0, dtype=np.intp)
+    ranked = -np.nan_to_num(values.astype(np.float64), nan=-np.inf)
+    kth = np.partition(ranked, size - 1)[size - 1]
+    above = np.flatnonzero(ranked < kth)
+    tied = np.flatnonzero(ranked == kth)[: size - len(above)]
+    return np.concatenate([above, tied])
+
+
+def first_pass(
+    query: ImageFeatures,
+    mirror: ImageFeatures,
+    packed: PackedCatalog,
+    *,
+    clock: _Clock | None = None,
+    looks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given)
+    and keypoint votes, the better of the query's and its mirror's."""
+    clock = clock or _Clock()
+    correlation = look_scores(query, mirror, packed) if looks is None else looks
+    clock.lap("thumbnails")
+    votes = np.maximum(
+        packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
+        packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
+    )
+    clock.lap("votes")
+    return correlation, votes
+
+
+def shortlist_cut(looks: np.ndarray, votes: np.ndarray, size: int) -> np.ndarray:
+    """Sorted positions of the best ``size`` by votes and the best ``size`` by looks
+    (:func:`best_rows`: ties by position)."""
+    return np.union1d(best_rows(votes, size), best_rows(looks, size))
+
+
 def shortlist(
     query: ImageFeatures,
     mirror: ImageFeatures,
@@ -197,22 +241,11 @@ def shortlist(
     looks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
-    thumbnail correlation (``looks``: :func:`look_scores`, computed unless given) — with each
-    one's thumbnail correlation and vote count."""
+    thumbnail correlation (:func:`first_pass`, :func:`shortlist_cut`) — with each one's
+    thumbnail correlation and vote count."""
     clock = clock or _Clock()
-    correlation = look_scores(query, mirror, packed) if looks is None else looks
-    clock.lap("thumbnails")
-    votes = np.maximum(
-        packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
-        packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
-    )
-    clock.lap("votes")
-    n = len(packed)
-    if size >= n:
-        return np.arange(n), correlation, votes
-    by_votes = np.argpartition(-votes, size - 1)[:size]
-    by_looks = np.argpartition(-correlation, size - 1)[:size]
-    rows = np.union1d(by_votes, by_looks)
+    correlation, votes = first_pass(query, mirror, packed, clock=clock, looks=looks)
+    rows = shortlist_cut(correlation, votes, size)
     clock.lap("shortlist cut")
     return rows, correlation[rows], votes[rows]
 
@@ -311,31 +344,132 @@ def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.nd
     return np.where(neutral, 1.0, agreement)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What default scoring's verification finds for some shortlisted rows, in key order: all a
+    shard of a catalog returns for its part of the shortlist (:func:`verify_shortlist`), and all
+    :func:`decide` needs. Per view arrays have shape (2, n): row 0 the query, row 1 its mirror."""
+
+    looks: np.ndarray
+    """(n,) thumbnail correlation, the better view's (from the first pass)."""
+    votes: np.ndarray
+    """(n,) keypoint votes, the better view's (from the first pass)."""
+    ssim: np.ndarray
+    """(2, n) the seed's SSIM."""
+    orb: np.ndarray
+    """(2, n) the seed's ORB ratio."""
+    inliers: np.ndarray
+    """(2, n) RANSAC inliers at 256 px."""
+    detail_inliers: np.ndarray
+    """(2, n) RANSAC inliers of the detail features; 0 where not verified (:func:`detail_choice`)."""
+    colour: np.ndarray
+    """(n,) :func:`colour_agreement`."""
+
+    def __len__(self) -> int:
+        return len(self.looks)
+
+    def take(self, order: np.ndarray) -> Evidence:
+        """These rows in ``order`` (positions)."""
+        return Evidence(
+            looks=self.looks[order],
+            votes=self.votes[order],
+            ssim=self.ssim[:, order],
+            orb=self.orb[:, order],
+            inliers=self.inliers[:, order],
+            detail_inliers=self.detail_inliers[:, order],
+            colour=self.colour[order],
+        )
+
+    @staticmethod
+    def concatenate(parts: list[Evidence]) -> Evidence:
+        """The rows of ``parts``, one after the other (no part: no rows)."""
+        if not parts:
+            none, pairs = np.zeros(0), np.zeros((2, 0))
+            return Evidence(none, none, pairs, pairs, pairs, pairs, none)
+        return Evidence(
+            looks=np.concatenate([p.looks for p in parts]),
+            votes=np.concatenate([p.votes for p in parts]),
+            ssim=np.concatenate([p.ssim for p in parts], axis=1),
+            orb=np.concatenate([p.orb for p in parts], axis=1),
+            inliers=np.concatenate([p.inliers for p in parts], axis=1),
+            detail_inliers=np.concatenate([p.detail_inliers for p in parts], axis=1),
+            colour=np.concatenate([p.colour for p in parts]),
+        )
+
+
+def _view_scores(e: Evidence, detail_inliers: np.ndarray) -> np.ndarray:
+    """(2, n) :func:`calibrated` scores of both views."""
+    seed = (e.ssim + e.orb) / 2.0
+    return np.stack([calibrated(e.inliers[v], detail_inliers[v], e.ssim[v], seed[v]) for v in (0, 1)])
+
+
+def detail_choice(e: Evidence) -> list[int]:
+    """Positions of the rows that get detail verification, from the 256 px evidence.
+
+    Detail verification costs ~1 ms per image and view: only for the best candidates so far,
+    the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
+    crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
+    short of certain. Each is a best-N by a per-row value, ties by position (key order), so the
+    choice over a whole shortlist lies within the union of the choices over its parts.
+    """
+    scores = _view_scores(e, np.zeros_like(e.inliers))
+    best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
+    best_looking = np.argsort(-e.looks, kind="stable")[:DETAIL_BY_LOOKS]
+    most_voted = np.argsort(-e.votes, kind="stable")[:DETAIL_BY_VOTES]
+    candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
+    return [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
+
+
+def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score, SSIM and ORB ratio of each row of ``e`` (a whole shortlist, in key order): the
+    better view's calibrated score with the detail evidence of the :func:`detail_choice` rows
+    only, less the colour tie-break."""
+    chosen = np.zeros(len(e), dtype=bool)
+    chosen[detail_choice(e)] = True
+    scores = _view_scores(e, np.where(chosen, e.detail_inliers, 0.0))
+    # All evidence above is grayscale: among equally strong candidates (two colourways of one
+    # product), the one whose colours agree with the query's goes first.
+    scores -= COLOUR_TIEBREAK * (1.0 - e.colour)
+    np.clip(scores, 0.0, 1.0, out=scores)
+    use_flip = scores[1] > scores[0]
+    return (
+        np.where(use_flip, scores[1], scores[0]),
+        np.where(use_flip, e.ssim[1], e.ssim[0]),
+        np.where(use_flip, e.orb[1], e.orb[0]),
+    )
+
+
 # One background thread for the mirror image's 512 px ORB: it does not depend on the first pass
 # or on 256 px verification, so it runs beside them (OpenCV releases the GIL); its result is
 # waited for only when detail verification starts.
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harmony-mirror")
 
 
-def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
-    clock = _Clock()
-    mirror = mirrored(query, detail=False)
+def verify_shortlist(
+    query: ImageFeatures,
+    mirror: ImageFeatures,
+    packed: PackedCatalog,
+    rows: np.ndarray,
+    *,
+    looks: np.ndarray,
+    votes: np.ndarray,
+    mirror_with_detail: Future[ImageFeatures] | None = None,
+    clock: _Clock | None = None,
+) -> Evidence:
+    """The :class:`Evidence` of ``rows`` (sorted) for ``query`` and its ``mirror`` (without
+    detail features: ``mirror_with_detail`` brings them, else they are computed here), with
+    ``looks`` and ``votes`` from the first pass. Detail verification runs for the
+    :func:`detail_choice` of these rows: for one index that is the choice :func:`decide` makes;
+    for a shard's part of a catalog's shortlist, a superset of its share of that choice."""
+    clock = clock or _Clock()
     views = (query, mirror)
-    clock.lap("mirror ORB")
-    looks = look_scores(query, mirror, packed)
-    clock.lap("thumbnails")
-    mirror_with_detail = _background.submit(mirror_detail, mirror, query)
-    size = shortlist_size(k)
-    rows, looks, votes = shortlist(query, mirror, packed, size, clock=clock, looks=looks)
     grays, descriptors = catalog_subset(packed, rows)  # gathered once for the query and its mirror
     clock.lap("gather shortlist")
     # the seed's cross-check and the nearest two for Lowe's ratio test: one pass over the pairs
     matches = [match_two(view.descriptors, descriptors) for view in views]
     clock.lap("cross-check + 2-NN")
-    seeds = []
-    for view, ssim, (counts, *_) in zip(views, ssim_pair(query.gray, mirror.gray, grays), matches, strict=True):
-        orb = orb_ratio(counts, view.keypoint_count)
-        seeds.append(Candidates(rows=rows, score=(ssim + orb) / 2.0, ssim=ssim, orb=orb))
+    ssim = np.stack(ssim_pair(query.gray, mirror.gray, grays))
+    orb = np.stack([orb_ratio(counts, view.keypoint_count) for view, (counts, *_) in zip(views, matches, strict=True)])
     clock.lap("SSIM")
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
@@ -365,35 +499,32 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
 
     map_threads(verify, range(len(rows)))
     clock.lap("verify")
-    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
-    # Detail verification costs ~1 ms per image and view: only for the best candidates so far,
-    # the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
-    # crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
-    # short of certain.
-    best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
-    best_looking = np.argsort(-looks, kind="stable")[:DETAIL_BY_LOOKS]
-    most_voted = np.argsort(-votes, kind="stable")[:DETAIL_BY_VOTES]
-    candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
-    todo = [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
-    detail_views[1] = mirror_with_detail.result()  # waited for even when unused: no work outlives a search
+    colour = colour_agreement(query, packed.colours_of(rows))
+    partial = Evidence(looks, votes, ssim, orb, inliers, detail_inliers, colour)
+    todo = detail_choice(partial)
+    # waited for even when unused: no work outlives a search
+    detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
     clock.lap("mirror detail ORB (wait)")
     if todo:
-        map_threads(verify_detail, todo)
+        map_threads(verify_detail, todo)  # fills detail_inliers, which ``partial`` holds
         clock.lap("detail verify")
-    scores = np.stack([calibrated(inliers[v], detail_inliers[v], seeds[v].ssim, seeds[v].score) for v in (0, 1)])
-    # All evidence above is grayscale: among equally strong candidates (two colourways of one
-    # product), the one whose colours agree with the query's goes first.
-    scores -= COLOUR_TIEBREAK * (1.0 - colour_agreement(query, packed.colours_of(rows)))
-    np.clip(scores, 0.0, 1.0, out=scores)
-    use_flip = scores[1] > scores[0]
-    result = Candidates(
-        rows=rows,
-        score=np.where(use_flip, scores[1], scores[0]),
-        ssim=np.where(use_flip, seeds[1].ssim, seeds[0].ssim),
-        orb=np.where(use_flip, seeds[1].orb, seeds[0].orb),
+    return partial
+
+
+def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
+    clock = _Clock()
+    mirror = mirrored(query, detail=False)
+    clock.lap("mirror ORB")
+    looks = look_scores(query, mirror, packed)
+    clock.lap("thumbnails")
+    mirror_with_detail = _background.submit(mirror_detail, mirror, query)
+    rows, looks, votes = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks)
+    evidence = verify_shortlist(
+        query, mirror, packed, rows, looks=looks, votes=votes, mirror_with_detail=mirror_with_detail, clock=clock
     )
+    score, ssim, orb = decide(evidence)
     clock.lap("colour + calibrate")
-    return result
+    return Candidates(rows=rows, score=score, ssim=ssim, orb=orb)
 
 
 def score_catalog(query: ImageFeatures, packed: PackedCatalog, *, scoring: Scoring, k: int) -> Candidates:
