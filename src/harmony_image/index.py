@@ -3,12 +3,24 @@
 Entries are keyed by their catalog key (a path or S3 key). Adding, replacing and removing are
 cheap; the packed arrays that scoring reads are rebuilt lazily on the next search (a segment's
 arrays are used where they are, not copied).
+
+A catalog split into shards (one index each) answers ``default`` searches exactly as one index
+over all of it, in two phases (harmony_aws/fanout.py carries them between functions):
+
+1. each shard's :meth:`SearchIndex.first_pass`: its best rows by keypoint votes and by looks;
+   :func:`merge_shortlists` cuts their union to the catalog's shortlist;
+2. each shard's :meth:`SearchIndex.verify` of its part of that shortlist (the per-row evidence);
+   :func:`merge_verified` chooses the detail evidence and calibrates over all of it, and ranks.
+
+Every cut is a best-N by a per-row value with ties by key, so the best N of the whole catalog
+lies within the union of the shards' best N (:func:`~harmony_image.scoring.best_rows`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -17,7 +29,17 @@ import numpy as np
 from .features import ImageFeatures
 from .packed import Block, CatalogEntry, PackedCatalog, build_block
 from .params import SearchParams
-from .scoring import Candidates, score_catalog
+from .scoring import (
+    Candidates,
+    Evidence,
+    decide,
+    mirrored,
+    score_catalog,
+    shortlist,
+    shortlist_cut,
+    shortlist_size,
+    verify_shortlist,
+)
 from .segment import Segment
 
 DEFAULT_PARAMS = SearchParams()
@@ -35,6 +57,30 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """Catalog rows by key, in key order, with their first-pass thumbnail correlation
+    (``looks``) and keypoint votes: a shard's best of each, or the catalog's shortlist."""
+
+    keys: tuple[str, ...]
+    looks: np.ndarray
+    votes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A shard's part of the catalog's shortlist, verified: each row's key, result URL and
+    content hash, and its :class:`~harmony_image.scoring.Evidence`, in key order."""
+
+    keys: tuple[str, ...]
+    urls: tuple[str, ...]
+    sha256: tuple[str, ...]
+    evidence: Evidence
 
 
 class SearchIndex:
@@ -127,25 +173,104 @@ class SearchIndex:
         packed = self.packed()
         if len(packed) == 0:
             return []
-        candidates = score_catalog(query, packed, scoring=params.scoring, k=params.k)
-        return _rank(packed, candidates, k=params.k, min_score=params.min_score)
+        c = score_catalog(query, packed, scoring=params.scoring, k=params.k)
+        return _rank(
+            c.rows,
+            c,
+            lambda row: (packed.keys[row], packed.url(row), packed.sha256(row)),
+            k=params.k,
+            min_score=params.min_score,
+        )
+
+    def first_pass(self, query: ImageFeatures, *, k: int) -> Shortlist:
+        """Phase 1 of a sharded ``default`` search for ``k`` results: this index's best rows by
+        keypoint votes and by looks (:func:`~harmony_image.scoring.shortlist`)."""
+        packed = self.packed()
+        if len(packed) == 0:
+            return Shortlist((), np.zeros(0), np.zeros(0, dtype=np.int64))
+        rows, looks, votes = shortlist(query, mirrored(query, detail=False), packed, shortlist_size(k))
+        return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), looks, votes)
+
+    def verify(self, query: ImageFeatures, part: Shortlist) -> Verified:
+        """Phase 2: the evidence for the rows of ``part`` (this index's share of the catalog's
+        shortlist, from :func:`merge_shortlists`) that it holds; keys it does not hold (removed
+        since phase 1) are left out."""
+        packed = self.packed()
+        found = [(row, i) for i, key in enumerate(part.keys) if (row := _row_of(packed, key)) is not None]
+        found.sort()
+        rows = np.array([row for row, _ in found], dtype=np.int64)
+        mine = np.array([i for _, i in found], dtype=np.int64)
+        evidence = verify_shortlist(
+            query, mirrored(query, detail=False), packed, rows, looks=part.looks[mine], votes=part.votes[mine]
+        )
+        r = rows.tolist()
+        return Verified(
+            keys=tuple(packed.keys[i] for i in r),
+            urls=tuple(packed.url(i) for i in r),
+            sha256=tuple(packed.sha256(i) for i in r),
+            evidence=evidence,
+        )
 
 
-def _rank(packed: PackedCatalog, c: Candidates, *, k: int, min_score: float | None) -> list[SearchResult]:
-    order = np.lexsort((c.rows, -c.score))  # best score first; ties by catalog order (key)
+def _row_of(packed: PackedCatalog, key: str) -> int | None:
+    """The row of ``key`` (the rows are in key order), or None."""
+    i = bisect_left(packed.keys, key)
+    return i if i < len(packed.keys) and packed.keys[i] == key else None
+
+
+def _key_order(keys: Iterable[str]) -> tuple[list[str], np.ndarray]:
+    """``keys`` sorted with each one's first position (a repeated key: its first place only)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    ordered = sorted(first)
+    return ordered, np.array([first[key] for key in ordered], dtype=np.int64)
+
+
+def merge_shortlists(parts: Iterable[Shortlist], *, k: int) -> Shortlist:
+    """The catalog's shortlist for ``k`` results from its shards' :meth:`SearchIndex.first_pass`
+    answers: the best :func:`~harmony_image.scoring.shortlist_size` by votes and by looks,
+    ties by key — the rows one index over the whole catalog shortlists."""
+    parts = list(parts)
+    keys, at = _key_order(key for p in parts for key in p.keys)
+    looks = np.concatenate([np.asarray(p.looks, dtype=np.float64) for p in parts] or [np.zeros(0)])[at]
+    votes = np.concatenate([np.asarray(p.votes, dtype=np.int64) for p in parts] or [np.zeros(0, np.int64)])[at]
+    chosen = shortlist_cut(looks, votes, shortlist_size(k))
+    return Shortlist(tuple(keys[i] for i in chosen.tolist()), looks[chosen], votes[chosen])
+
+
+def merge_verified(parts: Iterable[Verified], *, k: int, min_score: float | None = None) -> list[SearchResult]:
+    """The ``k`` best distinct results from the shards' :meth:`SearchIndex.verify` answers for one
+    shortlist (:func:`merge_shortlists`): detail choice, calibration and ranking over all of it
+    (:func:`~harmony_image.scoring.decide`), as one index does."""
+    parts = list(parts)
+    described = [(key, url, sha) for p in parts for key, url, sha in zip(p.keys, p.urls, p.sha256, strict=True)]
+    _, at = _key_order(d[0] for d in described)
+    evidence = Evidence.concatenate([p.evidence for p in parts]).take(at)
+    score, ssim, orb = decide(evidence)
+    c = Candidates(rows=np.arange(len(at)), score=score, ssim=ssim, orb=orb)
+    return _rank(c.rows, c, lambda i: described[int(at[i])], k=k, min_score=min_score)
+
+
+def _rank(
+    order_key: np.ndarray,
+    c: Candidates,
+    describe: Callable[[int], tuple[str, str, str]],
+    *,
+    k: int,
+    min_score: float | None,
+) -> list[SearchResult]:
+    """The ``k`` best distinct of ``c``: best score first, ties by ``order_key`` (key order);
+    ``describe(c.rows[i])`` is a row's key, URL and content hash."""
+    order = np.lexsort((order_key, -c.score))
 
     def ranked() -> Iterator[SearchResult]:
         for i in order:
             if min_score is not None and c.score[i] < min_score:
                 return
-            row = int(c.rows[i])
+            key, url, sha256 = describe(int(c.rows[i]))
             yield SearchResult(
-                key=packed.keys[row],
-                url=packed.url(row),
-                score=float(c.score[i]),
-                ssim=float(c.ssim[i]),
-                orb=float(c.orb[i]),
-                sha256=packed.sha256(row),
+                key=key, url=url, score=float(c.score[i]), ssim=float(c.ssim[i]), orb=float(c.orb[i]), sha256=sha256
             )
 
     return _distinct(ranked(), k=k)

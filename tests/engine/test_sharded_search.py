@@ -1,0 +1,73 @@
+"""A catalog split into shards answers ``default`` searches in two phases (first pass, then
+verification of the merged shortlist) exactly as one index over all of it: keys, URLs, scores,
+SSIM and ORB, on real images; ``seed`` (exhaustive) through the shards' merged results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harmony_image import SearchIndex, SearchParams, merge_results
+from harmony_image.index import Shortlist, merge_shortlists, merge_verified
+from harmony_image.scoring import best_rows, shortlist_size
+from tests.engine.test_tiers import entries, in_memory, queries  # noqa: F401 - the ~80 real entries and queries
+
+
+def phased(shards: list[SearchIndex], query, params: SearchParams):
+    """What harmony_aws.fanout does across functions, in process."""
+    shortlist = merge_shortlists([s.first_pass(query, k=params.k) for s in shards], k=params.k)
+    parts = []
+    for s in shards:  # each shard verifies the rows of the shortlist it holds
+        mine = [i for i, key in enumerate(shortlist.keys) if key in s]
+        part = Shortlist(tuple(shortlist.keys[i] for i in mine), shortlist.looks[mine], shortlist.votes[mine])
+        if len(part):
+            parts.append(s.verify(query, part))
+    return merge_verified(parts, k=params.k, min_score=params.min_score)
+
+
+def split(entries, n: int) -> list[SearchIndex]:  # noqa: F811 - the fixture's value
+    return [in_memory(entries[i::n]) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_sharded_default_search_is_the_one_index_search(entries, queries, n):  # noqa: F811
+    whole, shards = in_memory(entries), split(entries, n)
+    assert len(entries) > 2 * shortlist_size(12)  # the cuts choose
+    for name, q in queries.items():
+        for params in (SearchParams(k=1), SearchParams(k=5), SearchParams(k=12), SearchParams(k=40, min_score=0.05)):
+            assert phased(shards, q, params) == whole.search(q, params), (name, params)
+
+
+def test_sharded_seed_search_is_the_one_index_search(entries, queries):  # noqa: F811
+    whole, shards = in_memory(entries), split(entries, 3)
+    for name, q in list(queries.items())[::3]:
+        params = SearchParams(k=5, scoring="seed")
+        assert merge_results([s.search(q, params) for s in shards], k=5) == whole.search(q, params), name
+
+
+def test_a_shard_verifies_only_the_keys_it_holds(entries, queries):  # noqa: F811
+    shards = split(entries, 2)
+    q = next(iter(queries.values()))
+    shortlist = merge_shortlists([s.first_pass(q, k=5) for s in shards], k=5)
+    got = shards[0].verify(q, shortlist)
+    assert set(got.keys) == {k for k in shortlist.keys if k in shards[0]} and list(got.keys) == sorted(got.keys)
+    assert len(got.evidence) == len(got.keys) == len(got.urls) == len(got.sha256)
+    assert SearchIndex().first_pass(q, k=5).keys == ()
+
+
+def test_best_rows_cuts_ties_by_position_and_composes_over_parts():
+    """The best N of a whole lies within the union of its parts' best N (ties by position, here
+    the key order), which is what lets shards cut before the merge."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        values = rng.integers(0, 4, size=int(rng.integers(1, 60))).astype(np.float64)
+        size = int(rng.integers(1, 30))
+        want = np.sort(best_rows(values, size))
+        assert len(want) == min(size, len(values))
+        order = np.lexsort((np.arange(len(values)), -values))  # by value, ties by position
+        assert want.tolist() == np.sort(order[:size]).tolist()
+        cuts = np.sort(rng.choice(np.arange(1, len(values) + 1), size=min(3, len(values)), replace=False))
+        parts = np.split(np.arange(len(values)), cuts)  # some parts may be empty
+        union = np.sort(np.concatenate([p[best_rows(values[p], size)] for p in parts]))
+        assert np.sort(union[best_rows(values[union], size)]).tolist() == want.tolist()
+    assert np.sort(best_rows(np.array([np.nan, 1.0, np.nan, 0.0]), 3)).tolist() == [0, 1, 3]
