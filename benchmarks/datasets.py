@@ -45,9 +45,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from harmony_image.features import colour_signature
+from harmony_image.scoring import COLOURFUL
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".bench"
-FORMAT = "pkg-v1"
+FORMAT = "pkg-v2"
 MAX_SIDE = 1024
 
 # Real photographs bundled in scikit-image's wheel. Left out on purpose: motorcycle_right (the
@@ -153,33 +156,97 @@ def _caption(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+# The hard classes of issue 13 (misses measured on real shop and animal catalogs).
+INSET_AREA = 1 / 3
+"""Share of the composite picture's area the copy fills in ``inset_third`` (collages,
+screenshots, a product placed on a banner)."""
+HEAVY_CROP_AREA = 1 / 3
+"""Share of the original's area ``crop_third_q40`` keeps before strong compression."""
+COLOURWAY_HUE = 60
+"""Hue rotation in OpenCV's 0-180 hue units (120 degrees) that makes a catalog original's
+``colourway``: the same garment, other colours — a look-alike, not a copy."""
+RECOLOURED_HUE = 120
+"""Hue rotation (240 degrees) of the ``recoloured`` queries: a colourway that is not in the
+catalog, so the right answer is "not in the catalog"."""
+
+
+def _inset(img: np.ndarray, rng: np.random.Generator, backdrop: np.ndarray) -> np.ndarray:
+    """``img`` filling :data:`INSET_AREA` of a picture whose rest is ``backdrop`` (another
+    photo), at a random place."""
+    h, w = img.shape[:2]
+    scale = (1.0 / INSET_AREA) ** 0.5
+    canvas_h, canvas_w = round(h * scale), round(w * scale)
+    canvas = cv2.resize(backdrop, (canvas_w, canvas_h), interpolation=cv2.INTER_AREA)
+    y, x = int(rng.integers(0, canvas_h - h + 1)), int(rng.integers(0, canvas_w - w + 1))
+    canvas[y : y + h, x : x + w] = img
+    return _fit(canvas, MAX_SIDE)
+
+
+def _colour_cast(img: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """A photo filter's colour cast: each of B, G, R scaled by its gain — a copy still, which
+    a colour check that separates colourways must not reject."""
+    return np.clip(img.astype(np.float32) * np.asarray(gains, np.float32), 0, 255).round().astype(np.uint8)
+
+
+def hue_rotated(img: np.ndarray, hue: int) -> np.ndarray:
+    """``img`` with every hue turned by ``hue`` (OpenCV's 0-180 units); lightness and
+    saturation kept, so a grayscale copy of it is nearly the original's."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int32) + hue) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
 @dataclass(frozen=True)
 class Transform:
     name: str
-    apply: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    apply: Callable[[np.ndarray, np.random.Generator, np.ndarray], np.ndarray]
+    """(original, generator, backdrop: another photo, for composites) -> query image"""
     jpeg_quality: int = 90  # how the query file is encoded
 
 
 TRANSFORMS: tuple[Transform, ...] = (
-    Transform("resize_half", lambda im, r: _resize_by(im, 0.5)),
-    Transform("resize_quarter", lambda im, r: _resize_by(im, 0.25)),
-    Transform("thumbnail_128", lambda im, r: _fit(im, 128)),
-    Transform("jpeg_q20", lambda im, r: im, jpeg_quality=20),
-    Transform("jpeg_q50", lambda im, r: im, jpeg_quality=50),
-    Transform("crop_center_80", lambda im, r: _crop(im, 0.8, None)),
-    Transform("crop_random_70", lambda im, r: _crop(im, 0.7, r)),
-    Transform("pad_white_10", lambda im, r: _pad_white(im, 0.10)),
-    Transform("brighter", lambda im, r: _affine_light(im, 1.15, 35)),
-    Transform("darker", lambda im, r: _affine_light(im, 0.65, -5)),
-    Transform("grayscale", lambda im, r: _grayscale(im)),
-    Transform("blur", lambda im, r: cv2.GaussianBlur(im, (0, 0), 2.0)),
-    Transform("noise", lambda im, r: _gaussian_noise(im, 12.0, r)),
-    Transform("rotate_10", lambda im, r: _rotate_small(im, 10.0)),
-    Transform("rotate_90", lambda im, r: np.ascontiguousarray(np.rot90(im, k=-1))),
-    Transform("hflip", lambda im, r: np.ascontiguousarray(im[:, ::-1])),
-    Transform("text_overlay", _caption),
-    Transform("stretch_130", lambda im, r: _resize_by(im, 1.3, 1.0)),
+    Transform("resize_half", lambda im, r, b: _resize_by(im, 0.5)),
+    Transform("resize_quarter", lambda im, r, b: _resize_by(im, 0.25)),
+    Transform("thumbnail_128", lambda im, r, b: _fit(im, 128)),
+    Transform("jpeg_q20", lambda im, r, b: im, jpeg_quality=20),
+    Transform("jpeg_q50", lambda im, r, b: im, jpeg_quality=50),
+    Transform("crop_center_80", lambda im, r, b: _crop(im, 0.8, None)),
+    Transform("crop_random_70", lambda im, r, b: _crop(im, 0.7, r)),
+    Transform("pad_white_10", lambda im, r, b: _pad_white(im, 0.10)),
+    Transform("brighter", lambda im, r, b: _affine_light(im, 1.15, 35)),
+    Transform("darker", lambda im, r, b: _affine_light(im, 0.65, -5)),
+    Transform("grayscale", lambda im, r, b: _grayscale(im)),
+    Transform("blur", lambda im, r, b: cv2.GaussianBlur(im, (0, 0), 2.0)),
+    Transform("noise", lambda im, r, b: _gaussian_noise(im, 12.0, r)),
+    Transform("rotate_10", lambda im, r, b: _rotate_small(im, 10.0)),
+    Transform("rotate_90", lambda im, r, b: np.ascontiguousarray(np.rot90(im, k=-1))),
+    Transform("hflip", lambda im, r, b: np.ascontiguousarray(im[:, ::-1])),
+    Transform("text_overlay", lambda im, r, b: _caption(im, r)),
+    Transform("stretch_130", lambda im, r, b: _resize_by(im, 1.3, 1.0)),
+    Transform("inset_third", _inset),
+    Transform("crop_third_q40", lambda im, r, b: _crop(im, HEAVY_CROP_AREA**0.5, r), jpeg_quality=40),
+    Transform("rotate_bright", lambda im, r, b: _affine_light(_rotate_small(im, 4.0), 1.2, 25)),
+    Transform("recoloured", lambda im, r, b: hue_rotated(im, RECOLOURED_HUE), jpeg_quality=75),
+    Transform("warm_filter", lambda im, r, b: _colour_cast(im, (0.8, 0.95, 1.15)), jpeg_quality=75),
 )
+NOT_A_COPY = frozenset({"recoloured"})
+"""Transforms whose queries are look-alikes, not copies: their right answer is "not in the
+catalog" whatever the original."""
+RECOLOURINGS = frozenset({"recoloured"})
+"""Transforms applied to colourful originals only."""
+
+
+def copy_group(name: str) -> str:
+    """The picture a set file (``<stem>.jpg``, ``<stem>__<transform>.jpg``) is a copy of: its
+    photo's stem; a colourway's, for a colourway and its copies; its own name for a look-alike."""
+    stem, _, transform = Path(name).stem.partition("__")
+    if transform in NOT_A_COPY:
+        return Path(name).stem
+    if transform.startswith("colourway"):
+        return f"{stem}__colourway"
+    return stem
+
+
 TRANSFORM_NAMES = tuple(t.name for t in TRANSFORMS)
 
 
@@ -287,6 +354,20 @@ def _write_distractors(args: tuple[int, str, list[int]]) -> int:
 # The set.
 
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def source_photos(photos: Path | None) -> tuple[list[Path], str]:
+    """The photos a set is built from — ``photos`` (a folder), or scikit-image's bundled ones —
+    and a description of where they come from."""
+    if photos is None:
+        return skimage_photo_paths(), "scikit-image's bundled photos"
+    paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if len(paths) < 2 * HELD_OUT:
+        raise ValueError(f"--photos {photos}: fewer than {2 * HELD_OUT} images")
+    return paths, str(photos)
+
+
 def skimage_photo_paths() -> list[Path]:
     import skimage  # dev dependency; only its bundled files are read
 
@@ -304,6 +385,7 @@ class BenchSet:
     distractors: list[str]  # file names under distractors/, in order
     queries: dict[str, str | None]  # query file -> original file (None: negative)
     transforms: dict[str, str]
+    held_out: list[str]  # photos whose copies are negatives
 
     def catalog(self, size: int) -> list[tuple[str, Path]]:
         """(key, path) of a catalog of ``size`` images: all originals, then distractors."""
@@ -325,13 +407,25 @@ class BenchSet:
 
 
 def build(
-    cache: Path | str = DEFAULT_CACHE, *, distractors: int, seed: int = 7, workers: int | None = None, log: Log = print
+    cache: Path | str = DEFAULT_CACHE,
+    *,
+    distractors: int,
+    seed: int = 7,
+    photos: Path | None = None,
+    workers: int | None = None,
+    log: Log = print,
 ) -> BenchSet:
-    """Build (or extend) the cached set with at least ``distractors`` distractors."""
-    root = Path(cache) / f"{FORMAT}-s{seed}"
+    """Build (or extend) the cached set with at least ``distractors`` distractors, from
+    ``photos`` (a folder; default: scikit-image's bundled photos)."""
+    paths, _ = source_photos(photos)
+    name = f"{FORMAT}-s{seed}"
+    if photos is not None:
+        listing = "\n".join(f"{p.name} {p.stat().st_size}" for p in paths)
+        name += "-" + hashlib.sha256(listing.encode()).hexdigest()[:8]
+    root = Path(cache) / name
     truth_path = root / "truth.json"
     if not truth_path.exists():
-        _build_photos(root, seed, log)
+        _build_photos(root, paths, seed, log)
     truth = json.loads(truth_path.read_text())
     folder = root / "distractors"
     folder.mkdir(parents=True, exist_ok=True)
@@ -352,11 +446,11 @@ def build(
         distractors=[f"d_{i:06d}.jpg" for i in range(distractors)],
         queries=truth["queries"],
         transforms=truth["transforms"],
+        held_out=truth["held_out"],
     )
 
 
-def _build_photos(root: Path, seed: int, log: Log) -> None:
-    paths = skimage_photo_paths()
+def _build_photos(root: Path, paths: list[Path], seed: int, log: Log) -> None:
     rng = np.random.default_rng([seed, 0xC0DE])
     order = rng.permutation(len(paths))
     held_out = {paths[i].name for i in order[:HELD_OUT]}
@@ -365,24 +459,45 @@ def _build_photos(root: Path, seed: int, log: Log) -> None:
     queries: dict[str, str | None] = {}
     transforms: dict[str, str] = {}
     catalog: list[str] = []
+    images = {}
     for path in paths:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise RuntimeError(f"cannot read {path}")
-        img = _fit(img, MAX_SIDE)
+        images[path.name] = _fit(img, MAX_SIDE)
+    backdrops = sorted(held_out)
+    for path in paths:
+        img = images[path.name]
         stem = path.stem
         answer = None
+        colourful = colour_signature(img)[-1] >= COLOURFUL
         if path.name not in held_out:
             answer = f"{stem}.jpg"
             (root / "originals" / answer).write_bytes(_encode_jpeg(img, 92))
             catalog.append(answer)
+            if colourful:
+                # the same picture in other colours, as its own catalog item: queries of the
+                # original must rank it below the original, and its copies must find it
+                colourway = f"{stem}__colourway.jpg"
+                recolour = hue_rotated(img, COLOURWAY_HUE)
+                (root / "originals" / colourway).write_bytes(_encode_jpeg(recolour, 92))
+                catalog.append(colourway)
+                name = f"{stem}__colourway_copy.jpg"
+                (root / "queries" / name).write_bytes(_encode_jpeg(_resize_by(recolour, 0.5), 50))
+                queries[name] = colourway
+                transforms[name] = "colourway_copy"
+        others = [b for b in backdrops if b != path.name]
         for t in TRANSFORMS:
+            if t.name in RECOLOURINGS and not colourful:
+                continue  # turning the hues of a gray picture changes nothing
             # per (original, transform) generator: adding a transform does not shift the others
             trng = np.random.default_rng([seed, zlib.crc32(f"{stem}/{t.name}".encode())])
-            out = t.apply(img, trng)
+            brng = np.random.default_rng([seed, zlib.crc32(f"{stem}/{t.name}/backdrop".encode())])
+            backdrop = images[others[int(brng.integers(0, len(others)))]]
+            out = t.apply(img, trng, backdrop)
             name = f"{stem}__{t.name}.jpg"
             (root / "queries" / name).write_bytes(_encode_jpeg(out, t.jpeg_quality))
-            queries[name] = answer
+            queries[name] = None if t.name in NOT_A_COPY else answer
             transforms[name] = t.name
     truth = {
         "format": FORMAT,

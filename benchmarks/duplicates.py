@@ -59,10 +59,11 @@ def catalog_items(bset: datasets.BenchSet, size: int) -> list[tuple[str, Path]]:
 
 
 def photo_of(key: str) -> str | None:
-    """The photo a catalog key comes from (its stem before ``__``), None for a distractor."""
+    """The picture a catalog key is a copy of (:func:`~benchmarks.datasets.copy_group`), None
+    for a distractor."""
     if key.startswith("distractors/"):
         return None
-    return Path(key).name.split("__")[0].rsplit(".", 1)[0]
+    return datasets.copy_group(key)
 
 
 def pairs_within(groups: Iterable[Iterable[str]]) -> set[Pair]:

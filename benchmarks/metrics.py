@@ -19,7 +19,9 @@ PARITY_TOL = 1e-5  # score difference that counts as a tie when comparing two to
 Truth = Mapping[str, str | None]
 # (threshold, precision, recall) of "accept the top-1 result when its score >= threshold"
 PrPoint = tuple[float, float, float]
-NO_QUERIES: Mapping[str, int] = {"n": 0, "r1": 0, "r5": 0, "neg": 0}  # per-transform counts
+# per-transform counts: queries with an answer, found first, found in the top K; negatives, and
+# negatives whose top score reaches the engine's "same image" threshold (a false "copy")
+NO_QUERIES: Mapping[str, int] = {"n": 0, "r1": 0, "r5": 0, "neg": 0, "neg_copy": 0}
 
 
 @dataclass
@@ -133,6 +135,7 @@ def quality(
         counts = per_transform.setdefault(transforms.get(q, "?"), dict(NO_QUERIES))
         if truth[q] is None:
             counts["neg"] += 1
+            counts["neg_copy"] += bool(threshold and run.scores[q] and run.scores[q][0] >= threshold[1])
         else:
             counts["n"] += 1
             counts["r1"] += ranks[q] == 1

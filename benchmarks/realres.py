@@ -41,7 +41,6 @@ MEGAPIXELS = (1.0, 12.0, 2.0, 8.0, 3.0, 6.0, 1.5, 4.0)  # resolution classes, cy
 GRAIN = 2.5  # sensor-like noise (grey levels, standard deviation)
 JPEG_QUALITY = 90
 HELD_OUT_SHARE = 0.2
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 Log = Callable[..., None]
 
@@ -100,15 +99,6 @@ class RealResSet:
         return self.root / "queries" / name
 
 
-def source_photos(photos: Path | None) -> tuple[list[Path], str]:
-    if photos is None:
-        return datasets.skimage_photo_paths(), "scikit-image's bundled photos"
-    paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-    if len(paths) < 4:
-        raise ValueError(f"--photos {photos}: fewer than 4 images")
-    return paths, str(photos)
-
-
 def _encode(img: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -132,7 +122,7 @@ def _write_distractors(args: tuple[int, str, list[int]]) -> dict[str, float]:
 
 
 def build(cache: Path, *, size: int, photos: Path | None = None, seed: int = 7, log: Log = print) -> RealResSet:
-    paths, source = source_photos(photos)
+    paths, source = datasets.source_photos(photos)
     tag = hashlib.sha256("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:8]
     root = Path(cache) / f"{FORMAT}-s{seed}-{tag}"
     truth_path = root / "truth.json"

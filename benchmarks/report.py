@@ -54,8 +54,17 @@ def seed_on_all_queries(size_result: dict[str, Any]) -> bool:
 
 def transform_table(seed_q: dict[str, Any], default_q: dict[str, Any]) -> list[str]:
     lines = table_head(
-        ["transform", "queries", "seed recall@1", "default recall@1", "seed recall@5", "default recall@5", "negatives"],
-        "lrrrrrr",
+        [
+            "transform",
+            "queries",
+            "seed recall@1",
+            "default recall@1",
+            "seed recall@5",
+            "default recall@5",
+            "negatives",
+            "default: negatives scored as a copy",
+        ],
+        "lrrrrrrr",
     )
     names = sorted(set(seed_q["per_transform"]) | set(default_q["per_transform"]))
     for t in names:
@@ -71,6 +80,7 @@ def transform_table(seed_q: dict[str, Any], default_q: dict[str, Any]) -> list[s
                     fraction(s["r5"], s["n"]),
                     fraction(d["r5"], d["n"]),
                     str(max(s["neg"], d["neg"])),
+                    fraction(d.get("neg_copy", 0), d["neg"]),
                 ]
             )
         )

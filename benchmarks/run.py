@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-queries", type=int, help="use a fixed subset of this many queries (default all; --quick: 120)"
     )
     ap.add_argument(
-        "--photos", help="a folder of real photos for the real-resolution set (default: the project's own photos)"
+        "--photos",
+        help="a folder of real photos for the copy-detection and real-resolution sets (default: the project's)",
     )
     ap.add_argument("--realres-size", type=int, help="real-resolution catalog size (default 1000, --quick 60, 0 skips)")
     ap.add_argument(
@@ -128,15 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {results['machine']}")
 
     # the first build only makes the photos and queries, to learn how many originals there are
-    bset = datasets.build(cache, distractors=0, seed=a.dataset_seed, log=log)
-    bset = datasets.build(cache, distractors=max(0, max(sizes) - len(bset.originals)), seed=a.dataset_seed, log=log)
+    photos = Path(a.photos) if a.photos else None
+    bset = datasets.build(cache, distractors=0, seed=a.dataset_seed, photos=photos, log=log)
+    need = max(0, max(sizes) - len(bset.originals))
+    bset = datasets.build(cache, distractors=need, seed=a.dataset_seed, photos=photos, log=log)
     names = sorted(bset.queries)
     if a.max_queries:
         names = datasets.evenly_spaced(names, a.max_queries)
     results["dataset"] = {
         "root": str(bset.root),
         "originals": len(bset.originals),
-        "held_out": len({n.split("__")[0] for n in bset.queries if bset.queries[n] is None}),
+        "held_out": len(bset.held_out),
         "queries": len(names),
         "negatives": sum(bset.queries[n] is None for n in names),
     }
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         results["realres"] = runners.bench_realres(
             cache,
             size=a.realres_size,
-            photos=Path(a.photos) if a.photos else None,
+            photos=photos,
             seed_method_queries=a.seed_method_queries,
             repeats=a.repeats,
             k_queries=8 if a.quick else 24,

@@ -16,6 +16,13 @@ def test_photo_of_reads_originals_and_copies_and_not_distractors() -> None:
     assert photo_of("distractors/d_000001.jpg") is None
 
 
+def test_photo_of_keeps_colourways_and_look_alikes_apart_from_their_photo() -> None:
+    assert photo_of("originals/chelsea__colourway.jpg") == "chelsea__colourway"
+    assert photo_of("copies/chelsea__colourway_copy.jpg") == "chelsea__colourway"
+    assert photo_of("copies/chelsea__recoloured.jpg") == "chelsea__recoloured"
+    assert photo_of("copies/chelsea__inset_third.jpg") == "chelsea"
+
+
 def test_pair_precision_and_recall() -> None:
     truth = pairs_within([["a", "b", "c"]])  # 3 true pairs
     assert truth == {("a", "b"), ("a", "c"), ("b", "c")}
