@@ -6,7 +6,8 @@
 * The **verification tier** — the 256x256 grayscale, all ORB descriptors and keypoints, the
   detail features (~110 KB per image) — is read only for the rows a query keeps (all rows for
   ``seed``). It is in memory for entries added one by one, and memory-mapped from a stored
-  segment (:mod:`harmony_image.segment`) for compacted ones.
+  segment (:mod:`harmony_image.segment`) for compacted ones — or read by byte ranges of a
+  segment not on local disk, the rows a query gathers at once (:meth:`VerificationTier.prefetch`).
 
 Entries come in :class:`Block` s (a batch with both tiers); :class:`PackedCatalog` orders the
 live entries of all blocks by key — the catalog order ties are broken by — and runs the batch
@@ -54,18 +55,9 @@ def offsets_of(counts: list[int]) -> np.ndarray:
     return offsets
 
 
-def pack_rows(pack: DescriptorPack, rows: list[int]) -> tuple[list[np.ndarray], list[int]]:
-    """The plane chunks and descriptor counts of images ``rows`` of ``pack`` (for :func:`join_packs`)."""
-    chunks, counts = [], []
-    for j in rows:
-        lo, hi = int(pack.offsets[j]), int(pack.offsets[j + 1])
-        chunks.append(pack.planes[4 * lo : 4 * hi])
-        counts.append(hi - lo)
-    return chunks, counts
-
-
 def join_packs(chunks: list[np.ndarray], counts: list[int]) -> DescriptorPack:
-    """A pack of images given by their plane chunks — the same planes, so the same scores."""
+    """A pack of images given by their plane chunks (each 1-D, 4n words) — the same planes, so the
+    same scores."""
     planes = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint64)
     return DescriptorPack.from_arrays(np.ascontiguousarray(planes, dtype=np.uint64), offsets_of(counts))
 
@@ -147,6 +139,19 @@ class VerificationTier(ABC):
     """Every image's ORB descriptors, as the seed kernels read them."""
     mapped: bool
     """Whether the arrays are memory-mapped (then not process memory: the kernel's page cache)."""
+
+    def prefetch(self, rows: list[int]) -> None:  # noqa: B027 - a hook: nothing to do for most tiers
+        """Start reading images ``rows``' arrays, which are about to be read (a tier read by
+        byte ranges fetches them all at once); tiers in memory or mapped have nothing to do."""
+
+    def gray_of(self, i: int) -> np.ndarray:
+        """Image i's (256, 256) uint8 grayscale."""
+        gray: np.ndarray = self.grays[i]
+        return gray
+
+    def planes_of(self, i: int) -> np.ndarray:
+        """Image i's ORB descriptors as (4, n) uint64 planes (:meth:`DescriptorPack.words`)."""
+        return self.descriptors.words(i)
 
     @abstractmethod
     def keypoints_of(self, i: int) -> np.ndarray:
@@ -230,7 +235,7 @@ class Block:
 
     def descriptors_of(self, i: int) -> np.ndarray:
         """Image i's (n, 32) uint8 ORB descriptors, from their planes."""
-        words = self.verification.descriptors.words(i)
+        words = self.verification.planes_of(i)
         rows: np.ndarray = np.ascontiguousarray(words.T).view(np.uint8).reshape(-1, DESCRIPTOR_BYTES)
         return rows
 
@@ -243,7 +248,7 @@ class Block:
             sha256=short.sha256_hex(i),
             width=int(short.sizes[i, 0]),
             height=int(short.sizes[i, 1]),
-            gray=verification.grays[i],
+            gray=verification.gray_of(i),
             keypoints=verification.keypoints_of(i),
             descriptors=self.descriptors_of(i),
             thumb=short.thumbs[i],
@@ -374,13 +379,18 @@ class PackedCatalog:
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, DescriptorPack]:
         """The grayscales and packed seed descriptors of ``rows``, as the seed kernels read them."""
         grays = np.empty((len(rows), SEED_SIDE, SEED_SIDE), dtype=np.uint8)
+        located = [self._locate(row) for row in rows.tolist()]
+        wanted: dict[int, list[int]] = {}
+        for row in rows.tolist():
+            wanted.setdefault(int(self.block_of[row]), []).append(int(self.local_of[row]))
+        for b, local in wanted.items():  # every block's reads start before the first is waited for
+            self.blocks[b].verification.prefetch(local)
         chunks, counts = [], []
-        for k, row in enumerate(rows.tolist()):
-            block, i = self._locate(row)
-            grays[k] = block.verification.grays[i]
-            chunk, count = pack_rows(block.verification.descriptors, [i])
-            chunks += chunk
-            counts += count
+        for k, (block, i) in enumerate(located):
+            grays[k] = block.verification.gray_of(i)
+            planes = block.verification.planes_of(i)
+            chunks.append(planes.reshape(-1))
+            counts.append(planes.shape[1])
         return grays, join_packs(chunks, counts)
 
     def colours_of(self, rows: np.ndarray) -> np.ndarray:

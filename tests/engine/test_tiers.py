@@ -15,7 +15,7 @@ import pytest
 from harmony_image import ImageFeatures, IndexFormatError, SearchIndex, SearchParams, extract_features, scoring
 from harmony_image.features import FEATURE_VERSION
 from harmony_image.packed import CatalogEntry
-from harmony_image.segment import Segment, save_segment, segment_bytes
+from harmony_image.segment import RangedTier, RowCache, Segment, save_segment, segment_bytes
 from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_bytes
 
 EDGE_IMAGES = ("flat_gray.png", "tiny_4x3.png", "camera_gray.png", "coffee.webp")
@@ -186,6 +186,104 @@ def test_default_reads_the_verification_tier_of_shortlisted_rows_only(entries, q
         params = SearchParams(k=k, scoring=scoring_name)
         same = noisy.search(query, params) == index.search(query, params)
         assert same is not moved, scoring_name
+
+
+class FileRanges:
+    """A RangeReader over a segment's bytes that counts its calls and can be made to misbehave."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.calls = data, 0
+        self.ranges: list[tuple[int, int]] = []
+        self.short = False
+
+    def __call__(self, ranges):
+        self.calls += 1
+        self.ranges += list(ranges)
+        return [self.data[a : b - 1 if self.short else b] for a, b in ranges]
+
+
+def _ranged(data: bytes, *, head: int, whole=None, cache=None) -> tuple[Segment, FileRanges]:
+    read = FileRanges(data)
+    return Segment.open_ranged(read, size=len(data), name="s", head=data[:head], whole=whole, cache=cache), read
+
+
+@pytest.mark.parametrize("head", [0, 100, "shortlist"])
+def test_a_segment_read_by_ranges_answers_as_the_whole_file(entries, queries, segment_file, head, tmp_path):
+    """Only the header and shortlist tier are read to open it (``head``: what the caller already
+    has); a default search reads its shortlisted rows' verification rows in one call, seed waits
+    for the whole file; every answer is the whole file's, exactly."""
+    data = segment_file.read_bytes()
+    end = Segment.open(segment_file).header["shortlist_end"]
+    segment, read = _ranged(data, head=end if head == "shortlist" else head, whole=lambda: segment_file)
+    assert read.calls == {0: 3, 100: 2, "shortlist": 0}[head]  # the rest of: the prelude, header, shortlist tier
+    assert max(b for _, b in read.ranges or [(0, 0)]) <= end
+    tier = segment.block.verification
+    assert isinstance(tier, RangedTier) and not tier.mapped and tier.nbytes == 0
+    whole, ranged = SearchIndex(), SearchIndex()
+    whole.add_segment(Segment.open(segment_file))
+    ranged.add_segment(segment)
+    first = next(iter(queries.values()))
+    assert ranged.search(first, SearchParams(k=3)) == whole.search(first, SearchParams(k=3))
+    # its <= 2 x 24 shortlisted rows of 76 (and what the coalescing adds between them)
+    assert 0 < tier.bytes_read < 0.75 * (len(data) - end)
+    for k in (3, 10):
+        for name, query in queries.items():
+            calls = read.calls
+            assert ranged.search(query, SearchParams(k=k)) == whole.search(query, SearchParams(k=k)), name
+            assert read.calls - calls <= 1, name  # this query's rows at once (or none: read before)
+    assert 0 < tier.nbytes <= tier.bytes_read and not tier.mapped
+    assert ranged.search(first, SearchParams(k=5, scoring="seed")) == whole.search(
+        first, SearchParams(k=5, scoring="seed")
+    )
+    assert tier.mapped and tier.nbytes > 0  # seed attached the whole file: no more reads
+    calls = read.calls
+    for name, query in queries.items():
+        assert ranged.search(query, SearchParams(k=5)) == whole.search(query, SearchParams(k=5)), name
+    assert read.calls == calls
+    other = tmp_path / "other.seg"
+    save_segment(other, entries[:5])
+    with pytest.raises(IndexFormatError, match="not a copy"):
+        segment.attach(other)
+
+
+def test_a_ranged_segment_without_a_local_copy_reads_the_whole_file_for_seed(segment_file, queries):
+    data = segment_file.read_bytes()
+    segment, read = _ranged(data, head=len(data) // 50)
+    whole = SearchIndex()
+    whole.add_segment(Segment.open(segment_file))
+    ranged = SearchIndex()
+    ranged.add_segment(segment)
+    query = queries["chelsea__hflip.jpg"]
+    params = SearchParams(k=5, scoring="seed")
+    assert ranged.search(query, params) == whole.search(query, params)
+    assert (0, len(data)) in read.ranges
+
+
+def test_rows_read_by_ranges_are_cached_coalesced_and_bounded(entries, segment_file):
+    data = segment_file.read_bytes()
+    cache = RowCache(max_bytes=6 * 120 * 1024)  # room for about six images' rows
+    segment, read = _ranged(data, head=0, cache=cache)
+    tier = segment.block.verification
+    want = Segment.open(segment_file).block.verification
+    calls = read.calls
+    tier.prefetch([3, 4, 5])  # neighbours: each array's three rows in one range
+    assert np.array_equal(tier.gray_of(4), want.gray_of(4)) and read.calls == calls + 1
+    assert len(read.ranges) - 3 <= 5  # five arrays
+    for i in (3, 5):
+        assert np.array_equal(tier.planes_of(i), want.planes_of(i))
+        assert np.array_equal(tier.keypoints_of(i), want.keypoints_of(i))
+        for got, expected in zip(tier.detail_of(i), want.detail_of(i), strict=True):
+            assert np.array_equal(got, expected)
+    assert read.calls == calls + 1  # all from the cache
+    for i in range(10, 30):
+        tier.gray_of(i)
+    assert cache.nbytes_of(0) <= cache.max_bytes  # the least recently used went
+    assert np.array_equal(tier.gray_of(3), want.gray_of(3)) and read.calls == calls + 22  # read again
+    read.short = True
+    with pytest.raises(IndexFormatError, match="read as"):
+        tier.gray_of(40)
+    read.short = False
+    assert np.array_equal(tier.gray_of(40), want.gray_of(40))  # a failed read is tried again
 
 
 def test_latest_add_or_segment_wins(entries):
