@@ -2,10 +2,14 @@
 
 The index is the compacted segments (segments.py; when the bucket has been compacted) plus the
 records that differ from what the segments hold. A cold start reads the segments manifest,
-the segments (a few large GETs, cached on local disk) and then, one by one, only the records
-newer than them. A refresh (after ``ttl`` seconds) lists the records and fetches only new and
-changed ones (by ETag), in parallel; it reloads the segments only when the manifest changed (one
-HEAD otherwise).
+each segment's header and shortlist tier (one ranged GET each; the verification rows of the
+images a query shortlists are read by ranged GETs when it needs them, while the whole files
+download to local disk in the background) and then, one by one, only the records newer than
+them. A segment found replaced in S3 while in use fails the query that read it; the next
+:meth:`IndexReader.index` serves the records instead until the segments load again.
+
+A refresh (after ``ttl`` seconds) lists the records and fetches only new and changed ones (by
+ETag), in parallel; it reloads the segments only when the manifest changed (one HEAD otherwise).
 
 Each record is loaded on its own (S3 reads are checked and retried in s3.py): one that still
 cannot be read is left out of this refresh - an older version of it, if any, is kept - and
@@ -42,7 +46,10 @@ RETRY_SECONDS = 1.0
 SEGMENT_CACHE = Path("/tmp/harmony-segments")  # noqa: S108 - Lambda's only writable disk; segments are public to the function anyway
 """Where downloaded segments are kept (Lambda's /tmp holds up to 10 GB)."""
 SEGMENT_WORKERS = 4
-"""Segments downloaded at once (each is up to ~100 MB, streamed to disk)."""
+"""Segments downloaded at once when they are downloaded whole before use (each is up to ~110 MB,
+streamed to disk)."""
+SHORTLIST_WORKERS = 16
+"""Segments whose header and shortlist tier (~7 MB each) are read at once."""
 _NO_MANIFEST = "none"
 
 
@@ -58,9 +65,13 @@ class IndexReader:
         load_workers: int = POOL_CONNECTIONS,  # cold loads are latency-bound: one per connection
         cache_dir: str | Path = SEGMENT_CACHE,
         shard: tuple[int, int] | None = None,
+        ranged: bool = True,
+        background: bool = True,
     ) -> None:
         """``shard``: ``(i, n)`` serves only the catalog keys of shard ``i`` of ``n``
-        (:func:`~harmony_aws.layout.shard_of`); None serves them all."""
+        (:func:`~harmony_aws.layout.shard_of`); None serves them all. ``ranged``: a segment not
+        on local disk is read by ranged GETs (else downloaded whole first), and downloaded whole
+        in the ``background`` (see :class:`~harmony_aws.segments.SegmentCache`)."""
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard[0]} of {shard[1]} does not exist")
         self.shard = shard
@@ -71,7 +82,7 @@ class IndexReader:
         self._lock = threading.Lock()
         self._index = SearchIndex()
         self._records: dict[str, StoredRecord] = {}  # loaded one by one: newer than the segments
-        self._segments = SegmentCache(bucket, cache_dir)
+        self._segments = SegmentCache(bucket, cache_dir, ranged=ranged, background=background)
         self._segments_etag: str | None = None  # of the manifest the segments came from
         self._folded: Folded = {}  # records the segments hold
         self._dropped: set[str] = set()  # of those, records no longer listed (removed from the index)
@@ -97,10 +108,15 @@ class IndexReader:
         with self._lock:
             now = time.monotonic()
             wait = min(self.ttl, RETRY_SECONDS) if self._retry_soon else self.ttl
-            if force or self._loaded_at is None or now - self._loaded_at >= wait:
+            stale = self._loaded_at is None or now - self._loaded_at >= wait or bool(self._segments.replaced)
+            if force or stale:
                 self._refresh()
                 self._loaded_at = time.monotonic()
             return self._index
+
+    def wait_for_segments(self) -> None:
+        """Wait until the segments read by ranges so far are downloaded whole (or failed to be)."""
+        self._segments.wait()
 
     def _try_load(self, rkey: str) -> tuple[str, StoredRecord | BaseException | None]:
         try:
@@ -130,7 +146,7 @@ class IndexReader:
                     f"shard {self.shard[0]} of {self.shard[1]}: compact again with {self.shard[1]} shards"
                 )
             refs = tuple(manifest.of_shard(self.shard[0] if self.shard else None))
-        workers = max(1, min(SEGMENT_WORKERS, len(refs)))
+        workers = max(1, min(SHORTLIST_WORKERS if self._segments.ranged else SEGMENT_WORKERS, len(refs)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             segments = list(pool.map(self._segments.open, refs))
             folded_of = list(pool.map(lambda ref: read_folded(self.bucket, ref), refs))
@@ -154,8 +170,19 @@ class IndexReader:
         self._segments_etag = manifest.etag if manifest is not None else _NO_MANIFEST
         self._segments.keep_only(refs)
 
+    def _forget_segments(self) -> None:
+        """Serve the records one by one instead of the segments (one was found replaced in S3)."""
+        log.warning("segments %s changed in S3 while in use; serving the records", sorted(self._segments.replaced))
+        self._segments.replaced.clear()
+        index = SearchIndex()
+        for rec in self._records.values():
+            index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
+        self._index, self._folded, self._dropped, self._segments_etag = index, {}, set(), None
+
     def _refresh(self) -> None:
         t0 = time.perf_counter()
+        if self._segments.replaced:
+            self._forget_segments()
         try:
             listing = self._ours(self.bucket.etags(RECORDS_PREFIX))
         except StorageError as exc:

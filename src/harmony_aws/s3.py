@@ -243,6 +243,62 @@ class Bucket:
 
         return self._attempts(f"GET {where}", call)
 
+    def read_range(self, key: str, start: int, stop: int, *, if_match: str, size: int | None = None) -> bytes:
+        """Bytes ``start:stop`` of ``key`` (one ranged GET, ``Range: bytes=start-(stop-1)``), only
+        from the version whose ETag is ``if_match``.
+
+        The answer must be that version (its ETag), the range asked for (its Content-Range, and
+        ``size`` as the object's length when given) and that many bytes; a ranged answer has no
+        whole-object checksum to check, so these and the ETag are what tells a wrong one.
+        S3ObjectNotFoundError (404), S3ObjectChangedError (the ETag is no longer ``if_match``, or
+        the object no longer holds the range), StorageError (S3 failed, or the answer arrived
+        wrong :data:`BODY_ATTEMPTS` times)."""
+        if not 0 <= start < stop:
+            raise ValueError(f"not a byte range: {start}:{stop}")
+        where = self._where(key)
+        expected = f"bytes {start}-{stop - 1}/"
+
+        def call() -> bytes:
+            try:
+                r = self.client.get_object(
+                    Bucket=self.name, Key=key, Range=f"bytes={start}-{stop - 1}", IfMatch=if_match
+                )
+            except ClientError as exc:
+                code = error_code(exc)
+                if code in NOT_FOUND:
+                    raise S3ObjectNotFoundError(f"{where} does not exist") from exc
+                if code in PRECONDITION_FAILED:
+                    raise S3ObjectChangedError(f"{where} changed (its ETag is no longer {if_match})") from exc
+                if code in ("416", "InvalidRange"):
+                    raise S3ObjectChangedError(f"{where} no longer holds bytes {start}:{stop}") from exc
+                raise
+            body = r["Body"]
+            try:
+                if r.get("ETag") != if_match:  # a server that ignored If-Match
+                    raise S3ObjectChangedError(f"{where} changed (its ETag is {r.get('ETag')}, not {if_match})")
+                got_range = str(r.get("ContentRange") or "")
+                total = got_range[len(expected) :] if got_range.startswith(expected) else ""
+                if not total.isdigit() or (size is not None and int(total) != size):
+                    raise BrokenAnswerError(
+                        f"GET {where} bytes {start}:{stop}: the answer's range is {got_range or 'missing'!r}"
+                        + (f" (the object has {size} bytes)" if size is not None else "")
+                    )
+                try:
+                    data = body.read(stop - start + 1)
+                except (ReadTimeoutError, urllib3.exceptions.HTTPError) as exc:
+                    raise BrokenAnswerError(
+                        f"GET {where} bytes {start}:{stop}: reading the body failed ({exc})"
+                    ) from exc
+            finally:
+                body.close()
+            if len(data) != stop - start or int(r.get("ContentLength", -1)) != stop - start:
+                raise BrokenAnswerError(
+                    f"GET {where} bytes {start}:{stop}: {len(data)} of {stop - start} bytes arrived"
+                )
+            return bytes(data)
+
+        return self._attempts(f"GET {where} bytes {start}:{stop}", call)
+
     def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
         """Every object under ``prefix`` (the listing's dicts: Key, ETag, Size, LastModified)."""
         token: str | None = None

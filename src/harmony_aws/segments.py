@@ -19,9 +19,12 @@ deletes the segments it wrote. Segments that neither the current manifest nor th
 it names are deleted by a later compaction once older than :data:`GRACE_SECONDS` (a reader
 may still be loading them).
 
-Readers load the manifest, the segments of their shard (cached on local disk by ETag: they
-never change) and, one by one, the records that differ from what the segments hold
-(:mod:`harmony_aws.reader`).
+Readers load the manifest, the segments of their shard and, one by one, the records that differ
+from what the segments hold (:mod:`harmony_aws.reader`). A segment not yet on local disk is
+opened by ranged GETs (:class:`SegmentCache`): one for its header and shortlist tier (the
+manifest gives its length), then, as queries need them, the verification rows of the images
+they shortlist, while the whole file is downloaded to local disk in the background (cached by
+ETag: segments never change); every ranged GET is If-Match the manifest's ETag.
 """
 
 from __future__ import annotations
@@ -29,20 +32,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from harmony_image import IndexFormatError
+from harmony_image import HarmonyError, IndexFormatError
 from harmony_image.packed import CatalogEntry
-from harmony_image.segment import Segment, segment_bytes
+from harmony_image.segment import RowCache, Segment, segment_bytes
 
-from .errors import S3ObjectNotFoundError, StorageError
+from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 from .layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
 from .records import RecordRejectedError, StoredRecord, read_record
 from .s3 import POOL_CONNECTIONS, Bucket
@@ -58,6 +62,13 @@ still be downloading it)."""
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SEGMENT_BYTES = 4 * 1024 * 1024 * 1024
 MAX_FOLDED_BYTES = 64 * 1024 * 1024
+SHORTLIST_GUESS = 8 * 1024
+"""Bytes per image read at first from a segment whose manifest entry does not give its header
+and shortlist tier's length (written before it did): the tier is ~7.1 KiB per image."""
+RANGE_WORKERS = 16
+"""Ranged GETs of one segment at once (a query's rows coalesced into up to 5 ranges per row)."""
+DOWNLOAD_WORKERS = 2
+"""Whole segment files downloaded to local disk at once, in the background."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class SegmentRef:
     shard: int
     images: int
     bytes: int
+    shortlist_bytes: int = 0
+    """Bytes of the header and shortlist tier (the start of the file); 0: not given (older manifests)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class SegmentsManifest:
                     shard=int(s["shard"]),
                     images=int(s["images"]),
                     bytes=int(s["bytes"]),
+                    shortlist_bytes=int(s.get("shortlist_bytes", 0)),
                 )
                 for s in body["segments"]
             )
@@ -148,32 +162,131 @@ def read_folded(bucket: Bucket, ref: SegmentRef) -> Folded:
 
 
 class SegmentCache:
-    """Segments downloaded to a local folder (Lambda's /tmp), named by ETag: a segment never
-    changes, so a file once complete is reused by every later load and by other readers of the
-    same process. Files of segments no longer wanted are removed by :meth:`keep_only`."""
+    """The segments of a reader, from a local folder (Lambda's /tmp) where whole files are kept
+    named by ETag — a segment never changes, so a file once complete is reused by every later
+    load and by other readers of the same process — or, while a file is not there, read by
+    ranged GETs (``ranged``; see the module doc) with the file downloaded in the background
+    (``background``) and attached once complete. Without ``ranged`` a segment is downloaded
+    whole before it is opened. Files of segments no longer wanted are removed by :meth:`keep_only`.
 
-    def __init__(self, bucket: Bucket, folder: str | os.PathLike[str]) -> None:
+    A ranged GET that finds another version of a segment (its ETag is not the manifest's) raises
+    :class:`~harmony_aws.errors.S3ObjectChangedError` to the query that needed it, and the
+    segment's key is added to :attr:`replaced` (the reader falls back to the records)."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        folder: str | os.PathLike[str],
+        *,
+        ranged: bool = True,
+        background: bool = True,
+        rows: RowCache | None = None,
+    ) -> None:
         self.bucket = bucket
         self.folder = Path(folder)
+        self.ranged, self.background = ranged, background
+        self.rows = rows if rows is not None else RowCache()
+        self.replaced: set[str] = set()
+        """Keys of segments found replaced in S3 while in use."""
+        self._ranges = ThreadPoolExecutor(max_workers=RANGE_WORKERS, thread_name_prefix="harmony-segment-ranges")
+        self._downloads_pool = ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="harmony-segments")
+        self._downloads: dict[str, Future[Path]] = {}
+        self._attached: list[Future[None]] = []
+        self._lock = threading.Lock()
 
     def _path(self, ref: SegmentRef) -> Path:
         return self.folder / (ref.etag.strip('"') + ".seg")
 
     def open(self, ref: SegmentRef) -> Segment:
-        """The segment, from the cache or downloaded (its ETag checked: another version is an
-        :class:`~harmony_aws.errors.S3ObjectChangedError`)."""
+        """The segment: mapped from the cache, or opened by ranged GETs (or downloaded first),
+        its ETag checked: another version is an :class:`~harmony_aws.errors.S3ObjectChangedError`."""
         path = self._path(ref)
         if not path.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.bucket.download(ref.key, path, max_bytes=MAX_SEGMENT_BYTES, if_match=ref.etag)
+            if self.ranged:
+                return self._open_ranged(ref)
+            self.download(ref).result()
         try:
             return Segment.open(path)
         except IndexFormatError:
             path.unlink(missing_ok=True)  # damaged on disk or in S3: fetched again next time
             raise
 
+    def download(self, ref: SegmentRef) -> Future[Path]:
+        """The whole file of ``ref`` in the cache: its path once there (one download at a time per
+        segment; a failed one is started again by the next call)."""
+        with self._lock:
+            future = self._downloads.get(ref.etag)
+            if future is None or (future.done() and future.exception() is not None):
+                future = self._downloads_pool.submit(self._download, ref)
+                self._downloads[ref.etag] = future
+            return future
+
+    def _download(self, ref: SegmentRef) -> Path:
+        path = self._path(ref)
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self.bucket.download(ref.key, path, max_bytes=MAX_SEGMENT_BYTES, if_match=ref.etag)
+            except S3ObjectChangedError:
+                self.replaced.add(ref.key)
+                raise
+        return path
+
+    def _read_ranges(self, ref: SegmentRef, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges of ``ref``'s file, by ranged GETs in parallel (the engine's RangeReader)."""
+
+        def one(r: tuple[int, int]) -> bytes:
+            return self.bucket.read_range(ref.key, r[0], r[1], if_match=ref.etag, size=ref.bytes)
+
+        try:
+            if len(ranges) == 1:
+                return [one(ranges[0])]
+            return list(self._ranges.map(one, ranges))
+        except S3ObjectChangedError:
+            self.replaced.add(ref.key)
+            raise
+
+    def _open_ranged(self, ref: SegmentRef) -> Segment:
+        head = ref.shortlist_bytes or ref.images * SHORTLIST_GUESS + 2 * SHORTLIST_GUESS
+        head = min(ref.bytes, head)
+        segment = Segment.open_ranged(
+            lambda ranges: self._read_ranges(ref, ranges),
+            size=ref.bytes,
+            name=ref.key,
+            head=self._read_ranges(ref, [(0, head)])[0] if head else b"",
+            whole=lambda: self.download(ref).result(),
+            cache=self.rows,
+        )
+        if self.background:
+            attached: Future[None] = Future()
+            with self._lock:
+                self._attached.append(attached)
+            self.download(ref).add_done_callback(lambda done: self._attach(ref, segment, done, attached))
+        return segment
+
+    def _attach(self, ref: SegmentRef, segment: Segment, done: Future[Path], attached: Future[None]) -> None:
+        """Once the whole file is on disk, the segment reads every row from its mapping."""
+        try:
+            segment.attach(done.result())
+        except (StorageError, HarmonyError, OSError) as exc:  # ranged reads go on; seed tries again
+            log.warning("segment %s stays read by ranges: %s", ref.key, exc)
+        finally:
+            attached.set_result(None)
+
+    def wait(self) -> None:
+        """Wait until the background downloads started so far are done (and their segments read
+        from local disk, or left read by ranges when a download failed)."""
+        with self._lock:
+            attached, self._attached = self._attached, []
+        for future in attached:
+            future.result()
+
     def keep_only(self, refs: Iterable[SegmentRef]) -> None:
+        refs = list(refs)
         wanted = {self._path(r).name for r in refs}
+        with self._lock:
+            etags = {r.etag for r in refs}
+            self._downloads = {etag: f for etag, f in self._downloads.items() if etag in etags}
         for path in self.folder.glob("*.seg"):
             if path.name not in wanted:
                 path.unlink(missing_ok=True)
@@ -305,7 +418,8 @@ class Compactor:
         head = self.bucket.head(seg_key)
         if head is None:
             raise StorageError(f"{seg_key} vanished right after it was written")
-        return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data))
+        shortlist = Segment.from_bytes(data, name=seg_key).header["shortlist_end"]
+        return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data), int(shortlist))
 
     def _collect(self, named_refs: Sequence[SegmentRef]) -> int:
         """Delete segment files older than the grace period that neither the new manifest nor the

@@ -4,10 +4,13 @@ start from segments: against moto in-process and moto's HTTP server, on the real
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
+from botocore.response import StreamingBody
 
+from harmony_aws.errors import S3ObjectChangedError, StorageError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
@@ -33,9 +36,9 @@ def bucket(request, images):
     return client, name
 
 
-def reader(name, tmp_path, sub="cache", shard=None) -> IndexReader:
+def reader(name, tmp_path, sub="cache", shard=None, ttl=0.0, **kw) -> IndexReader:
     b = Bucket(name)
-    return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub, shard=shard)
+    return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=ttl, cache_dir=tmp_path / sub, shard=shard, **kw)
 
 
 def answers(index, images) -> list[list[tuple[str, float]]]:
@@ -63,7 +66,10 @@ def test_cold_start_from_segments_serves_what_the_records_serve(bucket, images, 
     assert cold.status == {"complete": True, "missing": 0}
     assert sorted(index.keys()) == sorted(from_records.keys())
     assert answers(index, images) == answers(from_records, images)
+    cold.wait_for_segments()
     assert len(list((tmp_path / "b").glob("*.seg"))) == 3
+    segments = index.packed().blocks[:-1]  # the last: entries added one by one
+    assert len(segments) == 3 and all(b.verification.mapped for b in segments)  # now read from local disk
 
 
 def test_records_newer_than_the_segments_are_served_over_them(bucket, images, tmp_path):
@@ -142,14 +148,16 @@ def test_damaged_or_replaced_segments_fall_back_to_the_records(bucket, tmp_path)
 def test_a_damaged_cached_segment_is_fetched_again(bucket, tmp_path):
     _, name = bucket
     Compactor(Bucket(name), segment_images=4).compact()
-    reader(name, tmp_path).index()
+    first = reader(name, tmp_path)
+    first.index()
+    first.wait_for_segments()  # opened by ranges, downloaded whole in the background
     cached = sorted((tmp_path / "cache").glob("*.seg"))
     assert len(cached) == 3
     cached[0].write_bytes(cached[0].read_bytes()[:1000])  # truncated on disk
     r = reader(name, tmp_path)
     assert len(r.index()) == 9 and r.status["complete"] is False  # this refresh: from the records
     r2 = reader(name, tmp_path)
-    assert len(r2.index()) == 9 and r2.status == {"complete": True, "missing": 0}  # downloaded again
+    assert len(r2.index()) == 9 and r2.status == {"complete": True, "missing": 0}  # read from S3 again
     assert r2.last_refresh["loaded"] == 0
 
 
@@ -202,3 +210,137 @@ def test_superseded_segments_outlive_one_compaction(bucket, images, tmp_path):
     third = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
     assert third.won and third.kept == 1 and third.deleted == 2  # gen 1's segment and its record list
     assert gen1.segments[0].key not in all_keys(client, name, SEGMENTS_PREFIX)
+
+
+# ------------------------------------------------------------------ segments read by ranged GETs
+class GetSpy:
+    """Wraps a client's get_object: records (key, Range) of every GET; ``answer`` may rewrite
+    the answer of a ranged GET of a segment (a misbehaving server)."""
+
+    def __init__(self, client, answer=None) -> None:
+        self.get_object, self.answer = client.get_object, answer
+        self.calls: list[tuple[str, str | None, str | None]] = []
+
+    def __call__(self, **kw):
+        self.calls.append((kw["Key"], kw.get("Range"), kw.get("IfMatch")))
+        r = self.get_object(**kw)
+        if self.answer is not None and kw.get("Range") and kw["Key"].endswith(".seg"):
+            r = self.answer(kw, r)
+        return r
+
+    def ranges(self) -> list[tuple[str, int, int]]:
+        """(key, start, stop) of the ranged GETs of segments."""
+        out = []
+        for key, rng, _ in self.calls:
+            if key.endswith(".seg") and rng:
+                a, b = rng.removeprefix("bytes=").split("-")
+                out.append((key, int(a), int(b) + 1))
+        return out
+
+
+def spied(r: IndexReader, monkeypatch, answer=None) -> GetSpy:
+    spy = GetSpy(r.bucket.client, answer)
+    monkeypatch.setattr(r.bucket.client, "get_object", spy)
+    return spy
+
+
+def test_a_cold_reader_reads_header_and_shortlist_tier_and_answers_as_whole_files(
+    bucket, images, tmp_path, monkeypatch
+):
+    """One ranged GET (If-Match) per segment for its header and shortlist tier; verification rows
+    by ranged GETs for default; seed needs every row and waits for the whole files. Both answer
+    as segments downloaded whole, top-5 for default and seed, scores exactly."""
+    _, name = bucket
+    Compactor(Bucket(name), segment_images=4).compact()
+    manifest = read_manifest(Bucket(name))
+    assert manifest is not None and all(0 < s.shortlist_bytes < s.bytes / 5 for s in manifest.segments)
+    downloaded = reader(name, tmp_path, "whole", ranged=False)
+    want = answers(downloaded.index(), images)
+
+    cold = reader(name, tmp_path, "r", background=False)
+    spy = spied(cold, monkeypatch)
+    index = cold.index()
+    assert cold.status == {"complete": True, "missing": 0} and len(index) == 9
+    assert sorted(spy.ranges()) == sorted((s.key, 0, s.shortlist_bytes) for s in manifest.segments)
+    segment_gets = {(key, if_match) for key, _, if_match in spy.calls if key.endswith(".seg")}
+    assert segment_gets == {(s.key, s.etag) for s in manifest.segments}
+    assert not list((tmp_path / "r").glob("*.seg"))
+    default_query = extract_features(images[QUERY_VARIANTS[0]])
+    first = index.search(default_query, SearchParams(k=5))
+    rows = spy.ranges()[len(manifest.segments) :]
+    shortlist_end = {s.key: s.shortlist_bytes for s in manifest.segments}
+    assert rows and all(shortlist_end[key] <= a for key, a, _ in rows)  # verification rows
+    assert all(rng for key, rng, _ in spy.calls if key.endswith(".seg"))  # no whole file yet
+    assert first == downloaded.index().search(default_query, SearchParams(k=5))
+    assert answers(index, images) == want  # seed's answers download the files whole: then mapped
+    assert len(list((tmp_path / "r").glob("*.seg"))) == 3
+
+    # a manifest written before it gave the shortlist tier's length: the first read is a guess
+    body = json.loads(manifest.to_bytes())
+    for s in body["segments"]:
+        del s["shortlist_bytes"]
+    Bucket(name).put(SEGMENTS_MANIFEST_KEY, json.dumps(body).encode(), content_type="application/json")
+    older = reader(name, tmp_path, "older")
+    assert answers(older.index(), images) == want and older.status == {"complete": True, "missing": 0}
+
+
+def _misbehaving(how: str):
+    def answer(kw, r):
+        a, b = (int(x) for x in kw["Range"].removeprefix("bytes=").split("-"))
+        data = r["Body"].read()
+        if how == "short":
+            data = data[:-1]
+        elif how == "shifted":  # the bytes after those asked for, honestly labelled
+            r["ContentRange"] = f"bytes {a + 1}-{b + 1}/{r['ContentRange'].split('/')[1]}"
+        r["Body"] = StreamingBody(io.BytesIO(data), len(data))
+        r["ContentLength"] = len(data)
+        return r
+
+    return answer
+
+
+@pytest.mark.parametrize("how", ["short", "shifted"])
+def test_a_wrong_range_is_never_taken(bucket, images, tmp_path, monkeypatch, how):
+    """A server answering ranged GETs with fewer bytes or another range: the cold load falls back
+    to the records (flagged); a query that needs verification rows fails with a clear error —
+    never an answer from wrong bytes — and succeeds once the server heals."""
+    _, name = bucket
+    Compactor(Bucket(name), segment_images=4).compact()
+    want = answers(reader(name, tmp_path, "want").index(), images)
+    r = reader(name, tmp_path, "bad", background=False)
+    spy = spied(r, monkeypatch, _misbehaving(how))
+    index = r.index()
+    assert len(index) == 9 and r.last_refresh["loaded"] == 9 and "segments" in r.status["error"]
+    assert answers(index, images) == want  # the records
+
+    ok = reader(name, tmp_path, "ok", background=False)
+    index = ok.index()  # opened while the server behaved
+    assert ok.status == {"complete": True, "missing": 0}
+    spy = spied(ok, monkeypatch, _misbehaving(how))
+    query = extract_features(images[QUERY_VARIANTS[0]])
+    with pytest.raises(StorageError, match=r"range|bytes"):
+        index.search(query, SearchParams(k=5))
+    assert len(spy.calls) >= 3  # asked again before giving up
+    spy.answer = None
+    assert [(x.key, x.score) for x in index.search(query, SearchParams(k=5))] == want[0]
+
+
+def test_a_segment_replaced_while_in_use_is_detected_and_the_records_served(bucket, images, tmp_path):
+    client, name = bucket
+    Compactor(Bucket(name), segment_images=100).compact()
+    manifest = read_manifest(Bucket(name))
+    assert manifest is not None and len(manifest.segments) == 1
+    want = answers(reader(name, tmp_path, "want").index(), images)
+    r = reader(name, tmp_path, background=False, ttl=1e9)
+    index = r.index()
+    assert r.status == {"complete": True, "missing": 0} and r.last_refresh["loaded"] == 0
+    ref = manifest.segments[0]
+    data = bytearray(client.get_object(Bucket=name, Key=ref.key)["Body"].read())
+    data[-1] ^= 0xFF  # the same length, other bytes: another ETag
+    client.put_object(Bucket=name, Key=ref.key, Body=bytes(data))
+    query = extract_features(images[QUERY_VARIANTS[0]])
+    with pytest.raises(S3ObjectChangedError, match="changed"):
+        index.search(query, SearchParams(k=5))
+    again = r.index()  # at once, not after the TTL: the records, flagged
+    assert again is not index and r.last_refresh["loaded"] == 9 and "segments" in r.status["error"]
+    assert answers(again, images) == want
