@@ -1,8 +1,11 @@
 """ShardFunction: one shard of a sharded catalog, searched for SearchFunction's fan-out.
 
 Invoked (Lambda ``Invoke``, RequestResponse) by SearchFunction with a shard request
-(harmony_aws/fanout.py has its shape); answers ``{"results", "catalog_size", "index"}`` from its
-warm index of shard HARMONY_SHARD (``i/n``): the segments of that shard and its newer records.
+(harmony_aws/fanout.py has its shapes): ``search`` (seed scoring, or a single shard) is answered
+``{"results", "catalog_size", "index"}``; default scoring's two rounds ``shortlist`` and
+``verify`` are answered with the shard's best rows by votes and looks, then the evidence for its
+part of the catalog's shortlist — from its warm index of shard HARMONY_SHARD (``i/n``): the
+segments of that shard and its newer records.
 A request it cannot serve is answered ``{"error": {"code", "message"}, "status"}``, which the
 fan-out reports as a failed shard.
 """

@@ -1,16 +1,27 @@
-"""harmony_aws.fanout: shard requests (encoding, validation) and ShardFunction's answer, on the
-real sample images; the fan-out itself through a Lambda Invoke API is in tests/local/test_shards.py."""
+"""harmony_aws.fanout: shard requests (encoding, validation), ShardFunction's answers, and the
+fan-out over shards answering in process (every request and answer through JSON), on real
+images: its merged answer is the unsharded index's, exactly; a shard answering nonsense is a
+failed shard. Through a Lambda Invoke API: tests/local/test_shards.py."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
 
-from harmony_aws.errors import BadRequestError
-from harmony_aws.fanout import answer_shard, decode_query, encode_query, parse_shard_request, shard_request
+from harmony_aws.errors import BadRequestError, error_body
+from harmony_aws.fanout import (
+    ShardFailedError,
+    ShardFanOut,
+    answer_shard,
+    decode_query,
+    encode_query,
+    parse_shard_request,
+    shard_request,
+)
 from harmony_aws.layout import shard_of
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
@@ -26,6 +37,8 @@ from harmony_image import (
     extract_features,
     merge_results,
 )
+from harmony_image.index import Shortlist
+from tests.engine.test_tiers import _variants
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog
 
 
@@ -71,6 +84,48 @@ def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
         parse_shard_request(request)
 
 
+def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0)) -> Shortlist:
+    return Shortlist(tuple(keys), np.array(looks), np.array(votes))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda r: r.update(phase="all"), '"phase" must be one of'),
+        (lambda r: r.update(extra=1), "unknown fields in a shard request: extra"),
+        (lambda r: r.pop("shortlist"), '"shortlist" comes with phase "verify"'),
+        (lambda r: r.update(params={"k": 5, "scoring": "seed"}), "for default scoring"),
+        (lambda r: r["query"].pop("detail_image"), 'needs the query\'s "detail_image"'),
+        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly keys, looks, votes"),
+        (lambda r: r["shortlist"].update(keys=["catalog/a.jpg"] * 2), "repeats a key"),
+        (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", 7]), "catalog keys"),
+        (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", "x" * 1025]), "catalog keys"),
+        (lambda r: r["shortlist"].update(keys=["catalog/a.jpg"] * 1000), "at most"),
+        (lambda r: r["shortlist"].update(looks=[0.5]), "a list of 2 items"),
+        (lambda r: r["shortlist"].update(looks=[0.5, "NaN"]), "finite numbers"),
+        (lambda r: r["shortlist"].update(looks=[0.5, float("inf")]), "finite numbers"),
+        (lambda r: r["shortlist"].update(votes=[1, True]), "integers"),
+        (lambda r: r["shortlist"].update(votes=[1, -2]), "counts"),
+        (lambda r: r["shortlist"].update(votes=[1, 2.5]), "integers"),
+    ],
+)
+def test_bad_verification_requests_are_refused_with_a_reason(images, change, says):
+    feats = extract_features(images["coffee__resize_half.png"])
+    request = shard_request(1, 2, feats, SearchParams(), phase="verify", part=_part())
+    assert parse_shard_request(json.loads(json.dumps(request))).part is not None
+    change(request)
+    with pytest.raises(BadRequestError, match=says):
+        parse_shard_request(request)
+
+
+def test_a_shortlist_request_leaves_the_detail_image_out(images):
+    feats = extract_features(images["coffee__resize_half.png"])
+    request = shard_request(0, 2, feats, SearchParams(), phase="shortlist")
+    assert "detail_image" not in request["query"]
+    assert "detail_image" in shard_request(0, 2, feats, SearchParams())["query"]
+    assert parse_shard_request(request).phase == "shortlist"
+
+
 def test_invalid_params_are_the_engines_422(images):
     request = shard_request(0, 1, extract_features(images["coffee__resize_half.png"]), SearchParams())
     request["params"]["k"] = 10_000
@@ -104,3 +159,141 @@ def test_shards_answer_their_part_and_merge_into_the_whole(s3, images, tmp_path)
         assert merged[0] == whole.search(feats, SearchParams(k=3))[0]
     with pytest.raises(BadRequestError, match="serves shard"):
         answer_shard(shard_request(1, 3, feats, SearchParams()), readers[0])
+
+
+class InProcessLambda:
+    """The Lambda ``Invoke`` of boto3's client, answered in process as ShardFunction does
+    (functions/shard/app.py): ``answer_shard`` from each function's reader, through JSON both
+    ways; ``tamper(function, phase, body)`` may change an answer first."""
+
+    def __init__(self, readers, tamper=None) -> None:
+        self.readers = readers
+        self.tamper = tamper
+        self.calls: list[tuple[str, str]] = []
+
+    def invoke(self, *, FunctionName: str, Payload: bytes):  # noqa: N803 - boto3's names
+        request = json.loads(Payload)
+        self.calls.append((FunctionName, request["phase"]))
+        try:
+            body = answer_shard(request, self.readers[FunctionName])
+        except HarmonyError as exc:
+            body = {**error_body(exc.code, exc.message), "status": exc.status}
+        body = json.loads(json.dumps(body))
+        if self.tamper is not None:
+            self.tamper(FunctionName, request["phase"], body)
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
+
+
+def _sharded_bucket(s3, tmp_path, photos: dict[str, bytes], shards: int):
+    """``photos`` indexed and compacted into ``shards`` shards: (ShardFunction name -> its reader,
+    the unsharded index)."""
+    put_catalog(s3, BUCKET, photos, names=sorted(photos))
+    b = Bucket(BUCKET)
+    writer = RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    for n in sorted(photos):
+        writer.reconcile("catalog/" + n)
+    Compactor(b, shards=shards).compact()
+    readers = {
+        f"Shard{i}": IndexReader(
+            b, ResultUrls(b, presign_seconds=60), ttl=60, cache_dir=tmp_path / str(i), shard=(i, shards)
+        )
+        for i in range(shards)
+    }
+    return readers, IndexReader(b, ResultUrls(b, presign_seconds=60), ttl=60, cache_dir=tmp_path / "all").index()
+
+
+def test_the_phased_fan_out_answers_exactly_as_one_index(s3, images, catalog_photos, tmp_path):
+    """~70 real photos and copies of them in 3 shards (more than a shortlist keeps): every merged
+    answer, default and seed, is the unsharded index's — keys, URLs, scores, SSIM and ORB."""
+    photos = dict(catalog_photos)
+    for name, data in catalog_photos.items():
+        photos.update({f"copies/{name.removesuffix('.jpg')}-{tag}.jpg": copy for tag, copy in _variants(data).items()})
+    readers, whole = _sharded_bucket(s3, tmp_path, photos, 3)
+    assert len(whole) == len(photos) > 2 * 24
+    client = InProcessLambda(readers)
+    fan = ShardFanOut(client, tuple(readers))
+    for q in [*QUERY_VARIANTS, "coins.jpg", "camera_gray.png"]:
+        feats = extract_features(images[q])
+        for params in (SearchParams(k=5), SearchParams(k=20, min_score=0.1), SearchParams(k=5, scoring="seed")):
+            results, size, status = fan.search(feats, params)
+            assert results == whole.search(feats, params), (q, params)
+            assert size == len(photos) and status == {"complete": True, "missing": 0}
+    phases = [phase for _, phase in client.calls]  # default: both rounds, to every shard; seed: one
+    assert phases.count("shortlist") == 2 * phases.count("search") > 0
+    assert 0 < phases.count("verify") <= phases.count("shortlist")
+
+
+def test_one_shard_takes_one_round(s3, catalog_photos, images, tmp_path):
+    readers, whole = _sharded_bucket(s3, tmp_path, catalog_photos, 1)
+    client = InProcessLambda(readers)
+    feats = extract_features(images["chelsea__hflip.jpg"])
+    results, _, _ = ShardFanOut(client, tuple(readers)).search(feats, SearchParams(k=5))
+    assert results == whole.search(feats, SearchParams(k=5)) and client.calls == [("Shard0", "search")]
+
+
+SHARD0_KEY = next(key for i in range(64) if shard_of(key := f"catalog/elsewhere-{i}.jpg", 2) == 0)
+
+
+def _set(field: str, value):
+    def change(body: dict) -> None:
+        *path, last = field.split(".")
+        for part in path:
+            body = body[part]
+        body[last] = value(body[last]) if callable(value) else value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "phase, change, says",
+    [
+        ("shortlist", _set("shortlist.looks", lambda v: [None] * len(v)), "finite numbers"),
+        ("shortlist", _set("shortlist.votes", lambda v: [-1] * len(v)), "counts"),
+        ("shortlist", _set("shortlist.keys", lambda v: [*v[:-1], SHARD0_KEY]), "another"),
+        ("shortlist", _set("shortlist", lambda v: {**v, "more": []}), "exactly"),
+        ("shortlist", _set("catalog_size", -3), "catalog_size"),
+        ("shortlist", _set("index", {"complete": "yes", "missing": 0}), '"index"'),
+        ("shortlist", lambda body: body.clear(), "bad answer"),
+        ("verify", _set("verified.keys", lambda v: v[::-1] if len(v) > 1 else ["catalog/x.jpg"]), "keys asked for"),
+        ("verify", _set("verified.sha256", lambda v: ["nope"] * len(v)), "SHA-256"),
+        ("verify", _set("verified.urls", lambda v: [1] * len(v)), "URLs"),
+        ("verify", _set("verified.ssim", lambda v: v[:1]), "2 items"),
+        ("verify", _set("verified.inliers", lambda v: [v[0], [*v[1], 4.0]]), "items"),
+        ("verify", _set("verified.colour", lambda v: ["red"] * len(v)), "finite numbers"),
+        ("verify", lambda body: body.update(verified=[]), "exactly"),
+        ("verify", lambda body: body.update(errorMessage="boom", verified=None) or body.pop("verified"), "boom"),
+        ("search", _set("results", lambda v: [{**v[0], "score": "high"}]), "numbers"),
+        ("search", _set("results", lambda v: [{**v[0], "extra": 1}]), "exactly"),
+        ("search", _set("results", lambda v: v * 10), "at most"),
+    ],
+)
+def test_a_shard_answering_nonsense_is_a_failed_shard(
+    s3, catalog_photos, images, tmp_path, phase, change, says, caplog
+):
+    """The other shard's answer stands, flagged incomplete; the bad one is named in the log."""
+    readers, _ = _sharded_bucket(s3, tmp_path, catalog_photos, 2)
+
+    def tamper(function: str, asked: str, body: dict) -> None:
+        if function == "Shard1" and asked == phase:
+            change(body)
+
+    feats = extract_features(images["chelsea__hflip.jpg"])
+    params = SearchParams(k=5, scoring="seed" if phase == "search" else "default")
+    results, size, status = ShardFanOut(InProcessLambda(readers, tamper), tuple(readers)).search(feats, params)
+    assert status["failed_shards"] == [1] and status["complete"] is False
+    assert results and all(shard_of(r.key, 2) == 0 for r in results)
+    assert size == len(readers["Shard0"].index())
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("shard 1" in m and says in m for m in logged), logged
+
+
+def test_every_shard_failing_is_an_error(s3, catalog_photos, images, tmp_path):
+    readers, _ = _sharded_bucket(s3, tmp_path, catalog_photos, 2)
+    feats = extract_features(images["chelsea__hflip.jpg"])
+
+    def break_verification(function: str, phase: str, body: dict) -> None:
+        if phase == "verify":
+            body["verified"]["keys"] = 1
+
+    with pytest.raises(ShardFailedError, match="every shard failed"):
+        ShardFanOut(InProcessLambda(readers, break_verification), tuple(readers)).search(feats, SearchParams())
