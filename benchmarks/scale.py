@@ -13,11 +13,12 @@ photos plus generated distractors) and its queries. Steps, all through the real 
 3. compact into ``--shards`` shards (``Compactor``): images/s;
 4. **segment cold start**, per shard: a fresh reader with an empty segment cache (manifest,
    segments, folded-record lists, then the record listing);
-5. queries: the per-record (unsharded) index's ``default`` top-5 against the shards' searched in
-   parallel (one thread per shard) and merged: p50/p99 of the fan-out and how often the merged
-   top-5 (and top-1) is the unsharded one. Each shard shortlists and verifies its own
-   candidates, so shards verify more candidates in all than one index does: below the first
-   place (the copy, when there is one) the merged list can differ, with higher scores.
+5. queries: the per-record (unsharded) index's ``default`` top-5 against SearchFunction's
+   fan-out over the shards (``ShardFanOut``: a shortlist round, then a verification round of the
+   catalog's shortlist; each shard answered in this process by ShardFunction's ``answer_shard``,
+   JSON both ways, one thread per shard — no network hop): p50/p99 of the fan-out, what one shard
+   spends per query (both rounds), and how often the merged top-5 (and top-1) is the unsharded
+   one — by construction always, with the same scores (``top5_max_score_diff``).
 
 Memory per image is the process RSS growth over the cold start divided by the images (both
 designs measured in their own child process, so that one does not inflate the other).
@@ -26,12 +27,14 @@ designs measured in their own child process, so that one does not inflate the ot
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,15 +121,37 @@ def _cold(mode: str, shards: int, cache: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the run
+class _InProcessShards:
+    """boto3's Lambda ``invoke`` for SearchFunction's ``ShardFanOut``, answered in this process
+    as each ShardFunction answers (``answer_shard`` over its shard's reader), JSON both ways;
+    milliseconds spent per function since ``spent_ms`` was cleared."""
+
+    def __init__(self, readers: list[Any]) -> None:
+        self.readers = {f"Shard{i}": r for i, r in enumerate(readers)}
+        self.spent_ms: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def invoke(self, *, FunctionName: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        from harmony_aws.fanout import answer_shard
+
+        s0 = time.perf_counter()
+        body = json.dumps(answer_shard(json.loads(Payload), self.readers[FunctionName])).encode()
+        with self._lock:
+            spent = self.spent_ms.get(FunctionName, 0.0)
+            self.spent_ms[FunctionName] = spent + (time.perf_counter() - s0) * 1000
+        return {"StatusCode": 200, "Payload": io.BytesIO(body)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
+    from harmony_aws.fanout import ShardFanOut
     from harmony_aws.reader import IndexReader
     from harmony_aws.records import RecordWriter
     from harmony_aws.s3 import Bucket, s3_client
     from harmony_aws.segments import Compactor
     from harmony_aws.urls import ResultUrls
-    from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features, kernels, merge_results
+    from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features, kernels
 
     catalog, queries, truth = catalog_and_queries(args)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
@@ -175,34 +200,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         IndexReader(bucket, ResultUrls(bucket, presign_seconds=900), ttl=1e9, cache_dir=cache, shard=(i, args.shards))
         for i in range(args.shards)
     ]
-    shard_indexes = [r.index() for r in shard_readers]
+    shards = _InProcessShards(shard_readers)
+    fan = ShardFanOut(shards, tuple(shards.readers))
     params = SearchParams(k=5)
     same = same_top1 = 0
     found = {"one index": 0, "shards": 0}
     copies = sum(1 for q in queries if truth.get(q))
     recall = []
-    fan_ms, whole_ms, shard_ms = [], [], []
-    with ThreadPoolExecutor(max_workers=args.shards) as pool:
-        for q in queries:
-            feats = extract_features(q.read_bytes())
-            s0 = time.perf_counter()
-            exhaustive = whole.search(feats, params)
-            whole_ms.append((time.perf_counter() - s0) * 1000)
-            s0 = time.perf_counter()
-            merged = merge_results(list(pool.map(lambda ix, f=feats: ix.search(f, params), shard_indexes)), k=params.k)
-            fan_ms.append((time.perf_counter() - s0) * 1000)
-            for ix in shard_indexes:  # one shard alone (what one ShardFunction spends)
-                s0 = time.perf_counter()
-                ix.search(feats, params)
-                shard_ms.append((time.perf_counter() - s0) * 1000)
-            want = [r.key for r in exhaustive]
-            got = [r.key for r in merged]
-            same += got == want
-            same_top1 += got[:1] == want[:1]
-            if truth.get(q):
-                found["one index"] += want[:1] == [truth[q]]
-                found["shards"] += got[:1] == [truth[q]]
-            recall.append(len(set(got) & set(want)) / max(1, len(want)))
+    fan_ms: list[float] = []
+    whole_ms: list[float] = []
+    shard_ms: list[float] = []
+    score_diff = 0.0
+    for q in queries:
+        feats = extract_features(q.read_bytes())
+        s0 = time.perf_counter()
+        exhaustive = whole.search(feats, params)
+        whole_ms.append((time.perf_counter() - s0) * 1000)
+        shards.spent_ms.clear()
+        s0 = time.perf_counter()
+        merged, _, _ = fan.search(feats, params)
+        fan_ms.append((time.perf_counter() - s0) * 1000)
+        shard_ms.extend(shards.spent_ms.values())  # what each ShardFunction spent on this query
+        want = [r.key for r in exhaustive]
+        got = [r.key for r in merged]
+        same += got == want
+        same_top1 += got[:1] == want[:1]
+        if got == want:
+            score_diff = max([score_diff, *(abs(a.score - b.score) for a, b in zip(merged, exhaustive, strict=True))])
+        if truth.get(q):
+            found["one index"] += want[:1] == [truth[q]]
+            found["shards"] += got[:1] == [truth[q]]
+        recall.append(len(set(got) & set(want)) / max(1, len(want)))
     p = np.percentile
     return {
         "images": len(catalog),
@@ -226,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recall_vs_exhaustive": round(float(np.mean(recall)), 4),
         "same_top5_as_unsharded": round(same / max(1, len(queries)), 4),
         "same_top1_as_unsharded": round(same_top1 / max(1, len(queries)), 4),
+        "top5_max_score_diff": score_diff,
         "copies": copies,
         "copies_found_top1": found,
         "kernel": kernels.IMPLEMENTATION,
@@ -248,6 +277,7 @@ INVOKE_MS = 15.0  # one synchronous Lambda invoke's own overhead inside a region
 S3_MB_S = 90.0  # one S3 GET stream's throughput from Lambda, MB/s (assumed; ~85-100 is commonly seen)
 SEGMENT_STREAMS = 4  # segments downloaded at once (harmony_aws.reader.SEGMENT_WORKERS)
 DUPLICATE_SLICES_AT_ONCE = 4  # the template's DuplicatesMaxConcurrency default
+FAN_OUT_ROUNDS = 2  # default scoring's invokes per shard and query (harmony_aws.fanout: shortlist, verify)
 
 
 def model(m: dict[str, Any], images: int) -> dict[str, Any]:
@@ -259,10 +289,10 @@ def model(m: dict[str, Any], images: int) -> dict[str, Any]:
     shard_p50 = base + slope * SHARD_IMAGES
     tail = m["p99_ms_one_shard"] / max(1e-9, m["p50_ms_one_shard"])
     shards = -(-images // SHARD_IMAGES)
-    p50 = shard_p50 + INVOKE_MS
-    p99 = shard_p50 * tail + INVOKE_MS  # the slowest of the shards decides
+    p50 = shard_p50 + FAN_OUT_ROUNDS * INVOKE_MS  # shard_p50: both rounds of one shard
+    p99 = shard_p50 * tail + FAN_OUT_ROUNDS * INVOKE_MS  # the slowest of the shards decides
     gb_s = (SEARCH_GB * p99 + shards * SHARD_GB * shard_p50) / 1000
-    per_1000 = 1000 * (gb_s * LAMBDA_GB_S + (shards + 1) * LAMBDA_REQUEST + APIGW_REQUEST)
+    per_1000 = 1000 * (gb_s * LAMBDA_GB_S + (FAN_OUT_ROUNDS * shards + 1) * LAMBDA_REQUEST + APIGW_REQUEST)
     bytes_per_image = m["s3_bytes_per_image"]["records"] + m["s3_bytes_per_image"]["segments"]
     idle = images * bytes_per_image / 1e9 * S3_GB_MONTH + 730 * shards * 2 * S3_GET  # storage + hourly compaction reads
     segment_mb = SHARD_IMAGES * m["s3_bytes_per_image"]["segments"] / 1e6
@@ -362,16 +392,20 @@ them): one index {m["copies_found_top1"]["one index"]}, shards merged {m["copies
 Indexing (upload + `RecordWriter.reconcile`, 8 threads): {m["index_images_per_s"]:.0f} images/s.
 Compaction: {m["compaction_images_per_s"]:.0f} images/s.
 
-Where the merged top-5 differs from one index's, it is below the first place: each shard
-shortlists and verifies its own candidates, so the shards together verify more candidates than
-one index does and some lower places get (higher) verified scores.
+The fan-out is SearchFunction's `ShardFanOut` (each shard answered in this process, JSON both
+ways): a shortlist round (each shard's best rows by keypoint votes and by looks, cut to the
+catalog's shortlist), then a verification round (each shard verifies its part of that shortlist
+and returns the per-row evidence; detail choice, calibration and ranking run over all of it), so
+its answer is one index's by construction: largest score difference in an identical top-5
+{m.get("top5_max_score_diff", 0.0):.1e}.
 
 ## Modelled: 1M and 10M images
 
 Shards of {SHARD_IMAGES:,} images, one ShardFunction each ({SHARD_GB * 1000:.0f} MB), all invoked in
 parallel by SearchFunction ({SEARCH_GB * 1000:.0f} MB). A shard's search time is fitted linearly
 through the measured one-shard and one-index medians; p99 scales by the measured one-shard
-p99/p50; an invoke adds {INVOKE_MS:.0f} ms. Prices (us-east-1, on demand, read {PRICES_READ}):
+p99/p50; each of the fan-out's {FAN_OUT_ROUNDS} rounds adds an invoke of {INVOKE_MS:.0f} ms.
+Prices (us-east-1, on demand, read {PRICES_READ}):
 Lambda ${LAMBDA_GB_S * 1e6:.2f} per 1M GB-s and ${LAMBDA_REQUEST * 1e6:.2f} per 1M requests, API
 Gateway REST ${APIGW_REQUEST * 1e6:.2f} per 1M, S3 ${S3_GB_MONTH}/GB-month. Step Functions is not
 used (bulk work runs on SQS-fed Lambda batches).
