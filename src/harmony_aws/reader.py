@@ -114,6 +114,11 @@ class IndexReader:
                 self._loaded_at = time.monotonic()
             return self._index
 
+    @property
+    def segments(self) -> SegmentCache:
+        """Where the segments come from (local files, ranged GETs, the rows those read)."""
+        return self._segments
+
     def wait_for_segments(self) -> None:
         """Wait until the segments read by ranges so far are downloaded whole (or failed to be)."""
         self._segments.wait()

@@ -65,10 +65,12 @@ MAX_FOLDED_BYTES = 64 * 1024 * 1024
 SHORTLIST_GUESS = 8 * 1024
 """Bytes per image read at first from a segment whose manifest entry does not give its header
 and shortlist tier's length (written before it did): the tier is ~7.1 KiB per image."""
-RANGE_WORKERS = 16
-"""Ranged GETs of one segment at once (a query's rows coalesced into up to 5 ranges per row)."""
-DOWNLOAD_WORKERS = 2
-"""Whole segment files downloaded to local disk at once, in the background."""
+RANGE_WORKERS = POOL_CONNECTIONS
+"""Ranged GETs at once, over all of a reader's segments (a query gathers ~24-60 rows, up to 5
+ranges each: latency-bound, one per connection)."""
+DOWNLOAD_WORKERS = 4
+"""Whole segment files downloaded to local disk at once, in the background (as many as a reader
+that downloads them before use: harmony_aws.reader.SEGMENT_WORKERS)."""
 
 
 @dataclass(frozen=True)

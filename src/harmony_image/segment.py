@@ -67,8 +67,9 @@ _PRELUDE = struct.Struct("<8sII")
 ROW_CACHE_BYTES = 128 * 1024 * 1024
 """Verification rows read by byte ranges kept in memory (about 1,200 images' rows): the recent
 candidates of a shard whose segments are not (yet) on local disk."""
-COALESCE_GAP = 16 * 1024
-"""Byte ranges closer than this are read as one: a few KiB more is cheaper than another request."""
+COALESCE_GAP = 64 * 1024
+"""Byte ranges closer than this are read as one: up to one grayscale's bytes more is cheaper than
+another request (a GET's first byte takes tens of ms; S3 sends ~1 MB in ten)."""
 FETCH_THREADS = 32
 """Segments whose rows are read at once (each read is one call of the segment's RangeReader,
 which makes its ranged requests in parallel)."""
@@ -490,6 +491,11 @@ class RowCache:
         self._owned: dict[int, int] = {}  # owner -> bytes it holds
         self._lock = threading.Lock()
         self._owners = itertools.count()
+
+    def __len__(self) -> int:
+        """Images whose rows are held."""
+        with self._lock:
+            return len(self._rows)
 
     def owner(self) -> int:
         """A new owner number (one per tier)."""
