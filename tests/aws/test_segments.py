@@ -344,3 +344,30 @@ def test_a_segment_replaced_while_in_use_is_detected_and_the_records_served(buck
     again = r.index()  # at once, not after the TTL: the records, flagged
     assert again is not index and r.last_refresh["loaded"] == 9 and "segments" in r.status["error"]
     assert answers(again, images) == want
+
+
+def test_a_server_that_ignores_if_match_is_caught_by_the_etag(bucket, images, tmp_path, monkeypatch):
+    """An answer from another version of the segment (its ETag), If-Match notwithstanding: the
+    query fails as the segment having changed, and the next index() serves the records."""
+    _, name = bucket
+    Compactor(Bucket(name), segment_images=100).compact()
+    want = answers(reader(name, tmp_path, "want").index(), images)
+    r = reader(name, tmp_path, background=False, ttl=1e9)
+    index = r.index()
+    assert r.status == {"complete": True, "missing": 0}
+
+    def other_version(kw, answer):
+        answer["ETag"] = '"0123456789abcdef0123456789abcdef"'
+        return answer
+
+    spy = spied(r, monkeypatch, other_version)
+    with pytest.raises(S3ObjectChangedError, match="changed"):
+        index.search(extract_features(images[QUERY_VARIANTS[0]]), SearchParams(k=5))
+    assert len(spy.calls) == 1  # not asked again: a changed object is not a broken answer
+    again = r.index()  # at once; the segment still answers as another version: the records
+    assert again is not index and r.last_refresh["loaded"] == 9 and "segments" in r.status["error"]
+    assert answers(again, images) == want
+    spy.answer = None
+    healed = r.index(force=True)
+    assert r.status == {"complete": True, "missing": 0} and r.last_refresh["segment_records"] == 9
+    assert answers(healed, images) == want
