@@ -4,8 +4,9 @@ The index is the compacted segments (segments.py; when the bucket has been compa
 records that differ from what the segments hold. A cold start reads the segments manifest,
 each segment's header and shortlist tier (one ranged GET each; the verification rows of the
 images a query shortlists are read by ranged GETs when it needs them, while the whole files
-download to local disk in the background) and then, one by one, only the records newer than
-them. A segment found replaced in S3 while in use fails the query that read it; the next
+download to local disk in the background), lists the records — in ranges listed at once, cut at
+records the segments hold — and then loads, one by one, only the records newer than them. A
+segment found replaced in S3 while in use fails the query that read it; the next
 :meth:`IndexReader.index` serves the records instead until the segments load again.
 
 A refresh (after ``ttl`` seconds) lists the records and fetches only new and changed ones (by
@@ -51,6 +52,11 @@ streamed to disk)."""
 SHORTLIST_WORKERS = 16
 """Segments whose header and shortlist tier (~7 MB each) are read at once."""
 _NO_MANIFEST = "none"
+LIST_RANGES = POOL_CONNECTIONS
+"""Ranges of the record listing listed at once: a LIST page (1,000 keys) takes tens of ms, and
+every reader lists every record (at 1M images, 1,000 pages)."""
+LIST_SPLIT_MIN = 2000
+"""Known records below which the listing is not split (it is a page or two)."""
 
 
 class IndexReader:
@@ -184,20 +190,9 @@ class IndexReader:
             index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
         self._index, self._folded, self._dropped, self._segments_etag = index, {}, set(), None
 
-    def _refresh(self) -> None:
-        t0 = time.perf_counter()
-        if self._segments.replaced:
-            self._forget_segments()
-        try:
-            listing = self._ours(self.bucket.etags(RECORDS_PREFIX))
-        except StorageError as exc:
-            if self._loaded_at is None:
-                raise  # nothing to serve
-            log.warning("listing %s failed (%s); serving the index of the last listing", RECORDS_PREFIX, exc.message)
-            self._status = {**self._status, "complete": False, "error": f"listing the records failed: {exc.message}"}
-            self._retry_soon = True
-            return
-        errors: list[str] = []
+    def _refresh_manifests(self, errors: list[str]) -> bool:
+        """Read the catalog manifest (URLs) and load the segments if their manifest changed;
+        failures are added to ``errors`` (the last ones read are kept). Whether the URLs changed."""
         manifest_changed = False
         try:
             manifest_changed = self.urls.refresh_manifest()
@@ -212,6 +207,38 @@ class IndexReader:
             if manifest_changed:  # no rebuild: the records loaded one by one get their new URLs here
                 for rec in self._records.values():
                     self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
+        return manifest_changed
+
+    def _list_splits(self) -> list[str]:
+        """Record keys that cut the listing of every record into up to :data:`LIST_RANGES` ranges of
+        about equal size, listed at once: an even sample of the records this reader knows (those
+        of its shard are spread over all by the key's hash). None when it knows too few."""
+        known = sorted({*self._folded, *self._records})
+        step = len(known) // LIST_RANGES
+        if len(known) < LIST_SPLIT_MIN or step == 0:
+            return []
+        return known[step::step][: LIST_RANGES - 1]
+
+    def _refresh(self) -> None:
+        t0 = time.perf_counter()
+        if self._segments.replaced:
+            self._forget_segments()
+        cold = self._loaded_at is None
+        errors: list[str] = []
+        manifest_changed = False
+        if cold:  # the segments first: the records they hold split the listing into ranges listed at once
+            manifest_changed = self._refresh_manifests(errors)
+        try:
+            listing = self._ours(self.bucket.etags(RECORDS_PREFIX, splits=self._list_splits()))
+        except StorageError as exc:
+            if cold:
+                raise  # nothing to serve
+            log.warning("listing %s failed (%s); serving the index of the last listing", RECORDS_PREFIX, exc.message)
+            self._status = {**self._status, "complete": False, "error": f"listing the records failed: {exc.message}"}
+            self._retry_soon = True
+            return
+        if not cold:
+            manifest_changed = self._refresh_manifests(errors)
         for e in errors:
             log.warning("%s", e)
         gone = [rk for rk in self._records if rk not in listing]

@@ -31,7 +31,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -299,13 +300,16 @@ class Bucket:
 
         return self._attempts(f"GET {where} bytes {start}:{stop}", call)
 
-    def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """Every object under ``prefix`` (the listing's dicts: Key, ETag, Size, LastModified)."""
+    def objects(self, prefix: str, *, after: str | None = None, upto: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every object under ``prefix`` (the listing's dicts: Key, ETag, Size, LastModified) —
+        only those whose key is after ``after`` and not after ``upto``, when given."""
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
             if token:
                 kwargs["ContinuationToken"] = token
+            elif after is not None:
+                kwargs["StartAfter"] = after
 
             def call(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
                 page: dict[str, Any] = self.client.list_objects_v2(**kwargs)
@@ -316,7 +320,11 @@ class Bucket:
                 return page
 
             page = self._attempts(f"LIST {self._where(prefix)}", call)
-            yield from page.get("Contents", [])
+            contents = page.get("Contents", [])
+            if upto is not None and contents and contents[-1]["Key"] > upto:
+                yield from (o for o in contents if o["Key"] <= upto)
+                return
+            yield from contents
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -346,9 +354,22 @@ class Bucket:
         nxt = page.get("NextContinuationToken") if page.get("IsTruncated") else None
         return list(page.get("Contents", [])), nxt or None
 
-    def etags(self, prefix: str) -> dict[str, str]:
-        """key -> ETag of every object under ``prefix``."""
-        return {o["Key"]: o["ETag"] for o in self.objects(prefix)}
+    def etags(self, prefix: str, *, splits: Iterable[str] = ()) -> dict[str, str]:
+        """key -> ETag of every object under ``prefix``. ``splits``: keys that cut the listing into
+        ranges listed at once (each key ends the range before it)."""
+        bounds = sorted(set(splits))
+        if not bounds:
+            return {o["Key"]: o["ETag"] for o in self.objects(prefix)}
+        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+
+        def one(r: tuple[str | None, str | None]) -> dict[str, str]:
+            return {o["Key"]: o["ETag"] for o in self.objects(prefix, after=r[0], upto=r[1])}
+
+        out: dict[str, str] = {}
+        with ThreadPoolExecutor(max_workers=min(POOL_CONNECTIONS, len(ranges))) as pool:
+            for part in pool.map(one, ranges):
+                out.update(part)
+        return out
 
     # ------------------------------------------------------------------ writes
     def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:

@@ -10,6 +10,7 @@ import json
 import pytest
 from botocore.response import StreamingBody
 
+from harmony_aws import reader as reader_module
 from harmony_aws.errors import S3ObjectChangedError, StorageError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
 from harmony_aws.reader import IndexReader
@@ -371,3 +372,33 @@ def test_a_server_that_ignores_if_match_is_caught_by_the_etag(bucket, images, tm
     healed = r.index(force=True)
     assert r.status == {"complete": True, "missing": 0} and r.last_refresh["segment_records"] == 9
     assert answers(healed, images) == want
+
+
+def test_the_record_listing_split_into_ranges_lists_every_record_once(bucket, images, tmp_path, monkeypatch):
+    """A reader that knows enough records (here: any) lists them in ranges at once, cut at keys it
+    knows (the cold one: after loading the segments); what it serves is what one listing gives."""
+    client, name = bucket
+    b = Bucket(name)
+    whole = b.etags(RECORDS_PREFIX)
+    keys = sorted(whole)
+    for splits in ([keys[0]], keys[2:7:2], [keys[-1], keys[3], keys[3]], [RECORDS_PREFIX + "~"], [RECORDS_PREFIX]):
+        assert b.etags(RECORDS_PREFIX, splits=splits) == whole
+    Compactor(b, segment_images=4).compact()
+    monkeypatch.setattr(reader_module, "LIST_SPLIT_MIN", 1)
+    monkeypatch.setattr(reader_module, "LIST_RANGES", 4)
+    listed: list[list[str]] = []
+    etags = Bucket.etags
+
+    def spy(self, prefix, *, splits=()):
+        listed.append(list(splits))
+        return etags(self, prefix, splits=splits)
+
+    monkeypatch.setattr(Bucket, "etags", spy)
+    r = reader(name, tmp_path, background=False)
+    index = r.index()
+    assert len(listed[-1]) == 3 and r.last_refresh["loaded"] == 0 and len(index) == 9
+    client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
+    RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024).reconcile("catalog/new/rocket.jpg")
+    index = r.index()
+    assert len(listed[-1]) == 3 and r.last_refresh["loaded"] == 1 and "catalog/new/rocket.jpg" in index
+    assert r.status == {"complete": True, "missing": 0}
