@@ -75,7 +75,7 @@ arm64-test: ## the arm64 layer's C kernels: cross-built (no Docker), parity test
 sam-local-image: ## build/import the local python3.13 Lambda base image into podman (cached; root)
 	bash tools/lambda-image/build.sh
 
-sam-local-test: setup ## real `sam local invoke` of every function against moto, via podman in a private netns (root)
+sam-local-test: setup ## real `sam local invoke` of every function and the shard fan-out through `sam local start-lambda`, against moto, via podman in a private netns (root)
 	bash tools/sam-local/test.sh
 
 # ---------------------------------------------------------------- benchmarks

@@ -97,6 +97,8 @@ RUN_FIRST = ["s3-catalog-put.json"]
 
 # Env var names that the test points at moto (as seen from inside the Lambda container).
 ENDPOINT_VARS = re.compile(r"^(AWS_ENDPOINT_URL(_S3)?|.*S3_ENDPOINT.*|.*ENDPOINT_URL.*)$")
+# The fan-out's Lambda endpoint (SearchFunction): not moto's.
+LAMBDA_ENDPOINT_VAR = "AWS_ENDPOINT_URL_LAMBDA"
 # Set to "1" when the function declares it, so URL queries may reach the local image server.
 ALLOW_PRIVATE_URLS_VAR = "HARMONY_ALLOW_PRIVATE_URLS"
 
@@ -233,13 +235,16 @@ def image_server(images: dict[str, bytes]) -> Iterator[str]:
     srv.server_close()
 
 
-def env_overrides(fn: FunctionSpec) -> dict[str, str]:
+def env_overrides(fn: FunctionSpec, bucket: str = MOTO_BUCKET) -> dict[str, str]:
     """Every variable naming the bucket -> its value with the moto bucket, every endpoint
-    variable -> moto as seen from the container, HARMONY_ALLOW_PRIVATE_URLS -> 1."""
+    variable but Lambda's -> moto as seen from the container, HARMONY_ALLOW_PRIVATE_URLS -> 1.
+    (AWS_ENDPOINT_URL_LAMBDA stays the template's: only a test serving the Invoke API sets it.)"""
     out = {}
     for name, value in fn.environment.items():
-        if MOTO_BUCKET in value:
+        if bucket in value:
             out[name] = value
+        elif name == LAMBDA_ENDPOINT_VAR:
+            continue
         elif ENDPOINT_VARS.match(name):
             out[name] = MOTO_FOR_CONTAINERS
         elif name == ALLOW_PRIVATE_URLS_VAR:
