@@ -7,7 +7,7 @@ SearchFunction extracts the query's features once and invokes the shards (Lambda
 
     {"shard": i, "shards": n, "phase": "search" | "shortlist" | "verify",
      "params": {"k", "scoring", "min_score"},
-     "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>},
+     "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>},
      "shortlist": {"keys": [str], "looks": [float], "votes": [int]}}      (phase "verify" only)
 
 ``default`` scoring over several shards runs in two rounds, so that the answer is exactly the one
@@ -19,7 +19,7 @@ an index over the whole catalog gives (harmony_image/index.py has why):
    catalog's shortlist from them;
 2. ``verify`` to each shard holding part of that shortlist, with that part, answered
    ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers",
-   "colour"}}`` (per view lists ``[[query], [mirror]]``);
+   "colour", "detail_colour"}}`` (per view lists ``[[query], [mirror]]``);
    :func:`~harmony_image.index.merge_verified` decides and ranks.
 
 ``seed`` scoring (exhaustive and per row) and a single shard take one round, ``search``, answered
@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResult, merge_results
-from harmony_image.features import DETAIL_SIDE
+from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
 from harmony_image.scoring import Evidence, shortlist_size
@@ -100,15 +100,31 @@ class ShardRequest:
     """Phase ``verify``: the rows of the catalog's shortlist this shard holds."""
 
 
+def _npy(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def encode_query(features: ImageFeatures) -> dict[str, str]:
-    """The query's features as JSON-safe text (the detail image included when the query has it:
-    default scoring's verification needs it for the mirrored query)."""
+    """The query's features as JSON-safe text, with what a query keeps beside its record when it
+    has it: the detail image (default scoring's verification needs it for the mirrored query)
+    and the colour grid (the colours of the part of the query a catalog image lies in)."""
     out = {"features": base64.b64encode(features.to_bytes()).decode("ascii")}
     if features.detail_image is not None:
-        buf = io.BytesIO()
-        np.save(buf, features.detail_image, allow_pickle=False)
-        out["detail_image"] = base64.b64encode(buf.getvalue()).decode("ascii")
+        out["detail_image"] = _npy(features.detail_image)
+    if features.colour_cells is not None:
+        out["colour_cells"] = _npy(features.colour_cells)
     return out
+
+
+def _query_array(payload: dict[str, Any], name: str) -> np.ndarray | None:
+    if name not in payload:
+        return None
+    if not isinstance(payload[name], str):
+        raise BadRequestError(f'"query.{name}" must be base64 text')
+    array: np.ndarray = np.load(io.BytesIO(base64.b64decode(payload[name], validate=True)), allow_pickle=False)
+    return array
 
 
 def decode_query(payload: Any) -> ImageFeatures:
@@ -117,19 +133,22 @@ def decode_query(payload: Any) -> ImageFeatures:
         raise BadRequestError('"query" must be an object with "features" (base64 text)')
     try:
         features = ImageFeatures.from_bytes(base64.b64decode(payload["features"], validate=True))
-        if "detail_image" not in payload:
-            return features
-        raw = payload["detail_image"]
-        if not isinstance(raw, str):
-            raise BadRequestError('"query.detail_image" must be base64 text')
-        detail = np.load(io.BytesIO(base64.b64decode(raw, validate=True)), allow_pickle=False)
+        detail = _query_array(payload, "detail_image")
+        cells = _query_array(payload, "colour_cells")
     except (binascii.Error, ValueError, OSError) as exc:
         raise BadRequestError(f'"query" is not an encoded query ({exc})') from exc
     except HarmonyError as exc:
         raise BadRequestError(f'"query.features": {exc.message}') from exc
-    if detail.dtype != np.uint8 or detail.ndim != 2 or not 0 < max(detail.shape) <= MAX_DETAIL_SIDE:
+    if detail is not None and (
+        detail.dtype != np.uint8 or detail.ndim != 2 or not 0 < max(detail.shape) <= MAX_DETAIL_SIDE
+    ):
         raise BadRequestError(f'"query.detail_image" must be a 2-D uint8 image of at most {MAX_DETAIL_SIDE} px a side')
-    return replace(features, detail_image=detail)
+    grid = (COLOUR_GRID, COLOUR_GRID, HUE_BINS + 1)
+    if cells is not None and (
+        cells.dtype != np.float32 or cells.shape != grid or not (np.isfinite(cells) & (cells >= 0)).all()
+    ):
+        raise BadRequestError(f'"query.colour_cells" must be {grid} float32 values >= 0')
+    return replace(features, detail_image=detail, colour_cells=cells)
 
 
 # ------------------------------------------------------------------------ message fields, checked
@@ -186,12 +205,13 @@ def _verified_json(v: Verified) -> dict[str, Any]:
         "sha256": list(v.sha256),
         **{f: [[float(x) for x in view] for view in getattr(e, f)] for f in _PER_VIEW},
         "colour": [float(x) for x in e.colour],
+        "detail_colour": [float(x) for x in e.detail_colour],
     }
 
 
 def _verified_fields(value: Any, asked: Shortlist) -> Verified:
     """A ``verified`` answer to a request for ``asked``: its rows must be some of those asked for."""
-    raw = _object(value, "verified", {"keys", "urls", "sha256", *_PER_VIEW, "colour"})
+    raw = _object(value, "verified", {"keys", "urls", "sha256", *_PER_VIEW, "colour", "detail_colour"})
     keys = _keys(raw["keys"], "verified.keys")
     at = {key: i for i, key in enumerate(asked.keys)}
     if any(key not in at for key in keys) or keys != sorted(keys):
@@ -212,6 +232,7 @@ def _verified_fields(value: Any, asked: Shortlist) -> Verified:
         looks=asked.looks[rows],
         votes=asked.votes[rows],
         colour=_numbers(raw["colour"], "verified.colour", n).astype(COLOUR_DTYPE),
+        detail_colour=_numbers(raw["detail_colour"], "verified.detail_colour", n).astype(COLOUR_DTYPE),
         **views,
     )
     return Verified(tuple(keys), tuple(urls), tuple(hashes), evidence)
@@ -264,7 +285,7 @@ def shard_request(
 ) -> dict[str, Any]:
     """A request to shard ``shard`` of ``shards``; ``part`` (phase ``verify``) is its share of
     the catalog's shortlist. Phase ``shortlist`` leaves the detail image out (unused there)."""
-    query = replace(features, detail_image=None) if phase == "shortlist" else features
+    query = replace(features, detail_image=None, colour_cells=None) if phase == "shortlist" else features
     out: dict[str, Any] = {
         "shard": shard,
         "shards": shards,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -36,6 +36,9 @@ FEATURE_VERSION = 3
 SEED_SIDE = 256
 THUMB_SIDE = 32
 HUE_BINS = 12
+COLOUR_GRID = 8
+"""Queries keep colour sums per cell of a COLOUR_GRID x COLOUR_GRID grid, so that the colours
+of the part of a query that matched a catalog image can be told apart from the rest."""
 DETAIL_SIDE = 512
 DETAIL_FEATURES = 1000
 # below OpenCV's default (20) so smooth, low-contrast images still get keypoints; textured
@@ -85,9 +88,8 @@ def detail_gray(bgr: np.ndarray) -> np.ndarray:
     """Grayscale scaled (up or down) to DETAIL_SIDE px on its longer side, aspect kept."""
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
     h, w = gray.shape
-    f = DETAIL_SIDE / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    shrinking = max(h, w) > DETAIL_SIDE
+    return cv2.resize(gray, detail_size(w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +100,37 @@ def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _orb_arrays(_detail_orb, gray)
 
 
+def _hue_weights(hsv: np.ndarray) -> np.ndarray:
+    """(h, w, HUE_BINS + 1) float32: each pixel's saturation in [0, 1] in its hue's bin, and
+    its saturation again in the last slot."""
+    saturation = hsv[:, :, 1].astype(np.float32) / 255.0
+    hue_bin = (hsv[:, :, 0].astype(np.int32) * HUE_BINS) // 180
+    out = np.zeros((*hsv.shape[:2], HUE_BINS + 1), dtype=np.float32)
+    np.put_along_axis(out, hue_bin[:, :, None], saturation[:, :, None], axis=2)
+    out[:, :, -1] = saturation
+    return out
+
+
+def _signature(sums: np.ndarray, pixels: int) -> np.ndarray:
+    """A colour signature from per-bin saturation sums and the saturation total of ``pixels``."""
+    hist = sums[:-1].astype(np.float32)
+    total = float(hist.sum())
+    if total > 0:
+        hist = hist / total
+    return np.append(hist, np.float32(sums[-1] / max(1, pixels))).astype(np.float32)
+
+
+def _small_hsv(bgr: np.ndarray, side: int) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    f = side / max(h, w)
+    small = cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+
+
 def colour_signature(bgr: np.ndarray) -> np.ndarray:
     """Hue histogram (HUE_BINS bins, weighted by saturation, summing to 1 or all 0 for a gray
     image) followed by the mean saturation in [0, 1]; float32 of length HUE_BINS + 1."""
-    h, w = bgr.shape[:2]
-    f = 64 / max(h, w)
-    small = cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    hsv = _small_hsv(bgr, 64)
     saturation = hsv[:, :, 1].astype(np.float32).ravel() / 255.0
     hue_bin = (hsv[:, :, 0].astype(np.int32).ravel() * HUE_BINS) // 180
     hist = np.bincount(hue_bin, weights=saturation, minlength=HUE_BINS).astype(np.float32)
@@ -112,6 +138,39 @@ def colour_signature(bgr: np.ndarray) -> np.ndarray:
     if total > 0:
         hist /= total
     return np.append(hist, np.float32(saturation.mean())).astype(np.float32)
+
+
+def colour_grid(bgr: np.ndarray) -> np.ndarray:
+    """(COLOUR_GRID, COLOUR_GRID, HUE_BINS + 1) float32 per-cell sums of :func:`_hue_weights`
+    over the image stretched to a square (the 256x256 grayscale's frame), for
+    :func:`region_colours`."""
+    side = COLOUR_GRID * 8
+    hsv = cv2.cvtColor(cv2.resize(bgr, (side, side), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2HSV)
+    cells: np.ndarray = _hue_weights(hsv).reshape(COLOUR_GRID, 8, COLOUR_GRID, 8, HUE_BINS + 1).sum(axis=(1, 3))
+    return cells
+
+
+def region_colours(grid: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The :func:`colour_signature` of the part of an image inside ``box`` = (x0, y0, x1, y1)
+    in its 256x256 grayscale's pixels, from its :func:`colour_grid`: the cells whose centres
+    the box holds (the cell nearest its centre when it holds none)."""
+    cell = SEED_SIDE / COLOUR_GRID
+    centres = (np.arange(COLOUR_GRID) + 0.5) * cell
+    x0, y0, x1, y1 = box
+    cols = np.flatnonzero((centres >= x0) & (centres <= x1))
+    rows = np.flatnonzero((centres >= y0) & (centres <= y1))
+    if not len(cols):
+        cols = np.array([np.abs(centres - (x0 + x1) / 2).argmin()])
+    if not len(rows):
+        rows = np.array([np.abs(centres - (y0 + y1) / 2).argmin()])
+    cells = grid[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _signature(cells.sum(axis=(0, 1)), cells.shape[0] * cells.shape[1] * 64)
+
+
+def detail_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the :func:`detail_gray` image of a ``width`` x ``height`` image."""
+    f = DETAIL_SIDE / max(width, height)
+    return max(1, round(width * f)), max(1, round(height * f))
 
 
 def thumbnail(gray: np.ndarray) -> np.ndarray:
@@ -136,8 +195,10 @@ class ImageFeatures:
     detail_keypoints: np.ndarray
     detail_descriptors: np.ndarray
     colours: np.ndarray
-    # Queries keep their detail image so the mirrored query can be featurised; not stored.
+    # Queries keep their detail image so the mirrored query can be featurised, and their
+    # colour_grid for the colours of a matched region; neither is stored.
     detail_image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    colour_cells: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def keypoint_count(self) -> int:
@@ -228,8 +289,9 @@ def features_from_images(
 
 
 def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
-    """Features of an already decoded BGR image whose original bytes hash to ``sha256``."""
-    return features_from_images(
+    """Features of an already decoded BGR image whose original bytes hash to ``sha256``
+    (``keep_detail_image``: a query's, with its detail image and :func:`colour_grid`)."""
+    features = features_from_images(
         seed_gray(bgr),
         detail_gray(bgr),
         colour_signature(bgr),
@@ -238,6 +300,7 @@ def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool =
         height=int(bgr.shape[0]),
         keep_detail_image=keep_detail_image,
     )
+    return replace(features, colour_cells=colour_grid(bgr)) if keep_detail_image else features
 
 
 def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, query: bool = True) -> ImageFeatures:

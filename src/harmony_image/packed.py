@@ -349,6 +349,12 @@ class PackedCatalog:
         block, i = self._locate(row)
         return block.shortlist.sha256_hex(i)
 
+    def size_of(self, row: int) -> tuple[int, int]:
+        """The row's image (width, height), pixels."""
+        block, i = self._locate(row)
+        width, height = block.shortlist.sizes[i].tolist()
+        return int(width), int(height)
+
     def entry(self, row: int) -> CatalogEntry:
         block, i = self._locate(row)
         return CatalogEntry(key=self.keys[row], url=block.shortlist.url(i), features=block.features(i))

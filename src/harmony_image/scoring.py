@@ -19,6 +19,10 @@
    ``evidence + (1 - evidence) * 0.3 * seed_score``, so images without evidence still rank by
    the seed's score but stay below 0.3. A score >= :data:`SAME_IMAGE_THRESHOLD` means "the same
    image or a copy of it".
+4. Colour: all evidence above is grayscale. The hues of the part of the query where the catalog
+   image lies (where the fit maps its frame) are compared with the catalog image's: a small
+   difference breaks ties; an outright one (another colourway) makes it a look-alike, scored
+   below the copy threshold. Nearly gray images have no say.
 """
 
 from __future__ import annotations
@@ -33,7 +37,16 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from .features import DETAIL_SIDE, ImageFeatures, detail_orb, features_from_images
+from .features import (
+    COLOUR_GRID,
+    DETAIL_SIDE,
+    SEED_SIDE,
+    ImageFeatures,
+    detail_orb,
+    detail_size,
+    features_from_images,
+    region_colours,
+)
 from .kernels import (
     DescriptorPack,
     cross_check_counts,
@@ -73,6 +86,14 @@ PRIOR_WEIGHT = 0.3
 SAME_IMAGE_THRESHOLD = 0.5
 COLOURFUL = 0.12
 COLOUR_TIEBREAK = 0.02
+LOOKALIKE_AGREEMENT = 0.4
+"""Below this hue agreement (:func:`colour_agreement`, 0-1) of the part of the query a catalog
+image lies in with that image, both colourful, the two are colourways of one thing — a
+look-alike, not a copy (docs/SCORING.md; the benchmark's colourway, recoloured and colour-cast
+queries check both sides)."""
+LOOKALIKE_CEILING = 0.45
+"""A look-alike's score is scaled by this: below :data:`SAME_IMAGE_THRESHOLD`, above images
+without evidence (< :data:`PRIOR_WEIGHT`) when its evidence was strong."""
 
 
 _stage_times: ContextVar[dict[str, float] | None] = ContextVar("harmony_stage_times", default=None)
@@ -258,14 +279,49 @@ def verified_inliers(
     *,
     homography: bool = False,
     floor: float = 0.0,
-) -> int:
-    """Ratio-test ORB matches that agree with one RANSAC transform (affine, or a homography
-    for detail features, where viewpoint changes show). Returns 0 without fitting when there
+) -> Fit:
+    """The ratio-test ORB matches that agree with one RANSAC transform (affine, or a homography
+    for detail features, where viewpoint changes show). No inliers, without fitting, when there
     are no more candidate matches than ``floor`` (fewer inliers than that count for nothing)."""
     if len(query_descriptors) < 4 or planes.shape[1] < 4:
-        return 0
+        return _NO_FIT
     idx, d1, d2 = nearest_two(query_descriptors, planes)
     return fitted_inliers(query_keypoints, keypoints, idx, d1, d2, homography=homography, floor=floor)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A RANSAC fit of query keypoints to a catalog image's: the inliers' query coordinates
+    (m, 2) and the model mapping query to catalog coordinates (2x3 affine or 3x3 homography;
+    None when nothing plausible fits)."""
+
+    inliers: np.ndarray
+    model: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.inliers)
+
+    def catalog_box(self, width: float, height: float) -> tuple[float, float, float, float] | None:
+        """Where the catalog image's ``width`` x ``height`` frame lies in the query: the
+        bounding box (x0, y0, x1, y1) of its corners mapped back, in query coordinates; None
+        without a model or when a corner maps to infinity."""
+        if self.model is None:
+            return None
+        h = self.model if self.model.shape[0] == 3 else np.vstack([self.model, [0.0, 0.0, 1.0]])
+        try:
+            back = np.linalg.inv(h)
+        except np.linalg.LinAlgError:
+            return None
+        corners = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], dtype=np.float64)
+        mapped = corners @ back.T
+        if not (mapped[:, 2] > 1e-9).all():
+            return None
+        xy = mapped[:, :2] / mapped[:, 2:]
+        (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+
+_NO_FIT = Fit(np.zeros((0, 2), dtype=np.float32))
 
 
 def fitted_inliers(
@@ -277,12 +333,12 @@ def fitted_inliers(
     *,
     homography: bool = False,
     floor: float = 0.0,
-) -> int:
+) -> Fit:
     """:func:`verified_inliers` from the query's nearest neighbours among ``keypoints``
     (:func:`~harmony_image.kernels.nearest_two`: index, smallest and second smallest distance)."""
     good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
     if np.count_nonzero(good) <= max(4, floor):
-        return 0
+        return _NO_FIT
     # Closest first: RHO (PROSAC) samples in that order, and RANSAC time grows with matches
     # while the closest carry the signal.
     matches = np.flatnonzero(good)
@@ -294,9 +350,10 @@ def fitted_inliers(
         model, mask = cv2.estimateAffine2D(
             src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS
         )
-    if model is None or mask is None or not plausible(model, src[mask.ravel() > 0]):
-        return 0
-    return int(mask.sum())
+    if model is None or mask is None:
+        return _NO_FIT
+    inliers: np.ndarray = src[mask.ravel() > 0]
+    return Fit(inliers, model) if plausible(model, inliers) else _NO_FIT
 
 
 def plausible(model: np.ndarray, inlier_points: np.ndarray) -> bool:
@@ -336,12 +393,30 @@ def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray
     return score
 
 
-def colour_agreement(query: ImageFeatures, catalog_colours: np.ndarray) -> np.ndarray:
-    """Hue-histogram intersection in [0, 1] of the query with each catalog row; 1 (no
-    opinion) where either image is nearly gray — a grayscale copy is still a copy."""
-    agreement = np.minimum(catalog_colours[:, :-1], query.colours[:-1]).sum(axis=1)
-    neutral = (catalog_colours[:, -1] < COLOURFUL) | (query.colours[-1] < COLOURFUL)
+def colour_agreement(colours: np.ndarray, catalog_colours: np.ndarray) -> np.ndarray:
+    """Hue-histogram intersection in [0, 1] of ``colours`` (a query's
+    :func:`~harmony_image.features.colour_signature`, or its rows') with each catalog row's;
+    1 (no opinion) where either is nearly gray — a grayscale copy is still a copy."""
+    colours = np.broadcast_to(colours, catalog_colours.shape)
+    agreement = np.minimum(catalog_colours[:, :-1], colours[:, :-1]).sum(axis=1)
+    neutral = (catalog_colours[:, -1] < COLOURFUL) | (colours[:, -1] < COLOURFUL)
     return np.where(neutral, 1.0, agreement)
+
+
+def matched_colours(query: ImageFeatures, boxes: np.ndarray) -> np.ndarray:
+    """Per row, the colour signature of the part of ``query`` the catalog image lies in
+    (``boxes``: (n, 4) x0, y0, x1, y1 in the 256 px frame, NaN: not located), or of the whole
+    query where it was not located or the query keeps no
+    :func:`~harmony_image.features.colour_grid`."""
+    out = np.repeat(query.colours[None, :], len(boxes), axis=0)
+    if query.colour_cells is not None:
+        # a box holding every cell's centre is the whole query: its own signature, exactly
+        half_cell = SEED_SIDE / COLOUR_GRID / 2
+        whole = (boxes[:, :2] <= half_cell).all(axis=1) & (boxes[:, 2:] >= SEED_SIDE - half_cell).all(axis=1)
+        for i in np.flatnonzero(~np.isnan(boxes[:, 0]) & ~whole).tolist():
+            x0, y0, x1, y1 = boxes[i].tolist()
+            out[i] = region_colours(query.colour_cells, (x0, y0, x1, y1))
+    return out
 
 
 @dataclass(frozen=True)
@@ -363,7 +438,12 @@ class Evidence:
     detail_inliers: np.ndarray
     """(2, n) RANSAC inliers of the detail features; 0 where not verified (:func:`detail_choice`)."""
     colour: np.ndarray
-    """(n,) :func:`colour_agreement`."""
+    """(n,) :func:`colour_agreement` of the part of the query where the 256 px fit locates the
+    catalog image (:func:`matched_colours`; the whole query where none does)."""
+    detail_colour: np.ndarray
+    """(n,) the same where the detail fit locates it; ``colour`` where it was not verified.
+    :func:`decide` reads it only for the rows it chose for detail verification, so that a shard
+    verifying more rows than the catalog's choice answers as one index does."""
 
     def __len__(self) -> int:
         return len(self.looks)
@@ -378,6 +458,7 @@ class Evidence:
             inliers=self.inliers[:, order],
             detail_inliers=self.detail_inliers[:, order],
             colour=self.colour[order],
+            detail_colour=self.detail_colour[order],
         )
 
     @staticmethod
@@ -385,7 +466,7 @@ class Evidence:
         """The rows of ``parts``, one after the other (no part: no rows)."""
         if not parts:
             none, pairs = np.zeros(0), np.zeros((2, 0))
-            return Evidence(none, none, pairs, pairs, pairs, pairs, none)
+            return Evidence(none, none, pairs, pairs, pairs, pairs, none, none)
         return Evidence(
             looks=np.concatenate([p.looks for p in parts]),
             votes=np.concatenate([p.votes for p in parts]),
@@ -394,6 +475,7 @@ class Evidence:
             inliers=np.concatenate([p.inliers for p in parts], axis=1),
             detail_inliers=np.concatenate([p.detail_inliers for p in parts], axis=1),
             colour=np.concatenate([p.colour for p in parts]),
+            detail_colour=np.concatenate([p.detail_colour for p in parts]),
         )
 
 
@@ -426,11 +508,16 @@ def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     only, less the colour tie-break."""
     chosen = np.zeros(len(e), dtype=bool)
     chosen[detail_choice(e)] = True
-    scores = _view_scores(e, np.where(chosen, e.detail_inliers, 0.0))
+    detail_inliers = np.where(chosen, e.detail_inliers, 0.0)
+    scores = _view_scores(e, detail_inliers)
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
-    # product), the one whose colours agree with the query's goes first.
-    scores -= COLOUR_TIEBREAK * (1.0 - e.colour)
+    # product), the one whose colours agree with the query's goes first; where the colours
+    # disagree outright, it is another colourway — a look-alike, never "the same image". The
+    # colours compared are where the fit with the most inliers puts the catalog image.
+    colour = np.where(detail_inliers.max(axis=0) > e.inliers.max(axis=0), e.detail_colour, e.colour)
+    scores -= COLOUR_TIEBREAK * (1.0 - colour)
     np.clip(scores, 0.0, 1.0, out=scores)
+    scores[:, colour < LOOKALIKE_AGREEMENT] *= LOOKALIKE_CEILING
     use_flip = scores[1] > scores[0]
     return (
         np.where(use_flip, scores[1], scores[0]),
@@ -475,6 +562,22 @@ def verify_shortlist(
     detail_inliers = np.zeros((2, len(rows)))
     detail_views = [query, mirror]  # the mirror's detail features are added when detail verification runs
     catalog_counts = np.diff(descriptors.offsets)
+    # per row, where the fit with the most inliers puts the catalog image in the query, at 256 px
+    # (boxes[0]) and at detail (boxes[1]): x0, y0, x1, y1 in the 256 px frame (the mirror's
+    # flipped back), clipped to it; NaN where no fit does
+    boxes = np.full((2, len(rows), 4), np.nan)
+    box_support = np.zeros((2, len(rows)))
+    detail_shape = query.detail_image.shape if query.detail_image is not None else None
+
+    def keep_box(
+        i: int, fit: Fit, v: int, at_detail: int, catalog_frame: tuple[int, int], scale: tuple[float, float]
+    ) -> None:
+        if len(fit) <= box_support[at_detail, i] or (box := fit.catalog_box(*catalog_frame)) is None:
+            return
+        box_support[at_detail, i] = len(fit)
+        x0, x1 = np.clip([box[0] * scale[0], box[2] * scale[0]], 0, SEED_SIDE)
+        y0, y1 = np.clip([box[1] * scale[1], box[3] * scale[1]], 0, SEED_SIDE)
+        boxes[at_detail, i] = (x0, y0, x1, y1) if v == 0 else (SEED_SIDE - x1, y0, SEED_SIDE - x0, y1)
 
     def verify(i: int) -> None:
         if catalog_counts[i] < 4:
@@ -482,13 +585,16 @@ def verify_shortlist(
         keypoints = packed.keypoints_of(int(rows[i]))
         for v, (view, (_, idx, d1, d2)) in enumerate(zip(views, matches, strict=True)):
             if len(view.descriptors) >= 4:
-                inliers[v, i] = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
+                fit = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
+                inliers[v, i] = len(fit)
+                keep_box(i, fit, v, 0, (SEED_SIDE, SEED_SIDE), (1.0, 1.0))
 
     def verify_detail(i: int) -> None:
         keypoints = packed.detail_keypoints_of(int(rows[i]))
         planes = packed.detail_planes(int(rows[i]))
+        frame = detail_size(*packed.size_of(int(rows[i])))
         for v, view in enumerate(detail_views):
-            detail_inliers[v, i] = verified_inliers(
+            fit = verified_inliers(
                 view.detail_descriptors,
                 view.detail_keypoints,
                 keypoints,
@@ -496,11 +602,13 @@ def verify_shortlist(
                 homography=True,
                 floor=DETAIL_INLIER_FLOOR,
             )
+            detail_inliers[v, i] = len(fit)
+            if detail_shape is not None:
+                keep_box(i, fit, v, 1, frame, (SEED_SIDE / detail_shape[1], SEED_SIDE / detail_shape[0]))
 
     map_threads(verify, range(len(rows)))
     clock.lap("verify")
-    colour = colour_agreement(query, packed.colours_of(rows))
-    partial = Evidence(looks, votes, ssim, orb, inliers, detail_inliers, colour)
+    partial = Evidence(looks, votes, ssim, orb, inliers, detail_inliers, np.ones(len(rows)), np.ones(len(rows)))
     todo = detail_choice(partial)
     # waited for even when unused: no work outlives a search
     detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
@@ -508,7 +616,12 @@ def verify_shortlist(
     if todo:
         map_threads(verify_detail, todo)  # fills detail_inliers, which ``partial`` holds
         clock.lap("detail verify")
-    return partial
+    catalog_colours = packed.colours_of(rows)
+    colour = colour_agreement(matched_colours(query, boxes[0]), catalog_colours)
+    located = ~np.isnan(boxes[1, :, 0])
+    detail_colour = colour.copy()
+    detail_colour[located] = colour_agreement(matched_colours(query, boxes[1, located]), catalog_colours[located])
+    return replace(partial, colour=colour, detail_colour=detail_colour)
 
 
 def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:

@@ -51,6 +51,7 @@ def test_a_query_survives_its_encoding(images):
         feats = extract_features(images[q])
         back = decode_query(encode_query(feats))
         assert back.detail_image is not None and np.array_equal(back.detail_image, feats.detail_image)
+        assert back.colour_cells is not None and np.array_equal(back.colour_cells, feats.colour_cells)
         for scoring in ("default", "seed"):
             p = SearchParams(k=5, scoring=scoring)
             assert index.search(back, p) == index.search(feats, p)
@@ -75,6 +76,11 @@ def _npy(a: np.ndarray) -> str:
         (lambda r: r["query"].update(detail_image=_npy(np.zeros((4096, 4), np.uint8))), "at most"),
         (lambda r: r["query"].update(detail_image=_npy(np.zeros((64, 64), np.float64))), "2-D uint8"),
         (lambda r: r["query"].update(detail_image=base64.b64encode(b"\x93NUMPY junk").decode()), "not an encoded"),
+        (lambda r: r["query"].update(colour_cells=7), "base64 text"),
+        (lambda r: r["query"].update(colour_cells=_npy(np.zeros((8, 8, 12), np.float32))), "float32 values"),
+        (lambda r: r["query"].update(colour_cells=_npy(np.full((8, 8, 13), np.nan, np.float32))), "float32 values"),
+        (lambda r: r["query"].update(colour_cells=_npy(np.full((8, 8, 13), -1, np.float32))), ">= 0"),
+        (lambda r: r["query"].update(colour_cells=_npy(np.zeros((8, 8, 13), np.float64))), "float32 values"),
     ],
 )
 def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
@@ -121,8 +127,8 @@ def test_bad_verification_requests_are_refused_with_a_reason(images, change, say
 def test_a_shortlist_request_leaves_the_detail_image_out(images):
     feats = extract_features(images["coffee__resize_half.png"])
     request = shard_request(0, 2, feats, SearchParams(), phase="shortlist")
-    assert "detail_image" not in request["query"]
-    assert "detail_image" in shard_request(0, 2, feats, SearchParams())["query"]
+    assert "detail_image" not in request["query"] and "colour_cells" not in request["query"]
+    assert {"detail_image", "colour_cells"} <= set(shard_request(0, 2, feats, SearchParams())["query"])
     assert parse_shard_request(request).phase == "shortlist"
 
 

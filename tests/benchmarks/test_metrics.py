@@ -101,8 +101,8 @@ def test_quality_recall_mrr_auc_and_per_transform() -> None:
     assert q["neg_scores"] == [0.8]  # q5 returned nothing
     assert q["auc"] == 1.0
     assert q["per_transform"] == {
-        "t1": {"n": 2, "r1": 1, "r5": 2, "neg": 1},
-        "t2": {"n": 1, "r1": 0, "r5": 0, "neg": 1},
+        "t1": {"n": 2, "r1": 1, "r5": 2, "neg": 1, "neg_copy": 0},
+        "t2": {"n": 1, "r1": 0, "r5": 0, "neg": 1, "neg_copy": 0},
     }
     assert q["best_f1"] == {"threshold": 0.9, "precision": 1.0, "recall": pytest.approx(1 / 3)}
     assert "engine_threshold" not in q
@@ -115,13 +115,15 @@ def test_quality_reports_a_given_threshold() -> None:
         "name": "scoring.SAME_IMAGE_THRESHOLD",
         **metrics.at_threshold(run, truth, queries, 0.75),
     }
+    # negatives whose top score reaches the threshold are false copies: q4 (0.8, t2); q5 (t1) has no result
+    assert {t: c["neg_copy"] for t, c in q["per_transform"].items()} == {"t1": 0, "t2": 1}
 
 
 def test_quality_without_positives() -> None:
     run = ScoringRun("seed", keys={"n": ["X"]}, scores={"n": [0.3]})
     q = metrics.quality(run, {"n": None}, {"n": "t"}, ["n"])
     assert q["recall@1"] is None and q["recall@5"] is None and q["mrr@5"] is None and q["auc"] is None
-    assert q["per_transform"] == {"t": {"n": 0, "r1": 0, "r5": 0, "neg": 1}}
+    assert q["per_transform"] == {"t": {"n": 0, "r1": 0, "r5": 0, "neg": 1, "neg_copy": 0}}
 
 
 def test_same_top_allows_ties_only() -> None:
