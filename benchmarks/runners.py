@@ -210,7 +210,7 @@ def shortlist_loss(
         kept = {}
         for q in names:
             f = queries.features[q]
-            rows, _looks, _votes = engine_scoring.shortlist(f, engine_scoring.mirrored(f), packed, size)
+            rows, _ = engine_scoring.shortlist(f, engine_scoring.mirrored(f), packed, size)
             kept[q] = {packed.keys[int(r)] for r in rows}
         return metrics.shortlist_loss(int(size), kept, seed_run.keys, truth, names)
     except Exception as exc:  # noqa: BLE001 - the engine's internals moved: report, don't fail the benchmark

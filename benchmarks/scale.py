@@ -549,7 +549,7 @@ Indexing (upload + `RecordWriter.reconcile`, 8 threads): {m["index_images_per_s"
 Compaction: {m["compaction_images_per_s"]:.0f} images/s.
 
 The fan-out is SearchFunction's `ShardFanOut` (each shard answered in this process, JSON both
-ways): a shortlist round (each shard's best rows by keypoint votes and by looks, cut to the
+ways): a shortlist round (each shard's best rows by each first-pass vote, cut to the
 catalog's shortlist), then a verification round (each shard verifies its part of that shortlist
 and returns the per-row evidence; detail choice, calibration and ranking run over all of it), so
 its answer is one index's by construction: largest score difference in an identical top-5

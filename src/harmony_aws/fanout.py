@@ -8,14 +8,15 @@ SearchFunction extracts the query's features once and invokes the shards (Lambda
     {"shard": i, "shards": n, "phase": "search" | "shortlist" | "verify",
      "params": {"k", "scoring", "min_score"},
      "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>},
-     "shortlist": {"keys": [str], "looks": [float], "votes": [int]}}      (phase "verify" only)
+     "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int]}}
+                                                                          (phase "verify" only)
 
 ``default`` scoring over several shards runs in two rounds, so that the answer is exactly the one
 an index over the whole catalog gives (harmony_image/index.py has why):
 
 1. ``shortlist`` to every shard (the query without its detail image), answered
-   ``{"shortlist": {"keys", "looks", "votes"}, "catalog_size", "index"}``: the shard's best rows
-   by keypoint votes and by looks; :func:`~harmony_image.index.merge_shortlists` cuts the
+   ``{"shortlist": {"keys", "looks", "votes", "detail_votes"}, "catalog_size", "index"}``: the
+   shard's best rows by each vote; :func:`~harmony_image.index.merge_shortlists` cuts the
    catalog's shortlist from them;
 2. ``verify`` to each shard holding part of that shortlist, with that part, answered
    ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers",
@@ -52,7 +53,7 @@ from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResul
 from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
-from harmony_image.scoring import Evidence, shortlist_size
+from harmony_image.scoring import Evidence, FirstPass, shortlist_size
 
 from .config import MAX_SHARDS
 from .errors import BadRequestError, StorageError
@@ -65,8 +66,8 @@ log = logging.getLogger(__name__)
 MAX_DETAIL_SIDE = 2 * DETAIL_SIDE
 """Largest side of a query's detail image accepted in a shard request (the engine makes it at
 most :data:`~harmony_image.features.DETAIL_SIDE`)."""
-MAX_ROWS = 2 * shortlist_size(MAX_K)
-"""Most rows in a shortlist or verification message: a shard's best by votes and by looks."""
+MAX_ROWS = 3 * shortlist_size(MAX_K)
+"""Most rows in a shortlist or verification message: a shard's best by each of the three votes."""
 MAX_URL_CHARS = 8192
 """Longest result URL accepted from a shard (a catalog manifest's source URL)."""
 
@@ -186,15 +187,21 @@ def _numbers(value: Any, name: str, n: int, *, counts: bool = False) -> np.ndarr
 
 
 def _shortlist_fields(value: Any, name: str) -> Shortlist:
-    raw = _object(value, name, {"keys", "looks", "votes"})
+    raw = _object(value, name, {"keys", "looks", "votes", "detail_votes"})
     keys = _keys(raw["keys"], f"{name}.keys")
     looks = _numbers(raw["looks"], f"{name}.looks", len(keys))
     votes = _numbers(raw["votes"], f"{name}.votes", len(keys), counts=True)
-    return Shortlist(tuple(keys), looks, votes)
+    detail_votes = _numbers(raw["detail_votes"], f"{name}.detail_votes", len(keys), counts=True)
+    return Shortlist(tuple(keys), FirstPass(looks, votes, detail_votes))
 
 
 def _shortlist_json(s: Shortlist) -> dict[str, Any]:
-    return {"keys": list(s.keys), "looks": [float(x) for x in s.looks], "votes": [int(x) for x in s.votes]}
+    return {
+        "keys": list(s.keys),
+        "looks": [float(x) for x in s.first.looks],
+        "votes": [int(x) for x in s.first.votes],
+        "detail_votes": [int(x) for x in s.first.detail_votes],
+    }
 
 
 def _verified_json(v: Verified) -> dict[str, Any]:
@@ -229,8 +236,7 @@ def _verified_fields(value: Any, asked: Shortlist) -> Verified:
     }
     rows = np.array([at[key] for key in keys], dtype=np.int64)
     evidence = Evidence(
-        looks=asked.looks[rows],
-        votes=asked.votes[rows],
+        first=asked.first.take(rows),
         colour=_numbers(raw["colour"], "verified.colour", n).astype(COLOUR_DTYPE),
         detail_colour=_numbers(raw["detail_colour"], "verified.detail_colour", n).astype(COLOUR_DTYPE),
         **views,
@@ -447,4 +453,4 @@ class ShardFanOut:
 
 def _part(shortlist: Shortlist, mine: list[bool]) -> Shortlist:
     at = np.flatnonzero(np.array(mine, dtype=bool))
-    return Shortlist(tuple(shortlist.keys[i] for i in at.tolist()), shortlist.looks[at], shortlist.votes[at])
+    return shortlist.take(at)

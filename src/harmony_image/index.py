@@ -7,7 +7,7 @@ arrays are used where they are, not copied).
 A catalog split into shards (one index each) answers ``default`` searches exactly as one index
 over all of it, in two phases (harmony_aws/fanout.py carries them between functions):
 
-1. each shard's :meth:`SearchIndex.first_pass`: its best rows by keypoint votes and by looks;
+1. each shard's :meth:`SearchIndex.first_pass`: its best rows by each first-pass vote;
    :func:`merge_shortlists` cuts their union to the catalog's shortlist;
 2. each shard's :meth:`SearchIndex.verify` of its part of that shortlist (the per-row evidence);
    :func:`merge_verified` chooses the detail evidence and calibrates over all of it, and ranks.
@@ -32,6 +32,7 @@ from .params import SearchParams
 from .scoring import (
     Candidates,
     Evidence,
+    FirstPass,
     decide,
     mirrored,
     score_catalog,
@@ -61,15 +62,18 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Shortlist:
-    """Catalog rows by key, in key order, with their first-pass thumbnail correlation
-    (``looks``) and keypoint votes: a shard's best of each, or the catalog's shortlist."""
+    """Catalog rows by key, in key order, with their first-pass votes: a shard's best of each,
+    or the catalog's shortlist."""
 
     keys: tuple[str, ...]
-    looks: np.ndarray
-    votes: np.ndarray
+    first: FirstPass
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def take(self, positions: np.ndarray) -> Shortlist:
+        """These rows (positions, in key order)."""
+        return Shortlist(tuple(self.keys[i] for i in positions.tolist()), self.first.take(positions))
 
 
 @dataclass(frozen=True)
@@ -187,9 +191,10 @@ class SearchIndex:
         keypoint votes and by looks (:func:`~harmony_image.scoring.shortlist`)."""
         packed = self.packed()
         if len(packed) == 0:
-            return Shortlist((), np.zeros(0), np.zeros(0, dtype=np.int64))
-        rows, looks, votes = shortlist(query, mirrored(query, detail=False), packed, shortlist_size(k))
-        return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), looks, votes)
+            none = np.zeros(0, dtype=np.int64)
+            return Shortlist((), FirstPass(np.zeros(0), none, none))
+        rows, first = shortlist(query, mirrored(query, detail=False), packed, shortlist_size(k))
+        return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), first)
 
     def verify(self, query: ImageFeatures, part: Shortlist) -> Verified:
         """Phase 2: the evidence for the rows of ``part`` (this index's share of the catalog's
@@ -200,9 +205,7 @@ class SearchIndex:
         found.sort()
         rows = np.array([row for row, _ in found], dtype=np.int64)
         mine = np.array([i for _, i in found], dtype=np.int64)
-        evidence = verify_shortlist(
-            query, mirrored(query, detail=False), packed, rows, looks=part.looks[mine], votes=part.votes[mine]
-        )
+        evidence = verify_shortlist(query, mirrored(query, detail=False), packed, rows, first=part.first.take(mine))
         r = rows.tolist()
         return Verified(
             keys=tuple(packed.keys[i] for i in r),
@@ -229,14 +232,20 @@ def _key_order(keys: Iterable[str]) -> tuple[list[str], np.ndarray]:
 
 def merge_shortlists(parts: Iterable[Shortlist], *, k: int) -> Shortlist:
     """The catalog's shortlist for ``k`` results from its shards' :meth:`SearchIndex.first_pass`
-    answers: the best :func:`~harmony_image.scoring.shortlist_size` by votes and by looks,
-    ties by key — the rows one index over the whole catalog shortlists."""
+    answers: the best :func:`~harmony_image.scoring.shortlist_size` by each vote, ties by key —
+    the rows one index over the whole catalog shortlists."""
     parts = list(parts)
     keys, at = _key_order(key for p in parts for key in p.keys)
-    looks = np.concatenate([np.asarray(p.looks, dtype=np.float64) for p in parts] or [np.zeros(0)])[at]
-    votes = np.concatenate([np.asarray(p.votes, dtype=np.int64) for p in parts] or [np.zeros(0, np.int64)])[at]
-    chosen = shortlist_cut(looks, votes, shortlist_size(k))
-    return Shortlist(tuple(keys[i] for i in chosen.tolist()), looks[chosen], votes[chosen])
+
+    def joined(field: str, dtype: type) -> np.ndarray:
+        values: list[np.ndarray] = [np.asarray(getattr(p.first, field), dtype=dtype) for p in parts]
+        whole: np.ndarray = np.concatenate(values or [np.zeros(0, dtype)])[at]
+        return whole
+
+    merged = Shortlist(
+        tuple(keys), FirstPass(joined("looks", np.float64), joined("votes", np.int64), joined("detail_votes", np.int64))
+    )
+    return merged.take(shortlist_cut(merged.first, shortlist_size(k)))
 
 
 def merge_verified(parts: Iterable[Verified], *, k: int, min_score: float | None = None) -> list[SearchResult]:

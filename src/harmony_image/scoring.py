@@ -7,10 +7,10 @@
 
 ``default`` — shortlist, then verify (docs/SCORING.md has the reasoning and measurements):
 
-1. Shortlist: every catalog image gets two cheap votes — how many of (a subsample of) the
+1. Shortlist: every catalog image gets three cheap votes — how many of (a subsample of) the
    query's ORB descriptors have a near neighbour (<= 50 bits) among a subsample of the image's,
-   and how well 32x32 thumbnails correlate — both for the query and its mirror image. The best
-   few dozen by either vote go on.
+   at 256 px (query or mirror) and at 512 px (the query's detail: small copies), and how well
+   32x32 thumbnails correlate (query or mirror). The best few dozen by each vote go on.
 2. Verify each candidate, for the query and its mirror: ORB matches that pass Lowe's ratio
    test, then a RANSAC affine fit; the number of inliers is geometric evidence that the two
    images show the same thing, robust to crops, padding, overlays and rotation. SSIM of the
@@ -60,6 +60,9 @@ from .packed import PackedCatalog, subsample
 from .params import Scoring
 
 VOTE_QUERY_DESCRIPTORS = 200
+"""Query descriptors that vote: a subsample of the 256 px ORB's (query and mirror) and of the
+512 px detail ORB's (the query's; a copy filling a third of the query is, in the query's detail
+image, at about the scale of the catalog's 256 px image — issue 13)."""
 VOTE_THRESHOLD = 50
 SHORTLIST_MIN = 24
 SHORTLIST_BASE = 12
@@ -79,6 +82,7 @@ DETAIL_INLIER_SCALE = 10.0
 DETAIL_CANDIDATES = 6
 DETAIL_BY_LOOKS = 3
 DETAIL_BY_VOTES = 6
+DETAIL_BY_DETAIL_VOTES = 3
 DETAIL_SKIP_ABOVE = 0.95
 SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
@@ -167,7 +171,7 @@ def catalog_subset(packed: PackedCatalog, rows: np.ndarray) -> tuple[np.ndarray,
 
 
 def shortlist_size(k: int) -> int:
-    """Rows the first pass keeps by each of its two votes for ``k`` results: 24 up to k = 12, then
+    """Rows the first pass keeps by each of its three votes for ``k`` results: 24 up to k = 12, then
     one more per result. It was max(24, 4k): at k = 50 default scoring verified ~400 of 1,000
     rows in both views (and detail-verified the best 50) and cost 1.5-3x the exhaustive seed
     scoring. Measured on the benchmark's two 1,000-image catalogs for k = 10-50: every answer
@@ -225,6 +229,25 @@ def best_rows(values: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([above, tied])
 
 
+@dataclass(frozen=True)
+class FirstPass:
+    """Per catalog row (or shortlisted row), the cheap votes of default scoring's first pass."""
+
+    looks: np.ndarray
+    """Thumbnail correlation, the better of the query's and its mirror's."""
+    votes: np.ndarray
+    """Query descriptors (256 px; the query's or its mirror's, the more) with a near neighbour
+    among the row's vote descriptors."""
+    detail_votes: np.ndarray
+    """The same for the query's detail (512 px) descriptors."""
+
+    def __len__(self) -> int:
+        return len(self.looks)
+
+    def take(self, positions: np.ndarray) -> FirstPass:
+        return FirstPass(self.looks[positions], self.votes[positions], self.detail_votes[positions])
+
+
 def first_pass(
     query: ImageFeatures,
     mirror: ImageFeatures,
@@ -232,9 +255,9 @@ def first_pass(
     *,
     clock: _Clock | None = None,
     looks: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> FirstPass:
     """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given)
-    and keypoint votes, the better of the query's and its mirror's."""
+    and keypoint votes (:class:`FirstPass`)."""
     clock = clock or _Clock()
     correlation = look_scores(query, mirror, packed) if looks is None else looks
     clock.lap("thumbnails")
@@ -242,14 +265,16 @@ def first_pass(
         packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
         packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
     )
+    detail_votes = packed.vote_counts(subsample(query.detail_descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD)
     clock.lap("votes")
-    return correlation, votes
+    return FirstPass(correlation, votes, detail_votes)
 
 
-def shortlist_cut(looks: np.ndarray, votes: np.ndarray, size: int) -> np.ndarray:
-    """Sorted positions of the best ``size`` by votes and the best ``size`` by looks
-    (:func:`best_rows`: ties by position)."""
-    return np.union1d(best_rows(votes, size), best_rows(looks, size))
+def shortlist_cut(first: FirstPass, size: int) -> np.ndarray:
+    """Sorted positions of the best ``size`` by each vote of ``first`` (:func:`best_rows`: ties
+    by position)."""
+    by_each = [best_rows(values, size) for values in (first.votes, first.detail_votes, first.looks)]
+    return np.unique(np.concatenate(by_each))
 
 
 def shortlist(
@@ -260,15 +285,14 @@ def shortlist(
     *,
     clock: _Clock | None = None,
     looks: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted rows of up to ``2 * size`` candidates — the best ``size`` by keypoint votes and by
-    thumbnail correlation (:func:`first_pass`, :func:`shortlist_cut`) — with each one's
-    thumbnail correlation and vote count."""
+) -> tuple[np.ndarray, FirstPass]:
+    """Sorted rows of up to ``3 * size`` candidates — the best ``size`` by each vote of
+    :func:`first_pass` (:func:`shortlist_cut`) — and their votes."""
     clock = clock or _Clock()
-    correlation, votes = first_pass(query, mirror, packed, clock=clock, looks=looks)
-    rows = shortlist_cut(correlation, votes, size)
+    first = first_pass(query, mirror, packed, clock=clock, looks=looks)
+    rows = shortlist_cut(first, size)
     clock.lap("shortlist cut")
-    return rows, correlation[rows], votes[rows]
+    return rows, first.take(rows)
 
 
 def verified_inliers(
@@ -425,10 +449,8 @@ class Evidence:
     shard of a catalog returns for its part of the shortlist (:func:`verify_shortlist`), and all
     :func:`decide` needs. Per view arrays have shape (2, n): row 0 the query, row 1 its mirror."""
 
-    looks: np.ndarray
-    """(n,) thumbnail correlation, the better view's (from the first pass)."""
-    votes: np.ndarray
-    """(n,) keypoint votes, the better view's (from the first pass)."""
+    first: FirstPass
+    """(n,) the first pass's votes."""
     ssim: np.ndarray
     """(2, n) the seed's SSIM."""
     orb: np.ndarray
@@ -446,13 +468,12 @@ class Evidence:
     verifying more rows than the catalog's choice answers as one index does."""
 
     def __len__(self) -> int:
-        return len(self.looks)
+        return len(self.first)
 
     def take(self, order: np.ndarray) -> Evidence:
         """These rows in ``order`` (positions)."""
         return Evidence(
-            looks=self.looks[order],
-            votes=self.votes[order],
+            first=self.first.take(order),
             ssim=self.ssim[:, order],
             orb=self.orb[:, order],
             inliers=self.inliers[:, order],
@@ -466,10 +487,11 @@ class Evidence:
         """The rows of ``parts``, one after the other (no part: no rows)."""
         if not parts:
             none, pairs = np.zeros(0), np.zeros((2, 0))
-            return Evidence(none, none, pairs, pairs, pairs, pairs, none, none)
+            return Evidence(FirstPass(none, none, none), pairs, pairs, pairs, pairs, none, none)
         return Evidence(
-            looks=np.concatenate([p.looks for p in parts]),
-            votes=np.concatenate([p.votes for p in parts]),
+            first=FirstPass(
+                *(np.concatenate([getattr(p.first, f) for p in parts]) for f in ("looks", "votes", "detail_votes"))
+            ),
             ssim=np.concatenate([p.ssim for p in parts], axis=1),
             orb=np.concatenate([p.orb for p in parts], axis=1),
             inliers=np.concatenate([p.inliers for p in parts], axis=1),
@@ -490,15 +512,19 @@ def detail_choice(e: Evidence) -> list[int]:
 
     Detail verification costs ~1 ms per image and view: only for the best candidates so far,
     the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
-    crops: keypoints agree before a transform fits at 256 px), and only while the evidence is
-    short of certain. Each is a best-N by a per-row value, ties by position (key order), so the
-    choice over a whole shortlist lies within the union of the choices over its parts.
+    crops: keypoints agree before a transform fits at 256 px; small copies: the query's detail
+    keypoints agree), and only while the evidence is short of certain. Each is a best-N by a
+    per-row value, ties by position (key order), so the choice over a whole shortlist lies
+    within the union of the choices over its parts.
     """
     scores = _view_scores(e, np.zeros_like(e.inliers))
     best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
-    best_looking = np.argsort(-e.looks, kind="stable")[:DETAIL_BY_LOOKS]
-    most_voted = np.argsort(-e.votes, kind="stable")[:DETAIL_BY_VOTES]
-    candidates = dict.fromkeys([*best.tolist(), *best_looking.tolist(), *most_voted.tolist()])
+    best_looking = np.argsort(-e.first.looks, kind="stable")[:DETAIL_BY_LOOKS]
+    most_voted = np.argsort(-e.first.votes, kind="stable")[:DETAIL_BY_VOTES]
+    most_detail_voted = np.argsort(-e.first.detail_votes, kind="stable")[:DETAIL_BY_DETAIL_VOTES]
+    candidates = dict.fromkeys(
+        [*best.tolist(), *best_looking.tolist(), *most_voted.tolist(), *most_detail_voted.tolist()]
+    )
     return [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
 
 
@@ -538,14 +564,13 @@ def verify_shortlist(
     packed: PackedCatalog,
     rows: np.ndarray,
     *,
-    looks: np.ndarray,
-    votes: np.ndarray,
+    first: FirstPass,
     mirror_with_detail: Future[ImageFeatures] | None = None,
     clock: _Clock | None = None,
 ) -> Evidence:
     """The :class:`Evidence` of ``rows`` (sorted) for ``query`` and its ``mirror`` (without
     detail features: ``mirror_with_detail`` brings them, else they are computed here), with
-    ``looks`` and ``votes`` from the first pass. Detail verification runs for the
+    their votes from the ``first`` pass. Detail verification runs for the
     :func:`detail_choice` of these rows: for one index that is the choice :func:`decide` makes;
     for a shard's part of a catalog's shortlist, a superset of its share of that choice."""
     clock = clock or _Clock()
@@ -608,7 +633,7 @@ def verify_shortlist(
 
     map_threads(verify, range(len(rows)))
     clock.lap("verify")
-    partial = Evidence(looks, votes, ssim, orb, inliers, detail_inliers, np.ones(len(rows)), np.ones(len(rows)))
+    partial = Evidence(first, ssim, orb, inliers, detail_inliers, np.ones(len(rows)), np.ones(len(rows)))
     todo = detail_choice(partial)
     # waited for even when unused: no work outlives a search
     detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
@@ -631,9 +656,9 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     looks = look_scores(query, mirror, packed)
     clock.lap("thumbnails")
     mirror_with_detail = _background.submit(mirror_detail, mirror, query)
-    rows, looks, votes = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks)
+    rows, first = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks)
     evidence = verify_shortlist(
-        query, mirror, packed, rows, looks=looks, votes=votes, mirror_with_detail=mirror_with_detail, clock=clock
+        query, mirror, packed, rows, first=first, mirror_with_detail=mirror_with_detail, clock=clock
     )
     score, ssim, orb = decide(evidence)
     clock.lap("colour + calibrate")

@@ -38,6 +38,7 @@ from harmony_image import (
     merge_results,
 )
 from harmony_image.index import Shortlist
+from harmony_image.scoring import FirstPass
 from tests.engine.test_tiers import _variants
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog
 
@@ -90,8 +91,8 @@ def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
         parse_shard_request(request)
 
 
-def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0)) -> Shortlist:
-    return Shortlist(tuple(keys), np.array(looks), np.array(votes))
+def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0), detail_votes=(1, 4)) -> Shortlist:
+    return Shortlist(tuple(keys), FirstPass(np.array(looks), np.array(votes), np.array(detail_votes)))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 
         (lambda r: r.pop("shortlist"), '"shortlist" comes with phase "verify"'),
         (lambda r: r.update(params={"k": 5, "scoring": "seed"}), "for default scoring"),
         (lambda r: r["query"].pop("detail_image"), 'needs the query\'s "detail_image"'),
-        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly keys, looks, votes"),
+        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly detail_votes, keys, looks, votes"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg"] * 2), "repeats a key"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", 7]), "catalog keys"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", "x" * 1025]), "catalog keys"),
@@ -113,6 +114,8 @@ def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 
         (lambda r: r["shortlist"].update(votes=[1, True]), "integers"),
         (lambda r: r["shortlist"].update(votes=[1, -2]), "counts"),
         (lambda r: r["shortlist"].update(votes=[1, 2.5]), "integers"),
+        (lambda r: r["shortlist"].update(detail_votes=[1, -1]), "counts"),
+        (lambda r: r["shortlist"].pop("detail_votes"), "exactly detail_votes, keys, looks, votes"),
     ],
 )
 def test_bad_verification_requests_are_refused_with_a_reason(images, change, says):
@@ -255,6 +258,7 @@ def _set(field: str, value):
     [
         ("shortlist", _set("shortlist.looks", lambda v: [None] * len(v)), "finite numbers"),
         ("shortlist", _set("shortlist.votes", lambda v: [-1] * len(v)), "counts"),
+        ("shortlist", _set("shortlist.detail_votes", lambda v: [0.5] * len(v)), "integers"),
         ("shortlist", _set("shortlist.keys", lambda v: [*v[:-1], SHARD0_KEY]), "another"),
         ("shortlist", _set("shortlist", lambda v: {**v, "more": []}), "exactly"),
         ("shortlist", _set("catalog_size", -3), "catalog_size"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harmony_image import SearchIndex, SearchParams, merge_results
-from harmony_image.index import Shortlist, merge_shortlists, merge_verified
+from harmony_image.index import merge_shortlists, merge_verified
 from harmony_image.scoring import best_rows, shortlist_size
 from tests.engine.test_tiers import entries, in_memory, queries  # noqa: F401 - the ~80 real entries and queries
 
@@ -19,7 +19,7 @@ def phased(shards: list[SearchIndex], query, params: SearchParams):
     parts = []
     for s in shards:  # each shard verifies the rows of the shortlist it holds
         mine = [i for i, key in enumerate(shortlist.keys) if key in s]
-        part = Shortlist(tuple(shortlist.keys[i] for i in mine), shortlist.looks[mine], shortlist.votes[mine])
+        part = shortlist.take(np.array(mine, dtype=np.int64))
         if len(part):
             parts.append(s.verify(query, part))
     return merge_verified(parts, k=params.k, min_score=params.min_score)

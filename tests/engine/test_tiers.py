@@ -154,7 +154,7 @@ def test_default_reads_the_verification_tier_of_shortlisted_rows_only(entries, q
     query = queries["chelsea__hflip.jpg"]
     k = 3
     packed = index.packed()
-    rows, _, _ = scoring.shortlist(query, scoring.mirrored(query, detail=False), packed, scoring.shortlist_size(k))
+    rows, _ = scoring.shortlist(query, scoring.mirrored(query, detail=False), packed, scoring.shortlist_size(k))
     assert 0 < len(rows) < len(packed)
     header = json.loads(data[16 : 16 + struct.unpack_from("<I", data, 12)[0]])
     arrays = header["arrays"]

@@ -94,13 +94,14 @@ def test_a_shard_answers_both_rounds_through_the_invoke_api(sharded):
     from harmony_aws.fanout import shard_request
     from harmony_image import SearchParams, extract_features
     from harmony_image.index import Shortlist
+    from harmony_image.scoring import FirstPass
 
     feats, params = extract_features(image_bytes("chelsea__hflip.jpg")), SearchParams(k=5)
     r, first = invoke(sharded, "ShardFunction1", shard_request(1, SHARDS, feats, params, phase="shortlist"))
     assert "FunctionError" not in r and first["shortlist"]["keys"], first
     assert all(shard_of(key, SHARDS) == 1 for key in first["shortlist"]["keys"])
     got = first["shortlist"]
-    part = Shortlist(tuple(got["keys"]), np.array(got["looks"]), np.array(got["votes"]))
+    part = Shortlist(tuple(got["keys"]), FirstPass(*(np.array(got[f]) for f in ("looks", "votes", "detail_votes"))))
     _, second = invoke(sharded, "ShardFunction1", shard_request(1, SHARDS, feats, params, phase="verify", part=part))
     assert second["verified"]["keys"] == sorted(part.keys) and len(second["verified"]["ssim"]) == 2, second
 
