@@ -8,8 +8,10 @@ LOCK := requirements/dev.lock
 LOCAL_PORT ?= 3000
 BENCH_SHARED_DIR ?= ../shared/bench
 BENCH_SHARED_ARG := $(if $(wildcard $(BENCH_SHARED_DIR)/make_bench.py),--shared $(BENCH_SHARED_DIR))
-# a folder of real photos for the real-resolution set instead of the project's own (measuring only)
+# a folder of real photos for the copy-detection and real-resolution sets instead of the project's own
 BENCH_PHOTOS ?=
+# the engine the benchmark also runs, on the same catalogs and queries: before issue 13's scoring
+BENCH_BASELINE ?= f577863
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
@@ -80,7 +82,7 @@ sam-local-test: setup ## real `sam local invoke` of every function and the shard
 
 # ---------------------------------------------------------------- benchmarks
 bench: setup ## the full benchmark (catalogs of 1,000 and 10,000, every kernel level, 1-12 MP photos; ~20 min); writes docs/BENCHMARKS.md
-	$(PY) -m benchmarks.run --sizes 1000,10000 $(BENCH_SHARED_ARG) $(if $(BENCH_PHOTOS),--photos $(BENCH_PHOTOS))
+	$(PY) -m benchmarks.run --sizes 1000,10000 --baseline-commit $(BENCH_BASELINE) $(BENCH_SHARED_ARG) $(if $(BENCH_PHOTOS),--photos $(BENCH_PHOTOS))
 
 bench-quick: setup ## a benchmark smoke run on a 200-image catalog (report in .bench/quick/)
 	$(PY) -m benchmarks.run --quick --sizes 200 --out .bench/quick/BENCHMARKS.md

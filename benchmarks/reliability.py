@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.baseline import archive
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT = 90.0
 FETCH_CHILD_TIMEOUT = 40.0  # past SearchFunction's 30 s timeout: a fetch still running is "killed"
@@ -521,17 +523,6 @@ def report(
     return "\n".join(out)
 
 
-def _archive(rev: str, into: Path) -> Path:
-    archive = subprocess.run(  # noqa: S603
-        ["git", "archive", rev, "src", "functions"],  # noqa: S607
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)  # noqa: S603, S607
-    return into
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
@@ -563,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         before_root = args.before
         label = None
         if args.before_commit:
-            before_root = _archive(args.before_commit, Path(tmp))
+            before_root = archive(args.before_commit, Path(tmp), ("src", "functions"))
             label = args.before_commit
         elif before_root:
             label = str(before_root)

@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--level-queries", type=int, help="queries per kernel level for ms/query per level (default 20; --quick: 4)"
     )
+    ap.add_argument(
+        "--baseline-commit",
+        help="also run default scoring of the engine at this commit on every catalog, in the same run "
+        "(benchmarks/baseline.py): its times and quality beside today's",
+    )
     ap.add_argument("--from-json", help="only re-render the report and plot from a saved results JSON")
     a = ap.parse_args(argv)
     if a.seed_method_queries is None:
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_queries_large=a.seed_queries_large,
         repeats=a.repeats,
         level_queries=a.level_queries,
+        baseline_commit=a.baseline_commit,
     )
     started = time.perf_counter()
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     results["dataset"] = {
         "root": str(bset.root),
         "originals": len(bset.originals),
+        "colourways": sum("__colourway" in n for n in bset.originals),
+        "source": datasets.source_photos(photos)[1],
         "held_out": len(bset.held_out),
         "queries": len(names),
         "negatives": sum(bset.queries[n] is None for n in names),

@@ -22,7 +22,7 @@ import harmony_image
 from harmony_image import ImageFeatures, Scoring, SearchIndex, SearchParams, SearchResult, extract_features, kernels
 from harmony_image import scoring as engine_scoring
 
-from . import datasets, metrics, realres, speed
+from . import baseline, datasets, metrics, realres, speed
 from .metrics import K, ScoringRun
 from .report import fmt
 from .seed_method import search as seed_search
@@ -104,6 +104,7 @@ class Settings:
     seed_queries_large: int
     repeats: int
     level_queries: int = 20  # queries per kernel level for the per-level ms/query
+    baseline_commit: str | None = None  # also run the engine at this commit (benchmarks/baseline.py)
 
 
 @dataclass
@@ -370,6 +371,14 @@ def bench_size(bset: datasets.BenchSet, size: int, queries: Queries, settings: S
     if len(seed_names) < len(names):
         out["quality"]["default_on_seed_subset"] = scoring_quality(default_run, truth, bset.transforms, seed_names)
     out["shortlist"] = shortlist_loss(idx, queries, seed_run, truth, seed_names)
+    if settings.baseline_commit:
+        log(f"  the engine at {settings.baseline_commit}, default scoring, {len(names)} queries (child process) ...")
+        before = baseline.run_baseline(settings.baseline_commit, items, {q: bset.query_path(q) for q in names})
+        out["baseline"] = {
+            "commit": settings.baseline_commit,
+            "timing": {"search": metrics.summary(list(before.search_ms.values()))},
+            "quality": scoring_quality(before, truth, bset.transforms, names),
+        }
     if settings.level_queries > 0:
         log(f"  every kernel level, forced, {settings.level_queries} queries ...")
         out["levels"] = speed.level_timings(idx, queries.features, names, size=size, queries=settings.level_queries)

@@ -1,0 +1,34 @@
+"""The benchmark's baseline: the engine of a commit, run in a child process on the same files."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from benchmarks.baseline import KERNELS_SOURCE, ROOT, run_baseline
+from harmony_image import SearchIndex, SearchParams, extract_features
+from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_path
+
+
+def test_the_baseline_at_head_answers_as_the_engine_in_this_process():
+    catalog = [(name, image_path(name)) for name in CATALOG_NAMES]
+    queries = {q: image_path(q) for q in QUERY_VARIANTS[:4]}
+    run = run_baseline("HEAD", catalog, queries)
+    index = SearchIndex()
+    for key, path in catalog:
+        index.add(key, extract_features(path.read_bytes(), query=False))
+    for q, path in queries.items():
+        expected = index.search(extract_features(path.read_bytes()), SearchParams(k=5, scoring="default"))
+        assert run.keys[q] == [r.key for r in expected]
+        assert run.scores[q] == pytest.approx([r.score for r in expected], abs=1e-9)
+        assert run.search_ms[q] > 0
+
+
+def test_a_commit_whose_kernels_differ_is_refused():
+    """The archive gets this build's kernels, which is only fair when their source is the same."""
+    last_change = subprocess.run(
+        ["git", "log", "-1", "--format=%H", "--", KERNELS_SOURCE], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with pytest.raises(RuntimeError, match=r"_kernels\.c changed"):
+        run_baseline(f"{last_change}~1", [], {})
