@@ -202,25 +202,34 @@ class Bucket:
         tmp.replace(target)
         return head
 
+    def _get_object(self, key: str, *, if_match: str | None, **extra: str) -> dict[str, Any]:
+        """One ``get_object`` of ``key`` (only the version ``if_match`` when given), S3's answers
+        that the object is gone, changed or no longer holds a range asked for as this module's
+        errors; other failures raise as they came (for :meth:`_attempts`)."""
+        where = self._where(key)
+        try:
+            answer: dict[str, Any] = self.client.get_object(
+                Bucket=self.name, Key=key, **({"IfMatch": if_match} if if_match else {}), **extra
+            )
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in NOT_FOUND:
+                raise S3ObjectNotFoundError(f"{where} does not exist") from exc
+            if code in PRECONDITION_FAILED:
+                raise S3ObjectChangedError(f"{where} changed (its ETag is no longer {if_match})") from exc
+            if code in ("416", "InvalidRange"):
+                raise S3ObjectChangedError(f"{where} no longer holds {extra.get('Range', 'that range')}") from exc
+            raise
+        return answer
+
     def _get(
         self, key: str, *, max_bytes: int, if_match: str | None, restart: Callable[[], Callable[[bytes], object]]
     ) -> Head:
         """GET ``key`` into the sink that ``restart()`` gives (called again for each attempt)."""
-        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key}
-        if if_match:
-            kwargs["IfMatch"] = if_match
         where = self._where(key)
 
         def call() -> Head:
-            try:
-                r = self.client.get_object(**kwargs)
-            except ClientError as exc:
-                code = error_code(exc)
-                if code in NOT_FOUND:
-                    raise S3ObjectNotFoundError(f"{where} does not exist") from exc
-                if code in PRECONDITION_FAILED:
-                    raise S3ObjectChangedError(f"{where} changed (its ETag is no longer {if_match})") from exc
-                raise
+            r = self._get_object(key, if_match=if_match)
             body = r["Body"]
             try:
                 etag, size = r.get("ETag"), r.get("ContentLength")
@@ -260,19 +269,7 @@ class Bucket:
         expected = f"bytes {start}-{stop - 1}/"
 
         def call() -> bytes:
-            try:
-                r = self.client.get_object(
-                    Bucket=self.name, Key=key, Range=f"bytes={start}-{stop - 1}", IfMatch=if_match
-                )
-            except ClientError as exc:
-                code = error_code(exc)
-                if code in NOT_FOUND:
-                    raise S3ObjectNotFoundError(f"{where} does not exist") from exc
-                if code in PRECONDITION_FAILED:
-                    raise S3ObjectChangedError(f"{where} changed (its ETag is no longer {if_match})") from exc
-                if code in ("416", "InvalidRange"):
-                    raise S3ObjectChangedError(f"{where} no longer holds bytes {start}:{stop}") from exc
-                raise
+            r = self._get_object(key, if_match=if_match, Range=f"bytes={start}-{stop - 1}")
             body = r["Body"]
             try:
                 if r.get("ETag") != if_match:  # a server that ignored If-Match
