@@ -53,7 +53,7 @@ from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResul
 from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
-from harmony_image.scoring import Evidence, FirstPass, shortlist_size
+from harmony_image.scoring import DETAIL_VOTE_ROWS, Evidence, FirstPass, shortlist_size
 
 from .config import MAX_SHARDS
 from .errors import BadRequestError, StorageError
@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 MAX_DETAIL_SIDE = 2 * DETAIL_SIDE
 """Largest side of a query's detail image accepted in a shard request (the engine makes it at
 most :data:`~harmony_image.features.DETAIL_SIDE`)."""
-MAX_ROWS = 3 * shortlist_size(MAX_K)
-"""Most rows in a shortlist or verification message: a shard's best by each of the three votes."""
+MAX_ROWS = 2 * shortlist_size(MAX_K) + DETAIL_VOTE_ROWS
+"""Most rows in a shortlist or verification message: a shard's best by each first-pass vote."""
 MAX_URL_CHARS = 8192
 """Longest result URL accepted from a shard (a catalog manifest's source URL)."""
 

@@ -232,7 +232,7 @@ def _key_order(keys: Iterable[str]) -> tuple[list[str], np.ndarray]:
 
 def merge_shortlists(parts: Iterable[Shortlist], *, k: int) -> Shortlist:
     """The catalog's shortlist for ``k`` results from its shards' :meth:`SearchIndex.first_pass`
-    answers: the best :func:`~harmony_image.scoring.shortlist_size` by each vote, ties by key —
+    answers: the catalog's cut (:func:`~harmony_image.scoring.shortlist_cut`), ties by key —
     the rows one index over the whole catalog shortlists."""
     parts = list(parts)
     keys, at = _key_order(key for p in parts for key in p.keys)
