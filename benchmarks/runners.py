@@ -192,7 +192,8 @@ def search_timing(run: ScoringRun) -> dict[str, Any]:
 def scoring_quality(
     run: ScoringRun, truth: metrics.Truth, transforms: dict[str, str], names: list[str]
 ) -> dict[str, Any]:
-    threshold = engine_threshold() if run.name == "default" else None  # calibrated for default only
+    # calibrated for default only (also the baseline's, "default@<commit>")
+    threshold = engine_threshold() if run.name.partition("@")[0] == "default" else None
     return metrics.quality(run, truth, transforms, names, threshold)
 
 

@@ -32,3 +32,14 @@ def test_a_commit_whose_kernels_differ_is_refused():
     ).stdout.strip()
     with pytest.raises(RuntimeError, match=r"_kernels\.c changed"):
         run_baseline(f"{last_change}~1", [], {})
+
+
+def test_the_baselines_negatives_are_judged_at_the_copy_threshold_too():
+    """A baseline's run is default scoring: its false copies count as today's do."""
+    from benchmarks.metrics import ScoringRun
+    from benchmarks.runners import scoring_quality
+
+    run = ScoringRun("default@f577863", keys={"n": ["A"]}, scores={"n": [0.98]})
+    q = scoring_quality(run, {"n": None}, {"n": "recoloured"}, ["n"])
+    assert q["per_transform"]["recoloured"]["neg_copy"] == 1
+    assert "engine_threshold" in q
