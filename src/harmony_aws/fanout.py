@@ -53,7 +53,7 @@ from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResul
 from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
-from harmony_image.scoring import DETAIL_VOTE_ROWS, Evidence, FirstPass, shortlist_size
+from harmony_image.scoring import Evidence, FirstPass, shortlist_rows
 
 from .config import MAX_SHARDS
 from .errors import BadRequestError, StorageError
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 MAX_DETAIL_SIDE = 2 * DETAIL_SIDE
 """Largest side of a query's detail image accepted in a shard request (the engine makes it at
 most :data:`~harmony_image.features.DETAIL_SIDE`)."""
-MAX_ROWS = 2 * shortlist_size(MAX_K) + DETAIL_VOTE_ROWS
+MAX_ROWS = shortlist_rows(MAX_K)
 """Most rows in a shortlist or verification message: a shard's best by each first-pass vote."""
 MAX_URL_CHARS = 8192
 """Longest result URL accepted from a shard (a catalog manifest's source URL)."""
@@ -424,7 +424,7 @@ class ShardFanOut:
 
             def read_shortlist(i: int, body: dict[str, Any]) -> tuple[Any, ...]:
                 part = _shortlist_fields(body["shortlist"], "shortlist")
-                if len(part) > 2 * shortlist_size(params.k) or any(shard_of(key, n) != i for key in part.keys):
+                if len(part) > shortlist_rows(params.k) or any(shard_of(key, n) != i for key in part.keys):
                     raise _InvalidFieldError("the shortlist is longer than asked for, or holds another shard's key")
                 return (part, *head(i, body))
 

@@ -188,6 +188,12 @@ def shortlist_size(k: int) -> int:
     return max(SHORTLIST_MIN, SHORTLIST_BASE + SHORTLIST_PER_RESULT * k)
 
 
+def shortlist_rows(k: int) -> int:
+    """The most rows :func:`shortlist_cut` keeps for ``k`` results (each vote's best, none in
+    common)."""
+    return 2 * shortlist_size(k) + DETAIL_VOTE_ROWS
+
+
 def mirrored(query: ImageFeatures, *, detail: bool = True) -> ImageFeatures:
     """The query flipped left-right, with its features recomputed.
 

@@ -38,7 +38,7 @@ from harmony_image import (
     merge_results,
 )
 from harmony_image.index import Shortlist
-from harmony_image.scoring import FirstPass
+from harmony_image.scoring import FirstPass, shortlist_rows
 from tests.engine.test_tiers import _variants
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog
 
@@ -243,6 +243,34 @@ def test_one_shard_takes_one_round(s3, catalog_photos, images, tmp_path):
 SHARD0_KEY = next(key for i in range(64) if shard_of(key := f"catalog/elsewhere-{i}.jpg", 2) == 0)
 
 
+def _pad_shortlist(body: dict, rows: int) -> None:
+    """Shard 1's shortlist answer grown to ``rows`` rows with keys of its own (that it does not
+    hold: verification leaves them out), kept in key order."""
+    s = body["shortlist"]
+    extra = (key for i in range(10_000) if shard_of(key := f"catalog/zz-{i:05d}.jpg", 2) == 1)
+    while len(s["keys"]) < rows:
+        s["keys"].append(next(extra))
+        s["looks"].append(0.0)
+        s["votes"].append(0)
+        s["detail_votes"].append(0)
+    order = sorted(range(rows), key=s["keys"].__getitem__)
+    for field in ("keys", "looks", "votes", "detail_votes"):
+        s[field] = [s[field][i] for i in order]
+
+
+def test_a_shard_may_answer_a_full_shortlist(s3, catalog_photos, images, tmp_path):
+    """As many rows as a cut can hold (each vote's best, none in common) is a good answer."""
+    readers, _ = _sharded_bucket(s3, tmp_path, catalog_photos, 2)
+
+    def tamper(function: str, asked: str, body: dict) -> None:
+        if function == "Shard1" and asked == "shortlist":
+            _pad_shortlist(body, shortlist_rows(5))
+
+    feats = extract_features(images["chelsea__hflip.jpg"])
+    _, _, status = ShardFanOut(InProcessLambda(readers, tamper), tuple(readers)).search(feats, SearchParams(k=5))
+    assert "failed_shards" not in status and status["complete"] is True
+
+
 def _set(field: str, value):
     def change(body: dict) -> None:
         *path, last = field.split(".")
@@ -261,6 +289,7 @@ def _set(field: str, value):
         ("shortlist", _set("shortlist.detail_votes", lambda v: [0.5] * len(v)), "integers"),
         ("shortlist", _set("shortlist.keys", lambda v: [*v[:-1], SHARD0_KEY]), "another"),
         ("shortlist", _set("shortlist", lambda v: {**v, "more": []}), "exactly"),
+        ("shortlist", lambda body: _pad_shortlist(body, shortlist_rows(5) + 1), "longer than asked for"),
         ("shortlist", _set("catalog_size", -3), "catalog_size"),
         ("shortlist", _set("index", {"complete": "yes", "missing": 0}), '"index"'),
         ("shortlist", lambda body: body.clear(), "bad answer"),

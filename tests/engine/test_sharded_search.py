@@ -9,7 +9,7 @@ import pytest
 
 from harmony_image import SearchIndex, SearchParams, merge_results
 from harmony_image.index import merge_shortlists, merge_verified
-from harmony_image.scoring import best_rows, shortlist_size
+from harmony_image.scoring import FirstPass, best_rows, shortlist_cut, shortlist_rows, shortlist_size
 from tests.engine.test_tiers import entries, in_memory, queries  # noqa: F401 - the ~80 real entries and queries
 
 
@@ -71,3 +71,17 @@ def test_best_rows_cuts_ties_by_position_and_composes_over_parts():
         union = np.sort(np.concatenate([p[best_rows(values[p], size)] for p in parts]))
         assert np.sort(union[best_rows(values[union], size)]).tolist() == want.tolist()
     assert np.sort(best_rows(np.array([np.nan, 1.0, np.nan, 0.0]), 3)).tolist() == [0, 1, 3]
+
+
+def test_a_cut_holds_at_most_shortlist_rows_and_can_hold_that_many():
+    """Shard answers are checked against shortlist_rows: it must bound every cut, and be reached
+    when the three votes pick different rows."""
+    rng = np.random.default_rng(3)
+    for k in (1, 5, 12, 50):
+        n = 4 * shortlist_rows(k)
+        for _ in range(20):
+            first = FirstPass(rng.random(n), rng.integers(0, 9, n), rng.integers(0, 9, n))
+            assert len(shortlist_cut(first, shortlist_size(k))) <= shortlist_rows(k)
+        ramp = np.arange(n, dtype=np.float64)  # votes, looks and detail votes each favour other rows
+        apart = FirstPass(ramp, np.roll(ramp, n // 3)[::-1].copy(), np.roll(ramp, 2 * n // 3))
+        assert len(shortlist_cut(apart, shortlist_size(k))) == shortlist_rows(k)
