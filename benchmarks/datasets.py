@@ -355,13 +355,14 @@ def _write_distractors(args: tuple[int, str, list[int]]) -> int:
 
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+SKIMAGE_SOURCE = "scikit-image's bundled photos"
 
 
 def source_photos(photos: Path | None) -> tuple[list[Path], str]:
     """The photos a set is built from — ``photos`` (a folder), or scikit-image's bundled ones —
     and a description of where they come from."""
     if photos is None:
-        return skimage_photo_paths(), "scikit-image's bundled photos"
+        return skimage_photo_paths(), SKIMAGE_SOURCE
     paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
     if len(paths) < 2 * HELD_OUT:
         raise ValueError(f"--photos {photos}: fewer than {2 * HELD_OUT} images")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .datasets import TRANSFORM_NAMES
+from .datasets import SKIMAGE_SOURCE, TRANSFORM_NAMES
 from .metrics import NO_QUERIES
 
 
@@ -131,9 +131,6 @@ def threshold_lines(qualities: dict[str, dict[str, Any]], with_accepted: bool) -
                 f"{fmt(e['precision'])}, recall {fmt(e['recall'])}{accepted}."
             )
     return lines
-
-
-SKIMAGE_SOURCE = "scikit-image's bundled photos"
 
 
 def _introduction(results: dict[str, Any]) -> list[str]:
