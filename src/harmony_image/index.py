@@ -191,8 +191,7 @@ class SearchIndex:
         keypoint votes and by looks (:func:`~harmony_image.scoring.shortlist`)."""
         packed = self.packed()
         if len(packed) == 0:
-            none = np.zeros(0, dtype=np.int64)
-            return Shortlist((), FirstPass(np.zeros(0), none, none))
+            return Shortlist((), FirstPass.concatenate([]))
         rows, first = shortlist(query, mirrored(query, detail=False), packed, shortlist_size(k))
         return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), first)
 
@@ -236,15 +235,7 @@ def merge_shortlists(parts: Iterable[Shortlist], *, k: int) -> Shortlist:
     the rows one index over the whole catalog shortlists."""
     parts = list(parts)
     keys, at = _key_order(key for p in parts for key in p.keys)
-
-    def joined(field: str, dtype: type) -> np.ndarray:
-        values: list[np.ndarray] = [np.asarray(getattr(p.first, field), dtype=dtype) for p in parts]
-        whole: np.ndarray = np.concatenate(values or [np.zeros(0, dtype)])[at]
-        return whole
-
-    merged = Shortlist(
-        tuple(keys), FirstPass(joined("looks", np.float64), joined("votes", np.int64), joined("detail_votes", np.int64))
-    )
+    merged = Shortlist(tuple(keys), FirstPass.concatenate([p.first for p in parts]).take(at))
     return merged.take(shortlist_cut(merged.first, shortlist_size(k)))
 
 

@@ -261,6 +261,18 @@ class FirstPass:
     def take(self, positions: np.ndarray) -> FirstPass:
         return FirstPass(self.looks[positions], self.votes[positions], self.detail_votes[positions])
 
+    @staticmethod
+    def concatenate(parts: list[FirstPass]) -> FirstPass:
+        """The rows of ``parts``, one after the other (no part: no rows): looks as float64, votes
+        as int64, whatever each part held (shards' answers arrive as JSON)."""
+
+        def joined(field: str, dtype: type) -> np.ndarray:
+            values: list[np.ndarray] = [np.asarray(getattr(p, field), dtype=dtype) for p in parts]
+            whole: np.ndarray = np.concatenate(values or [np.zeros(0, dtype)])
+            return whole
+
+        return FirstPass(joined("looks", np.float64), joined("votes", np.int64), joined("detail_votes", np.int64))
+
 
 def first_pass(
     query: ImageFeatures,
@@ -505,11 +517,9 @@ class Evidence:
         """The rows of ``parts``, one after the other (no part: no rows)."""
         if not parts:
             none, pairs = np.zeros(0), np.zeros((2, 0))
-            return Evidence(FirstPass(none, none, none), pairs, pairs, pairs, pairs, none, none)
+            return Evidence(FirstPass.concatenate([]), pairs, pairs, pairs, pairs, none, none)
         return Evidence(
-            first=FirstPass(
-                *(np.concatenate([getattr(p.first, f) for p in parts]) for f in ("looks", "votes", "detail_votes"))
-            ),
+            first=FirstPass.concatenate([p.first for p in parts]),
             ssim=np.concatenate([p.ssim for p in parts], axis=1),
             orb=np.concatenate([p.orb for p in parts], axis=1),
             inliers=np.concatenate([p.inliers for p in parts], axis=1),
