@@ -100,11 +100,15 @@ def detail_orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _orb_arrays(_detail_orb, gray)
 
 
+def _saturation_and_hue_bin(hsv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's saturation in [0, 1] (float32) and its hue's bin of HUE_BINS."""
+    return hsv[:, :, 1].astype(np.float32) / 255.0, (hsv[:, :, 0].astype(np.int32) * HUE_BINS) // 180
+
+
 def _hue_weights(hsv: np.ndarray) -> np.ndarray:
     """(h, w, HUE_BINS + 1) float32: each pixel's saturation in [0, 1] in its hue's bin, and
     its saturation again in the last slot."""
-    saturation = hsv[:, :, 1].astype(np.float32) / 255.0
-    hue_bin = (hsv[:, :, 0].astype(np.int32) * HUE_BINS) // 180
+    saturation, hue_bin = _saturation_and_hue_bin(hsv)
     out = np.zeros((*hsv.shape[:2], HUE_BINS + 1), dtype=np.float32)
     np.put_along_axis(out, hue_bin[:, :, None], saturation[:, :, None], axis=2)
     out[:, :, -1] = saturation
@@ -120,19 +124,13 @@ def _signature(sums: np.ndarray, pixels: int) -> np.ndarray:
     return np.append(hist, np.float32(sums[-1] / max(1, pixels))).astype(np.float32)
 
 
-def _small_hsv(bgr: np.ndarray, side: int) -> np.ndarray:
-    h, w = bgr.shape[:2]
-    f = side / max(h, w)
-    small = cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
-
-
 def colour_signature(bgr: np.ndarray) -> np.ndarray:
     """Hue histogram (HUE_BINS bins, weighted by saturation, summing to 1 or all 0 for a gray
     image) followed by the mean saturation in [0, 1]; float32 of length HUE_BINS + 1."""
-    hsv = _small_hsv(bgr, 64)
-    saturation = hsv[:, :, 1].astype(np.float32).ravel() / 255.0
-    hue_bin = (hsv[:, :, 0].astype(np.int32).ravel() * HUE_BINS) // 180
+    h, w = bgr.shape[:2]
+    f = 64 / max(h, w)
+    small = cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    saturation, hue_bin = (a.ravel() for a in _saturation_and_hue_bin(cv2.cvtColor(small, cv2.COLOR_BGR2HSV)))
     hist = np.bincount(hue_bin, weights=saturation, minlength=HUE_BINS).astype(np.float32)
     total = float(hist.sum())
     if total > 0:
