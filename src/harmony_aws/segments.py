@@ -154,11 +154,14 @@ Folded = dict[str, tuple[str, str]]
 """record key -> (record ETag, catalog key) of the records folded into a segment."""
 
 
-def read_folded(bucket: Bucket, ref: SegmentRef) -> Folded:
+def read_folded(bucket: Bucket, ref: SegmentRef, *, keys: Sequence[str] = ()) -> Folded:
+    """The records folded into ``ref``; a catalog key equal to one of ``keys`` (the segment's, which
+    a reader holds anyway) is that string, not another copy of it (~100 B per image)."""
     data, _ = bucket.read(ref.records_key, max_bytes=MAX_FOLDED_BYTES)
+    held = {k: k for k in keys}
     try:
         raw = json.loads(data)
-        return {str(rk): (str(v[0]), str(v[1])) for rk, v in raw.items()}
+        return {str(rk): (str(v[0]), held.get(v[1], str(v[1]))) for rk, v in raw.items()}
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
         raise IndexFormatError(f"{ref.records_key} is not a list of folded records ({exc})") from exc
 

@@ -288,22 +288,35 @@ class Segment:
         IndexFormatError
             As :meth:`open`, or a read that gave another number of bytes than asked for.
         """
-        buffer = bytearray(head)
+        # The file's first bytes as read, in pieces: copied once, into the aligned array the
+        # shortlist tier is kept in (one more copy of ~7 KB per image is memory freed but, from
+        # many threads' arenas, seldom given back to the system).
+        parts = [head] if head else []
 
         def upto(stop: int) -> None:
-            stop = min(stop, size)
-            if len(buffer) < stop:
-                buffer.extend(_checked_reads(read, [(len(buffer), stop)], name)[0])
+            have = sum(map(len, parts))
+            if have < min(stop, size):
+                parts.append(_checked_reads(read, [(have, min(stop, size))], name)[0])
 
-        upto(_PRELUDE.size)
-        if len(buffer) >= _PRELUDE.size:
-            upto(_PRELUDE.size + _PRELUDE.unpack_from(buffer)[2])
-        view = np.frombuffer(bytes(buffer), dtype=np.uint8)
-        header = _read_header(bytes(buffer[: _PRELUDE.size]), view, size, name)
+        def first(n: int) -> bytes:
+            upto(n)
+            out = bytearray()
+            for p in parts:
+                out += p[: n - len(out)]
+            return bytes(out)
+
+        length = _PRELUDE.size + _PRELUDE.unpack_from(first(_PRELUDE.size))[2] if size >= _PRELUDE.size else 0
+        start = first(length)
+        header = _read_header(start[: _PRELUDE.size], np.frombuffer(start, dtype=np.uint8), size, name)
         end = int(header["shortlist_end"])
         upto(end)
         shortlist = np.empty(end, dtype=np.uint8)  # aligned for the kernels' 64-bit reads
-        shortlist[:] = np.frombuffer(buffer, dtype=np.uint8, count=end)
+        at = 0
+        for p in parts:
+            piece = np.frombuffer(p, dtype=np.uint8, count=min(len(p), end - at))
+            shortlist[at : at + len(piece)] = piece
+            at += len(piece)
+        parts.clear()
 
         def tier(a: dict[str, np.ndarray]) -> RangedTier:
             return RangedTier(header, a, read, size=size, name=name, whole=whole, cache=cache)

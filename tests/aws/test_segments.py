@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import platform
 
 import pytest
 from botocore.response import StreamingBody
@@ -13,10 +14,10 @@ from botocore.response import StreamingBody
 from harmony_aws import reader as reader_module
 from harmony_aws.errors import S3ObjectChangedError, StorageError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
-from harmony_aws.reader import IndexReader
+from harmony_aws.reader import IndexReader, release_freed_memory
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
-from harmony_aws.segments import Compactor, SegmentCache, read_manifest
+from harmony_aws.segments import Compactor, SegmentCache, read_folded, read_manifest
 from harmony_aws.urls import ResultUrls
 from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, put_catalog
@@ -402,3 +403,38 @@ def test_the_record_listing_split_into_ranges_lists_every_record_once(bucket, im
     index = r.index()
     assert len(listed[-1]) == 3 and r.last_refresh["loaded"] == 1 and "catalog/new/rocket.jpg" in index
     assert r.status == {"complete": True, "missing": 0}
+
+
+def test_a_reader_gives_back_the_memory_a_load_freed(bucket, images, tmp_path, monkeypatch):
+    """After a refresh that loaded segments or records the C heap's freed pages go back to the
+    system (a cold shard's resident memory was more than twice its shortlist tier without it);
+    a refresh that loads nothing does not; the catalog keys of the folded records are the
+    segment's own strings (one per image, not two)."""
+    client, name = bucket
+    b = Bucket(name)
+    Compactor(b, segment_images=4).compact()
+    assert release_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    calls: list[int] = []
+
+    def release() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(reader_module, "release_freed_memory", release)
+    r = reader(name, tmp_path, background=False)
+    index = r.index()
+    assert len(calls) == 1 and len(index) == 9
+    r.index(force=True)
+    assert len(calls) == 1 and r.last_refresh["loaded"] == 0
+    client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
+    RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024).reconcile("catalog/new/rocket.jpg")
+    r.index(force=True)
+    assert len(calls) == 2 and r.last_refresh["loaded"] == 1
+    manifest = read_manifest(b)
+    assert manifest is not None
+    for ref in manifest.segments:
+        segment = SegmentCache(b, tmp_path / "other", background=False).open(ref)
+        folded = read_folded(b, ref, keys=segment.keys)
+        assert folded == read_folded(b, ref) and len(folded) == len(segment)
+        held = {id(k) for k in segment.keys}
+        assert all(id(key) in held for _, key in folded.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from tests.support import CATALOG_NAMES, QUERY_VARIANTS, image_bytes
 
 EDGE_IMAGES = ("flat_gray.png", "tiny_4x3.png", "camera_gray.png", "coffee.webp")
 SHORTLIST_TIER_LIMIT = 8 * 1024  # issue 11: the in-memory tier, bytes per image
+ENTRY_OVERHEAD_LIMIT = 512
+"""Bytes per image a warm index of segments holds beyond their shortlist tiers (issue 11: ~7 KB of
+the 8 KB per image are the tier)."""
 
 
 def _jpeg(bgr: np.ndarray) -> bytes:
@@ -244,6 +248,54 @@ def test_a_segment_read_by_ranges_answers_as_the_whole_file(entries, queries, se
     save_segment(other, entries[:5])
     with pytest.raises(IndexFormatError, match="not a copy"):
         segment.attach(other)
+
+
+@pytest.mark.parametrize("head", ["shortlist", "prelude"])
+def test_a_segment_opened_by_ranges_holds_its_shortlist_tier_once(segment_file, head):
+    """Opening by ranges copies the bytes read once, into the aligned array the tier is kept in:
+    while it opens, the memory allocated peaks at about one shortlist tier more than the bytes
+    read (it was three: each extra copy of ~7 KB per image freed in a loading thread's arena
+    stayed resident), and afterwards one tier is held."""
+    data = segment_file.read_bytes()
+    end = Segment.open(segment_file).header["shortlist_end"]
+    given = data[: {"shortlist": end, "prelude": 16}[head]]  # what the caller read; the rest is read here
+    read = FileRanges(data)
+    tracemalloc.start()
+    try:
+        segment = Segment.open_ranged(read, size=len(data), name="s", head=given, cache=RowCache())
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    read_here = sum(b - a for a, b in read.ranges)
+    assert read_here == end - len(given)
+    keys = sum(len(k) + 64 for k in segment.keys)  # the key strings, and a list of them
+    assert end <= held <= end + keys + 16 * 1024, (held, end)
+    assert peak <= read_here + end + keys + 32 * 1024, (peak, end)
+
+
+def test_a_warm_index_of_segments_holds_little_more_than_their_shortlist_tiers(entries):
+    """What a warm index of segments opened by ranges holds in process memory, per image: its
+    shortlist tier and under :data:`ENTRY_OVERHEAD_LIMIT` more (the key string and the index's
+    and packed catalog's maps), measured by tracemalloc: no per-image features, entries,
+    copies of the bytes read, or verification rows before a query needs them."""
+    many = [
+        CatalogEntry(f"{e.key}-{copy}", e.url, e.features) for copy in range(4) for e in entries
+    ]  # 4 x ~80 real feature sets under distinct keys: two segments of ~160
+    files = [segment_bytes(many[0::2]), segment_bytes(many[1::2])]
+    heads = [data[: Segment.from_bytes(data).header["shortlist_end"]] for data in files]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = SearchIndex()
+        for data, head in zip(files, heads, strict=True):
+            index.add_segment(Segment.open_ranged(FileRanges(data), size=len(data), name="s", head=head))
+        packed = index.packed()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    shortlist = sum(b.shortlist.nbytes for b in packed.blocks)
+    assert len(packed) == len(many) and shortlist <= SHORTLIST_TIER_LIMIT * len(many)
+    assert shortlist <= held <= shortlist + ENTRY_OVERHEAD_LIMIT * len(many), (held - shortlist) / len(many)
 
 
 def test_a_ranged_segment_without_a_local_copy_reads_the_whole_file_for_seed(segment_file, queries):
