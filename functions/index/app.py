@@ -14,7 +14,14 @@ reconciled are reconciled again at no cost (reconcile is idempotent).
 Invoked directly with {"action": "reindex"} it reconciles every catalog object and record of the
 function's bucket (HARMONY_BUCKET; or "bucket": "<name>"): backfill of images uploaded before the
 trigger existed, repairs, redrive of dead letters. Options: "force": true (recompute every
-record), "start_after": "<key>" (continue a previous run). It stops starting keys shortly before
+record), "start_after": "<key>" (only the keys after it), "queued": true|false (see below).
+A catalog of more than one slice (harmony_aws.reindex_jobs.INLINE_KEYS keys) of the function's
+own bucket is planned: the keys go in slices to ReindexQueue (HARMONY_REINDEX_QUEUE_URL) and the
+answer is the job's state ("id", "state": "queued", "keys", "slices"); this function then takes
+the slices from that queue like the catalog's events, each key retried on its own, and the last
+slice writes the summary. {"action": "reindex_status", "id": "<id>"} gives a job's state,
+counts so far, and its summary once done. A smaller catalog, another bucket, "queued": false or
+no queue configured: reindexed in this call, as before - it stops starting keys shortly before
 the function's timeout and says so: "complete": false and "resume_after" (pass it back as
 "start_after").
 
@@ -53,28 +60,58 @@ DEADLINE_MARGIN_SECONDS = 15.0
 seconds with S3's retries; the rest of the time is left for the keys in flight)."""
 
 
-def _reindex(event: S3Event, context: LambdaContext) -> dict[str, Any]:
+def _deadline(context: LambdaContext) -> float:
+    """The ``time.monotonic()`` after which no key is started (see DEADLINE_MARGIN_SECONDS)."""
+    remaining = context.get_remaining_time_in_millis() / 1000
+    return time.monotonic() + max(remaining / 2, remaining - DEADLINE_MARGIN_SECONDS)
+
+
+def _bucket(event: S3Event, action: str) -> str:
     bucket = event.get("bucket") or runtime.settings().bucket
     if not bucket:
-        raise ConfigError('reindex: no bucket (set HARMONY_BUCKET or pass "bucket")')
-    remaining = context.get_remaining_time_in_millis() / 1000
-    deadline = time.monotonic() + max(remaining / 2, remaining - DEADLINE_MARGIN_SECONDS)
-    report = runtime.record_writer(bucket).reindex(
-        force=bool(event.get("force", False)), deadline=deadline, start_after=event.get("start_after")
+        raise ConfigError(f'{action}: no bucket (set HARMONY_BUCKET or pass "bucket")')
+    return str(bucket)
+
+
+def _reindex(event: S3Event, context: LambdaContext) -> dict[str, Any]:
+    bucket = _bucket(event, "reindex")
+    out = runtime.reindex_jobs(bucket).start(
+        force=event.get("force", False),
+        queued=event.get("queued"),
+        start_after=event.get("start_after"),
+        deadline=_deadline(context),
     )
-    out = report.to_dict()
-    metrics.add_metric(name="ReindexFailed", unit=MetricUnit.Count, value=report.counts.get("failed", 0))
-    if report.complete:
+    if out.get("queued"):
+        logger.info("reindex planned", extra={"bucket": bucket, **out})
+        return out
+    metrics.add_metric(name="ReindexFailed", unit=MetricUnit.Count, value=out["reindexed"].get("failed", 0))
+    if out["complete"]:
         logger.info("reindexed", extra={"bucket": bucket, **out})
     else:  # not silent: the log, the metric and the answer say what is left
         logger.error("reindex incomplete", extra={"bucket": bucket, **out})
     return out
 
 
-def _compact(event: S3Event) -> dict[str, Any]:
-    bucket = event.get("bucket") or runtime.settings().bucket
+def _reindex_slice(record: SQSRecord, context: LambdaContext) -> dict[str, Any]:
+    """One ReindexQueue message: a slice of a planned reindex of the function's bucket."""
+    receives = int(record.attributes.approximate_receive_count or 1)
+    bucket = runtime.settings().bucket  # the queue's jobs are of the function's own bucket
     if not bucket:
-        raise ConfigError('compact: no bucket (set HARMONY_BUCKET or pass "bucket")')
+        raise ConfigError("reindex slice: HARMONY_BUCKET is not set")
+    jobs = runtime.reindex_jobs(bucket)
+    try:
+        out = jobs.run_slice(record.body, receive_count=receives, deadline=_deadline(context))
+    except Exception:
+        logger.exception("reindex slice failed", extra={"message_id": record.message_id, "receives": receives})
+        metrics.add_metric(name="ReindexSliceFailed", unit=MetricUnit.Count, value=1)
+        raise
+    logger.info("reindex slice", extra=out)
+    metrics.add_metric(name="ReindexSlices", unit=MetricUnit.Count, value=1)
+    return out
+
+
+def _compact(event: S3Event) -> dict[str, Any]:
+    bucket = _bucket(event, "compact")
     report = runtime.compactor(bucket).compact().to_dict()
     metrics.add_metric(name="CompactionSegmentsWritten", unit=MetricUnit.Count, value=report["written"])
     logger.info("compacted", extra={"bucket": bucket, **report})
@@ -96,9 +133,12 @@ def _reconcile(record: S3EventRecord) -> dict[str, Any]:
     return result.to_dict()
 
 
-def _queue_message(record: SQSRecord) -> list[dict[str, Any]]:
-    """One IndexQueue message: an S3 event notification, or S3's test message (nothing to do).
+def _queue_message(record: SQSRecord, lambda_context: LambdaContext) -> list[dict[str, Any]]:
+    """One IndexQueue message: an S3 event notification, or S3's test message (nothing to do);
+    or one ReindexQueue message: a slice of a planned reindex ({"job", "slice", "keys"}).
     Anything else raises, so the message ends in the dead-letter queue to be looked at."""
+    if _is_slice(record.body):
+        return [_reindex_slice(record, lambda_context)]
     body = json.loads(record.body)
     if isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
         logger.info("s3 test event skipped", extra={"bucket": body.get("Bucket")})
@@ -108,20 +148,38 @@ def _queue_message(record: SQSRecord) -> list[dict[str, Any]]:
     return [_reconcile(s3_record) for s3_record in S3Event(body).records]
 
 
+def _is_slice(body: object) -> bool:
+    """Whether an SQS message body is a reindex slice ({"job", "slice", "keys"})."""
+    try:
+        doc = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "job" in doc and "keys" in doc
+
+
 processor = BatchProcessor(event_type=EventType.SQS)
+# A reindex slice comes alone (BatchSize 1): one whose keys failed is an expected outcome,
+# counted and retried, so it is reported as a batch item failure, not as a failed invocation.
+slice_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @tracer.capture_method
 def handle(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     if event.get("action") == "reindex":  # direct invoke, see the module doc
         return _reindex(event, context)
+    if event.get("action") == "reindex_status":
+        return runtime.reindex_jobs(_bucket(event, "reindex_status")).status(str(event.get("id", "")))
     if event.get("action") == "compact":
         return _compact(event)
     records = event.get("Records") or []
     if records and all(r.get("eventSource") == "aws:sqs" for r in records):
+        slices = all(_is_slice(r.get("body")) for r in records)
         return dict(
             process_partial_response(
-                event=event.raw_event, record_handler=_queue_message, processor=processor, context=context
+                event=event.raw_event,
+                record_handler=_queue_message,
+                processor=slice_processor if slices else processor,
+                context=context,
             )
         )
     done: dict[tuple[str, str], dict[str, Any]] = {}

@@ -28,6 +28,7 @@ ENV_VARS: dict[str, str] = {
     "HARMONY_DEFAULT_SCORING": "scoring when the request names none: default|seed (default: default)",
     "HARMONY_ALLOW_PRIVATE_URLS": "tests only: allow URL queries to private addresses (default off)",
     "HARMONY_DUPLICATES_QUEUE_URL": "SearchFunction: the SQS queue POST /duplicates sends its slices to",
+    "HARMONY_REINDEX_QUEUE_URL": "IndexFunction: the SQS queue a planned reindex sends slices to (unset: in one call)",
     "HARMONY_SHARDS": "shards the catalog is compacted into (IndexFunction's compaction; default 1)",
     "HARMONY_SHARD": "ShardFunction: the shard it serves, as i/n (e.g. 0/4)",
     "HARMONY_SHARD_FUNCTIONS": "SearchFunction: ShardFunction names, shard 0 first, comma-separated (unset: none)",
@@ -57,6 +58,7 @@ class Settings:
     fetch_timeout: float = 10.0
     default_scoring: Scoring = DEFAULT_SCORING
     duplicates_queue_url: str | None = None
+    reindex_queue_url: str | None = None
     shards: int = 1
     shard: tuple[int, int] | None = None
     shard_functions: tuple[str, ...] = ()
@@ -89,6 +91,7 @@ class Settings:
             fetch_timeout=_num(env, "HARMONY_FETCH_TIMEOUT_SECONDS", 10.0, lo=0.1, hi=300),
             default_scoring=scoring,
             duplicates_queue_url=env.get("HARMONY_DUPLICATES_QUEUE_URL", "").strip() or None,
+            reindex_queue_url=env.get("HARMONY_REINDEX_QUEUE_URL", "").strip() or None,
             shards=int(_num(env, "HARMONY_SHARDS", 1, lo=1, hi=MAX_SHARDS)),
             shard=_shard(env.get("HARMONY_SHARD", "")),
             shard_functions=tuple(f.strip() for f in env.get("HARMONY_SHARD_FUNCTIONS", "").split(",") if f.strip()),

@@ -255,6 +255,18 @@ class RecordWriter:
         """
         t0 = time.monotonic()
         report = ReindexReport()
+        todo = self.reindex_keys(report, start_after=start_after, workers=workers)
+        self.reindex_run(todo, report, force=force, verify=verify, workers=workers, deadline=deadline)
+        report.seconds = time.monotonic() - t0
+        return report
+
+    def reindex_keys(self, report: ReindexReport, *, start_after: str | None = None, workers: int = 8) -> list[str]:
+        """The keys a reindex reconciles, sorted: every catalog image and every key a record names.
+
+        Records whose name gives no catalog image key are removed here, and records named by a
+        hash whose ``catalog-key`` does not match their name too (counted in ``report`` as
+        ``removed``, or ``failed``); ``start_after``: only keys after this one. Listing failures
+        are raised."""
         bucket = self.bucket
         keys = {k for k in bucket.etags(CATALOG_PREFIX) if is_catalog_image_key(k)}
         unnamed: list[str] = []  # records whose name does not give their key: ask their metadata
@@ -266,31 +278,59 @@ class RecordWriter:
                 keys.add(CATALOG_PREFIX + rel)  # reconcile rewrites it if its catalog-key disagrees
             else:
                 self._remove_record(rk, report)
-        todo = sorted(k for k in keys if start_after is None or k > start_after)
+        if unnamed:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for found in pool.map(lambda rk: self._audit_unnamed(rk, report), unnamed):
+                    if found:
+                        keys.add(found)  # a record of a key no longer in the catalog: reconcile removes it
+        return sorted(k for k in keys if start_after is None or k > start_after)
+
+    def reindex_run(
+        self,
+        todo: list[str],
+        report: ReindexReport,
+        *,
+        force: bool = False,
+        verify: bool = True,
+        workers: int = 8,
+        deadline: float | None = None,
+    ) -> None:
+        """Reconcile ``todo`` (from :meth:`reindex_keys`) in order into ``report``, as :meth:`reindex`."""
+        report.keys = len(todo)
+        for key, outcome in self.reconcile_each(todo, force=force, verify=verify, workers=workers, deadline=deadline):
+            report.attempted += 1
+            report.resume_after = key
+            if isinstance(outcome, ReconcileResult):
+                report.count(outcome.action)
+            else:
+                report.fail(key, outcome)
+        if report.attempted < len(todo):
+            report.complete = False
+        else:
+            report.resume_after = None
+
+    def reconcile_each(
+        self,
+        keys: list[str],
+        *,
+        force: bool = False,
+        verify: bool = False,
+        workers: int = 8,
+        deadline: float | None = None,
+    ) -> Iterator[tuple[str, ReconcileResult | Exception]]:
+        """(key, its :meth:`reconcile` result or the exception it raised) for ``keys`` in order,
+        ``workers`` threads at a time; no key is started after ``deadline`` (a
+        ``time.monotonic()`` value), so the keys not yielded were not attempted."""
 
         def one(key: str) -> ReconcileResult:
             return self.reconcile(key, force=force, verify=verify)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for found in pool.map(lambda rk: self._audit_unnamed(rk, report), unnamed):
-                if found and found not in keys and (start_after is None or found > start_after):
-                    keys.add(found)  # a record of a key no longer in the catalog: reconcile removes it
-                    todo.append(found)
-            todo.sort()
-            report.keys = len(todo)
-            for key, fut in _bounded(pool, todo, one, workers, deadline):
-                report.attempted += 1
-                report.resume_after = key
+            for key, fut in _bounded(pool, keys, one, workers, deadline):
                 try:
-                    report.count(fut.result().action)
+                    yield key, fut.result()
                 except Exception as exc:  # noqa: BLE001 - one key's failure must not stop the others
-                    report.fail(key, exc)
-        if report.attempted < len(todo):
-            report.complete = False
-        else:
-            report.resume_after = None
-        report.seconds = time.monotonic() - t0
-        return report
+                    yield key, exc
 
     def _remove_record(self, rk: str, report: ReindexReport) -> None:
         try:

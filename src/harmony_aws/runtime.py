@@ -16,10 +16,12 @@ from botocore.config import Config
 
 from .catalog_ops import CatalogOps
 from .config import Settings
-from .duplicate_jobs import DuplicateJobs, SliceQueue
+from .duplicate_jobs import DuplicateJobs
 from .fanout import ShardFanOut
+from .jobs import SliceQueue
 from .reader import IndexReader
 from .records import RecordWriter
+from .reindex_jobs import ReindexJobs
 from .s3 import Bucket, s3_client
 from .segments import Compactor
 from .service import SearchService
@@ -31,6 +33,7 @@ _client: Any = None
 _services: dict[str, SearchService] = {}
 _writers: dict[str, RecordWriter] = {}
 _queue: SliceQueue | None = None
+_reindex_queues: dict[str | None, SliceQueue] = {}
 
 
 def settings() -> Settings:
@@ -105,6 +108,18 @@ def duplicate_jobs(bucket: str | None = None) -> DuplicateJobs:
     return DuplicateJobs(service.bucket, queue, service.urls, service.reader.index)
 
 
+def reindex_jobs(bucket: str) -> ReindexJobs:
+    """Reindexes of ``bucket``: planned onto HARMONY_REINDEX_QUEUE_URL when ``bucket`` is the
+    function's own (HARMONY_BUCKET; the queue's consumer reindexes that one), else in one call."""
+    s = settings()
+    url = s.reindex_queue_url if bucket == s.bucket else None
+    with _lock:
+        if url not in _reindex_queues:
+            _reindex_queues[url] = SliceQueue(url, setting="HARMONY_REINDEX_QUEUE_URL", what="reindex slices")
+        queue = _reindex_queues[url]
+    return ReindexJobs(record_writer(bucket), queue)
+
+
 def reset() -> None:
     global _settings, _client, _queue
     with _lock:
@@ -113,3 +128,4 @@ def reset() -> None:
         _queue = None
         _services.clear()
         _writers.clear()
+        _reindex_queues.clear()

@@ -136,6 +136,7 @@ def test_triggers_filtered_by_prefix_and_results_trigger_nothing(tpl):
     assert sorted((s.function, s.queue) for s in local.sqs_triggers) == [
         ("DuplicatesFunction", "DuplicatesQueue"),
         ("IndexFunction", "IndexQueue"),
+        ("IndexFunction", "ReindexQueue"),
     ]
 
 
@@ -176,6 +177,34 @@ def test_index_queue_batches_cap_and_dead_letters(tpl):
     assert stmt["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
     # S3 checks the destination when the notifications are set: the policy must exist first
     assert res["CatalogBucket"]["DependsOn"] == "IndexQueuePolicy"
+
+
+def test_reindex_queue_slices_retries_and_dead_letters(tpl):
+    """ReindexQueue: IndexFunction's second SQS source, one slice per invocation, partial batch
+    failures, a visibility timeout of at least 6x the function's timeout, a redrive after
+    reindex_jobs.MAX_RECEIVES receives (the last one counts the failed keys); both sources' caps
+    fit in the function's reservation; the function knows the queue's URL."""
+    from harmony_aws import reindex_jobs
+
+    res = tpl["Resources"]
+    fn = res["IndexFunction"]["Properties"]
+    sqs = fn["Events"]["ReindexSlices"]["Properties"]
+    assert sqs["Queue"] == {"Fn::GetAtt": ["ReindexQueue", "Arn"]}
+    assert sqs["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert sqs["BatchSize"] == 1
+    cap = sqs["ScalingConfig"]["MaximumConcurrency"]
+    assert tpl["Parameters"][cap["Ref"]]["MinValue"] == 2
+    index_cap = fn["Events"]["CatalogQueue"]["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+    reserved = fn["ReservedConcurrentExecutions"]["Fn::If"][1]
+    assert _param_default(tpl, cap) + _param_default(tpl, index_cap) <= _param_default(tpl, reserved)
+    queue = res["ReindexQueue"]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] >= 6 * fn["Timeout"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["ReindexDeadLetterQueue", "Arn"]}
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == reindex_jobs.MAX_RECEIVES
+    dlq = res["ReindexDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+    assert fn["Environment"]["Variables"]["HARMONY_REINDEX_QUEUE_URL"] == {"Ref": "ReindexQueue"}
 
 
 def _statements(fn):
@@ -221,10 +250,12 @@ def test_least_privilege(tpl):
             "s3:GetObject": {"catalog/*", "index/*", "reports/*"},
             "s3:PutObject": {"reports/*"},
         },
+        # a planned reindex writes its job under reports/reindex/ and sends its slices to ReindexQueue
         "IndexFunction": {
-            "s3:GetObject": {"catalog/*", "index/*"},
-            "s3:PutObject": {"index/*"},
+            "s3:GetObject": {"catalog/*", "index/*", "reports/reindex/*"},
+            "s3:PutObject": {"index/*", "reports/reindex/*"},
             "s3:DeleteObject": {"index/*"},
+            "sqs:SendMessage": {"${ReindexQueue.Arn}"},
         },
         "QueryDropFunction": {
             "s3:GetObject": {"queries/*", "catalog/*", "index/*", "results/*"},
@@ -333,6 +364,7 @@ def test_failures_end_in_dead_letter_queues_with_an_alarm(tpl):
         props["DeadLetterQueue"]["TargetArn"]["Fn::GetAtt"][0],
         res["IndexQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
         res["DuplicatesQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
+        res["ReindexQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
     ]
     for queue in dead_letter_queues:
         assert res[queue]["Type"] == "AWS::SQS::Queue" and res[queue]["Properties"]["SqsManagedSseEnabled"] is True

@@ -107,7 +107,12 @@ def point_sqs(ev: dict[str, Any], bucket: str, keys: list[str] | None = None) ->
 def test_every_function_has_events(doc: dict[str, Any]) -> None:
     template = template_for(doc, "b")
     assert sorted(template.functions) == ["DuplicatesFunction", "IndexFunction", "QueryDropFunction", "SearchFunction"]
-    assert events_for(template, "IndexFunction") == ["sqs-catalog-put-delete.json", "sqs-s3-test-event.json"]
+    # IndexQueue's S3 notifications, and ReindexQueue's slices of a planned reindex
+    assert events_for(template, "IndexFunction") == [
+        "sqs-catalog-put-delete.json",
+        "sqs-reindex-slice.json",
+        "sqs-s3-test-event.json",
+    ]
     # DuplicatesQueue's messages: slices that POST /duplicates sends (the flow: test below)
     assert events_for(template, "DuplicatesFunction") == ["sqs-duplicates-slice.json"]
     assert events_for(template, "QueryDropFunction") == ["s3-query-put.json"]
