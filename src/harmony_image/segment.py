@@ -230,15 +230,9 @@ class Segment:
             Not a segment, another version, truncated, or inconsistent.
         """
         name = str(path)
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header = _read_header(f.read(_PRELUDE.size), f, size, name)
-            end = int(header["shortlist_end"])
-            f.seek(0)
-            shortlist = np.empty(end, dtype=np.uint8)
-            if f.readinto(shortlist.data) != end:
-                raise IndexFormatError(f"segment {name} is truncated: it ends inside its shortlist tier")
-            mapped = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        header, mapped = _mapped(path)
+        shortlist = np.empty(int(header["shortlist_end"]), dtype=np.uint8)
+        shortlist[:] = mapped[: len(shortlist)]  # inside the file: _read_header checked it
         segment = cls(
             _block(header, shortlist, name, lambda a: _array_tier(header, mapped, a, mapped=True)), source=name
         )
@@ -332,6 +326,14 @@ class Segment:
         tier = self.block.verification
         if isinstance(tier, RangedTier):
             tier.attach(path)
+
+
+def _mapped(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """The checked header of the segment file ``path``, and the whole file memory-mapped."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = _read_header(f.read(_PRELUDE.size), f, size, str(path))
+        return header, np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
 
 
 def _read_header(prelude: bytes, rest: Any, size: int, name: str) -> dict[str, Any]:
@@ -585,13 +587,14 @@ class RangedTier(VerificationTier):
     # ------------------------------------------------------------------ the whole file
     def attach(self, path: str | os.PathLike[str]) -> None:
         """Serve every row from ``path``, a complete local copy of this segment's file, from now
-        on. IndexFormatError when it is another segment (or damaged)."""
-        local = Segment.open(path)
-        if local.header != self.header:
+        on: its verification tier mapped, at the offsets of the shortlist tier already in memory
+        (not read again: a second copy of ~7 KB per image). IndexFormatError when it is another
+        segment (its header differs)."""
+        header, mapped = _mapped(path)
+        if header != self.header:
             raise IndexFormatError(f"{path} is not a copy of segment {self.name}: their headers differ")
-        tier = local.block.verification
-        assert isinstance(tier, ArrayTier)  # what Segment.open builds
-        self._local = tier
+        offsets = {"descriptor_offsets": self._descriptor_offsets, "detail_offsets": self._detail_offsets}
+        self._local = _array_tier(header, mapped, offsets, mapped=True)
         self.mapped = True
         self._cache.drop(self._owner)
 

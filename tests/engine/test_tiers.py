@@ -298,6 +298,30 @@ def test_a_warm_index_of_segments_holds_little_more_than_their_shortlist_tiers(e
     assert shortlist <= held <= shortlist + ENTRY_OVERHEAD_LIMIT * len(many), (held - shortlist) / len(many)
 
 
+def test_attaching_the_local_copy_keeps_one_shortlist_tier(segment_file, queries):
+    """Once its file is on local disk a ranged segment maps its verification tier at the offsets
+    it holds: the file's shortlist tier is not read into memory a second time."""
+    data = segment_file.read_bytes()
+    end = Segment.open(segment_file).header["shortlist_end"]
+    segment, _ = _ranged(data, head=end)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        segment.attach(segment_file)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert segment.block.verification.mapped
+    assert held < end // 10, (held, end)
+    whole, attached = SearchIndex(), SearchIndex()
+    whole.add_segment(Segment.open(segment_file))
+    attached.add_segment(segment)
+    for scoring_name in ("default", "seed"):
+        for name, query in queries.items():
+            params = SearchParams(k=5, scoring=scoring_name)
+            assert attached.search(query, params) == whole.search(query, params), name
+
+
 def test_a_ranged_segment_without_a_local_copy_reads_the_whole_file_for_seed(segment_file, queries):
     data = segment_file.read_bytes()
     segment, read = _ranged(data, head=len(data) // 50)
