@@ -6,14 +6,16 @@ catalog whose records were deleted before each run.
     python -m benchmarks.reindex --images 200
 
 The catalog: ``--images`` synthetic JPEGs of 200-700 px (benchmarks.datasets.distractor), uploaded
-to a fresh local stack (IndexQueue indexes them; then the records are deleted). Both runs use the
-stack's workers (``--workers``, also ReindexMaxConcurrency); prints one JSON line per run and the ratio.
+to a fresh local stack (IndexQueue indexes them; then the records are deleted before each run).
+Both use the stack's workers (``--workers``, also ReindexMaxConcurrency); ``--repeat`` runs of
+each, alternating; prints one JSON line per run on stderr, then the medians and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.datasets import _encode_jpeg, distractor
+from harmony_aws.reindex_jobs import REINDEX_PREFIX
 from harmony_local.importer import upload_files
 from harmony_local.stack.server import LocalStack, StackConfig, find_template
 
@@ -36,7 +39,36 @@ def drop_records(s3: Any, bucket: str) -> int:
     return n
 
 
-def run(images: int, workers: int, log: Any = print) -> dict[str, Any]:
+def single_call(stack: Any, images: int) -> float:
+    """Seconds of one ``{"action": "reindex", "queued": false}`` call."""
+    t0 = time.perf_counter()
+    inv = stack.invoke("IndexFunction", {"action": "reindex", "queued": False})
+    seconds = time.perf_counter() - t0
+    assert inv.ok and inv.result["reindexed"] == {"indexed": images}, inv
+    return seconds
+
+
+def planned(stack: Any, s3: Any, bucket: str, images: int) -> tuple[float, int]:
+    """Seconds from ``{"action": "reindex", "queued": true}`` until its summary is in the bucket
+    (watched with S3 HEADs, not with status calls, which would wait for the function's workers),
+    and the slices."""
+    t0 = time.perf_counter()
+    inv = stack.invoke("IndexFunction", {"action": "reindex", "queued": True})
+    assert inv.ok and inv.result["queued"], inv
+    key = f"{REINDEX_PREFIX}{inv.result['id']}.json"
+    while True:
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+            break
+        except s3.exceptions.ClientError:
+            time.sleep(0.05)
+    seconds = time.perf_counter() - t0
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert summary["counts"] == {"indexed": images}, summary
+    return seconds, int(summary["slices"])
+
+
+def run(images: int, workers: int, repeat: int, log: Any = print) -> dict[str, Any]:
     files = {f"catalog/bench/{i:05d}.jpg": _encode_jpeg(distractor(SEED, i), 85) for i in range(images)}
     with tempfile.TemporaryDirectory(prefix="harmony-reindex-bench-") as tmp:
         cfg = StackConfig(
@@ -51,35 +83,24 @@ def run(images: int, workers: int, log: Any = print) -> dict[str, Any]:
             s3, bucket = stack.client(), cfg.bucket
             upload_files(s3, bucket, files)
             stack.wait_idle(1800)
-            out: dict[str, Any] = {"images": images, "workers": workers}
-
-            drop_records(s3, bucket)
-            t0 = time.perf_counter()
-            inv = stack.invoke("IndexFunction", {"action": "reindex", "queued": False})
-            single_s = time.perf_counter() - t0
-            assert inv.ok and inv.result["reindexed"] == {"indexed": images}, inv
-            out["single_call"] = {"s": round(single_s, 2), "images_per_s": round(images / single_s, 1)}
-            log(json.dumps({"run": "single_call", **out["single_call"]}))
-
-            drop_records(s3, bucket)
-            t0 = time.perf_counter()
-            inv = stack.invoke("IndexFunction", {"action": "reindex", "queued": True})
-            assert inv.ok and inv.result["queued"], inv
-            job = inv.result["id"]
-            while True:
-                st = stack.invoke("IndexFunction", {"action": "reindex_status", "id": job}).result
-                if st["state"] in ("done", "failed"):
-                    break
-                time.sleep(0.05)
-            planned_s = time.perf_counter() - t0
-            assert st["counts"] == {"indexed": images}, st
-            out["planned"] = {
-                "s": round(planned_s, 2),
-                "images_per_s": round(images / planned_s, 1),
-                "slices": st["slices"],
-            }
-            log(json.dumps({"run": "planned", **out["planned"]}))
-            out["planned_vs_single"] = round(single_s / planned_s, 2)
+            times: dict[str, list[float]] = {"single_call": [], "planned": []}
+            slices = 0
+            for r in range(repeat):  # alternate which goes first: the machine's load drifts
+                for kind in ("single_call", "planned") if r % 2 == 0 else ("planned", "single_call"):
+                    drop_records(s3, bucket)
+                    if kind == "single_call":
+                        seconds = single_call(stack, images)
+                    else:
+                        seconds, slices = planned(stack, s3, bucket, images)
+                    times[kind].append(seconds)
+                    log(json.dumps({"run": kind, "s": round(seconds, 2), "images_per_s": round(images / seconds, 1)}))
+            out: dict[str, Any] = {"images": images, "workers": workers, "repeat": repeat, "slices": slices}
+            for kind, ts in times.items():
+                med = statistics.median(ts)
+                out[kind] = {"median_s": round(med, 2), "images_per_s": round(images / med, 1)}
+            out["planned_vs_single"] = round(
+                statistics.median(times["single_call"]) / statistics.median(times["planned"]), 2
+            )
             return out
         finally:
             stack.stop()
@@ -89,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2, help="stack workers per function (and ReindexMaxConcurrency)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; medians reported")
     args = ap.parse_args(argv)
-    out = run(args.images, args.workers, log=lambda m: print(m, file=sys.stderr))
+    out = run(args.images, args.workers, args.repeat, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(out))
     return 0
 
