@@ -295,3 +295,34 @@ def test_a_slice_of_an_unknown_job_is_dropped_and_a_foreign_body_fails(
     ev["Records"].append({**ev["Records"][0], "messageId": "m-2", "body": json.dumps({"job": "x", "keys": "y"})})
     out = index_fn.lambda_handler(ev, lambda_context)
     assert out == {"batchItemFailures": [{"itemIdentifier": "m-2"}]}
+
+
+def test_a_slice_out_of_time_comes_back_and_a_deleted_image_is_removed(
+    s3_server: Any, catalog: dict[str, bytes], queue: dict[str, Any], index_fn: Any, lambda_context: Any
+) -> None:
+    """A delivery with no time left starts no key: the slice is reported failed (nothing counted)
+    and its next delivery does the work. A catalog image deleted after it was indexed is still
+    listed by its record, and the reindex removes the record."""
+    import time
+
+    from harmony_local.stack.lambdas import LambdaContext
+
+    first = index_fn.lambda_handler({"action": "reindex"}, lambda_context)["id"]
+    drain(index_fn, lambda_context, queue)
+    assert status(index_fn, lambda_context, first)["state"] == "done"
+    gone = "catalog/" + CATALOG_NAMES[0]
+    s3_server.delete_object(Bucket=s3_server.harmony_bucket, Key=gone)
+
+    job_id = index_fn.lambda_handler({"action": "reindex"}, lambda_context)["id"]
+    messages = receive(queue)
+    out = deliver(index_fn, LambdaContext("IndexFunction", deadline=time.time()), queue, messages[0])
+    assert out == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
+    assert status(index_fn, lambda_context, job_id)["slices_done"] == 0
+    for m in messages[1:]:
+        deliver(index_fn, lambda_context, queue, m)
+    drain(index_fn, lambda_context, queue)  # the first slice again, with time
+    done = status(index_fn, lambda_context, job_id)
+    images = set(catalog) - set(NOT_IMAGES)
+    assert done["state"] == "done" and done["keys"] == len(catalog), done
+    assert done["counts"] == {"removed": 1, "unchanged": len(images) - 1, "skipped": 2}, done
+    assert records(s3_server) == images - {gone}
