@@ -230,9 +230,7 @@ class Segment:
             Not a segment, another version, truncated, or inconsistent.
         """
         name = str(path)
-        header, mapped = _mapped(path)
-        shortlist = np.empty(int(header["shortlist_end"]), dtype=np.uint8)
-        shortlist[:] = mapped[: len(shortlist)]  # inside the file: _read_header checked it
+        header, shortlist, mapped = _mapped(path, shortlist=True)
         segment = cls(
             _block(header, shortlist, name, lambda a: _array_tier(header, mapped, a, mapped=True)), source=name
         )
@@ -328,12 +326,20 @@ class Segment:
             tier.attach(path)
 
 
-def _mapped(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
-    """The checked header of the segment file ``path``, and the whole file memory-mapped."""
+def _mapped(path: str | os.PathLike[str], *, shortlist: bool) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The checked header of the segment file ``path``, its bytes up to the end of the shortlist
+    tier read into memory (with ``shortlist``; else none) and the whole file memory-mapped. The
+    tier is read by a read call, not copied from the mapping, which would map its pages into the
+    process besides (resident file pages counted twice)."""
+    name = str(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        header = _read_header(f.read(_PRELUDE.size), f, size, str(path))
-        return header, np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        header = _read_header(f.read(_PRELUDE.size), f, size, name)
+        first = np.empty(int(header["shortlist_end"]) if shortlist else 0, dtype=np.uint8)
+        f.seek(0)
+        if f.readinto(first.data) != len(first):
+            raise IndexFormatError(f"segment {name} is truncated: it ends inside its shortlist tier")
+        return header, first, np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
 
 
 def _read_header(prelude: bytes, rest: Any, size: int, name: str) -> dict[str, Any]:
@@ -590,7 +596,7 @@ class RangedTier(VerificationTier):
         on: its verification tier mapped, at the offsets of the shortlist tier already in memory
         (not read again: a second copy of ~7 KB per image). IndexFormatError when it is another
         segment (its header differs)."""
-        header, mapped = _mapped(path)
+        header, _, mapped = _mapped(path, shortlist=False)
         if header != self.header:
             raise IndexFormatError(f"{path} is not a copy of segment {self.name}: their headers differ")
         offsets = {"descriptor_offsets": self._descriptor_offsets, "detail_offsets": self._detail_offsets}
