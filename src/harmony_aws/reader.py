@@ -64,7 +64,7 @@ LIST_SPLIT_MIN = 2000
 def _malloc_trim() -> Any:
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc (Lambda's Amazon Linux)
-    except (OSError, AttributeError):  # another C library: nothing to call
+    except (OSError, AttributeError, TypeError):  # another C library or system: nothing to call
         return None
 
 

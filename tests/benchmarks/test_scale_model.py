@@ -18,6 +18,7 @@ MEASURED: dict[str, Any] = {
     "s3_bytes_per_image": {"records": 78_000, "segments": 110_000},
     "memory_bytes_per_image": 8_000,
     "memory_bytes_per_image_records": 190_000,
+    "memory_bytes_per_image_downloaded": 7_700,
     "cold_start_s": 20.0,
     "cold_start_s_per_shard": [5.0, 6.0, 5.5, 7.0],
     "cold_start_s_records": 75.0,
@@ -50,4 +51,8 @@ def test_the_doc_shows_the_measured_and_the_modelled(tmp_path):
     write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000")
     text = path.read_text()
     assert "test CPU" in text and "c-test" in text and "75.0 s" in text and "7.8 KiB" in text
+    assert "(segments downloaded whole: 7.5 KiB)" in text
+    earlier = {k: v for k, v in MEASURED.items() if k != "memory_bytes_per_image_downloaded"}
+    write_doc(path, earlier, "python -m benchmarks.scale --images 10000")  # figures of a run before it
+    assert "downloaded whole: " not in path.read_text() and "7.8 KiB" in path.read_text()
     assert f"| shards (ShardFunctions) | {1_000_000 // SHARD_IMAGES} | {10_000_000 // SHARD_IMAGES} |" in text
