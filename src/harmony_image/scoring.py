@@ -92,10 +92,6 @@ DETAIL_BY_LOOKS = 3
 DETAIL_BY_VOTES = 6
 DETAIL_BY_DETAIL_VOTES = 3
 DETAIL_SKIP_ABOVE = 0.95
-MIRROR_MARGIN = 1.5
-MIRROR_MIN_LEAD = 8
-"""The mirror image's keypoints are fitted instead of the query's where its cross-checked
-matches exceed :data:`MIRROR_MARGIN` times the query's plus this (:func:`mirror_wins`)."""
 SSIM_FLOOR = 0.85
 SSIM_SPAN = 0.12
 PRIOR_WEIGHT = 0.3
@@ -590,21 +586,6 @@ def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harmony-mirror")
 
 
-def mirror_wins(query_matches: np.ndarray, mirror_matches: np.ndarray) -> np.ndarray:
-    """Per row, whether the mirror image is the view whose keypoints are verified: its
-    cross-checked matches (:func:`~harmony_image.kernels.match_two`) beat the query's by
-    :data:`MIRROR_MARGIN`.
-
-    The geometric fits (RANSAC at 256 and at 512 px, half of default scoring's verification
-    time) run in one view per row, not both: a flipped copy's mirror has several times the
-    query's matches, an unflipped copy the reverse, and where neither view leads the query is
-    fitted (a small copy's few matches at 256 px are noise; its detail features find it in the
-    unflipped view). SSIM and the seed's ORB ratio stay in both views: keypoint-poor flipped
-    copies are found by their structure. Row by row, so a shard chooses as the whole index does.
-    """
-    return np.asarray(mirror_matches > MIRROR_MARGIN * query_matches + MIRROR_MIN_LEAD)
-
-
 def verify_shortlist(
     query: ImageFeatures,
     mirror: ImageFeatures,
@@ -629,7 +610,6 @@ def verify_shortlist(
     clock.lap("cross-check + 2-NN")
     ssim = np.stack(ssim_pair(query.gray, mirror.gray, grays))
     orb = np.stack([orb_ratio(counts, view.keypoint_count) for view, (counts, *_) in zip(views, matches, strict=True)])
-    flipped = mirror_wins(matches[0][0], matches[1][0])
     clock.lap("SSIM")
     inliers = np.zeros((2, len(rows)))
     detail_inliers = np.zeros((2, len(rows)))
@@ -656,30 +636,28 @@ def verify_shortlist(
         if catalog_counts[i] < 4:
             return
         keypoints = packed.keypoints_of(int(rows[i]))
-        v = int(flipped[i])
-        _, idx, d1, d2 = matches[v]
-        if len(views[v].descriptors) >= 4:
-            fit = fitted_inliers(views[v].keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
-            inliers[v, i] = len(fit)
-            keep_box(i, fit, v, 0, (SEED_SIDE, SEED_SIDE), (1.0, 1.0))
+        for v, (view, (_, idx, d1, d2)) in enumerate(zip(views, matches, strict=True)):
+            if len(view.descriptors) >= 4:
+                fit = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
+                inliers[v, i] = len(fit)
+                keep_box(i, fit, v, 0, (SEED_SIDE, SEED_SIDE), (1.0, 1.0))
 
     def verify_detail(i: int) -> None:
         keypoints = packed.detail_keypoints_of(int(rows[i]))
         planes = packed.detail_planes(int(rows[i]))
         frame = detail_size(*packed.size_of(int(rows[i])))
-        v = int(flipped[i])
-        view = detail_views[v]
-        fit = verified_inliers(
-            view.detail_descriptors,
-            view.detail_keypoints,
-            keypoints,
-            planes,
-            homography=True,
-            floor=DETAIL_INLIER_FLOOR,
-        )
-        detail_inliers[v, i] = len(fit)
-        if detail_shape is not None:
-            keep_box(i, fit, v, 1, frame, (SEED_SIDE / detail_shape[1], SEED_SIDE / detail_shape[0]))
+        for v, view in enumerate(detail_views):
+            fit = verified_inliers(
+                view.detail_descriptors,
+                view.detail_keypoints,
+                keypoints,
+                planes,
+                homography=True,
+                floor=DETAIL_INLIER_FLOOR,
+            )
+            detail_inliers[v, i] = len(fit)
+            if detail_shape is not None:
+                keep_box(i, fit, v, 1, frame, (SEED_SIDE / detail_shape[1], SEED_SIDE / detail_shape[0]))
 
     map_threads(verify, range(len(rows)))
     clock.lap("verify")

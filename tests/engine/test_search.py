@@ -11,7 +11,6 @@ from harmony_image import (
     SearchParams,
     extract_features,
 )
-from harmony_image import scoring as default_scoring
 from harmony_image.scoring import SAME_IMAGE_THRESHOLD
 from tests.support import QUERY_VARIANTS, image_bytes
 
@@ -84,27 +83,6 @@ def test_default_scoring_finds_the_original(index, query):
 def test_default_finds_mirrored_copy_that_seed_misses(index):
     query = extract_features(image_bytes("chelsea__hflip.jpg"))
     assert index.search(query, SearchParams(k=1, scoring="default"))[0].key == "chelsea.jpg"
-
-
-@pytest.mark.parametrize(
-    ("query", "mirror_fitted"), [("chelsea__hflip.jpg", True), ("chelsea__crop_center_80.jpg", False)]
-)
-def test_keypoints_are_fitted_in_the_view_they_match(index, query, mirror_fitted):
-    """The geometric fits run in one view per candidate: the mirror for a flipped copy, the
-    query otherwise; SSIM and the ORB ratio stay measured in both."""
-    q = extract_features(image_bytes(query))
-    mirror = default_scoring.mirrored(q, detail=False)
-    packed = index.packed()
-    rows, first = default_scoring.shortlist(q, mirror, packed, default_scoring.shortlist_size(5))
-    e = default_scoring.verify_shortlist(q, mirror, packed, rows, first=first)
-    at = [packed.keys[r] for r in rows.tolist()].index("chelsea.jpg")
-    fitted, other = (1, 0) if mirror_fitted else (0, 1)
-    assert e.inliers[fitted, at] > 2 * default_scoring.INLIER_FLOOR
-    assert e.inliers[other, at] == 0 and e.detail_inliers[other, at] == 0
-    assert e.ssim[other, at] != 0 and e.orb[other, at] > 0  # measured, weaker
-    assert e.orb[fitted, at] > e.orb[other, at]
-    assert (e.inliers.astype(bool).sum(axis=0) <= 1).all()  # never both views fitted
-    assert default_scoring.decide(e)[0][at] >= SAME_IMAGE_THRESHOLD
 
 
 def test_min_score_filters(index, catalog_photos):
