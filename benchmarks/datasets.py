@@ -50,7 +50,7 @@ from harmony_image.scoring import COLOURFUL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".bench"
-FORMAT = "pkg-v2"
+FORMAT = "pkg-v3"
 MAX_SIDE = 1024
 
 # Real photographs bundled in scikit-image's wheel. Left out on purpose: motorcycle_right (the
@@ -182,6 +182,10 @@ def _inset(img: np.ndarray, rng: np.random.Generator, backdrop: np.ndarray) -> n
     return _fit(canvas, MAX_SIDE)
 
 
+def _mirror(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img[:, ::-1])
+
+
 def _colour_cast(img: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
     """A photo filter's colour cast: each of B, G, R scaled by its gain — a copy still, which
     a colour check that separates colourways must not reject."""
@@ -220,7 +224,7 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("noise", lambda im, r, b: _gaussian_noise(im, 12.0, r)),
     Transform("rotate_10", lambda im, r, b: _rotate_small(im, 10.0)),
     Transform("rotate_90", lambda im, r, b: np.ascontiguousarray(np.rot90(im, k=-1))),
-    Transform("hflip", lambda im, r, b: np.ascontiguousarray(im[:, ::-1])),
+    Transform("hflip", lambda im, r, b: _mirror(im)),
     Transform("text_overlay", lambda im, r, b: _caption(im, r)),
     Transform("stretch_130", lambda im, r, b: _resize_by(im, 1.3, 1.0)),
     Transform("inset_third", _inset),
@@ -228,6 +232,9 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("rotate_bright", lambda im, r, b: _affine_light(_rotate_small(im, 4.0), 1.2, 25)),
     Transform("recoloured", lambda im, r, b: hue_rotated(im, RECOLOURED_HUE), jpeg_quality=75),
     Transform("warm_filter", lambda im, r, b: _colour_cast(im, (0.8, 0.95, 1.15)), jpeg_quality=75),
+    # flipped reposts of the hard classes: a flipped copy may be small or cropped too
+    Transform("hflip_inset_third", lambda im, r, b: _inset(_mirror(im), r, b)),
+    Transform("hflip_crop_third_q40", lambda im, r, b: _mirror(_crop(im, HEAVY_CROP_AREA**0.5, r)), jpeg_quality=40),
 )
 NOT_A_COPY = frozenset({"recoloured"})
 """Transforms whose queries are look-alikes, not copies: their right answer is "not in the

@@ -162,7 +162,8 @@ def _introduction(results: dict[str, Any]) -> list[str]:
         f"it must); {ds['held_out']} more photos are held out of the catalog, so their copies are "
         '**negatives** (queries whose right answer is "not in the catalog"). Every photo is queried under '
         f"{len(TRANSFORM_NAMES)} transforms ({', '.join(TRANSFORM_NAMES)}; `inset_third` puts the photo in a third "
-        "of another one, `crop_third_q40` keeps a third at JPEG quality 40, `warm_filter` casts its colours, "
+        "of another one, `crop_third_q40` keeps a third at JPEG quality 40, their `hflip_` variants are "
+        "flipped too, `warm_filter` casts its colours, "
         "`recoloured` turns a colourful photo's hues 240° — a look-alike, so a negative), each colourway "
         f"once (`colourway_copy`): {ds['queries']} queries, {ds['negatives']} of them negatives. "
         "Procedurally drawn images (smooth colour fields, shapes, text, grain) fill the catalog up to each size. "
@@ -473,7 +474,14 @@ def _plot_section(plot_link: str) -> list[str]:
     ]
 
 
-HARD_CLASSES = ("inset_third", "crop_third_q40", "rotate_bright", "colourway_copy")
+HARD_CLASSES = (
+    "inset_third",
+    "crop_third_q40",
+    "hflip_inset_third",
+    "hflip_crop_third_q40",
+    "rotate_bright",
+    "colourway_copy",
+)
 """The copy classes issue 13 names, as the benchmark's transforms."""
 
 
