@@ -559,7 +559,9 @@ Copies found at the first place (queries whose original is in the catalog, {m["c
 them): one index {m["copies_found_top1"]["one index"]}, shards merged {m["copies_found_top1"]["shards"]}.
 
 Indexing (upload + `RecordWriter.reconcile`, 8 threads): {m["index_images_per_s"]:.0f} images/s.
-Compaction: {m["compaction_images_per_s"]:.0f} images/s.
+Compaction: {m["compaction_images_per_s"]:.0f} images/s in one call (`Compactor.compact`;
+IndexFunction's compaction with more than 2,048 records to fold is planned instead: one segment
+per invocation through ReindexQueue; README, Bulk ingest).
 
 The fan-out is SearchFunction's `ShardFanOut` (each shard answered in this process, JSON both
 ways): a shortlist round (each shard's best rows by each first-pass vote, cut to the

@@ -27,7 +27,12 @@ the function's timeout and says so: "complete": false and "resume_after" (pass i
 
 Invoked with {"action": "compact"} (hourly by its schedule, or by hand) it folds the records into
 segments of HARMONY_SHARDS shards (harmony_aws.segments): readers then cold-start from a few
-large objects. Incremental: segments whose records did not change are kept.
+large objects. Incremental: segments whose records did not change are kept. More records to fold
+than harmony_aws.compact_jobs.INLINE_RECORDS (and a queue, the function's own bucket) are
+planned: one item per segment to fold goes to ReindexQueue, this function folds them one per
+invocation, and the last publishes the manifest ("queued": true|false forces either way; while a
+planned compaction runs, another is not planned). {"action": "compact_status", "id": "<id>"}
+gives a job's state and counts, and its result once done.
 
 The event is only a hint: harmony_aws.records.RecordWriter.reconcile looks at the object itself,
 so duplicated, reordered and concurrent events converge to the bucket's state.
@@ -48,7 +53,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from harmony_aws import runtime
+from harmony_aws import compact_jobs, runtime
 from harmony_aws.errors import ConfigError, EventRecordsFailedError
 
 logger = Logger()
@@ -112,10 +117,38 @@ def _reindex_slice(record: SQSRecord, context: LambdaContext) -> dict[str, Any]:
 
 def _compact(event: S3Event) -> dict[str, Any]:
     bucket = _bucket(event, "compact")
-    report = runtime.compactor(bucket).compact().to_dict()
+    report = runtime.compaction_jobs(bucket).start(queued=event.get("queued"))
+    if report.get("queued"):
+        logger.info(
+            "compaction planned" if report["planned"] else "compaction running", extra={"bucket": bucket, **report}
+        )
+        return report
     metrics.add_metric(name="CompactionSegmentsWritten", unit=MetricUnit.Count, value=report["written"])
+    metrics.add_metric(name="CompactionLost", unit=MetricUnit.Count, value=0 if report["won"] else 1)
     logger.info("compacted", extra={"bucket": bucket, **report})
     return report
+
+
+def _compact_item(record: SQSRecord) -> dict[str, Any]:
+    """One ReindexQueue message of a planned compaction: one segment to fold (the last publishes)."""
+    receives = int(record.attributes.approximate_receive_count or 1)
+    bucket = runtime.settings().bucket  # the queue's jobs are of the function's own bucket
+    if not bucket:
+        raise ConfigError("compaction item: HARMONY_BUCKET is not set")
+    jobs = runtime.compaction_jobs(bucket)
+    try:
+        out = jobs.run_item(record.body, receive_count=receives)
+    except Exception:
+        logger.exception("compaction item failed", extra={"message_id": record.message_id, "receives": receives})
+        metrics.add_metric(name="CompactionItemFailed", unit=MetricUnit.Count, value=1)
+        if receives >= compact_jobs.MAX_RECEIVES:
+            metrics.add_metric(name="CompactionJobFailed", unit=MetricUnit.Count, value=1)
+        raise
+    logger.info("compaction item", extra=out)
+    metrics.add_metric(name="CompactionItems", unit=MetricUnit.Count, value=1)
+    if "lost" in out["action"]:
+        metrics.add_metric(name="CompactionLost", unit=MetricUnit.Count, value=1)
+    return out
 
 
 def _reconcile(record: S3EventRecord) -> dict[str, Any]:
@@ -135,9 +168,13 @@ def _reconcile(record: S3EventRecord) -> dict[str, Any]:
 
 def _queue_message(record: SQSRecord, lambda_context: LambdaContext) -> list[dict[str, Any]]:
     """One IndexQueue message: an S3 event notification, or S3's test message (nothing to do);
-    or one ReindexQueue message: a slice of a planned reindex ({"job", "slice", "keys"}).
-    Anything else raises, so the message ends in the dead-letter queue to be looked at."""
-    if _is_slice(record.body):
+    or one ReindexQueue message: a slice of a planned reindex ({"job", "slice", "keys"}) or an
+    item of a planned compaction ({"job", "kind": "compact", ...}). Anything else raises, so the
+    message ends in the dead-letter queue to be looked at."""
+    kind = _job_kind(record.body)
+    if kind == "compact":
+        return [_compact_item(record)]
+    if kind == "reindex":
         return [_reindex_slice(record, lambda_context)]
     body = json.loads(record.body)
     if isinstance(body, dict) and body.get("Event") == "s3:TestEvent":
@@ -148,18 +185,23 @@ def _queue_message(record: SQSRecord, lambda_context: LambdaContext) -> list[dic
     return [_reconcile(s3_record) for s3_record in S3Event(body).records]
 
 
-def _is_slice(body: object) -> bool:
-    """Whether an SQS message body is a reindex slice ({"job", "slice", "keys"})."""
+def _job_kind(body: object) -> str | None:
+    """``reindex`` for a reindex slice ({"job", "slice", "keys"}), ``compact`` for a compaction
+    item ({"job", "kind": "compact", ...}), None for any other SQS message body."""
     try:
         doc = json.loads(body) if isinstance(body, str) else None
     except ValueError:
-        return False
-    return isinstance(doc, dict) and "job" in doc and "keys" in doc
+        return None
+    if not (isinstance(doc, dict) and "job" in doc):
+        return None
+    if doc.get("kind") == "compact":
+        return "compact"
+    return "reindex" if "keys" in doc else None
 
 
 processor = BatchProcessor(event_type=EventType.SQS)
-# A reindex slice comes alone (BatchSize 1): one whose keys failed is an expected outcome,
-# counted and retried, so it is reported as a batch item failure, not as a failed invocation.
+# A reindex slice or compaction item comes alone (BatchSize 1): one that failed is an expected
+# outcome, counted and retried, so it is reported as a batch item failure, not as a failed invocation.
 slice_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
@@ -171,9 +213,11 @@ def handle(event: S3Event, context: LambdaContext) -> dict[str, Any]:
         return runtime.reindex_jobs(_bucket(event, "reindex_status")).status(str(event.get("id", "")))
     if event.get("action") == "compact":
         return _compact(event)
+    if event.get("action") == "compact_status":
+        return runtime.compaction_jobs(_bucket(event, "compact_status")).status(str(event.get("id", "")))
     records = event.get("Records") or []
     if records and all(r.get("eventSource") == "aws:sqs" for r in records):
-        slices = all(_is_slice(r.get("body")) for r in records)
+        slices = all(_job_kind(r.get("body")) for r in records)
         return dict(
             process_partial_response(
                 event=event.raw_event,

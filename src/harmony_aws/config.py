@@ -28,7 +28,9 @@ ENV_VARS: dict[str, str] = {
     "HARMONY_DEFAULT_SCORING": "scoring when the request names none: default|seed (default: default)",
     "HARMONY_ALLOW_PRIVATE_URLS": "tests only: allow URL queries to private addresses (default off)",
     "HARMONY_DUPLICATES_QUEUE_URL": "SearchFunction: the SQS queue POST /duplicates sends its slices to",
-    "HARMONY_REINDEX_QUEUE_URL": "IndexFunction: the SQS queue a planned reindex sends slices to (unset: in one call)",
+    "HARMONY_REINDEX_QUEUE_URL": (
+        "IndexFunction: the SQS queue a planned reindex or compaction sends its items to (unset: in one call)"
+    ),
     "HARMONY_SHARDS": "shards the catalog is compacted into (IndexFunction's compaction; default 1)",
     "HARMONY_SHARD": "ShardFunction: the shard it serves, as i/n (e.g. 0/4)",
     "HARMONY_SHARD_FUNCTIONS": "SearchFunction: ShardFunction names, shard 0 first, comma-separated (unset: none)",

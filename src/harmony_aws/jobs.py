@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ SLICE_BYTES = 200 * 1024
 SEND_BATCH = 10  # SendMessageBatch's most entries
 SEND_ATTEMPTS = 3  # entries SendMessageBatch reports failed are sent again, this many times in all
 MAX_JOB_JSON_BYTES = 256 * 1024 * 1024
+PART_READERS = 16  # parts read at once (GETs of a few hundred bytes: latency-bound)
 JOB_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
@@ -191,5 +193,10 @@ class JobStore:
         return sum(1 for _ in self.bucket.objects(self.parts_prefix(job_id)))
 
     def parts(self, job_id: str) -> list[dict[str, Any]]:
-        """Every part written so far (one GET each)."""
-        return [self.get_json(o["Key"]) or {} for o in self.bucket.objects(self.parts_prefix(job_id))]
+        """Every part written so far, in order (one GET each, :data:`PART_READERS` at once: a
+        planned compaction of 1M images has ~1,000)."""
+        keys = [o["Key"] for o in self.bucket.objects(self.parts_prefix(job_id))]
+        if len(keys) <= 1:
+            return [self.get_json(k) or {} for k in keys]
+        with ThreadPoolExecutor(max_workers=min(PART_READERS, len(keys))) as pool:
+            return [doc or {} for doc in pool.map(self.get_json, keys)]

@@ -15,6 +15,7 @@ import boto3
 from botocore.config import Config
 
 from .catalog_ops import CatalogOps
+from .compact_jobs import CompactionJobs
 from .config import Settings
 from .duplicate_jobs import DuplicateJobs
 from .fanout import ShardFanOut
@@ -108,16 +109,29 @@ def duplicate_jobs(bucket: str | None = None) -> DuplicateJobs:
     return DuplicateJobs(service.bucket, queue, service.urls, service.reader.index)
 
 
-def reindex_jobs(bucket: str) -> ReindexJobs:
-    """Reindexes of ``bucket``: planned onto HARMONY_REINDEX_QUEUE_URL when ``bucket`` is the
-    function's own (HARMONY_BUCKET; the queue's consumer reindexes that one), else in one call."""
+def _reindex_queue(bucket: str) -> SliceQueue:
+    """HARMONY_REINDEX_QUEUE_URL when ``bucket`` is the function's own (HARMONY_BUCKET: the
+    queue's consumer works on that one), else a queue without URL (the work is done in one call)."""
     s = settings()
     url = s.reindex_queue_url if bucket == s.bucket else None
     with _lock:
         if url not in _reindex_queues:
-            _reindex_queues[url] = SliceQueue(url, setting="HARMONY_REINDEX_QUEUE_URL", what="reindex slices")
-        queue = _reindex_queues[url]
-    return ReindexJobs(record_writer(bucket), queue)
+            _reindex_queues[url] = SliceQueue(
+                url, setting="HARMONY_REINDEX_QUEUE_URL", what="reindex and compaction items"
+            )
+        return _reindex_queues[url]
+
+
+def reindex_jobs(bucket: str) -> ReindexJobs:
+    """Reindexes of ``bucket``: planned onto HARMONY_REINDEX_QUEUE_URL when ``bucket`` is the
+    function's own, else in one call."""
+    return ReindexJobs(record_writer(bucket), _reindex_queue(bucket))
+
+
+def compaction_jobs(bucket: str) -> CompactionJobs:
+    """Compactions of ``bucket``: planned onto HARMONY_REINDEX_QUEUE_URL when large and ``bucket``
+    is the function's own, else in one call."""
+    return CompactionJobs(compactor(bucket), _reindex_queue(bucket))
 
 
 def reset() -> None:

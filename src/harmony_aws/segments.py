@@ -17,7 +17,9 @@ no segment holds into new segments, and writes the manifest with a conditional P
 the ETag it read; If-None-Match when there was none). Of two compactors one wins; the other
 deletes the segments it wrote. Segments that neither the current manifest nor the one before
 it names are deleted by a later compaction once older than :data:`GRACE_SECONDS` (a reader
-may still be loading them).
+may still be loading them). A compaction with many records to fold runs the same steps apart
+(:mod:`harmony_aws.compact_jobs`): plan, one segment folded per invocation, the manifest
+published by the last.
 
 Readers load the manifest, the segments of their shard and, one by one, the records that differ
 from what the segments hold (:mod:`harmony_aws.reader`). A segment not yet on local disk is
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -41,13 +44,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from harmony_image import HarmonyError, IndexFormatError
 from harmony_image.packed import CatalogEntry
 from harmony_image.segment import RowCache, Segment, segment_bytes
 
 from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
-from .layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
+from .jobs import slices_of
+from .layout import (
+    CATALOG_PREFIX,
+    RECORDS_PREFIX,
+    SEGMENTS_MANIFEST_KEY,
+    SEGMENTS_PREFIX,
+    record_key,
+    rel_from_record_name,
+    shard_of,
+)
 from .records import RecordRejectedError, StoredRecord, read_record
 from .s3 import POOL_CONNECTIONS, Bucket
 
@@ -59,6 +72,12 @@ SEGMENT_IMAGES = 1024
 GRACE_SECONDS = 3600
 """How long a segment no manifest names is kept (a reader that read the previous manifest may
 still be downloading it)."""
+JOB_SECONDS = 12 * 3600
+"""The files a planned compaction writes (``index/segments/<job id>.<random>``) are kept this long
+after the job started, though no manifest names them yet; a job older than this publishes
+nothing (harmony_aws.compact_jobs). A job of 1M images, 1,000 chunks of ~10 s two at a time,
+takes ~1.5 h; its failing chunks come back at most 4 times, 13 min apart."""
+JOB_SEGMENT = re.compile(r"^index/segments/(\d{8}T\d{6}Z-[0-9a-f]{8})\.")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SEGMENT_BYTES = 4 * 1024 * 1024 * 1024
 MAX_FOLDED_BYTES = 64 * 1024 * 1024
@@ -318,8 +337,37 @@ class CompactionReport:
         return asdict(self)
 
 
+@dataclass
+class CompactionPlan:
+    """What a compaction is to do: the manifest it read (``old``; None: never compacted), the
+    records it listed (record key -> ETag), the segments of ``old`` it keeps, and the records to
+    fold in ``chunks`` of (shard, record keys): at most one segment's worth of one shard each."""
+
+    old: SegmentsManifest | None
+    listing: dict[str, str]
+    kept: list[SegmentRef]
+    chunks: list[tuple[int, list[str]]]
+
+    @property
+    def generation(self) -> int:
+        """The generation the compaction publishes."""
+        return (self.old.generation if self.old else 0) + 1
+
+    @property
+    def todo(self) -> int:
+        """Records to fold."""
+        return sum(len(keys) for _, keys in self.chunks)
+
+
+def files_of(refs: Iterable[SegmentRef]) -> list[str]:
+    """The objects of ``refs``: each segment file and its folded records."""
+    return [k for ref in refs for k in (ref.key, ref.records_key)]
+
+
 class Compactor:
-    """Folds one bucket's records into segments; see the module doc."""
+    """Folds one bucket's records into segments; see the module doc. :meth:`compact` does it all
+    in one call; a planned compaction (:mod:`harmony_aws.compact_jobs`) runs the same steps —
+    :meth:`plan`, :meth:`fold` per chunk (one invocation each), :meth:`publish` — apart."""
 
     def __init__(
         self,
@@ -338,11 +386,43 @@ class Compactor:
         self.workers = workers
         self.grace_seconds = grace_seconds
 
-    def compact(self) -> CompactionReport:
-        """One compaction. Raises StorageError when S3 fails (nothing half-done is published:
-        the manifest is written last, and only if no other compactor wrote one meanwhile)."""
+    def compact(self, *, planned: tuple[CompactionPlan, CompactionReport] | None = None) -> CompactionReport:
+        """One compaction (of a ``planned`` one: that plan and its report). Raises StorageError
+        when S3 fails (nothing half-done is published: the manifest is written last, and only if
+        no other compactor wrote one meanwhile)."""
         t0 = time.monotonic()
-        report = CompactionReport()
+        if planned is None:
+            report = CompactionReport()
+            plan = self.plan(report)
+        else:
+            plan, report = planned
+        written: list[SegmentRef] = []
+        try:
+            for shard, keys in plan.chunks:
+                ref = self.fold(shard, keys, report, listing=plan.listing)
+                if ref is not None:
+                    written.append(ref)
+            report.written = len(written)
+            manifest = self.manifest(plan.kept, written, generation=plan.generation, writer=uuid.uuid4().hex)
+            report.won = self.publish(manifest, if_match=plan.old.etag if plan.old else None)
+        except BaseException:
+            self.discard(written)
+            raise
+        if not report.won:
+            log.info("another compaction published first; removing the %d segments written", len(written))
+            self.discard(written)
+        else:
+            report.generation = manifest.generation
+            report.segments = len(manifest.segments)
+            report.deleted = self.collect(files_of([*manifest.segments, *(plan.old.segments if plan.old else ())]))
+        report.seconds = round(time.monotonic() - t0, 2)
+        return report
+
+    def plan(self, report: CompactionReport) -> CompactionPlan:
+        """Read the manifest and list the records: the segments kept (every record they fold is
+        still current, none folded twice) and the others' records, by shard, cut into chunks of
+        :attr:`segment_images` (and at most :data:`~harmony_aws.jobs.SLICE_BYTES` of keys, one
+        SQS message). Counts ``records`` and ``kept`` in ``report``."""
         bucket = self.bucket
         old = read_manifest(bucket)
         listing = bucket.etags(RECORDS_PREFIX)
@@ -357,50 +437,67 @@ class Compactor:
                     kept.append(ref)
                     covered |= folded.keys()
         report.kept = len(kept)
-        todo = sorted(rk for rk in listing if rk not in covered)
-        records = self._load(todo, listing, report)
-        by_shard: dict[int, list[StoredRecord]] = {}
-        for rec in records:
-            by_shard.setdefault(shard_of(rec.key, self.shards), []).append(rec)
-        writer = uuid.uuid4().hex
-        written: list[SegmentRef] = []
-        try:
-            for shard, recs in sorted(by_shard.items()):
-                recs.sort(key=lambda r: r.key)
-                for start in range(0, len(recs), self.segment_images):
-                    written.append(self._write_segment(shard, recs[start : start + self.segment_images]))
-            report.written = len(written)
-            segments = tuple(sorted([*kept, *written], key=lambda r: (r.shard, r.key)))
-            generation = (old.generation if old else 0) + 1
-            manifest = SegmentsManifest(generation, self.shards, segments, writer)
-            etag = bucket.put_if(
-                SEGMENTS_MANIFEST_KEY,
-                manifest.to_bytes(),
-                content_type="application/json",
-                if_match=old.etag if old else None,
-            )
-            if etag is None:  # someone wrote first - or our own write landed and its answer was lost
-                current = read_manifest(bucket)
-                report.won = current is not None and current.writer == writer
-            else:
-                report.won = True
-        except BaseException:
-            self._delete_quietly([k for ref in written for k in (ref.key, ref.records_key)])
-            raise
-        if not report.won:
-            log.info("another compaction published first; removing the %d segments written", len(written))
-            self._delete_quietly([k for ref in written for k in (ref.key, ref.records_key)])
-        else:
-            report.generation = generation
-            report.segments = len(segments)
-            report.deleted = self._collect([*segments, *(old.segments if old else ())])
-        report.seconds = round(time.monotonic() - t0, 2)
-        return report
+        by_shard: dict[int, list[str]] = {}
+        for rk in sorted(rk for rk in listing if rk not in covered):
+            by_shard.setdefault(self._shard_of_record(rk), []).append(rk)
+        chunks = [
+            (shard, chunk)
+            for shard, rks in sorted(by_shard.items())
+            for chunk in slices_of(rks, max_keys=self.segment_images)
+        ]
+        return CompactionPlan(old, listing, kept, chunks)
 
-    def _load(self, todo: Sequence[str], listing: dict[str, str], report: CompactionReport) -> list[StoredRecord]:
-        """The records ``todo`` at their listed version (a record changed or gone since the listing
-        is left to the next compaction: readers load it on its own meanwhile)."""
+    def _shard_of_record(self, rk: str) -> int:
+        """The shard of record ``rk``'s catalog key: from its name, or (a hashed name) its metadata."""
+        rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
+        if rel is not None:
+            return shard_of(CATALOG_PREFIX + rel, self.shards)
+        head = self.bucket.head(rk)
+        key = unquote(head.metadata.get("catalog-key", "")) if head is not None else ""
+        return shard_of(key, self.shards) if key else 0  # no catalog key: read_record rejects it
 
+    def fold(
+        self,
+        shard: int,
+        record_keys: Sequence[str],
+        report: CompactionReport,
+        *,
+        listing: dict[str, str] | None = None,
+        prefix: str = "",
+    ) -> SegmentRef | None:
+        """One segment of shard ``shard`` from the records ``record_keys``: at their ``listing``
+        version (a record changed or gone since is left to the next compaction: readers load it
+        on its own meanwhile), or without ``listing`` as they are now. None when no record could
+        be read. The files are named ``index/segments/<prefix><random>``; if writing them fails,
+        what was written is removed."""
+        records = [r for r in self._load(record_keys, listing, report) if shard_of(r.key, self.shards) == shard]
+        if not records:
+            return None
+        records.sort(key=lambda r: r.key)
+        return self._write_segment(shard, records, prefix=prefix)
+
+    def manifest(
+        self, kept: Sequence[SegmentRef], written: Sequence[SegmentRef], *, generation: int, writer: str
+    ) -> SegmentsManifest:
+        """The manifest naming the segments ``kept`` (a plan's) and ``written``."""
+        segments = tuple(sorted([*kept, *written], key=lambda r: (r.shard, r.key)))
+        return SegmentsManifest(generation, self.shards, segments, writer)
+
+    def publish(self, manifest: SegmentsManifest, *, if_match: str | None) -> bool:
+        """Write ``manifest`` if the current one's ETag is still ``if_match`` (None: if there is
+        none); whether it is published — also when it was by an earlier try of the same writer
+        whose answer was lost."""
+        etag = self.bucket.put_if(
+            SEGMENTS_MANIFEST_KEY, manifest.to_bytes(), content_type="application/json", if_match=if_match
+        )
+        if etag is not None:
+            return True
+        current = read_manifest(self.bucket)  # someone wrote first - or our own write landed
+        return current is not None and current.writer == manifest.writer
+
+    def _load(
+        self, todo: Sequence[str], listing: dict[str, str] | None, report: CompactionReport
+    ) -> list[StoredRecord]:
         def one(rk: str) -> StoredRecord | None:
             try:
                 rec = read_record(self.bucket, rk)
@@ -408,37 +505,47 @@ class Compactor:
                 log.warning("record %s not compacted: %s", rk, exc)
                 report.rejected += 1
                 return None
-            return rec if rec is not None and rec.etag == listing[rk] else None
+            return rec if rec is not None and (listing is None or rec.etag == listing.get(rk)) else None
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo) or 1))) as pool:
             return [r for r in pool.map(one, todo) if r is not None]
 
-    def _write_segment(self, shard: int, records: list[StoredRecord]) -> SegmentRef:
-        name = f"{SEGMENTS_PREFIX}{uuid.uuid4().hex}"
+    def _write_segment(self, shard: int, records: list[StoredRecord], *, prefix: str = "") -> SegmentRef:
+        name = f"{SEGMENTS_PREFIX}{prefix}{uuid.uuid4().hex}"
         data = segment_bytes(CatalogEntry(key=r.key, url=r.source_url or r.key, features=r.features) for r in records)
         folded = {record_key(r.key): [r.etag, r.key] for r in records}
         seg_key, records_key = name + ".seg", name + ".json"
-        self.bucket.put(records_key, json.dumps(folded).encode("utf-8"), content_type="application/json")
-        self.bucket.put(seg_key, data, content_type="application/octet-stream")
-        head = self.bucket.head(seg_key)
-        if head is None:
-            raise StorageError(f"{seg_key} vanished right after it was written")
+        try:
+            self.bucket.put(records_key, json.dumps(folded).encode("utf-8"), content_type="application/json")
+            self.bucket.put(seg_key, data, content_type="application/octet-stream")
+            head = self.bucket.head(seg_key)
+            if head is None:
+                raise StorageError(f"{seg_key} vanished right after it was written")
+        except BaseException:
+            self._delete_quietly([records_key, seg_key])
+            raise
         shortlist = Segment.from_bytes(data, name=seg_key).header["shortlist_end"]
         return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data), int(shortlist))
 
-    def _collect(self, named_refs: Sequence[SegmentRef]) -> int:
-        """Delete segment files older than the grace period that neither the new manifest nor the
-        one it replaces names (a reader may have read that one just before: its segments go at
-        the next compaction)."""
-        named = {k for ref in named_refs for k in (ref.key, ref.records_key)}
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.grace_seconds)
+    def collect(self, named: Iterable[str]) -> int:
+        """Delete segment files older than the grace period that are not ``named`` (pass the new
+        manifest's and the one it replaces: a reader may have read that one just before; its
+        segments go at the next compaction). The files of a planned compaction started less than
+        :data:`JOB_SECONDS` ago are kept: its manifest may not be published yet."""
+        named = set(named)
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.grace_seconds)
         stale = [
             o["Key"]
             for o in self.bucket.objects(SEGMENTS_PREFIX)
-            if o["Key"] not in named and o["LastModified"] < cutoff
+            if o["Key"] not in named and o["LastModified"] < cutoff and not _of_a_running_job(o["Key"], now)
         ]
         self._delete_quietly(stale)
         return len(stale)
+
+    def discard(self, refs: Iterable[SegmentRef]) -> None:
+        """Delete the files of segments no manifest names (best effort)."""
+        self._delete_quietly(files_of(refs))
 
     def _delete_quietly(self, keys: list[str]) -> None:
         for key in keys:
@@ -446,3 +553,13 @@ class Compactor:
                 self.bucket.delete(key)
             except StorageError as exc:  # left for a later compaction's collection
                 log.warning("could not delete %s: %s", key, exc.message)
+
+
+def _of_a_running_job(key: str, now: datetime) -> bool:
+    """Whether ``key`` is a file of a planned compaction (named ``<job id>.<random>``) that
+    started less than :data:`JOB_SECONDS` before ``now``."""
+    m = JOB_SEGMENT.match(key)
+    if m is None:
+        return False
+    started = datetime.strptime(m.group(1)[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return now - started < timedelta(seconds=JOB_SECONDS)

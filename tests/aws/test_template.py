@@ -250,10 +250,11 @@ def test_least_privilege(tpl):
             "s3:GetObject": {"catalog/*", "index/*", "reports/*"},
             "s3:PutObject": {"reports/*"},
         },
-        # a planned reindex writes its job under reports/reindex/ and sends its slices to ReindexQueue
+        # a planned reindex writes its job under reports/reindex/ and sends its slices to
+        # ReindexQueue; a planned compaction its job under reports/compact/, its items there too
         "IndexFunction": {
-            "s3:GetObject": {"catalog/*", "index/*", "reports/reindex/*"},
-            "s3:PutObject": {"index/*", "reports/reindex/*"},
+            "s3:GetObject": {"catalog/*", "index/*", "reports/reindex/*", "reports/compact/*"},
+            "s3:PutObject": {"index/*", "reports/reindex/*", "reports/compact/*"},
             "s3:DeleteObject": {"index/*"},
             "sqs:SendMessage": {"${ReindexQueue.Arn}"},
         },

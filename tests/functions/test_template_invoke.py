@@ -107,9 +107,11 @@ def point_sqs(ev: dict[str, Any], bucket: str, keys: list[str] | None = None) ->
 def test_every_function_has_events(doc: dict[str, Any]) -> None:
     template = template_for(doc, "b")
     assert sorted(template.functions) == ["DuplicatesFunction", "IndexFunction", "QueryDropFunction", "SearchFunction"]
-    # IndexQueue's S3 notifications, and ReindexQueue's slices of a planned reindex
+    # IndexQueue's S3 notifications, and ReindexQueue's slices of a planned reindex and items of
+    # a planned compaction
     assert events_for(template, "IndexFunction") == [
         "sqs-catalog-put-delete.json",
+        "sqs-compact-item.json",
         "sqs-reindex-slice.json",
         "sqs-s3-test-event.json",
     ]
