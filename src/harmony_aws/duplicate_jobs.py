@@ -33,7 +33,16 @@ from harmony_image.duplicates import Edge, KeepRule, check_keep, duplicate_group
 from harmony_image.params import check_min_score
 from harmony_image.scoring import SAME_IMAGE_THRESHOLD
 
-from .jobs import MAX_JOB_JSON_BYTES, JobNotFoundError, JobStore, SliceQueue, check_job_id, new_job_id, slices_of
+from .jobs import (
+    MAX_JOB_JSON_BYTES,
+    JobNotFoundError,
+    JobStore,
+    SliceQueue,
+    check_job_id,
+    enqueue,
+    new_job_id,
+    slices_of,
+)
 from .jobs import iso as _iso
 from .layout import CATALOG_PREFIX, is_catalog_image_key
 from .s3 import Bucket
@@ -124,13 +133,7 @@ class DuplicateJobs:
             self._merge(job, SearchIndex(), [])
         else:
             bodies = [json.dumps({"job": job_id, "slice": n, "keys": s}) for n, s in enumerate(slices)]
-            try:
-                self.queue.send(bodies)
-            except HarmonyError as exc:
-                self.store.put_if_absent(
-                    self.store.failed_key(job_id), {"slice": None, "error": f"enqueueing failed: {exc.message}"}
-                )
-                raise
+            enqueue(self.store, self.queue, job_id, bodies)
         return self.status(job_id)
 
     # ------------------------------------------------------------------ status

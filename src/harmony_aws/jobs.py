@@ -137,6 +137,16 @@ class SliceQueue:
                 raise StorageError(f"SQS refused {len(todo)} of the {self.what} {SEND_ATTEMPTS} times")
 
 
+def enqueue(store: JobStore, queue: SliceQueue, job_id: str, bodies: list[str], *, item: str = "slice") -> None:
+    """Send a job's messages; when that fails, mark the job failed (its status says why; ``item``
+    names the failed field, null: none of them) and raise."""
+    try:
+        queue.send(bodies)
+    except HarmonyError as exc:
+        store.put_if_absent(store.failed_key(job_id), {item: None, "error": f"enqueueing failed: {exc.message}"})
+        raise
+
+
 class JobStore:
     """The objects of one kind of job: everything under ``prefix`` of ``bucket`` (see the module doc)."""
 

@@ -41,7 +41,7 @@ from typing import Any
 from harmony_image import HarmonyError
 
 from .errors import BadRequestError
-from .jobs import JobNotFoundError, JobStore, SliceQueue, check_job_id, iso, new_job_id, slices_of
+from .jobs import JobNotFoundError, JobStore, SliceQueue, check_job_id, enqueue, iso, new_job_id, slices_of
 from .records import MAX_REPORTED_FAILURES, ReconcileResult, RecordWriter, ReindexReport
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,7 @@ class ReindexJobs:
             self._summarise(job)
         else:
             bodies = [json.dumps({"job": job_id, "slice": n, "keys": s}) for n, s in enumerate(slices)]
-            try:
-                self.queue.send(bodies)
-            except HarmonyError as exc:
-                self.store.put_if_absent(
-                    self.store.failed_key(job_id), {"slice": None, "error": f"enqueueing failed: {exc.message}"}
-                )
-                raise
+            enqueue(self.store, self.queue, job_id, bodies)
         return {**self.status(job_id), "queued": True}
 
     # ------------------------------------------------------------------ status

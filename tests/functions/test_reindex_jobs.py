@@ -21,7 +21,7 @@ import pytest
 
 from harmony_aws import reindex_jobs, runtime
 from harmony_aws import s3 as s3mod
-from harmony_aws.errors import BadRequestError
+from harmony_aws.errors import BadRequestError, StorageError
 from harmony_aws.jobs import BadJobIdError, JobNotFoundError
 from harmony_aws.records import RecordWriter
 from tests.faultproxy import FaultProxy
@@ -326,3 +326,24 @@ def test_a_slice_out_of_time_comes_back_and_a_deleted_image_is_removed(
     assert done["state"] == "done" and done["keys"] == len(catalog), done
     assert done["counts"] == {"removed": 1, "unchanged": len(images) - 1, "skipped": 2}, done
     assert records(s3_server) == images - {gone}
+
+
+def test_a_reindex_whose_slices_cannot_be_sent_fails_and_says_why(
+    s3_server: Any,
+    catalog: dict[str, bytes],
+    queue: dict[str, Any],
+    index_fn: Any,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gone = queue["url"].rsplit("/", 1)[0] + "/no-such-queue"  # deleted, or a wrong URL in the settings
+    monkeypatch.setenv("HARMONY_REINDEX_QUEUE_URL", gone)
+    runtime.reset()
+    with pytest.raises(StorageError, match=r"sending .* to SQS failed"):
+        index_fn.lambda_handler({"action": "reindex"}, lambda_context)
+    listed = s3_server.list_objects_v2(Bucket=s3_server.harmony_bucket, Prefix="reports/reindex/")["Contents"]
+    failed = [o["Key"] for o in listed if o["Key"].endswith("/failed.json")]
+    assert len(failed) == 1
+    state = status(index_fn, lambda_context, failed[0].split("/")[2])
+    assert state["state"] == "failed" and "enqueueing failed" in json.dumps(state), state
+    assert receive(queue) == []  # nothing was sent to the real queue either
