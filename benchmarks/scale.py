@@ -12,7 +12,8 @@ photos plus generated distractors) and its queries. Steps, all through the real 
    records and GETs each one;
 3. compact into ``--shards`` shards (``Compactor``): images/s;
 4. **segment cold start**, per shard: a fresh reader with an empty segment cache (manifest,
-   segments, folded-record lists, then the record listing), two ways: segments **downloaded
+   segments, folded-record lists, then the change journal since the manifest's cursor; its LIST
+   pages are counted), two ways: segments **downloaded
    whole** before use, and opened by **ranged GETs** (as readers do: one GET per segment for its
    header and shortlist tier; the shortlist-tier bytes fetched per image are counted), each
    followed by the shard's first query (timed: on a ranged shard it pays the ranged GETs of its
@@ -50,6 +51,7 @@ import numpy as np
 
 from benchmarks.memory import memory_mb
 from benchmarks.runners import machine
+from harmony_aws.journal import CURSOR_MARGIN_SECONDS, OVERLAP_SECONDS
 from harmony_local.catalog import IMAGE_SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +100,12 @@ def child(mode: str, shards: int, cache: str, query: str) -> dict[str, Any]:
         return read_range(key, start, stop, **kw)
 
     b.read_range = counting  # type: ignore[method-assign]
+    lists = [0]  # ListObjectsV2 pages (one call each)
+
+    def listed(**_: Any) -> None:
+        lists[0] += 1
+
+    b.client.meta.events.register("before-parameter-build.s3.ListObjectsV2", listed)
     features = extract_features(Path(query).read_bytes())
     before = memory_mb()["VmRSS"]
     t0 = time.perf_counter()
@@ -112,11 +120,13 @@ def child(mode: str, shards: int, cache: str, query: str) -> dict[str, Any]:
             readers.append(IndexReader(b, urls, ttl=1e9, cache_dir=cache, shard=shard, **how))
     per_shard = []
     for r in readers:
-        s0, f0 = time.perf_counter(), fetched[0]
+        s0, f0, l0 = time.perf_counter(), fetched[0], lists[0]
         index = r.index()
         index.packed()
         seconds, f1 = time.perf_counter() - s0, fetched[0]
-        per_shard.append({"seconds": round(seconds, 3), "images": len(index), "fetched_bytes": f1 - f0})
+        per_shard.append(
+            {"seconds": round(seconds, 3), "images": len(index), "fetched_bytes": f1 - f0, "list_pages": lists[0] - l0}
+        )
         per_shard[-1].update(r.last_refresh)
     seconds = time.perf_counter() - t0
     grown = memory_mb()["VmRSS"] - before
@@ -314,6 +324,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_query_rows_cold": [s["first_query_rows"] for s in ranged_cold["shards"]],
         "first_query_ms_downloaded": [s["first_query_ms"] for s in segments_cold["shards"]],
         "list_page_ms_measured": round(list_page_ms, 1),
+        "cold_list_pages_records": records_cold["shards"][0]["list_pages"],
+        "cold_list_pages_per_shard": [s["list_pages"] for s in ranged_cold["shards"]],
+        "cold_journal_entries_per_shard": [s.get("journal_entries") for s in ranged_cold["shards"]],
         "p50_ms": round(float(p(fan_ms, 50)), 1),
         "p99_ms": round(float(p(fan_ms, 99)), 1),
         "p50_ms_one_shard": round(float(p(shard_ms, 50)), 1),
@@ -349,6 +362,9 @@ LIST_PAGE = 1000  # keys per ListObjectsV2 page
 S3_FIRST_BYTE_MS = 30.0  # a small ranged GET's time to first byte inside a region (assumed)
 RANGED_GETS_AT_ONCE = 32  # harmony_aws.segments.RANGE_WORKERS
 LIST_RANGES = 32  # harmony_aws.reader.LIST_RANGES: ranges of the record listing listed at once
+CHANGES_PER_HOUR = 10_000  # catalog uploads, overwrites and deletes an hour (assumed, at any catalog size)
+COMPACTION_HOURS = 1.0  # the template's compaction schedule (hourly)
+INDEX_TTL_S = 10.0  # the template's IndexRefreshSeconds default: a warm reader's refresh interval
 ROW_RANGES = 5  # byte ranges per image's verification rows (one per array; neighbours coalesce)
 DUPLICATE_SLICES_AT_ONCE = 4  # the template's DuplicatesMaxConcurrency default
 FAN_OUT_ROUNDS = 2  # default scoring's invokes per shard and query (harmony_aws.fanout: shortlist, verify)
@@ -410,6 +426,13 @@ def _ranged_model(m: dict[str, Any], images: int) -> dict[str, Any]:
         per_range = -(-images // LIST_RANGES)
         pages = -(-per_range // LIST_PAGE)
         out["record_listing_s"] = round(pages * m["list_page_ms_measured"] / 1000, 1)
+        # with the journal: the entries since the manifest's cursor (a compaction interval and the
+        # cursor's margin), page after page; a warm refresh: those since the last one (and the overlap)
+        window_h = COMPACTION_HOURS + CURSOR_MARGIN_SECONDS / 3600
+        journal_pages = -(-round(CHANGES_PER_HOUR * window_h) // LIST_PAGE)
+        out["journal_pages"] = journal_pages
+        out["journal_listing_s"] = round(journal_pages * m["list_page_ms_measured"] / 1000, 2)
+        out["refresh_pages"] = -(-round(CHANGES_PER_HOUR / 3600 * (INDEX_TTL_S + OVERLAP_SECONDS)) // LIST_PAGE)
     if m.get("first_query_rows_cold"):
         # the measured rows of a query; in a 50k shard (49 segments) they seldom neighbour: no coalescing
         rows = max(m["first_query_rows_cold"])
@@ -472,7 +495,26 @@ def _ranged_rows(m: dict[str, Any], big: list[dict[str, Any]]) -> list[list[str]
                 *(f"+{r['first_query_extra_ms']} ms ({r['first_query_gets']} GETs)" for r in big),
             ]
         )
-    if "record_listing_s" in big[0]:
+    if "journal_listing_s" in big[0]:
+        rows.append(
+            [
+                f"+ a cold reader's change journal since the manifest's cursor ({CHANGES_PER_HOUR:,} changes "
+                f"an hour assumed, compacted every {COMPACTION_HOURS:g} h, cursor {CURSOR_MARGIN_SECONDS // 60} min "
+                f"before; {LIST_PAGE:,} entries a page, {m['list_page_ms_measured']:.0f} ms a page measured here; "
+                f"before the journal, the listing of every record in {LIST_RANGES} ranges at once)",
+                *(
+                    f"{r['journal_listing_s']} s ({r['journal_pages']} pages; was {r['record_listing_s']} s)"
+                    for r in big
+                ),
+            ]
+        )
+        rows.append(
+            [
+                f"a warm reader's refresh (every {INDEX_TTL_S:g} s): HEAD of the manifest + LIST of the journal",
+                *(f"{r['refresh_pages']} page" + ("s" if r["refresh_pages"] > 1 else "") for r in big),
+            ]
+        )
+    elif "record_listing_s" in big[0]:
         rows.append(
             [
                 f"+ a cold reader's listing of every record ({LIST_RANGES} ranges at once, {LIST_PAGE:,} "
@@ -481,6 +523,18 @@ def _ranged_rows(m: dict[str, Any], big: list[dict[str, Any]]) -> list[list[str]
             ]
         )
     return rows
+
+
+def _journal_measured(m: dict[str, Any]) -> str:
+    """The LIST pages the cold readers made in this run (none for figures of an earlier run)."""
+    if not m.get("cold_list_pages_per_shard"):
+        return ""
+    entries = [e for e in m["cold_journal_entries_per_shard"] if e is not None]
+    return (
+        f" Measured here: {max(m['cold_list_pages_per_shard'])} LIST pages the slowest shard"
+        + (f" ({max(entries):,} entries: the catalog was indexed within the cursor's margin)" if entries else "")
+        + f", against {m['cold_list_pages_records']} for a reader listing every record."
+    )
 
 
 def write_doc(path: Path, m: dict[str, Any], command: str) -> None:
@@ -594,10 +648,12 @@ verification data (~110 KB per image) comes by ranged GETs, all of a query's at 
 whole files stream to /tmp in the background (then queries and `seed` read the local mapping).
 Measured here, a cold shard's first query is bound by moto's server, which reads a segment's
 whole object for every ranged GET (S3 does not): the model prices it from the rows it reads.
-**Not reached yet:** a cold reader still lists every record (of all shards) to find the ones
-newer than the segments — in {LIST_RANGES} ranges at once, cut at the records its segments hold,
-but at 10M images still most of a cold start (the table's listing row); a change journal read
-from the manifest's generation on would replace it.
+A cold reader finds the records newer than the segments in the change journal: every record
+write and delete puts one small entry under `index/journal/`, named by time, and the manifest
+names a cursor {CURSOR_MARGIN_SECONDS // 60} min before its compaction began listing the records;
+the reader lists the journal after it (LIST pages that follow the catalog's changes, not its size)
+and reads only the records whose entries name a version it does not serve.{_journal_measured(m)}
+Before the journal it listed every record (of all shards): at 10M images most of a cold start.
 """
     path.write_text(text)
 

@@ -99,6 +99,13 @@ def all_keys(client: Any, bucket: str, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def as_older_manifest(client: Any, bucket: str) -> None:
+    """Rewrite index/segments.json as code before the change journal wrote it: no journal cursor."""
+    body = json.loads(client.get_object(Bucket=bucket, Key="index/segments.json")["Body"].read())
+    assert body.pop("journal_cursor", None), "the manifest had no journal cursor"
+    client.put_object(Bucket=bucket, Key="index/segments.json", Body=json.dumps(body).encode())
+
+
 def put_catalog(
     client: Any,
     bucket: str,

@@ -24,7 +24,9 @@ the result. Layout under ``reports/compact/``::
     reports/compact/<id>.json            the result: "won" (published) or not, generation, counts
     reports/compact/latest.json          the last job planned: none is planned while it runs
 
-Readers see the old manifest until the last item publishes, then the whole new one. When another
+Readers see the old manifest until the last item publishes, then the whole new one; its journal
+cursor is the plan's (taken before the records were listed), so readers find every change made
+while the job ran, however long it ran (harmony_aws.journal). When another
 compaction published meanwhile (a one-call one, by hand), the job's conditional write fails and
 it gives up (state ``lost``, counted): the catalog stays as the other published it, the job's
 files are left to a later compaction's collection (kept :data:`~harmony_aws.segments.JOB_SECONDS`
@@ -45,7 +47,7 @@ from typing import Any
 
 from harmony_image import HarmonyError
 
-from . import reindex_jobs
+from . import journal, reindex_jobs
 from .errors import BadRequestError
 from .jobs import JOB_ID, JobNotFoundError, JobStore, SliceQueue, check_job_id, iso, new_job_id
 from .segments import (
@@ -113,6 +115,8 @@ class CompactionJobs:
             "kept": [asdict(ref) for ref in plan.kept],
             "previous": files_of(plan.old.segments) if plan.old else [],
             "manifest_etag": plan.old.etag if plan.old else None,
+            "journal_cursor": plan.journal_cursor,  # the new manifest's (taken before the listing)
+            "previous_cursor": plan.old.journal_cursor if plan.old else None,  # the journal is trimmed up to it
             "generation": plan.generation,
             "created_at": iso(now),
             "created": now,
@@ -254,9 +258,12 @@ class CompactionJobs:
         compactor = self._compactor(job)
         kept = [SegmentRef(**ref) for ref in job["kept"]]
         written = [SegmentRef(**p["segment"]) for p in parts if p.get("segment")]
-        manifest = compactor.manifest(kept, written, generation=int(job["generation"]), writer=job_id)
+        manifest = compactor.manifest(
+            kept, written, generation=int(job["generation"]), writer=job_id, journal_cursor=job.get("journal_cursor")
+        )
         won = compactor.publish(manifest, if_match=job["manifest_etag"])
         deleted = compactor.collect([*files_of(manifest.segments), *job["previous"]]) if won else 0
+        trimmed = journal.trim(self.bucket, before=job["previous_cursor"]) if won and job.get("previous_cursor") else 0
         finished = time.time()
         took = finished - float(job["created"])
         result = {
@@ -267,6 +274,7 @@ class CompactionJobs:
             "kept": len(kept),
             "written": len(written),
             "deleted": deleted,
+            "journal_trimmed": trimmed,
             "records": job["records"],
             "todo": job["todo"],
             "items": job["items"],

@@ -5,6 +5,7 @@
     index/records/<name>.npz      one feature record per catalog object
     index/segments.json           the compacted index's manifest (segments.py)
     index/segments/<id>.seg       compacted segments of many records, and <id>.json beside each
+    index/journal/<stamp>-...     one small entry per record write or delete, sorting by time (journal.py)
     queries/<rel>                 dropped query images (QueryDrop)
     results/<rel>.json            QueryDrop's answers
 
@@ -25,6 +26,7 @@ INDEX_PREFIX = "index/"
 RECORDS_PREFIX = "index/records/"
 SEGMENTS_PREFIX = "index/segments/"
 SEGMENTS_MANIFEST_KEY = "index/segments.json"
+JOURNAL_PREFIX = "index/journal/"
 QUERIES_PREFIX = "queries/"
 RESULTS_PREFIX = "results/"
 MANIFEST_KEY = CATALOG_PREFIX + MANIFEST_NAME

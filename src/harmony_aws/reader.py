@@ -4,13 +4,19 @@ The index is the compacted segments (segments.py; when the bucket has been compa
 records that differ from what the segments hold. A cold start reads the segments manifest,
 each segment's header and shortlist tier (one ranged GET each; the verification rows of the
 images a query shortlists are read by ranged GETs when it needs them, while the whole files
-download to local disk in the background), lists the records — in ranges listed at once, cut at
-records the segments hold — and then loads, one by one, only the records newer than them. A
-segment found replaced in S3 while in use fails the query that read it; the next
-:meth:`IndexReader.index` serves the records instead until the segments load again.
+download to local disk in the background), then finds the records newer than the segments and
+loads them one by one. A segment found replaced in S3 while in use fails the query that read it;
+the next :meth:`IndexReader.index` serves the records instead until the segments load again.
 
-A refresh (after ``ttl`` seconds) lists the records and fetches only new and changed ones (by
-ETag), in parallel; it reloads the segments only when the manifest changed (one HEAD otherwise).
+Finding what changed: under a manifest with a journal cursor (journal.py), the reader lists only
+the change journal after that cursor, and reads again (one GET each) the records whose entries
+name a version it does not serve — duplicated or reordered entries change nothing. A refresh
+(after ``ttl`` seconds) is one HEAD of the manifest and one LIST of the journal since the
+previous refresh (a page per 1,000 entries; from :data:`~harmony_aws.journal.OVERLAP_SECONDS`
+before it, the entries already seen skipped): its cost follows the catalog's changes, not its
+size. When the manifest changed it loads the new segments and reads the journal from the new
+cursor. Under no manifest or one without a cursor (older code) it lists every record — in ranges
+listed at once, cut at records the segments hold — and fetches new and changed ones (by ETag).
 
 Each record is loaded on its own (S3 reads are checked and retried in s3.py): one that still
 cannot be read is left out of this refresh - an older version of it, if any, is kept - and
@@ -35,6 +41,7 @@ from typing import Any
 from harmony_image import HarmonyError, SearchIndex
 from harmony_image.segment import Segment
 
+from . import journal
 from .errors import ConfigError, StorageError
 from .layout import CATALOG_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, rel_from_record_name, shard_of
 from .records import RecordRejectedError, StoredRecord, read_record
@@ -98,11 +105,14 @@ class IndexReader:
         shard: tuple[int, int] | None = None,
         ranged: bool = True,
         background: bool = True,
+        use_journal: bool = True,
     ) -> None:
         """``shard``: ``(i, n)`` serves only the catalog keys of shard ``i`` of ``n``
         (:func:`~harmony_aws.layout.shard_of`); None serves them all. ``ranged``: a segment not
         on local disk is read by ranged GETs (else downloaded whole first), and downloaded whole
-        in the ``background`` (see :class:`~harmony_aws.segments.SegmentCache`)."""
+        in the ``background`` (see :class:`~harmony_aws.segments.SegmentCache`). ``use_journal``:
+        False lists every record even under a manifest with a journal cursor (as readers did before
+        the journal: for comparisons)."""
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard[0]} of {shard[1]} does not exist")
         self.shard = shard
@@ -110,6 +120,7 @@ class IndexReader:
         self.urls = urls
         self.ttl = ttl
         self.load_workers = load_workers
+        self.use_journal = use_journal
         self._lock = threading.Lock()
         self._index = SearchIndex()
         self._records: dict[str, StoredRecord] = {}  # loaded one by one: newer than the segments
@@ -119,6 +130,10 @@ class IndexReader:
         self._dropped: set[str] = set()  # of those, records no longer listed (removed from the index)
         self._foreign: dict[str, str] = {}  # record key -> ETag: of another shard (hashed names only)
         self._rejected: dict[str, str] = {}  # record key -> ETag found unservable (not reloaded)
+        self._cursor: str | None = None  # the journal cursor of the manifest the segments came from
+        self._journal_from: str | None = None  # the journal key the next listing starts after
+        self._journal_seen: set[str] = set()  # entries after _journal_from already applied
+        self._recheck: set[str] = set()  # record keys to read again at the next journal refresh
         self._loaded_at: float | None = None
         self._retry_soon = False
         self._status: dict[str, Any] = {"complete": False, "missing": 0}
@@ -209,6 +224,11 @@ class IndexReader:
         self._index, self._folded, self._dropped = index, folded, set()
         self._segments_etag = manifest.etag if manifest is not None else _NO_MANIFEST
         self._segments.keep_only(refs)
+        self._cursor = manifest.journal_cursor if manifest is not None and self.use_journal else None
+        # The journal from the new cursor on; the records kept on top may be older than what the
+        # new segments hold (a change folded before the cursor): each is read again.
+        self._journal_from, self._journal_seen = self._cursor, set()
+        self._recheck |= set(self._records)
 
     def _forget_segments(self) -> None:
         """Serve the records one by one instead of the segments (one was found replaced in S3)."""
@@ -218,6 +238,7 @@ class IndexReader:
         for rec in self._records.values():
             index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
         self._index, self._folded, self._dropped, self._segments_etag = index, {}, set(), None
+        self._cursor = None
 
     def _refresh_manifests(self, errors: list[str]) -> bool:
         """Read the catalog manifest (URLs) and load the segments if their manifest changed;
@@ -255,56 +276,73 @@ class IndexReader:
             self._forget_segments()
         cold = self._loaded_at is None
         errors: list[str] = []
-        manifest_changed = False
-        if cold:  # the segments first: the records they hold split the listing into ranges listed at once
-            manifest_changed = self._refresh_manifests(errors)
+        # The segments first: their manifest says where the journal starts, and the records they
+        # hold split a listing of every record into ranges listed at once.
+        manifest_changed = self._refresh_manifests(errors)
+        listing: dict[str, str] | None = None
+        entries: int | None = None
+        gone: list[str] = []
         try:
-            listing = self._ours(self.bucket.etags(RECORDS_PREFIX, splits=self._list_splits()))
+            if self._cursor is not None:
+                todo, entries = self._journal_changes()
+            else:
+                listing = self._ours(self.bucket.etags(RECORDS_PREFIX, splits=self._list_splits()))
         except StorageError as exc:
             if cold:
                 raise  # nothing to serve
-            log.warning("listing %s failed (%s); serving the index of the last listing", RECORDS_PREFIX, exc.message)
+            what = "the journal" if self._cursor is not None else RECORDS_PREFIX
+            log.warning("listing %s failed (%s); serving the index of the last listing", what, exc.message)
             self._status = {**self._status, "complete": False, "error": f"listing the records failed: {exc.message}"}
             self._retry_soon = True
             return
-        if not cold:
-            manifest_changed = self._refresh_manifests(errors)
         for e in errors:
             log.warning("%s", e)
-        gone = [rk for rk in self._records if rk not in listing]
-        for rk in gone:
-            self._index.remove(self._records.pop(rk).key)
-        for rk, (_, key) in self._folded.items():
-            if rk not in listing and rk not in self._dropped:
-                self._index.remove(key)
-                self._dropped.add(rk)
-                gone.append(rk)
-        self._rejected = {rk: etag for rk, etag in self._rejected.items() if listing.get(rk) == etag}
-        todo = [rk for rk, etag in listing.items() if self._etag_served(rk) != etag and rk not in self._rejected]
+        if listing is not None:
+            gone = [rk for rk in self._records if rk not in listing]
+            for rk in gone:
+                self._index.remove(self._records.pop(rk).key)
+            for rk, (_, key) in self._folded.items():
+                if rk not in listing and rk not in self._dropped:
+                    self._index.remove(key)
+                    self._dropped.add(rk)
+                    gone.append(rk)
+            self._rejected = {rk: etag for rk, etag in self._rejected.items() if listing.get(rk) == etag}
+            todo = [rk for rk, etag in listing.items() if self._etag_served(rk) != etag and rk not in self._rejected]
         loaded: list[tuple[str, StoredRecord | BaseException | None]] = []
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, min(self.load_workers, len(todo)))) as pool:
                 loaded = list(pool.map(self._try_load, todo))
-        failed = 0
+        failed = fresh = 0
         for rk, got in loaded:
             if isinstance(got, RecordRejectedError):
                 log.warning("record %s not served: %s", rk, got)
-                self._rejected[rk] = listing[rk]
+                self._rejected[rk] = listing[rk] if listing is not None else got.etag or ""
                 self._forget(rk)
             elif isinstance(got, BaseException):  # kept at its older version; loaded again next time
                 log.warning("record %s could not be loaded: %s: %s", rk, type(got).__name__, got)
                 failed += 1
-            elif got is None:  # deleted since the listing
+                if listing is None:
+                    self._recheck.add(rk)
+            elif got is None:  # deleted (since the listing)
+                if self._etag_served(rk) is not None:
+                    gone.append(rk)
                 self._forget(rk)
+                self._rejected.pop(rk, None)
+                self._foreign.pop(rk, None)
             elif self.shard is not None and shard_of(got.key, self.shard[1]) != self.shard[0]:
                 self._foreign[rk] = got.etag  # a hashed name: its shard is known only now
+                fresh += 1
             else:
                 rec = got
+                self._rejected.pop(rk, None)
+                if self._etag_served(rk) == rec.etag:  # a journal entry of a version already served
+                    continue
                 old = self._records.pop(rk, None)
                 if old is not None and old.key != rec.key:
                     self._index.remove(old.key)
                 self._records[rk] = rec
                 self._index.add(rec.key, rec.features, url=self.urls.source_url(rec.key, rec.source_url))
+                fresh += 1
         if todo or self._segments_etag != segments_etag:  # something was loaded
             release_freed_memory()
         missing = failed + len(self._rejected)
@@ -315,13 +353,48 @@ class IndexReader:
         self.last_refresh = {
             "records": len(self._records),
             "segment_records": len(self._folded) - len(self._dropped),
-            "loaded": len(todo),
+            "loaded": fresh,  # records served anew (or found of another shard)
+            "read": len(todo),  # records requested (a journal's also those found as served, or gone)
             "removed": len(gone),
             "failed": failed,
             "missing": missing,
             "manifest_changed": manifest_changed,
+            "journal_entries": entries,  # None: every record was listed (no journal cursor)
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         }
+
+    def _journal_changes(self) -> tuple[list[str], int]:
+        """The records to read again after listing the journal since the last listing (or the
+        manifest's cursor), and the entries listed: those whose entries name a version this
+        reader does not serve (a put of another ETag, a delete), plus those to read again
+        (failed last time, or kept over segments that replaced theirs). Entries already applied
+        (listed again in the overlap) are skipped; StorageError when the listing fails."""
+        start = self._journal_from or self._cursor or journal.cursor_at(0)
+        began = time.time()
+        listed = list(journal.since(self.bucket, start))
+        todo = set(self._recheck)
+        for e in listed:
+            if e.key in self._journal_seen or not self._mine(e.record_key):
+                continue
+            if e.action != "put" or e.etag != self._etag_known(e.record_key):
+                todo.add(e.record_key)
+        self._recheck = set()
+        after = max(start, journal.cursor_at(began - journal.OVERLAP_SECONDS))
+        self._journal_from = after
+        self._journal_seen = {e.key for e in listed if e.key > after}
+        return sorted(todo), len(listed)
+
+    def _etag_known(self, rk: str) -> str | None:
+        """The ETag at which record ``rk`` is served, or found unservable or of another shard."""
+        served = self._etag_served(rk)
+        return served if served is not None else self._rejected.get(rk) or self._foreign.get(rk)
+
+    def _mine(self, rk: str) -> bool:
+        """Whether record ``rk`` may be of this reader's shard (a hashed name: until read once)."""
+        if self.shard is None:
+            return True
+        rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
+        return rel is None or shard_of(CATALOG_PREFIX + rel, self.shard[1]) == self.shard[0]
 
     def _ours(self, listing: dict[str, str]) -> dict[str, str]:
         """The listed records of this reader's shard (hashed names: until loaded once)."""

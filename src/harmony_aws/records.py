@@ -10,6 +10,10 @@ the same object::
                                  record body's own sha256 must say the same)
                   source-url     percent-encoded `source-url` metadata of the catalog object, if any
                   feature-version
+                  written-at     UNIX time the record was written (seconds)
+
+Every record write and delete is followed by an entry in the change journal (journal.py), which
+is how readers learn what changed since the segments without listing every record.
 
 Reconciling (:meth:`RecordWriter.reconcile`): an event for key K is only a hint. The writer
 looks at catalog/K itself (HEAD), writes or deletes the record to match it, and then looks at
@@ -38,6 +42,7 @@ from urllib.parse import quote, unquote
 
 from harmony_image import FEATURE_VERSION, ImageError, ImageFeatures, IndexFormatError, extract_features
 
+from . import journal
 from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 from .layout import CATALOG_PREFIX, RECORDS_PREFIX, is_catalog_image_key, record_key, rel_from_record_name
 from .s3 import Bucket, Head
@@ -47,6 +52,10 @@ MAX_ROUNDS = 8
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Largest record body read back when verifying (records are tens to hundreds of KB)."""
 MAX_REPORTED_FAILURES = 100
+JOURNAL_AGAIN_SECONDS = 3600
+"""A record found current that was written less than this long ago gets its journal entry again:
+the write that made it may have failed on its entry (reconcile raised, the message came back).
+SQS gives a failed message back within minutes; later than this, a compaction has folded it."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,12 @@ class StoredRecord:
 
 
 class RecordRejectedError(Exception):
-    """A record that can be read but must not be served (damaged, or under another key's name)."""
+    """A record that can be read but must not be served (damaged, or under another key's name);
+    ``etag``: the version read."""
+
+    def __init__(self, message: str, *, etag: str | None = None) -> None:
+        super().__init__(message)
+        self.etag = etag
 
 
 def read_record(bucket: Bucket, rkey: str) -> StoredRecord | None:
@@ -79,14 +93,14 @@ def read_record(bucket: Bucket, rkey: str) -> StoredRecord | None:
     else:
         rel = rel_from_record_name(rkey[len(RECORDS_PREFIX) :])
         if rel is None:
-            raise RecordRejectedError("no catalog-key metadata and a name that does not give one")
+            raise RecordRejectedError("no catalog-key metadata and a name that does not give one", etag=head.etag)
         key = CATALOG_PREFIX + rel
     if not is_catalog_image_key(key) or record_key(key) != rkey:
-        raise RecordRejectedError(f"stored under another name than {key}'s record")
+        raise RecordRejectedError(f"stored under another name than {key}'s record", etag=head.etag)
     try:
         features = ImageFeatures.from_bytes(data)
     except IndexFormatError as exc:
-        raise RecordRejectedError(f"unreadable ({exc.message}); ignored until re-indexed") from exc
+        raise RecordRejectedError(f"unreadable ({exc.message}); ignored until re-indexed", etag=head.etag) from exc
     url = unquote(meta["source-url"]) if meta.get("source-url") else None
     return StoredRecord(etag=head.etag, key=key, source_url=url, features=features)
 
@@ -169,12 +183,16 @@ class RecordWriter:
             if src is None:  # the source is gone (404): so goes its record
                 existed = bucket.head(rkey) is not None
                 bucket.delete(rkey)
+                if existed:
+                    journal.note(bucket, catalog_key=key, record_key=rkey, action="delete", etag=None)
                 if bucket.head(key) is None:
                     return ReconcileResult(key, "removed" if existed else "absent", rounds=rounds)
                 continue
             source_url = src.metadata.get("source-url")
             rec = bucket.head(rkey)
             if not force and rec is not None and _describes(rec, key, src, source_url):
+                if _written_lately(rec):  # its entry may be what failed last time: once more
+                    journal.note(bucket, catalog_key=key, record_key=rkey, action="put", etag=rec.etag)
                 if not verify:
                     return ReconcileResult(key, "unchanged", rounds=rounds)
                 try:
@@ -199,6 +217,8 @@ class RecordWriter:
                 # The whole content, checked against its ETag, is not indexable: make sure no
                 # stale record says otherwise, then verify the source did not change meanwhile.
                 bucket.delete(rkey)
+                if rec is not None:
+                    journal.note(bucket, catalog_key=key, record_key=rkey, action="delete", etag=None)
                 after = bucket.head(key)
                 if after is not None and after.etag == src.etag:
                     return ReconcileResult(key, "skipped", problem, rounds=rounds)
@@ -208,10 +228,12 @@ class RecordWriter:
                 "catalog-key": quote(key, safe="/"),
                 "content-sha256": feats.sha256,
                 "feature-version": str(FEATURE_VERSION),
+                "written-at": f"{time.time():.3f}",
             }
             if source_url:
                 meta["source-url"] = quote(source_url, safe=":/")
-            bucket.put(rkey, feats.to_bytes(), content_type="application/octet-stream", metadata=meta)
+            etag = bucket.put(rkey, feats.to_bytes(), content_type="application/octet-stream", metadata=meta)
+            journal.note(bucket, catalog_key=key, record_key=rkey, action="put", etag=etag)
             after = bucket.head(key)
             if after is not None and after.etag == src.etag and after.metadata.get("source-url") == source_url:
                 detail = f"{feats.width}x{feats.height}" + (f"; repaired: {repaired}" if repaired else "")
@@ -335,6 +357,7 @@ class RecordWriter:
     def _remove_record(self, rk: str, report: ReindexReport) -> None:
         try:
             self.bucket.delete(rk)
+            journal.note(self.bucket, catalog_key=None, record_key=rk, action="delete", etag=None)
             report.count("removed")
         except StorageError as exc:
             report.fail(rk, exc)
@@ -365,6 +388,14 @@ def _describes(rec: Head, key: str, src: Head, source_url: str | None) -> bool:
         and unquote(m.get("catalog-key", "")) == key
         and unquote(m.get("source-url", "")) == (source_url or "")
     )
+
+
+def _written_lately(rec: Head) -> bool:
+    """Whether record ``rec`` says it was written less than JOURNAL_AGAIN_SECONDS ago."""
+    try:
+        return time.time() - float(rec.metadata.get("written-at", "")) < JOURNAL_AGAIN_SECONDS
+    except ValueError:  # written before records said when: long ago
+        return False
 
 
 def _bounded(

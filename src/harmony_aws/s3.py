@@ -61,6 +61,8 @@ BODY_ATTEMPTS = 3
 BODY_BACKOFF = 0.05
 """Base of the jittered backoff between those, in seconds (botocore's own base for non-throttling)."""
 CHUNK = 1 << 16
+DELETE_BATCH = 1000
+"""Keys per DeleteObjects request (S3's limit)."""
 
 _MD5_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}"?$')
 _NOT_MD5_SSE = frozenset({"aws:kms", "aws:kms:dsse"})
@@ -369,13 +371,16 @@ class Bucket:
         return out
 
     # ------------------------------------------------------------------ writes
-    def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
-        self._attempts(
+    def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> str | None:
+        """Write ``key``; its new ETag (None if the answer did not give one)."""
+        r = self._attempts(
             f"PUT {self._where(key)}",
             lambda: self.client.put_object(
                 Bucket=self.name, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
             ),
         )
+        etag = r.get("ETag") if isinstance(r, dict) else None
+        return str(etag) if etag else None
 
     def put_if(self, key: str, data: bytes, *, content_type: str, if_match: str | None) -> str | None:
         """A conditional PUT: only if ``key``'s ETag is still ``if_match``, or, with None, only if
@@ -403,6 +408,25 @@ class Bucket:
 
     def delete(self, key: str) -> None:
         self._attempts(f"DELETE {self._where(key)}", lambda: self.client.delete_object(Bucket=self.name, Key=key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete ``keys``, 1,000 a request (DeleteObjects); StorageError naming the first key S3
+        could not delete."""
+        keys = list(keys)
+        for i in range(0, len(keys), DELETE_BATCH):
+            objects = [{"Key": k} for k in keys[i : i + DELETE_BATCH]]
+            where = f"DELETE {len(objects)} objects from {self._where(keys[i])}"
+
+            def call(objects: list[dict[str, str]] = objects) -> dict[str, Any]:
+                r: dict[str, Any] = self.client.delete_objects(
+                    Bucket=self.name, Delete={"Objects": objects, "Quiet": True}
+                )
+                return r
+
+            r = self._attempts(where, call)
+            if r.get("Errors"):
+                e = r["Errors"][0]
+                raise StorageError(f"{where}: {e.get('Key')}: {e.get('Code')} ({len(r['Errors'])} failed)")
 
     def presigned_get(self, key: str, *, seconds: int) -> str:
         url: str = self.client.generate_presigned_url(

@@ -7,7 +7,7 @@ per image::
 
     index/segments.json          manifest: {"format", "generation", "shards", "writer",
                                   "segments": [{"key", "etag", "records_key", "shard", "images",
-                                  "bytes"}]}
+                                  "bytes"}], "journal_cursor"}
     index/segments/<id>.seg      one segment: up to ``segment_images`` entries of one shard
     index/segments/<id>.json     the records folded into it: {record key: [record ETag, catalog key]}
 
@@ -22,7 +22,10 @@ may still be loading them). A compaction with many records to fold runs the same
 published by the last.
 
 Readers load the manifest, the segments of their shard and, one by one, the records that differ
-from what the segments hold (:mod:`harmony_aws.reader`). A segment not yet on local disk is
+from what the segments hold (:mod:`harmony_aws.reader`): those the change journal names after
+the manifest's ``journal_cursor`` (taken :data:`~harmony_aws.journal.CURSOR_MARGIN_SECONDS` before
+the compaction began listing the records; :mod:`harmony_aws.journal`), or, under a manifest
+without one (written by older code), those a listing of every record shows. A segment not yet on local disk is
 opened by ranged GETs (:class:`SegmentCache`): one for its header and shortlist tier (the
 manifest gives its length), then, as queries need them, the verification rows of the images
 they shortlist, while the whole file is downloaded to local disk in the background (cached by
@@ -50,6 +53,7 @@ from harmony_image import HarmonyError, IndexFormatError
 from harmony_image.packed import CatalogEntry
 from harmony_image.segment import RowCache, Segment, segment_bytes
 
+from . import journal
 from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 from .jobs import slices_of
 from .layout import (
@@ -113,6 +117,9 @@ class SegmentsManifest:
     segments: tuple[SegmentRef, ...]
     writer: str = ""
     etag: str | None = None  # the manifest object's ETag when read from S3
+    journal_cursor: str | None = None
+    """Where readers start reading the change journal (the key to list after); None: no journal
+    (a manifest of older code), readers list every record."""
 
     def of_shard(self, shard: int | None) -> list[SegmentRef]:
         return [s for s in self.segments if shard is None or s.shard == shard]
@@ -125,6 +132,8 @@ class SegmentsManifest:
             "writer": self.writer,
             "segments": [asdict(s) for s in self.segments],
         }
+        if self.journal_cursor:
+            body["journal_cursor"] = self.journal_cursor
         return json.dumps(body, indent=1).encode("utf-8")
 
     @classmethod
@@ -148,7 +157,17 @@ class SegmentsManifest:
                 )
                 for s in body["segments"]
             )
-            manifest = cls(int(body["generation"]), int(body["shards"]), segments, str(body.get("writer", "")), etag)
+            cursor = body.get("journal_cursor")
+            if cursor is not None:
+                journal.cursor_time(str(cursor))  # ValueError when it is not a journal key
+            manifest = cls(
+                int(body["generation"]),
+                int(body["shards"]),
+                segments,
+                str(body.get("writer", "")),
+                etag,
+                str(cursor) if cursor is not None else None,
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} is not a segments manifest ({exc})") from exc
         if manifest.shards < 1 or any(not 0 <= s.shard < manifest.shards for s in segments):
@@ -321,7 +340,7 @@ class CompactionReport:
     """What a compaction did: ``won`` (its manifest was published) and its ``generation``;
     ``records`` listed; ``segments`` in the new manifest, of which ``kept`` from the last one and
     ``written`` new; records ``rejected`` (unreadable, left to be read one by one); old segment
-    files ``deleted``."""
+    files ``deleted``; journal entries ``journal_trimmed`` (older than the replaced manifest's cursor)."""
 
     generation: int = 0
     won: bool = False
@@ -331,6 +350,7 @@ class CompactionReport:
     written: int = 0
     rejected: int = 0
     deleted: int = 0
+    journal_trimmed: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +367,8 @@ class CompactionPlan:
     listing: dict[str, str]
     kept: list[SegmentRef]
     chunks: list[tuple[int, list[str]]]
+    journal_cursor: str | None = None
+    """The manifest's cursor: the journal from a margin before the listing began."""
 
     @property
     def generation(self) -> int:
@@ -403,7 +425,10 @@ class Compactor:
                 if ref is not None:
                     written.append(ref)
             report.written = len(written)
-            manifest = self.manifest(plan.kept, written, generation=plan.generation, writer=uuid.uuid4().hex)
+            cursor = plan.journal_cursor
+            manifest = self.manifest(
+                plan.kept, written, generation=plan.generation, writer=uuid.uuid4().hex, journal_cursor=cursor
+            )
             report.won = self.publish(manifest, if_match=plan.old.etag if plan.old else None)
         except BaseException:
             self.discard(written)
@@ -415,6 +440,8 @@ class Compactor:
             report.generation = manifest.generation
             report.segments = len(manifest.segments)
             report.deleted = self.collect(files_of([*manifest.segments, *(plan.old.segments if plan.old else ())]))
+            if plan.old is not None and plan.old.journal_cursor:  # its readers still read from there
+                report.journal_trimmed = journal.trim(self.bucket, before=plan.old.journal_cursor)
         report.seconds = round(time.monotonic() - t0, 2)
         return report
 
@@ -425,6 +452,7 @@ class Compactor:
         SQS message). Counts ``records`` and ``kept`` in ``report``."""
         bucket = self.bucket
         old = read_manifest(bucket)
+        cursor = journal.cursor_at(time.time() - journal.CURSOR_MARGIN_SECONDS)  # before the listing begins
         listing = bucket.etags(RECORDS_PREFIX)
         report.records = len(listing)
         kept: list[SegmentRef] = []
@@ -445,7 +473,7 @@ class Compactor:
             for shard, rks in sorted(by_shard.items())
             for chunk in slices_of(rks, max_keys=self.segment_images)
         ]
-        return CompactionPlan(old, listing, kept, chunks)
+        return CompactionPlan(old, listing, kept, chunks, cursor)
 
     def _shard_of_record(self, rk: str) -> int:
         """The shard of record ``rk``'s catalog key: from its name, or (a hashed name) its metadata."""
@@ -477,11 +505,18 @@ class Compactor:
         return self._write_segment(shard, records, prefix=prefix)
 
     def manifest(
-        self, kept: Sequence[SegmentRef], written: Sequence[SegmentRef], *, generation: int, writer: str
+        self,
+        kept: Sequence[SegmentRef],
+        written: Sequence[SegmentRef],
+        *,
+        generation: int,
+        writer: str,
+        journal_cursor: str | None = None,
     ) -> SegmentsManifest:
-        """The manifest naming the segments ``kept`` (a plan's) and ``written``."""
+        """The manifest naming the segments ``kept`` (a plan's) and ``written``, and the plan's
+        ``journal_cursor`` (None: readers list every record)."""
         segments = tuple(sorted([*kept, *written], key=lambda r: (r.shard, r.key)))
-        return SegmentsManifest(generation, self.shards, segments, writer)
+        return SegmentsManifest(generation, self.shards, segments, writer, journal_cursor=journal_cursor)
 
     def publish(self, manifest: SegmentsManifest, *, if_match: str | None) -> bool:
         """Write ``manifest`` if the current one's ETag is still ``if_match`` (None: if there is

@@ -16,10 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from harmony_aws import journal, runtime
 from harmony_aws import records as records_mod
-from harmony_aws import runtime
 from harmony_aws.errors import StorageError
-from harmony_aws.layout import RECORDS_PREFIX, record_key, record_name, rel_from_record_name
+from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, record_key, record_name, rel_from_record_name
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
@@ -158,7 +158,11 @@ def test_bad_replacement_removes_stale_record(bucket, images):
     store.records.reconcile(key)
     client.put_object(Bucket=name, Key=key, Body=b"<html>not an image</html>")
     assert store.records.reconcile(key).action == "skipped"
-    assert all_keys(client, name, "index/") == {}
+    assert all_keys(client, name, RECORDS_PREFIX) == {}
+    # the journal says so: the record's put, then its delete
+    entries = list(journal.since(Bucket(name), JOURNAL_PREFIX))
+    assert [(e.action, e.record_key) for e in entries] == [("put", record_key(key)), ("delete", record_key(key))]
+    assert set(all_keys(client, name, "index/")) == {e.key for e in entries}
 
 
 def test_manifest_and_folders_are_not_indexed(bucket, images):

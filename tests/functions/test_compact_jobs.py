@@ -174,6 +174,7 @@ def test_planned_compaction_publishes_every_record_once_as_the_one_call_does(
     from_planned = cold.index()
     assert cold.last_refresh["loaded"] == 0 and cold.last_refresh["segment_records"] == 9
     assert cold.status == {"complete": True, "missing": 0}
+    assert planned.journal_cursor and cold.last_refresh["journal_entries"] == 9  # the journal from the plan's cursor
 
     # the one call over the same records (the manifest removed: it folds them all again)
     s3_server.delete_object(Bucket=catalog, Key=SEGMENTS_MANIFEST_KEY)

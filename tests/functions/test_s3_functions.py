@@ -34,7 +34,10 @@ def test_index_put_then_delete_events(s3, images, index_fn, lambda_context):
     ev["Records"][0]["s3"]["bucket"]["name"] = BUCKET
     out = index_fn.lambda_handler(ev, lambda_context)
     assert out["results"] == [{"key": key, "action": "removed", "detail": "", "rounds": 1}]
-    assert all_keys(s3, BUCKET, "index/") == {}
+    assert all_keys(s3, BUCKET, "index/records/") == {}
+    journal = sorted(all_keys(s3, BUCKET, "index/"))  # what is left: the journal of the put and the delete
+    assert len(journal) == 2 and all(k.startswith("index/journal/") for k in journal)
+    assert [k.split(".")[1] for k in journal] == ["put", "delete"]
     # delivered twice
     out = index_fn.lambda_handler(ev, lambda_context)
     assert out["results"][0]["action"] == "absent"

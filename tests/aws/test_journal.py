@@ -1,0 +1,316 @@
+"""The change journal (harmony_aws.journal): written by every record write and delete, its cursor
+set by compaction, read by readers instead of a listing of every record — on the real sample
+images, S3 through moto."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from harmony_aws import journal
+from harmony_aws import records as records_mod
+from harmony_aws.errors import StorageError
+from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, record_key
+from harmony_aws.reader import IndexReader
+from harmony_aws.records import RecordWriter
+from harmony_aws.s3 import Bucket
+from harmony_aws.segments import Compactor, read_manifest
+from harmony_aws.urls import ResultUrls
+from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
+from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, put_catalog
+
+
+@pytest.fixture(params=["mock_aws", "moto_server"])
+def bucket(request, images):
+    """(client, bucket name) with the sample catalog uploaded and indexed (one record each)."""
+    if request.param == "mock_aws":
+        client, name = request.getfixturevalue("s3"), BUCKET
+    else:
+        client = request.getfixturevalue("s3_server")
+        name = client.harmony_bucket
+    put_catalog(client, name, images)
+    for n in CATALOG_NAMES:
+        assert writer(name).reconcile("catalog/" + n).action == "indexed"
+    return client, name
+
+
+def writer(name: str) -> RecordWriter:
+    return RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+
+
+class Requests:
+    """S3 calls a Bucket's client makes, by operation, with their parameters (botocore's events)."""
+
+    def __init__(self, b: Bucket) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        b.client.meta.events.register("before-parameter-build.s3", self._seen)
+
+    def _seen(self, model, params, **_) -> None:
+        with self._lock:
+            self.calls.append((model.name, params))
+
+    def count(self, operation: str) -> int:
+        return sum(1 for op, _ in self.calls if op == operation)
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+def reader(name, tmp_path, sub, **kw) -> tuple[IndexReader, Requests]:
+    b = Bucket(name)
+    return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub, **kw), Requests(b)
+
+
+def answers(index, images) -> list[list[tuple[str, float]]]:
+    """Top-5 (key, score) of every query variant, both scorings."""
+    out = []
+    for q in QUERY_VARIANTS:
+        feats = extract_features(images[q])
+        for scoring in ("default", "seed"):
+            out.append([(r.key, r.score) for r in index.search(feats, SearchParams(k=5, scoring=scoring))])
+    return out
+
+
+def change_the_catalog(client, name, images) -> None:
+    """A replaced image, a deleted one, a new one, and one replaced by bytes that are no image."""
+    client.put_object(Bucket=name, Key="catalog/camera.jpg", Body=images["coins.jpg"])
+    client.delete_object(Bucket=name, Key="catalog/brick.jpg")
+    client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
+    client.put_object(Bucket=name, Key="catalog/moon.jpg", Body=b"<html>not an image</html>")
+    w = writer(name)
+    for key in ("catalog/camera.jpg", "catalog/brick.jpg", "catalog/new/rocket.jpg", "catalog/moon.jpg"):
+        w.reconcile(key)
+
+
+def test_entry_names_say_what_a_reader_needs():
+    rk = record_key("catalog/shoes/" + "x" * 2000 + ".jpg")  # a hashed record name (.h.npz)
+    for action, etag in (("put", '"0123456789abcdef0123456789abcdef"'), ("put", '"abc-12"'), ("delete", None)):
+        key = journal.entry_key(1_764_655_200.123456, rk, action, etag)
+        assert key.startswith(JOURNAL_PREFIX + "20251202T060000123456Z-") and len(key) < 1024
+        assert journal.parse(key) == journal.Entry(key, rk, action, etag)
+        assert abs(journal.cursor_time(key) - 1_764_655_200.123456) < 1e-5
+    # a cursor sorts before every entry of its microsecond and after every earlier one
+    t = 1_764_655_200.5
+    assert (
+        journal.entry_key(t - 1e-6, rk, "delete", None) < journal.cursor_at(t) < journal.entry_key(t, rk, "put", '"a"')
+    )
+    for bad in (JOURNAL_PREFIX + "x.put.-.a.npz", JOURNAL_PREFIX + "20251202T060000123456Z-0000000.put.a.b.npz"):
+        assert journal.parse(bad) is None
+    with pytest.raises(ValueError):
+        journal.entry_key(t, "catalog/x.jpg", "put", '"a"')
+
+
+def test_a_refresh_and_a_cold_start_see_what_a_listing_of_every_record_sees(bucket, images, tmp_path):
+    client, name = bucket
+    Compactor(Bucket(name), segment_images=4).compact()
+    manifest = read_manifest(Bucket(name))
+    assert manifest is not None and manifest.journal_cursor and manifest.journal_cursor.startswith(JOURNAL_PREFIX)
+    warm, warm_s3 = reader(name, tmp_path, "warm")
+    warm.index()
+    assert warm.last_refresh["journal_entries"] == len(CATALOG_NAMES)  # indexed within the cursor's margin
+    assert warm.last_refresh["loaded"] == 0 and warm.last_refresh["read"] == 0  # each names what the segments hold
+    change_the_catalog(client, name, images)
+    warm_s3.clear()
+    index = warm.index()
+    listed = [p for op, p in warm_s3.calls if op == "ListObjectsV2"]
+    assert [p["Prefix"] for p in listed] == [JOURNAL_PREFIX]  # one LIST: the journal, not the records
+    assert warm.last_refresh["loaded"] == 2 and warm.last_refresh["removed"] == 2  # camera, rocket; brick, moon
+    everything, _ = reader(name, tmp_path, "all", use_journal=False)
+    reference = everything.index()
+    assert everything.last_refresh["journal_entries"] is None
+    cold, _ = reader(name, tmp_path, "cold")
+    for r, got in ((warm, index), (cold, cold.index())):
+        assert sorted(got.keys()) == sorted(reference.keys())
+        assert "catalog/brick.jpg" not in got and "catalog/moon.jpg" not in got and "catalog/new/rocket.jpg" in got
+        assert got.get("catalog/camera.jpg").features.sha256 == reference.get("catalog/camera.jpg").features.sha256
+        assert answers(got, images) == answers(reference, images)
+        assert r.status == {"complete": True, "missing": 0}
+    # sharded readers: each serves its part of the same
+    shards = [reader(name, tmp_path, f"s{i}", shard=(i, 2))[0] for i in range(2)]
+    Compactor(Bucket(name), shards=2, segment_images=4).compact()
+    client.delete_object(Bucket=name, Key="catalog/coffee.jpg")
+    writer(name).reconcile("catalog/coffee.jpg")
+    keys = sorted([*shards[0].index().keys(), *shards[1].index().keys()])
+    assert keys == sorted(everything.index().keys()) and "catalog/coffee.jpg" not in keys
+
+
+def test_duplicated_and_reordered_entries_change_nothing(bucket, images, tmp_path):
+    client, name = bucket
+    b = Bucket(name)
+    old_camera = b.head(record_key("catalog/camera.jpg"))
+    Compactor(b, segment_images=4).compact()
+    warm, _ = reader(name, tmp_path, "warm")
+    warm.index()
+    change_the_catalog(client, name, images)
+    before = answers(warm.index(), images)
+    keys = sorted(warm.index().keys())
+    # the camera's first version noted after its second; the brick's delete and rocket's put noted again
+    journal.note(b, catalog_key="catalog/camera.jpg", record_key=record_key("catalog/camera.jpg"), action="put",
+                 etag=old_camera.etag)  # fmt: skip
+    journal.note(b, catalog_key="catalog/brick.jpg", record_key=record_key("catalog/brick.jpg"), action="delete",
+                 etag=None)  # fmt: skip
+    rocket = b.head(record_key("catalog/new/rocket.jpg"))
+    journal.note(b, catalog_key="catalog/new/rocket.jpg", record_key=record_key("catalog/new/rocket.jpg"),
+                 action="put", etag=rocket.etag)  # fmt: skip
+    for r in (warm, reader(name, tmp_path, "cold")[0]):
+        index = r.index()
+        assert sorted(index.keys()) == keys and answers(index, images) == before
+        assert index.get("catalog/camera.jpg").features.sha256 == extract_features(images["coins.jpg"]).sha256
+    assert warm.last_refresh["loaded"] == 0 and warm.last_refresh["removed"] == 0
+    assert warm.last_refresh["read"] == 2  # the camera and the brick read again (the rocket's is the one served)
+
+
+def test_a_record_written_while_compaction_runs_is_seen(bucket, images, tmp_path, monkeypatch):
+    """After the compaction listed the records an image is added; after it folded them, before
+    it publishes, one is replaced and one deleted: the cursor (no margin here, so that only its
+    place decides) lies before all three."""
+    client, name = bucket
+    monkeypatch.setattr(journal, "CURSOR_MARGIN_SECONDS", 0)
+    b = Bucket(name)
+    warm, _ = reader(name, tmp_path, "warm")
+    warm.index()
+    plan, publish = Compactor.plan, Compactor.publish
+
+    def plan_then_add(self, report):
+        out = plan(self, report)  # the records are listed
+        client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
+        writer(name).reconcile("catalog/new/rocket.jpg")
+        return out
+
+    def change_then_publish(self, manifest, *, if_match):
+        client.put_object(Bucket=name, Key="catalog/chelsea.jpg", Body=images["coffee.jpg"])
+        client.delete_object(Bucket=name, Key="catalog/astronaut.jpg")
+        writer(name).reconcile("catalog/chelsea.jpg")
+        writer(name).reconcile("catalog/astronaut.jpg")
+        return publish(self, manifest, if_match=if_match)
+
+    monkeypatch.setattr(Compactor, "plan", plan_then_add)
+    monkeypatch.setattr(Compactor, "publish", change_then_publish)
+    report = Compactor(b, segment_images=4).compact()
+    assert report.won and report.records == len(CATALOG_NAMES)
+    manifest = read_manifest(b)
+    assert manifest is not None and manifest.journal_cursor is not None
+    assert sum(s.images for s in manifest.segments) == len(CATALOG_NAMES)  # the old chelsea and astronaut
+    cursor = manifest.journal_cursor
+    folded = [e for e in journal.since(b, JOURNAL_PREFIX) if e.key <= cursor]
+    assert len(folded) == len(CATALOG_NAMES)  # the catalog's puts before the cursor; the three changes after
+    reference = reader(name, tmp_path, "all", use_journal=False)[0].index()
+    coffee = extract_features(images["coffee.jpg"]).sha256
+    for r in (warm, reader(name, tmp_path, "cold")[0]):
+        index = r.index()
+        assert r.last_refresh["journal_entries"] == 3
+        assert "catalog/astronaut.jpg" not in index and index.get("catalog/chelsea.jpg").features.sha256 == coffee
+        assert "catalog/new/rocket.jpg" in index
+        assert sorted(index.keys()) == sorted(reference.keys())
+        assert answers(index, images) == answers(reference, images)
+
+
+def test_a_manifest_without_a_cursor_is_read_by_listing_every_record(bucket, images, tmp_path):
+    client, name = bucket
+    Compactor(Bucket(name), segment_images=4).compact()
+    as_older_manifest(client, name)
+    r, s3 = reader(name, tmp_path, "older")
+    index = r.index()
+    assert r.last_refresh["journal_entries"] is None and len(index) == len(CATALOG_NAMES)
+    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [RECORDS_PREFIX]
+    change_the_catalog(client, name, images)
+    s3.clear()
+    index = r.index()
+    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [RECORDS_PREFIX]
+    assert r.last_refresh["loaded"] == 2 and r.last_refresh["removed"] == 2
+    assert sorted(index.keys()) == sorted(reader(name, tmp_path, "all", use_journal=False)[0].index().keys())
+    # the next compaction gives a cursor: the same reader follows the journal from there
+    Compactor(Bucket(name), segment_images=4).compact()
+    s3.clear()
+    r.index()
+    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [JOURNAL_PREFIX]
+
+
+def test_a_refresh_lists_as_many_pages_whatever_the_catalog_size(s3, images, tmp_path, monkeypatch):
+    """LIST pages of 2 keys here: a listing of every record grows with the catalog, a journal
+    refresh after one change stays one page (no margin and no overlap: only the new entries)."""
+    monkeypatch.setattr(journal, "CURSOR_MARGIN_SECONDS", 0)
+    monkeypatch.setattr(journal, "OVERLAP_SECONDS", 0)
+    put_catalog(s3, BUCKET, images)
+    w = writer(BUCKET)
+    for n in CATALOG_NAMES:
+        w.reconcile("catalog/" + n)
+    Compactor(Bucket(BUCKET), segment_images=4).compact()
+    journal_reader, journal_s3 = reader(BUCKET, tmp_path, "journal")
+    listing_reader, listing_s3 = reader(BUCKET, tmp_path, "listing", use_journal=False)
+    for r in (journal_reader, listing_reader):
+        r.bucket.client.meta.events.register(
+            "provide-client-params.s3.ListObjectsV2", lambda params, **_: params.update(MaxKeys=2)
+        )
+    journal_reader.index(), listing_reader.index()
+    pages: dict[str, list[int]] = {"journal": [], "listing": []}
+    for step in range(3):
+        for n in CATALOG_NAMES[:3]:  # the catalog grows by three copies of real images
+            key = f"catalog/copies/{step}-{n}"
+            s3.put_object(Bucket=BUCKET, Key=key, Body=images[n])
+            w.reconcile(key)
+        for counter in (journal_s3, listing_s3):
+            counter.clear()
+        s3.put_object(Bucket=BUCKET, Key="catalog/camera.jpg", Body=images[CATALOG_NAMES[step]])
+        w.reconcile("catalog/camera.jpg")  # the one change since the last refresh
+        journal_reader.index(), listing_reader.index()
+        pages["journal"].append(journal_s3.count("ListObjectsV2"))
+        pages["listing"].append(listing_s3.count("ListObjectsV2"))
+        journal_s3.clear()
+        journal_reader.index()  # nothing changed since: still one page, which is empty
+        assert journal_s3.count("ListObjectsV2") == 1 and journal_reader.last_refresh["journal_entries"] == 0
+        assert sorted(journal_reader.index().keys()) == sorted(listing_reader.index().keys())
+    assert pages["journal"] == [2, 2, 2]  # three new copies and the change: 4 entries, 2 pages each time
+    assert pages["listing"] == [6, 8, 9]  # 12, 15, 18 records (2 a page, the last page empty or not)
+
+
+def test_a_journal_entry_that_failed_is_written_by_the_retry(s3, images, tmp_path, monkeypatch):
+    """The record was written but its entry failed (the invocation fails, SQS gives the message
+    back): the retry finds the record current and notes it again, so readers see the change."""
+    put_catalog(s3, BUCKET, images)
+    for n in CATALOG_NAMES:
+        writer(BUCKET).reconcile("catalog/" + n)
+    Compactor(Bucket(BUCKET), segment_images=4).compact()
+    warm, _ = reader(BUCKET, tmp_path, "warm")
+    warm.index()
+    note = journal.note
+    failures = [1]
+
+    def failing(*a, **kw):
+        if failures:
+            failures.pop()
+            raise StorageError("PUT index/journal/...: SlowDown after 6 retries")
+        return note(*a, **kw)
+
+    monkeypatch.setattr(records_mod.journal, "note", failing)
+    s3.put_object(Bucket=BUCKET, Key="catalog/chelsea.jpg", Body=images["rocket.jpg"])
+    with pytest.raises(StorageError):
+        writer(BUCKET).reconcile("catalog/chelsea.jpg")
+    assert warm.index().get("catalog/chelsea.jpg").features.sha256 != extract_features(images["rocket.jpg"]).sha256
+    assert writer(BUCKET).reconcile("catalog/chelsea.jpg").action == "unchanged"  # the retry
+    assert warm.index().get("catalog/chelsea.jpg").features.sha256 == extract_features(images["rocket.jpg"]).sha256
+
+
+def test_compaction_trims_the_journal_before_the_cursor_it_replaces(bucket, images, tmp_path, monkeypatch):
+    client, name = bucket
+    monkeypatch.setattr(journal, "CURSOR_MARGIN_SECONDS", 0)
+    b = Bucket(name)
+    assert Compactor(b, segment_images=4).compact().journal_trimmed == 0  # no cursor before it
+    first = read_manifest(b).journal_cursor
+    assert first is not None
+    warm, _ = reader(name, tmp_path, "warm")
+    warm.index()
+    change_the_catalog(client, name, images)
+    entries = sorted(all_keys(client, name, JOURNAL_PREFIX))
+    assert len(entries) == len(CATALOG_NAMES) + 4
+    report = Compactor(b, segment_images=4).compact()
+    assert report.won and report.journal_trimmed == len(CATALOG_NAMES)  # the puts before the first cursor
+    assert sorted(all_keys(client, name, JOURNAL_PREFIX)) == [k for k in entries if k > first]
+    cold = reader(name, tmp_path, "cold")[0].index()
+    assert (
+        sorted(warm.index().keys())
+        == sorted(cold.keys())
+        == sorted(reader(name, tmp_path, "all", use_journal=False)[0].index().keys())
+    )
