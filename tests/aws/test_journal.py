@@ -314,3 +314,29 @@ def test_compaction_trims_the_journal_before_the_cursor_it_replaces(bucket, imag
         == sorted(cold.keys())
         == sorted(reader(name, tmp_path, "all", use_journal=False)[0].index().keys())
     )
+
+
+def test_a_record_named_by_a_hash_is_served_by_its_shard_alone(s3, images, tmp_path):
+    """A key too long for a base64 record name: the entry's name does not give its shard, so every
+    shard reads it once and only its own serves it; the others do not read it again."""
+    put_catalog(s3, BUCKET, images)
+    for n in CATALOG_NAMES:
+        writer(BUCKET).reconcile("catalog/" + n)
+    Compactor(Bucket(BUCKET), shards=2, segment_images=4).compact()
+    shards = [reader(BUCKET, tmp_path, f"s{i}", shard=(i, 2))[0] for i in range(2)]
+    for s in shards:
+        s.index()
+    key = "catalog/long/" + "x" * 1000 + ".jpg"
+    assert record_key(key).endswith(".h.npz")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=images["rocket.jpg"])
+    assert writer(BUCKET).reconcile(key).action == "indexed"
+    served = [key in s.index() for s in shards]
+    assert sorted(served) == [False, True] and [s.last_refresh["read"] for s in shards] == [1, 1]
+    s3.put_object(Bucket=BUCKET, Key="catalog/camera.jpg", Body=images["coins.jpg"])
+    writer(BUCKET).reconcile("catalog/camera.jpg")  # another change: the hashed one is not read again
+    for s in shards:
+        s.index()
+    assert sum(s.last_refresh["read"] for s in shards) == 1  # the camera, by its shard only
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    writer(BUCKET).reconcile(key)
+    assert not any(key in s.index() for s in shards)
