@@ -24,6 +24,10 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from harmony_aws.records import RecordWriter
+from harmony_aws.s3 import Bucket
+from harmony_image import DEFAULT_MAX_PIXELS
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "template.yaml"
 FIXTURES = REPO / "tests" / "fixtures" / "images"
@@ -104,6 +108,11 @@ def as_older_manifest(client: Any, bucket: str) -> None:
     body = json.loads(client.get_object(Bucket=bucket, Key="index/segments.json")["Body"].read())
     assert body.pop("journal_cursor", None), "the manifest had no journal cursor"
     client.put_object(Bucket=bucket, Key="index/segments.json", Body=json.dumps(body).encode())
+
+
+def record_writer(bucket: Bucket) -> RecordWriter:
+    """The index's write path for ``bucket`` with the deployed size limits."""
+    return RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
 
 
 def put_catalog(

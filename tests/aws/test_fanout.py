@@ -24,12 +24,10 @@ from harmony_aws.fanout import (
 )
 from harmony_aws.layout import shard_of
 from harmony_aws.reader import IndexReader
-from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor
 from harmony_aws.urls import ResultUrls
 from harmony_image import (
-    DEFAULT_MAX_PIXELS,
     HarmonyError,
     SearchIndex,
     SearchParams,
@@ -40,7 +38,7 @@ from harmony_image import (
 from harmony_image.index import Shortlist
 from harmony_image.scoring import FirstPass, shortlist_rows
 from tests.engine.test_tiers import _variants
-from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog
+from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog, record_writer
 
 
 def test_a_query_survives_its_encoding(images):
@@ -147,7 +145,7 @@ def test_shards_answer_their_part_and_merge_into_the_whole(s3, images, tmp_path)
     """Three shard readers over one compacted bucket: each answers from its own keys only; the
     merged answers rank an exact copy first, as the unsharded index does."""
     put_catalog(s3, BUCKET, images)
-    writer = RecordWriter(Bucket(BUCKET), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(Bucket(BUCKET))
     for n in CATALOG_NAMES:
         writer.reconcile("catalog/" + n)
     Compactor(Bucket(BUCKET), shards=3).compact()
@@ -198,7 +196,7 @@ def _sharded_bucket(s3, tmp_path, photos: dict[str, bytes], shards: int):
     the unsharded index)."""
     put_catalog(s3, BUCKET, photos, names=sorted(photos))
     b = Bucket(BUCKET)
-    writer = RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(b)
     for n in sorted(photos):
         writer.reconcile("catalog/" + n)
     Compactor(b, shards=shards).compact()

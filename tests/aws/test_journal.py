@@ -17,26 +17,12 @@ from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, read_manifest
 from harmony_aws.urls import ResultUrls
-from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
-from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, put_catalog
-
-
-@pytest.fixture(params=["mock_aws", "moto_server"])
-def bucket(request, images):
-    """(client, bucket name) with the sample catalog uploaded and indexed (one record each)."""
-    if request.param == "mock_aws":
-        client, name = request.getfixturevalue("s3"), BUCKET
-    else:
-        client = request.getfixturevalue("s3_server")
-        name = client.harmony_bucket
-    put_catalog(client, name, images)
-    for n in CATALOG_NAMES:
-        assert writer(name).reconcile("catalog/" + n).action == "indexed"
-    return client, name
+from harmony_image import SearchParams, extract_features
+from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, put_catalog, record_writer
 
 
 def writer(name: str) -> RecordWriter:
-    return RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    return record_writer(Bucket(name))
 
 
 class Requests:

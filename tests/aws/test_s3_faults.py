@@ -25,13 +25,12 @@ from harmony_aws.errors import EventRecordsFailedError, StorageError
 from harmony_aws.layout import RECORDS_PREFIX, record_key
 from harmony_aws.querydrop import answer_query
 from harmony_aws.reader import RETRY_SECONDS, IndexReader
-from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import BODY_ATTEMPTS, MAX_RETRIES, Bucket, etag_is_md5, s3_client
 from harmony_aws.sources import ImageBytes
 from harmony_aws.urls import ResultUrls
-from harmony_image import DEFAULT_MAX_PIXELS, ImageFeatures, SearchParams
+from harmony_image import ImageFeatures, SearchParams
 from tests.faultproxy import FaultProxy
-from tests.support import all_keys, s3_event
+from tests.support import all_keys, record_writer, s3_event
 
 NAMES = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
 
@@ -42,7 +41,7 @@ class Faulty:
     def __init__(self, proxy: FaultProxy, direct: Any, bucket: str) -> None:
         self.proxy, self.direct, self.name = proxy, direct, bucket
         self.bucket = Bucket(bucket, s3_client())
-        self.writer = RecordWriter(self.bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+        self.writer = record_writer(self.bucket)
 
     def reader(self, ttl: float = 3600.0) -> IndexReader:
         return IndexReader(self.bucket, ResultUrls(self.bucket, presign_seconds=900), ttl=ttl)

@@ -15,27 +15,11 @@ from harmony_aws import reader as reader_module
 from harmony_aws.errors import S3ObjectChangedError, StorageError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, record_key, shard_of
 from harmony_aws.reader import IndexReader, release_freed_memory
-from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, SegmentCache, read_folded, read_manifest
 from harmony_aws.urls import ResultUrls
-from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
-from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, put_catalog
-
-
-@pytest.fixture(params=["mock_aws", "moto_server"])
-def bucket(request, images):
-    """(client, bucket name) with the sample catalog uploaded and indexed (one record each)."""
-    if request.param == "mock_aws":
-        client, name = request.getfixturevalue("s3"), BUCKET
-    else:
-        client = request.getfixturevalue("s3_server")
-        name = client.harmony_bucket
-    put_catalog(client, name, images)
-    writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
-    for n in CATALOG_NAMES:
-        assert writer.reconcile("catalog/" + n).action == "indexed"
-    return client, name
+from harmony_image import SearchParams, extract_features
+from tests.support import CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, record_writer
 
 
 def reader(name, tmp_path, sub="cache", shard=None, ttl=0.0, **kw) -> IndexReader:
@@ -77,7 +61,7 @@ def test_cold_start_from_segments_serves_what_the_records_serve(bucket, images, 
 def test_records_newer_than_the_segments_are_served_over_them(bucket, images, tmp_path):
     client, name = bucket
     Compactor(Bucket(name), segment_images=4).compact()
-    writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(Bucket(name))
     warm = reader(name, tmp_path)
     warm.index()
     # a replaced image, a deleted one and a new one after the compaction
@@ -179,7 +163,7 @@ def test_shards_split_by_a_stable_hash(bucket):
 def test_shard_readers_split_the_catalog(bucket, images, tmp_path):
     client, name = bucket
     Compactor(Bucket(name), shards=3, segment_images=100).compact()
-    writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(Bucket(name))
     client.put_object(Bucket=name, Key="catalog/late.jpg", Body=images["rocket__brighter.jpg"])
     writer.reconcile("catalog/late.jpg")  # after the compaction: a record on its own
     readers = [reader(name, tmp_path, f"s{i}", shard=(i, 3)) for i in range(3)]
@@ -202,7 +186,7 @@ def test_superseded_segments_outlive_one_compaction(bucket, images, tmp_path):
     first = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
     gen1 = read_manifest(Bucket(name))
     assert first.won and gen1 is not None and len(gen1.segments) == 1
-    writer = RecordWriter(Bucket(name), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(Bucket(name))
     client.delete_object(Bucket=name, Key="catalog/brick.jpg")
     writer.reconcile("catalog/brick.jpg")
     second = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
@@ -400,7 +384,7 @@ def test_the_record_listing_split_into_ranges_lists_every_record_once(bucket, im
     index = r.index()
     assert len(listed[-1]) == 3 and r.last_refresh["loaded"] == 0 and len(index) == 9
     client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
-    RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024).reconcile("catalog/new/rocket.jpg")
+    record_writer(b).reconcile("catalog/new/rocket.jpg")
     index = r.index()
     assert len(listed[-1]) == 3 and r.last_refresh["loaded"] == 1 and "catalog/new/rocket.jpg" in index
     assert r.status == {"complete": True, "missing": 0}
@@ -428,7 +412,7 @@ def test_a_reader_gives_back_the_memory_a_load_freed(bucket, images, tmp_path, m
     r.index(force=True)
     assert len(calls) == 1 and r.last_refresh["loaded"] == 0
     client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
-    RecordWriter(b, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024).reconcile("catalog/new/rocket.jpg")
+    record_writer(b).reconcile("catalog/new/rocket.jpg")
     r.index(force=True)
     assert len(calls) == 2 and r.last_refresh["loaded"] == 1
     manifest = read_manifest(b)

@@ -21,12 +21,11 @@ from harmony_aws import records as records_mod
 from harmony_aws.errors import StorageError
 from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, record_key, record_name, rel_from_record_name
 from harmony_aws.reader import IndexReader
-from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.urls import ResultUrls
-from harmony_image import DEFAULT_MAX_PIXELS, ImageError, ImageFeatures, extract_features, parse_manifest
+from harmony_image import ImageError, ImageFeatures, extract_features, parse_manifest
 from tests.hostile import png_claiming
-from tests.support import BUCKET, CATALOG_NAMES, all_keys, put_catalog, s3_event
+from tests.support import BUCKET, CATALOG_NAMES, all_keys, put_catalog, record_writer, s3_event
 
 
 @pytest.fixture(params=["mock_aws", "moto_server"])
@@ -44,7 +43,7 @@ class Store:
 
     def __init__(self, name: str, *, index_ttl: float = 10.0) -> None:
         self.bucket = Bucket(name)
-        self.records = RecordWriter(self.bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+        self.records = record_writer(self.bucket)
         self.urls = ResultUrls(self.bucket, presign_seconds=900)
         self.reader = IndexReader(self.bucket, self.urls, ttl=index_ttl)
 

@@ -23,15 +23,13 @@ from harmony_aws import s3 as s3mod
 from harmony_aws.errors import BadRequestError
 from harmony_aws.jobs import BadJobIdError, JobNotFoundError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, shard_of
-from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, SegmentsManifest, files_of, read_folded, read_manifest
-from harmony_image import DEFAULT_MAX_PIXELS
 from tests.aws.test_segments import answers, reader
 from tests.faultproxy import FaultProxy
 from tests.functions import test_reindex_jobs
 from tests.functions.test_reindex_jobs import receive
-from tests.support import CATALOG_NAMES, all_keys, load_event
+from tests.support import CATALOG_NAMES, all_keys, load_event, record_writer
 
 SHARDS = 3
 SEGMENT = 2
@@ -57,7 +55,7 @@ def catalog(
     """The sample photos indexed (a record each), IndexFunction's compactor of 3 shards and
     segments of :data:`SEGMENT`; at most :data:`SEGMENT` records to fold compact in the call."""
     bucket = s3_server.harmony_bucket
-    writer = RecordWriter(Bucket(bucket), max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = record_writer(Bucket(bucket))
     for n in CATALOG_NAMES:
         s3_server.put_object(Bucket=bucket, Key="catalog/" + n, Body=images[n])
         assert writer.reconcile("catalog/" + n).action == "indexed"
