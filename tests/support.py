@@ -26,7 +26,7 @@ import pytest
 
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
-from harmony_image import DEFAULT_MAX_PIXELS
+from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "template.yaml"
@@ -113,6 +113,16 @@ def as_older_manifest(client: Any, bucket: str) -> None:
 def record_writer(bucket: Bucket) -> RecordWriter:
     """The index's write path for ``bucket`` with the deployed size limits."""
     return RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+
+
+def answers(index: Any, images: dict[str, bytes]) -> list[list[tuple[str, float]]]:
+    """Top-5 (key, score) of every query variant, both scorings: what two indexes must agree on."""
+    out = []
+    for q in QUERY_VARIANTS:
+        feats = extract_features(images[q])
+        for scoring in ("default", "seed"):
+            out.append([(r.key, r.score) for r in index.search(feats, SearchParams(k=5, scoring=scoring))])
+    return out
 
 
 def put_catalog(

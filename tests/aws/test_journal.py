@@ -17,8 +17,16 @@ from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, read_manifest
 from harmony_aws.urls import ResultUrls
-from harmony_image import SearchParams, extract_features
-from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, put_catalog, record_writer
+from harmony_image import extract_features
+from tests.support import (
+    BUCKET,
+    CATALOG_NAMES,
+    all_keys,
+    answers,
+    as_older_manifest,
+    put_catalog,
+    record_writer,
+)
 
 
 def writer(name: str) -> RecordWriter:
@@ -47,16 +55,6 @@ class Requests:
 def reader(name, tmp_path, sub, **kw) -> tuple[IndexReader, Requests]:
     b = Bucket(name)
     return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub, **kw), Requests(b)
-
-
-def answers(index, images) -> list[list[tuple[str, float]]]:
-    """Top-5 (key, score) of every query variant, both scorings."""
-    out = []
-    for q in QUERY_VARIANTS:
-        feats = extract_features(images[q])
-        for scoring in ("default", "seed"):
-            out.append([(r.key, r.score) for r in index.search(feats, SearchParams(k=5, scoring=scoring))])
-    return out
 
 
 def change_the_catalog(client, name, images) -> None:

@@ -19,22 +19,12 @@ from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, SegmentCache, read_folded, read_manifest
 from harmony_aws.urls import ResultUrls
 from harmony_image import SearchParams, extract_features
-from tests.support import CATALOG_NAMES, QUERY_VARIANTS, all_keys, as_older_manifest, record_writer
+from tests.support import CATALOG_NAMES, QUERY_VARIANTS, all_keys, answers, as_older_manifest, record_writer
 
 
 def reader(name, tmp_path, sub="cache", shard=None, ttl=0.0, **kw) -> IndexReader:
     b = Bucket(name)
     return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=ttl, cache_dir=tmp_path / sub, shard=shard, **kw)
-
-
-def answers(index, images) -> list[list[tuple[str, float]]]:
-    """Top-5 (key, score) of every query variant, both scorings."""
-    out = []
-    for q in QUERY_VARIANTS:
-        feats = extract_features(images[q])
-        for scoring in ("default", "seed"):
-            out.append([(r.key, r.score) for r in index.search(feats, SearchParams(k=5, scoring=scoring))])
-    return out
 
 
 def test_cold_start_from_segments_serves_what_the_records_serve(bucket, images, tmp_path):
