@@ -49,7 +49,7 @@ from harmony_image import HarmonyError
 
 from . import journal, reindex_jobs
 from .errors import BadRequestError
-from .jobs import JOB_ID, JobNotFoundError, JobStore, SliceQueue, check_job_id, iso, new_job_id
+from .jobs import JOB_ID, JobNotFoundError, JobStore, SliceQueue, check_job_id, enqueue, iso, new_job_id
 from .segments import (
     JOB_SECONDS,
     SEGMENT_IMAGES,
@@ -130,13 +130,7 @@ class CompactionJobs:
                 json.dumps({"job": job_id, "kind": "compact", "item": n, "shard": shard, "records": keys})
                 for n, (shard, keys) in enumerate(plan.chunks)
             ]
-            try:
-                self.queue.send(bodies)
-            except HarmonyError as exc:
-                self.store.put_if_absent(
-                    self.store.failed_key(job_id), {"item": None, "error": f"enqueueing failed: {exc.message}"}
-                )
-                raise
+            enqueue(self.store, self.queue, job_id, bodies, item="item")
         return {**self.status(job_id), "queued": True, "planned": True}
 
     def _running(self) -> str | None:
