@@ -746,8 +746,61 @@ HK_INLINE float dot8(const float *x, const float *y, int64_t d)
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+/* ---------------------------------------------------------------- region looks */
+
+/* out[i] = max over windows j of (float)(row_i . window_j) * scale[j], which[i] = the first such j:
+ * rows are int8 and windows int16 (int8 values, widened once per query) vectors of d entries, their
+ * dot products exact int32, so the result is
+ * the same at every level and on every CPU (and equals the numpy fallback's float32 product of
+ * the same integers, exact below 2**24).  Four windows per sweep share each row's loads. */
+HK_INLINE void region_body(const int8_t *row8, const int16_t *windows, int64_t m, int64_t d, const float *scale,
+                           int16_t *row, float *out, int32_t *which)
+{
+    for (int64_t k = 0; k < d; k++)
+        row[k] = row8[k];
+    float best = 0.0f;
+    int32_t at = -1;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const int16_t *w0 = windows + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;
+        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int64_t k = 0; k < d; k++) {
+            s0 += row[k] * w0[k];
+            s1 += row[k] * w1[k];
+            s2 += row[k] * w2[k];
+            s3 += row[k] * w3[k];
+        }
+        float v[4] = {(float)s0 * scale[j], (float)s1 * scale[j + 1], (float)s2 * scale[j + 2], (float)s3 * scale[j + 3]};
+        for (int t = 0; t < 4; t++)
+            if (at < 0 || v[t] > best) {
+                best = v[t];
+                at = (int32_t)(j + t);
+            }
+    }
+    for (; j < m; j++) {
+        const int16_t *w = windows + j * d;
+        int32_t sum = 0;
+        for (int64_t k = 0; k < d; k++)
+            sum += row[k] * w[k];
+        float v = (float)sum * scale[j];
+        if (at < 0 || v > best) {
+            best = v;
+            at = (int32_t)j;
+        }
+    }
+    *out = best;
+    *which = at < 0 ? 0 : at;
+}
+
 #define LEVEL_FUNCTIONS(SUFFIX, TARGET)                                                                      \
     SSIM_LEVEL(SUFFIX, TARGET)                                                                               \
+    TARGET static void regions_##SUFFIX(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m,    \
+                                        int64_t d, const float *scale, int16_t *row, float *out,             \
+                                        int32_t *which)                                                      \
+    {                                                                                                        \
+        for (int64_t i = 0; i < n; i++)                                                                      \
+            region_body(rows + i * d, windows, m, d, scale, row, out + i, which + i);                        \
+    }                                                                                                        \
     TARGET static void dots_##SUFFIX(const float *rows, int64_t n, int64_t d, const float *a, const float *b, \
                                      float *out)                                                             \
     {                                                                                                        \
@@ -774,6 +827,8 @@ typedef struct {
     void (*prepare)(const uint8_t *y, query_stats *q);
     void (*ssim)(const query_stats *const *qs, int nq, const uint8_t *x, Py_ssize_t n, double *const *scores);
     void (*dots)(const float *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
+    void (*regions)(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d, const float *scale,
+                    int16_t *row, float *out, int32_t *which);
 } level_t;
 
 static int always(void) { return 1; }
@@ -801,13 +856,13 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512},
-    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2},
-    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt},
+    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_avx512},
+    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2},
+    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable},
+    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable, regions_portable},
 #endif
-    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable},
+    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable, regions_portable},
 };
 #define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 
@@ -1114,6 +1169,45 @@ done:
     return result;
 }
 
+/* out[i], which[i] = the best window of row i (region_body) */
+static PyObject *region_max(PyObject *self, PyObject *args)
+{
+    Py_buffer rows, windows, scale, out, which;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &rows, &windows, &scale, &out, &which))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t m = scale.len / (Py_ssize_t)sizeof(float);
+    int64_t d = m ? windows.len / (m * (Py_ssize_t)sizeof(int16_t)) : 0;
+    int64_t n = d ? rows.len / d : 0;
+    int16_t *row = NULL;
+    if (m == 0 || d == 0 || windows.len != m * d * (Py_ssize_t)sizeof(int16_t) || rows.len != n * d ||
+        out.len < n * (Py_ssize_t)sizeof(float) || which.len < n * (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "region_max: expects int8 rows of d, m int16 windows of d, m float32 scales, "
+                                          "float32 out and int32 which of n");
+        goto done;
+    }
+    row = malloc((size_t)d * sizeof(int16_t));
+    if (!row) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    L->regions((const int8_t *)rows.buf, n, (const int16_t *)windows.buf, m, d, (const float *)scale.buf, row,
+               (float *)out.buf, (int32_t *)which.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(row);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&windows);
+    PyBuffer_Release(&scale);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&which);
+    return result;
+}
+
 static PyObject *use(PyObject *module, PyObject *arg);
 
 static PyMethodDef methods[] = {
@@ -1137,6 +1231,10 @@ static PyMethodDef methods[] = {
      "match_two(query, planes, offsets, out, out_idx, out_d1, out_d2) -> None\n\n"
      "cross_check_counts and nearest_two in one pass: out[j] = cross-check count with image j;\n"
      "out_idx/out_d1/out_d2[j * nq + i] = nearest_two of query row i in image j."},
+    {"region_max", region_max, METH_VARARGS,
+     "region_max(rows, windows, scale, out, which) -> None\n\n"
+     "rows: n x d int8; windows: m x d int16 (int8 values); scale: float32[m]; out: writable float32[n] of\n"
+     "max_j (row . window_j) * scale[j]; which: writable int32[n], the first such j."},
     {"dot_max", dot_max, METH_VARARGS,
      "dot_max(rows, query_a, query_b, out) -> None\n\n"
      "out[i] = max(query_a . rows[i], query_b . rows[i]), float32, the same order at every level."},

@@ -187,6 +187,27 @@ def dot_max(rows: np.ndarray, query_a: np.ndarray, query_b: np.ndarray) -> np.nd
     return out
 
 
+def region_max(rows: np.ndarray, windows: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For int8 ``rows`` (n, d) and int8-valued ``windows`` (m, d): per row, the largest
+    ``(row . window_j) * scale[j]`` (float32) and the first j that gives it. The dot products are
+    exact integers (in float32 too, while below 2**24), so the numbers are the same at every
+    level, on every CPU and in the numpy fallback, whatever rows are scored together."""
+    n = rows.shape[0]
+    out, which = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32)
+    if n == 0 or len(windows) == 0:
+        return out, which.astype(np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int8)
+    scale = np.ascontiguousarray(scale, dtype=np.float32)
+    if _kernels is not None:
+        kernel = _kernels
+        wide = np.ascontiguousarray(windows, dtype=np.int16)
+        _parallel(lambda lo, hi: kernel.region_max(rows[lo:hi], wide, scale, out[lo:hi], which[lo:hi]), n, 64)
+        return out, which.astype(np.int64)
+    scaled = (rows.astype(np.float32) @ np.asarray(windows, dtype=np.float32).T) * scale
+    at = scaled.argmax(axis=1)
+    return scaled[np.arange(n), at], at
+
+
 def _dot8(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The kernel's order in numpy: a reduction over a middle axis adds slices in order."""
     n, d = rows.shape

@@ -32,6 +32,7 @@ from harmony_image.kernels import (
     dot_max,
     match_two,
     nearest_two,
+    region_max,
     ssim_pair,
     ssim_scores,
 )
@@ -167,6 +168,7 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
             out[f"ssim/{i}"] = ssim_scores(g, stack)
         out["ssim_pair/0"], out["ssim_pair/1"] = ssim_pair(grays()[0], grays()[-1], stack)
         out["dot_max"] = dot_max(*thumbnails())
+        out["region_max/best"], out["region_max/which"] = region_max(*region_inputs())
         return out
 
 
@@ -260,6 +262,29 @@ def test_dot_max_is_the_better_correlation(level):
     assert got[7] == pytest.approx(1.0, abs=1e-5)
 
 
+@functools.cache
+def region_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int8 rows and windows (m = 4k + 3: the tail after the kernel's 4-window sweeps), with
+    extreme values, a zero row and repeated windows (ties: the first wins), and scales."""
+    rng = np.random.default_rng(11)
+    rows = rng.integers(-127, 128, (37, 256), dtype=np.int8)
+    rows[0], rows[1] = 127, 0
+    windows = rng.integers(-127, 128, (23, 256), dtype=np.int8)
+    windows[0], windows[5], windows[9] = -127, windows[2], windows[2]
+    scale = rng.uniform(0.5, 2.0, len(windows)).astype(np.float32)
+    scale[5] = scale[9] = scale[2]
+    return rows, windows, scale
+
+
+def test_region_max_is_the_best_exact_window(level):
+    rows, windows, scale = region_inputs()
+    best, which = region_max(rows, windows, scale)
+    exact = (rows.astype(np.int64) @ windows.astype(np.int64).T).astype(np.float32) * scale
+    assert best.dtype == np.float32 and np.array_equal(best, exact.max(axis=1))
+    assert np.array_equal(which, exact.argmax(axis=1))  # the first of equal windows
+    assert which[1] == 0 and best[1] == 0.0  # a zero row: every window ties at 0
+
+
 def test_more_descriptors_than_32_bit_keys_hold(level):
     """Over 65,535 descriptors on either side the kernels switch to 64-bit keys."""
     rng = np.random.default_rng(3)
@@ -286,11 +311,13 @@ def synthetic_outputs() -> bytes:
     for q in sets:
         parts += [cross_check_counts(q, pack), count_close(q, pack, 100), *match_two(q, pack)]
     parts.append(dot_max(rows, rows[3], rows[11]))
+    codes = rng.integers(-127, 128, (50, 256), dtype=np.int8)
+    parts += list(region_max(codes, codes[:13], rng.uniform(0.1, 1.0, 13).astype(np.float32)))
     return b"".join(np.ascontiguousarray(p).tobytes() for p in parts)
 
 
 # sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
-SYNTHETIC_SHA256 = "25cb7327fd4552942e7f6e22dd078290806c6d94ccf0bdb2ded274ca1ea07a9b"
+SYNTHETIC_SHA256 = "ab0e879eac6535d545ffe9ae9e0a6a41af6989c8e91ce3facad45635a1fbc8b4"
 
 
 def test_outputs_are_the_same_bytes_on_every_machine(level):
@@ -305,7 +332,7 @@ def test_outputs_are_the_same_bytes_on_every_machine(level):
 
 @pytest.mark.parametrize("other", ALL_LEVELS[1:] or ["none"])
 def test_every_level_is_bit_identical_to_the_fastest(other):
-    """C levels are bit-identical in every output (SSIM and dot_max included); numpy equals them
+    """C levels are bit-identical in every output (SSIM, dot_max and region_max included); numpy equals them
     exactly too except SSIM, within 1e-6 (it is computed in another order)."""
     if other == "none":
         pytest.skip("one level only")
