@@ -8,19 +8,19 @@ SearchFunction extracts the query's features once and invokes the shards (Lambda
     {"shard": i, "shards": n, "phase": "search" | "shortlist" | "verify",
      "params": {"k", "scoring", "min_score"},
      "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>},
-     "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int]}}
+     "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int], "regions": [float]}}
                                                                           (phase "verify" only)
 
 ``default`` scoring over several shards runs in two rounds, so that the answer is exactly the one
 an index over the whole catalog gives (harmony_image/index.py has why):
 
 1. ``shortlist`` to every shard (the query without its detail image), answered
-   ``{"shortlist": {"keys", "looks", "votes", "detail_votes"}, "catalog_size", "index"}``: the
+   ``{"shortlist": {"keys", "looks", "votes", "detail_votes", "regions"}, "catalog_size", "index"}``: the
    shard's best rows by each vote; :func:`~harmony_image.index.merge_shortlists` cuts the
    catalog's shortlist from them;
 2. ``verify`` to each shard holding part of that shortlist, with that part, answered
-   ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers",
-   "colour", "detail_colour"}}`` (per view lists ``[[query], [mirror]]``);
+   ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers", "region",
+   "colour", "detail_colour", "region_colour"}}`` (per view lists ``[[query], [mirror]]``);
    :func:`~harmony_image.index.merge_verified` decides and ranks.
 
 ``seed`` scoring (exhaustive and per row) and a single shard take one round, ``search``, answered
@@ -75,7 +75,7 @@ Phase = Literal["search", "shortlist", "verify"]
 PHASES: tuple[Phase, ...] = ("search", "shortlist", "verify")
 _ANSWER = {"search": "results", "shortlist": "shortlist", "verify": "verified"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PER_VIEW = ("ssim", "orb", "inliers", "detail_inliers")
+_PER_VIEW = ("ssim", "orb", "inliers", "detail_inliers", "region")
 COLOUR_DTYPE = np.float32
 """The dtype of :attr:`Evidence.colour <harmony_image.scoring.Evidence.colour>` in the engine (it
 comes from the float32 colour signatures): the calibration subtracts it at that precision, so the
@@ -187,12 +187,13 @@ def _numbers(value: Any, name: str, n: int, *, counts: bool = False) -> np.ndarr
 
 
 def _shortlist_fields(value: Any, name: str) -> Shortlist:
-    raw = _object(value, name, {"keys", "looks", "votes", "detail_votes"})
+    raw = _object(value, name, {"keys", "looks", "votes", "detail_votes", "regions"})
     keys = _keys(raw["keys"], f"{name}.keys")
     looks = _numbers(raw["looks"], f"{name}.looks", len(keys))
     votes = _numbers(raw["votes"], f"{name}.votes", len(keys), counts=True)
     detail_votes = _numbers(raw["detail_votes"], f"{name}.detail_votes", len(keys), counts=True)
-    return Shortlist(tuple(keys), FirstPass(looks, votes, detail_votes))
+    regions = _numbers(raw["regions"], f"{name}.regions", len(keys))
+    return Shortlist(tuple(keys), FirstPass(looks, votes, detail_votes, regions))
 
 
 def _shortlist_json(s: Shortlist) -> dict[str, Any]:
@@ -201,6 +202,7 @@ def _shortlist_json(s: Shortlist) -> dict[str, Any]:
         "looks": [float(x) for x in s.first.looks],
         "votes": [int(x) for x in s.first.votes],
         "detail_votes": [int(x) for x in s.first.detail_votes],
+        "regions": [float(x) for x in s.first.regions],
     }
 
 
@@ -213,12 +215,13 @@ def _verified_json(v: Verified) -> dict[str, Any]:
         **{f: [[float(x) for x in view] for view in getattr(e, f)] for f in _PER_VIEW},
         "colour": [float(x) for x in e.colour],
         "detail_colour": [float(x) for x in e.detail_colour],
+        "region_colour": [float(x) for x in e.region_colour],
     }
 
 
 def _verified_fields(value: Any, asked: Shortlist) -> Verified:
     """A ``verified`` answer to a request for ``asked``: its rows must be some of those asked for."""
-    raw = _object(value, "verified", {"keys", "urls", "sha256", *_PER_VIEW, "colour", "detail_colour"})
+    raw = _object(value, "verified", {"keys", "urls", "sha256", *_PER_VIEW, "colour", "detail_colour", "region_colour"})
     keys = _keys(raw["keys"], "verified.keys")
     at = {key: i for i, key in enumerate(asked.keys)}
     if any(key not in at for key in keys) or keys != sorted(keys):
@@ -239,6 +242,7 @@ def _verified_fields(value: Any, asked: Shortlist) -> Verified:
         first=asked.first.take(rows),
         colour=_numbers(raw["colour"], "verified.colour", n).astype(COLOUR_DTYPE),
         detail_colour=_numbers(raw["detail_colour"], "verified.detail_colour", n).astype(COLOUR_DTYPE),
+        region_colour=_numbers(raw["region_colour"], "verified.region_colour", n).astype(COLOUR_DTYPE),
         **views,
     )
     return Verified(tuple(keys), tuple(urls), tuple(hashes), evidence)

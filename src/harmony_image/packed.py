@@ -1,8 +1,10 @@
 """The catalog packed for batch scoring, in two tiers.
 
 * The **shortlist tier** — what the first pass of ``default`` scoring reads for every image —
-  stays in memory: the 32x32 thumbnail, :data:`VOTE_DESCRIPTORS` subsampled ORB descriptors,
-  the colour signature, sha256, key and URL (~7.3 KB per image, :attr:`ShortlistTier.nbytes`).
+  stays in memory: the 32x32 thumbnail (and the 16x16 int8 region thumbnail derived from it at
+  the first query),
+  :data:`VOTE_DESCRIPTORS` subsampled ORB descriptors, the colour signature, sha256, key and URL
+  (~7.6 KB per image, :attr:`ShortlistTier.nbytes`).
 * The **verification tier** — the 256x256 grayscale, all ORB descriptors and keypoints, the
   detail features (~110 KB per image) — is read only for the rows a query keeps (all rows for
   ``seed``). It is in memory for entries added one by one, and memory-mapped from a stored
@@ -21,11 +23,13 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
 from .features import HUE_BINS, SEED_SIDE, THUMB_SIDE, ImageFeatures
 from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, ssim_scores
+from .regions import QueryRegions, RegionThumbs, best_windows, region_thumbs
 
 VOTE_DESCRIPTORS = 96
 """Catalog descriptors per image that take part in the shortlist's keypoint vote."""
@@ -111,6 +115,11 @@ class ShortlistTier:
     """(n + 1,) int64 offsets of each image's detail descriptors and keypoints."""
     sizes: np.ndarray
     """(n, 2) int64 width and height of the original image, in pixels."""
+    @cached_property
+    def regions(self) -> RegionThumbs:
+        """Region thumbnails (:mod:`~harmony_image.regions`), derived from ``thumbs`` when first
+        read (a query's first pass): opening a segment allocates nothing more."""
+        return region_thumbs(self.thumbs)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -127,7 +136,8 @@ class ShortlistTier:
         arrays: tuple[np.ndarray, ...] = (self.sha256, self.thumbs, self.colours, self.votes.planes, self.votes.offsets)
         arrays += (self.descriptor_offsets, self.detail_offsets, self.sizes)
         keys = sum(len(k.encode()) for k in self.keys)
-        return int(sum(a.nbytes for a in arrays) + self.urls.nbytes + keys)
+        derived = self.__dict__["regions"].nbytes if "regions" in self.__dict__ else 0
+        return int(sum(a.nbytes for a in arrays) + derived + self.urls.nbytes + keys)
 
 
 class VerificationTier(ABC):
@@ -370,6 +380,17 @@ class PackedCatalog:
     def look_scores(self, query_a: np.ndarray, query_b: np.ndarray) -> np.ndarray:
         """:func:`~harmony_image.kernels.dot_max` of every row's thumbnail with two query thumbnails."""
         return self._scatter([dot_max(b.shortlist.thumbs, query_a, query_b) for b in self.blocks], np.float32)
+
+    def region_looks(self, query: QueryRegions) -> np.ndarray:
+        """:func:`~harmony_image.regions.best_windows` of every row: its best region look."""
+        return self._scatter([best_windows(b.shortlist.regions, query)[0] for b in self.blocks], np.float32)
+
+    def region_windows(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
+        """The index of the query's best window for each of ``rows``."""
+        located = [self._locate(row) for row in rows.tolist()]
+        codes = np.array([b.shortlist.regions.codes[i] for b, i in located]).reshape(len(rows), -1)
+        inverse = np.array([b.shortlist.regions.inverse_norms[i] for b, i in located], dtype=np.float32)
+        return best_windows(RegionThumbs(codes.astype(np.int8), inverse), query)[1]
 
     def vote_counts(self, query: np.ndarray, threshold: int) -> np.ndarray:
         """:func:`~harmony_image.kernels.count_close` of ``query`` with every row's vote descriptors."""

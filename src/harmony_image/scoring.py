@@ -58,6 +58,7 @@ from .kernels import (
 )
 from .packed import PackedCatalog, subsample
 from .params import Scoring
+from .regions import QueryRegions, RegionMatch, query_regions, refine
 
 VOTE_QUERY_DESCRIPTORS = 200
 """Query descriptors that vote: a subsample of the 256 px ORB's, the query's and its mirror's.
@@ -71,6 +72,23 @@ put a 10,000-image query past issue 13's 1.5x budget (docs/SCORING.md)."""
 DETAIL_VOTE_ROWS = 12
 """Rows the third vote shortlists, whatever ``k``: it is there for small copies, and every row it
 adds is verified in both views."""
+REGION_ROWS = 12
+"""Rows the region looks (:mod:`~harmony_image.regions`) shortlist, whatever ``k``: small copies
+with too few keypoints for the votes."""
+REGION_CANDIDATES = 4
+"""Shortlisted rows whose best window is refined (the best by region look above
+:data:`REGION_LOOK_FLOOR`, while the 256 px evidence is short of certain)."""
+REGION_LOOK_FLOOR = 0.8
+"""Region looks below this are not refined: copies measured at 0.81-1.0, most other images
+below 0.8 (docs/SCORING.md)."""
+REGION_MATCH_FLOOR = 0.85
+"""A refined window whose grayscale correlates below this with the catalog image is no match."""
+REGION_FLOOR = 0.35
+REGION_SPAN = 0.25
+"""Detail agreement (:attr:`~harmony_image.regions.RegionMatch.detail`) of a matched region:
+REGION_FLOOR counts for nothing, REGION_FLOOR + REGION_SPAN and above is full evidence of a copy
+(:func:`calibrated`). Measured on the benchmark's 1,000-image catalog: small copies 0.35-0.88,
+the other images refined at most 0.34."""
 VOTE_THRESHOLD = 50
 SHORTLIST_MIN = 24
 SHORTLIST_BASE = 12
@@ -191,7 +209,7 @@ def shortlist_size(k: int) -> int:
 def shortlist_rows(k: int) -> int:
     """The most rows :func:`shortlist_cut` keeps for ``k`` results (each vote's best, none in
     common)."""
-    return 2 * shortlist_size(k) + DETAIL_VOTE_ROWS
+    return 2 * shortlist_size(k) + DETAIL_VOTE_ROWS + REGION_ROWS
 
 
 def mirrored(query: ImageFeatures, *, detail: bool = True) -> ImageFeatures:
@@ -254,24 +272,34 @@ class FirstPass:
     among the row's vote descriptors."""
     detail_votes: np.ndarray
     """The same for the query's detail (512 px) descriptors."""
+    regions: np.ndarray
+    """Region look (:mod:`~harmony_image.regions`): the best correlation of the row's thumbnail
+    with a window of the query or its mirror."""
 
     def __len__(self) -> int:
         return len(self.looks)
 
     def take(self, positions: np.ndarray) -> FirstPass:
-        return FirstPass(self.looks[positions], self.votes[positions], self.detail_votes[positions])
+        return FirstPass(
+            self.looks[positions], self.votes[positions], self.detail_votes[positions], self.regions[positions]
+        )
 
     @staticmethod
     def concatenate(parts: list[FirstPass]) -> FirstPass:
-        """The rows of ``parts``, one after the other (no part: no rows): looks as float64, votes
-        as int64, whatever each part held (shards' answers arrive as JSON)."""
+        """The rows of ``parts``, one after the other (no part: no rows): looks and region looks
+        as float64, votes as int64, whatever each part held (shards' answers arrive as JSON)."""
 
         def joined(field: str, dtype: type) -> np.ndarray:
             values: list[np.ndarray] = [np.asarray(getattr(p, field), dtype=dtype) for p in parts]
             whole: np.ndarray = np.concatenate(values or [np.zeros(0, dtype)])
             return whole
 
-        return FirstPass(joined("looks", np.float64), joined("votes", np.int64), joined("detail_votes", np.int64))
+        return FirstPass(
+            joined("looks", np.float64),
+            joined("votes", np.int64),
+            joined("detail_votes", np.int64),
+            joined("regions", np.float64),
+        )
 
 
 def first_pass(
@@ -281,28 +309,34 @@ def first_pass(
     *,
     clock: _Clock | None = None,
     looks: np.ndarray | None = None,
+    regions: QueryRegions | None = None,
 ) -> FirstPass:
-    """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given)
-    and keypoint votes (:class:`FirstPass`)."""
+    """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given),
+    region look (of the query's ``regions``, computed unless given) and keypoint votes
+    (:class:`FirstPass`)."""
     clock = clock or _Clock()
     correlation = look_scores(query, mirror, packed) if looks is None else looks
     clock.lap("thumbnails")
+    region_looks = packed.region_looks(regions or query_regions(query.gray))
+    clock.lap("region looks")
     votes = np.maximum(
         packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
         packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
     )
     detail_votes = packed.vote_counts(subsample(query.detail_descriptors, DETAIL_VOTE_DESCRIPTORS), VOTE_THRESHOLD)
     clock.lap("votes")
-    return FirstPass(correlation, votes, detail_votes)
+    return FirstPass(correlation, votes, detail_votes, region_looks)
 
 
 def shortlist_cut(first: FirstPass, size: int) -> np.ndarray:
-    """Sorted positions of the best ``size`` by votes and by looks, and the best
-    :data:`DETAIL_VOTE_ROWS` by detail votes (:func:`best_rows`: ties by position)."""
+    """Sorted positions of the best ``size`` by votes and by looks, the best
+    :data:`DETAIL_VOTE_ROWS` by detail votes and the best :data:`REGION_ROWS` by region looks
+    (:func:`best_rows`: ties by position)."""
     by_each = [
         best_rows(first.votes, size),
         best_rows(first.looks, size),
         best_rows(first.detail_votes, DETAIL_VOTE_ROWS),
+        best_rows(first.regions, REGION_ROWS),
     ]
     return np.unique(np.concatenate(by_each))
 
@@ -315,11 +349,12 @@ def shortlist(
     *,
     clock: _Clock | None = None,
     looks: np.ndarray | None = None,
+    regions: QueryRegions | None = None,
 ) -> tuple[np.ndarray, FirstPass]:
-    """Sorted rows of up to ``2 * size + DETAIL_VOTE_ROWS`` candidates (:func:`first_pass`,
-    :func:`shortlist_cut`) and their votes."""
+    """Sorted rows of up to ``2 * size + DETAIL_VOTE_ROWS + REGION_ROWS`` candidates
+    (:func:`first_pass`, :func:`shortlist_cut`) and their votes."""
     clock = clock or _Clock()
-    first = first_pass(query, mirror, packed, clock=clock, looks=looks)
+    first = first_pass(query, mirror, packed, clock=clock, looks=looks, regions=regions)
     rows = shortlist_cut(first, size)
     clock.lap("shortlist cut")
     return rows, first.take(rows)
@@ -435,13 +470,31 @@ def plausible(model: np.ndarray, inlier_points: np.ndarray) -> bool:
     return MIN_AREA_SCALE < det < 1.0 / MIN_AREA_SCALE
 
 
-def calibrated(inliers: np.ndarray, detail_inliers: np.ndarray, ssim: np.ndarray, seed_score: np.ndarray) -> np.ndarray:
-    """Score in [0, 1]; >= SAME_IMAGE_THRESHOLD means the same image or a copy."""
-    geometric = np.maximum(
+def region_evidence(region: np.ndarray) -> np.ndarray:
+    """Evidence in [0, 1] of a matched region's detail agreement (:data:`REGION_FLOOR`, :data:`REGION_SPAN`)."""
+    evidence: np.ndarray = np.clip((region - REGION_FLOOR) / REGION_SPAN, 0.0, 1.0)
+    return evidence
+
+
+def geometric_evidence(inliers: np.ndarray, detail_inliers: np.ndarray) -> np.ndarray:
+    """Evidence in [0, 1] of the RANSAC inliers at 256 px and of the detail features."""
+    evidence: np.ndarray = np.maximum(
         1.0 - np.exp(-np.maximum(0.0, inliers - INLIER_FLOOR) / INLIER_SCALE),
         1.0 - np.exp(-np.maximum(0.0, detail_inliers - DETAIL_INLIER_FLOOR) / DETAIL_INLIER_SCALE),
     )
-    structural = np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0)
+    return evidence
+
+
+def calibrated(
+    inliers: np.ndarray,
+    detail_inliers: np.ndarray,
+    ssim: np.ndarray,
+    seed_score: np.ndarray,
+    region: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Score in [0, 1]; >= SAME_IMAGE_THRESHOLD means the same image or a copy."""
+    geometric = geometric_evidence(inliers, detail_inliers)
+    structural = np.maximum(np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0), region_evidence(np.asarray(region)))
     evidence = np.maximum(geometric, structural)
     score: np.ndarray = evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
     return score
@@ -496,6 +549,12 @@ class Evidence:
     """(n,) the same where the detail fit locates it; ``colour`` where it was not verified.
     :func:`decide` reads it only for the rows it chose for detail verification, so that a shard
     verifying more rows than the catalog's choice answers as one index does."""
+    region: np.ndarray
+    """(2, n) detail agreement of the refined region (:func:`~harmony_image.regions.refine`) in
+    the view it was found in; 0 where not refined (:func:`region_choice`) or not matched
+    (:data:`REGION_MATCH_FLOOR`)."""
+    region_colour: np.ndarray
+    """(n,) :func:`colour_agreement` of the refined region; ``colour`` where not refined."""
 
     def __len__(self) -> int:
         return len(self.first)
@@ -510,6 +569,8 @@ class Evidence:
             detail_inliers=self.detail_inliers[:, order],
             colour=self.colour[order],
             detail_colour=self.detail_colour[order],
+            region=self.region[:, order],
+            region_colour=self.region_colour[order],
         )
 
     @staticmethod
@@ -517,7 +578,7 @@ class Evidence:
         """The rows of ``parts``, one after the other (no part: no rows)."""
         if not parts:
             none, pairs = np.zeros(0), np.zeros((2, 0))
-            return Evidence(FirstPass.concatenate([]), pairs, pairs, pairs, pairs, none, none)
+            return Evidence(FirstPass.concatenate([]), pairs, pairs, pairs, pairs, none, none, pairs, none)
         return Evidence(
             first=FirstPass.concatenate([p.first for p in parts]),
             ssim=np.concatenate([p.ssim for p in parts], axis=1),
@@ -526,13 +587,15 @@ class Evidence:
             detail_inliers=np.concatenate([p.detail_inliers for p in parts], axis=1),
             colour=np.concatenate([p.colour for p in parts]),
             detail_colour=np.concatenate([p.detail_colour for p in parts]),
+            region=np.concatenate([p.region for p in parts], axis=1),
+            region_colour=np.concatenate([p.region_colour for p in parts]),
         )
 
 
-def _view_scores(e: Evidence, detail_inliers: np.ndarray) -> np.ndarray:
+def _view_scores(e: Evidence, detail_inliers: np.ndarray, region: np.ndarray) -> np.ndarray:
     """(2, n) :func:`calibrated` scores of both views."""
     seed = (e.ssim + e.orb) / 2.0
-    return np.stack([calibrated(e.inliers[v], detail_inliers[v], e.ssim[v], seed[v]) for v in (0, 1)])
+    return np.stack([calibrated(e.inliers[v], detail_inliers[v], e.ssim[v], seed[v], region[v]) for v in (0, 1)])
 
 
 def detail_choice(e: Evidence) -> list[int]:
@@ -545,7 +608,7 @@ def detail_choice(e: Evidence) -> list[int]:
     per-row value, ties by position (key order), so the choice over a whole shortlist lies
     within the union of the choices over its parts.
     """
-    scores = _view_scores(e, np.zeros_like(e.inliers))
+    scores = _view_scores(e, np.zeros_like(e.inliers), np.zeros_like(e.inliers))
     best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
     best_looking = np.argsort(-e.first.looks, kind="stable")[:DETAIL_BY_LOOKS]
     most_voted = np.argsort(-e.first.votes, kind="stable")[:DETAIL_BY_VOTES]
@@ -556,6 +619,15 @@ def detail_choice(e: Evidence) -> list[int]:
     return [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
 
 
+def region_choice(e: Evidence) -> list[int]:
+    """Positions of the rows whose best window is refined: the best :data:`REGION_CANDIDATES`
+    by region look at or above :data:`REGION_LOOK_FLOOR`, while the 256 px evidence is short of
+    certain. A best-N by a per-row value, ties by position, as :func:`detail_choice`."""
+    scores = _view_scores(e, np.zeros_like(e.inliers), np.zeros_like(e.inliers)).max(axis=0)
+    looked = np.argsort(-e.first.regions, kind="stable")[:REGION_CANDIDATES]
+    return [i for i in looked.tolist() if e.first.regions[i] >= REGION_LOOK_FLOOR and scores[i] < DETAIL_SKIP_ABOVE]
+
+
 def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score, SSIM and ORB ratio of each row of ``e`` (a whole shortlist, in key order): the
     better view's calibrated score with the detail evidence of the :func:`detail_choice` rows
@@ -563,12 +635,18 @@ def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     chosen = np.zeros(len(e), dtype=bool)
     chosen[detail_choice(e)] = True
     detail_inliers = np.where(chosen, e.detail_inliers, 0.0)
-    scores = _view_scores(e, detail_inliers)
+    refined = np.zeros(len(e), dtype=bool)
+    refined[region_choice(e)] = True
+    region = np.where(refined, e.region, 0.0)
+    scores = _view_scores(e, detail_inliers, region)
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
     # product), the one whose colours agree with the query's goes first; where the colours
     # disagree outright, it is another colourway — a look-alike, never "the same image". The
-    # colours compared are where the fit with the most inliers puts the catalog image.
+    # colours compared are where the strongest evidence puts the catalog image: the fit with
+    # the most inliers, or the refined region when that is stronger than either fit.
     colour = np.where(detail_inliers.max(axis=0) > e.inliers.max(axis=0), e.detail_colour, e.colour)
+    fitted = geometric_evidence(e.inliers, detail_inliers).max(axis=0)
+    colour = np.where(refined & (region_evidence(region.max(axis=0)) > fitted), e.region_colour, colour)
     scores -= COLOUR_TIEBREAK * (1.0 - colour)
     np.clip(scores, 0.0, 1.0, out=scores)
     scores[:, colour < LOOKALIKE_AGREEMENT] *= LOOKALIKE_CEILING
@@ -594,13 +672,15 @@ def verify_shortlist(
     *,
     first: FirstPass,
     mirror_with_detail: Future[ImageFeatures] | None = None,
+    regions: QueryRegions | None = None,
     clock: _Clock | None = None,
 ) -> Evidence:
     """The :class:`Evidence` of ``rows`` (sorted) for ``query`` and its ``mirror`` (without
     detail features: ``mirror_with_detail`` brings them, else they are computed here), with
     their votes from the ``first`` pass. Detail verification runs for the
-    :func:`detail_choice` of these rows: for one index that is the choice :func:`decide` makes;
-    for a shard's part of a catalog's shortlist, a superset of its share of that choice."""
+    :func:`detail_choice` of these rows and region refinement (of the query's ``regions``,
+    computed unless given) for their :func:`region_choice`: for one index those are the choices
+    :func:`decide` makes; for a shard's part of a catalog's shortlist, supersets of its share."""
     clock = clock or _Clock()
     views = (query, mirror)
     grays, descriptors = catalog_subset(packed, rows)  # gathered once for the query and its mirror
@@ -661,8 +741,20 @@ def verify_shortlist(
 
     map_threads(verify, range(len(rows)))
     clock.lap("verify")
-    partial = Evidence(first, ssim, orb, inliers, detail_inliers, np.ones(len(rows)), np.ones(len(rows)))
+    region = np.zeros((2, len(rows)))
+    ones = np.ones(len(rows))
+    partial = Evidence(first, ssim, orb, inliers, detail_inliers, ones, ones, region, ones)
     todo = detail_choice(partial)
+    to_refine = region_choice(partial)
+    matches_found: list[RegionMatch] = []
+    if to_refine:
+        regions = regions or query_regions(query.gray)
+        windows = packed.region_windows(rows[to_refine], regions)
+        matches_found = [refine(regions, int(w), grays[i]) for i, w in zip(to_refine, windows.tolist(), strict=True)]
+        for i, match in zip(to_refine, matches_found, strict=True):
+            if match.correlation >= REGION_MATCH_FLOOR:
+                region[int(match.mirrored), i] = match.detail
+        clock.lap("region refine")
     # waited for even when unused: no work outlives a search
     detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
     clock.lap("mirror detail ORB (wait)")
@@ -674,7 +766,13 @@ def verify_shortlist(
     located = ~np.isnan(boxes[1, :, 0])
     detail_colour = colour.copy()
     detail_colour[located] = colour_agreement(matched_colours(query, boxes[1, located]), catalog_colours[located])
-    return replace(partial, colour=colour, detail_colour=detail_colour)
+    region_colour = colour.copy()
+    if to_refine:
+        region_boxes = np.array([m.box for m in matches_found])
+        found = ~np.isnan(region_boxes[:, 0])
+        at = np.asarray(to_refine)[found]
+        region_colour[at] = colour_agreement(matched_colours(query, region_boxes[found]), catalog_colours[at])
+    return replace(partial, colour=colour, detail_colour=detail_colour, region_colour=region_colour)
 
 
 def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
@@ -684,9 +782,11 @@ def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -
     looks = look_scores(query, mirror, packed)
     clock.lap("thumbnails")
     mirror_with_detail = _background.submit(mirror_detail, mirror, query)
-    rows, first = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks)
+    regions = query_regions(query.gray)
+    clock.lap("region windows")
+    rows, first = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks, regions=regions)
     evidence = verify_shortlist(
-        query, mirror, packed, rows, first=first, mirror_with_detail=mirror_with_detail, clock=clock
+        query, mirror, packed, rows, first=first, mirror_with_detail=mirror_with_detail, regions=regions, clock=clock
     )
     score, ssim, orb = decide(evidence)
     clock.lap("colour + calibrate")

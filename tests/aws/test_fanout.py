@@ -89,8 +89,11 @@ def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
         parse_shard_request(request)
 
 
-def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0), detail_votes=(1, 4)) -> Shortlist:
-    return Shortlist(tuple(keys), FirstPass(np.array(looks), np.array(votes), np.array(detail_votes)))
+def _part(
+    keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0), detail_votes=(1, 4), regions=(0.9, 0.1)
+) -> Shortlist:
+    first = FirstPass(np.array(looks), np.array(votes), np.array(detail_votes), np.array(regions))
+    return Shortlist(tuple(keys), first)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +104,7 @@ def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 
         (lambda r: r.pop("shortlist"), '"shortlist" comes with phase "verify"'),
         (lambda r: r.update(params={"k": 5, "scoring": "seed"}), "for default scoring"),
         (lambda r: r["query"].pop("detail_image"), 'needs the query\'s "detail_image"'),
-        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly detail_votes, keys, looks, votes"),
+        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly detail_votes, keys, looks, regions, votes"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg"] * 2), "repeats a key"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", 7]), "catalog keys"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", "x" * 1025]), "catalog keys"),
@@ -113,7 +116,8 @@ def _part(keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 
         (lambda r: r["shortlist"].update(votes=[1, -2]), "counts"),
         (lambda r: r["shortlist"].update(votes=[1, 2.5]), "integers"),
         (lambda r: r["shortlist"].update(detail_votes=[1, -1]), "counts"),
-        (lambda r: r["shortlist"].pop("detail_votes"), "exactly detail_votes, keys, looks, votes"),
+        (lambda r: r["shortlist"].update(regions=[0.5, "0.9"]), "finite numbers"),
+        (lambda r: r["shortlist"].pop("detail_votes"), "exactly detail_votes, keys, looks, regions, votes"),
     ],
 )
 def test_bad_verification_requests_are_refused_with_a_reason(images, change, says):
@@ -251,8 +255,9 @@ def _pad_shortlist(body: dict, rows: int) -> None:
         s["looks"].append(0.0)
         s["votes"].append(0)
         s["detail_votes"].append(0)
+        s["regions"].append(0.0)
     order = sorted(range(rows), key=s["keys"].__getitem__)
-    for field in ("keys", "looks", "votes", "detail_votes"):
+    for field in ("keys", "looks", "votes", "detail_votes", "regions"):
         s[field] = [s[field][i] for i in order]
 
 
@@ -285,6 +290,7 @@ def _set(field: str, value):
         ("shortlist", _set("shortlist.looks", lambda v: [None] * len(v)), "finite numbers"),
         ("shortlist", _set("shortlist.votes", lambda v: [-1] * len(v)), "counts"),
         ("shortlist", _set("shortlist.detail_votes", lambda v: [0.5] * len(v)), "integers"),
+        ("shortlist", _set("shortlist.regions", lambda v: [float("nan")] * len(v)), "finite numbers"),
         ("shortlist", _set("shortlist.keys", lambda v: [*v[:-1], SHARD0_KEY]), "another"),
         ("shortlist", _set("shortlist", lambda v: {**v, "more": []}), "exactly"),
         ("shortlist", lambda body: _pad_shortlist(body, shortlist_rows(5) + 1), "longer than asked for"),
@@ -297,6 +303,8 @@ def _set(field: str, value):
         ("verify", _set("verified.ssim", lambda v: v[:1]), "2 items"),
         ("verify", _set("verified.inliers", lambda v: [v[0], [*v[1], 4.0]]), "items"),
         ("verify", _set("verified.colour", lambda v: ["red"] * len(v)), "finite numbers"),
+        ("verify", _set("verified.region", lambda v: v[:1]), "2 items"),
+        ("verify", _set("verified.region_colour", lambda v: [None] * len(v)), "finite numbers"),
         ("verify", lambda body: body.update(verified=[]), "exactly"),
         ("verify", lambda body: body.update(errorMessage="boom", verified=None) or body.pop("verified"), "boom"),
         ("search", _set("results", lambda v: [{**v[0], "score": "high"}]), "numbers"),

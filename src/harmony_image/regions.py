@@ -1,0 +1,247 @@
+"""Region looks: finding a catalog image that fills only part of the query — a collage, a
+screenshot, a product placed on a banner (issue 13) — when it has too few keypoints for the votes
+and the geometric fits (smooth, low-contrast photos: product shots on white, retinas, skies).
+
+First pass (every catalog image): its thumbnail, 16x16, against windows of the query that span
+:data:`REGION_SCALES` of its side at every position of that window size's pixel grid, for the
+query and its mirror; an image's *region look* is its best normalised correlation. Both sides are
+quantised to int8 (:data:`QUANT_LEVELS`): their dot products are exact integers
+(:func:`~harmony_image.kernels.region_max`, |sum| <= 256 * 127 * 127 < 2**24), so one index and
+the shards of a catalog compute the same values and cut the same shortlist.
+
+Verification (the few candidates with the best region looks): the catalog image is placed — its
+256x256 grayscale matched (``cv2.matchTemplate``, normalised correlation) at
+:data:`PLACE_SIZES` over the whole query view of its best window at :data:`PLACE_SIDE` px, the
+best placement refined at :data:`FINE_SIDE` px — and the detail of the two is compared there at
+256 px: the correlation of what a
+Gaussian blur of :data:`DETAIL_SIGMA` px takes away. Smooth images agree in their large shapes by
+chance (a sky and a gradient correlate at 0.9 and more); only a copy agrees in its detail
+(measured on the benchmark: copies 0.35-0.88, other images at most 0.34 — docs/SCORING.md). That
+detail correlation is the evidence (:func:`~harmony_image.scoring.calibrated`), and the window is
+where the colour check looks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .features import SEED_SIDE, THUMB_SIDE
+from .kernels import region_max
+
+REGION_SIDE = 16
+"""Side in pixels of a region thumbnail: the catalog's 32x32 thumbnail averaged over 2x2 blocks.
+Derived when an index is loaded, never stored."""
+REGION_SCALES = (0.45, 0.58, 0.72)
+"""Window sides as fractions of the query's side: a copy filling about 20%, 33% and 50% of the
+query's area (the benchmark's ``inset_third`` fills 33%; a window within ~12% of a copy's size
+still finds it)."""
+REGION_STRIDES = (2, 1, 1)
+"""Window grid step per scale, in region-thumbnail pixels: every other position at the smallest
+scale (its 21x21 positions cost as much as the other two scales together; measured on the
+benchmark: no small copy lost), every position at the others (every other lost 5 of 30)."""
+QUANT_LEVELS = 127
+"""Region thumbnails and windows are zero-mean and scaled so their largest magnitude is this."""
+PLACE_SIDE = 64
+"""Side of the query's grayscale over which a catalog image is placed."""
+PLACE_SIZES = tuple(np.geomspace(0.38, 0.85, 14).round(3).tolist())
+"""Sides of the placed catalog image, as fractions of the query's: the window sizes' range and
+beyond, 6% apart. The best window's own size is not trusted: a window half a grid step off a
+copy can look best at the next size."""
+FINE_SIDE = 128
+"""Side of the query's grayscale at which the best placement is refined."""
+FINE_SIZES = (0.96, 1.0, 1.04)
+"""Template sizes tried in refinement, as fractions of the placed one's."""
+FINE_SLACK = 3
+"""Refinement searches this many pixels (at FINE_SIDE) around the placement."""
+DETAIL_SIGMA = 2.0
+"""Standard deviation in pixels (at 256 px) of the blur whose residual is the detail compared."""
+FLAT = 1.0
+"""A template whose gray levels vary less than this (standard deviation) is refused: normalised
+correlation of a flat patch is meaningless."""
+
+
+@dataclass(frozen=True)
+class RegionThumbs:
+    """Catalog images' region thumbnails."""
+
+    codes: np.ndarray
+    """(n, REGION_SIDE**2) int8."""
+    inverse_norms: np.ndarray
+    """(n,) float32: 1 / the L2 norm of each row of ``codes`` (0 for a flat image)."""
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.inverse_norms.nbytes)
+
+
+def _quantised(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-mean int8 codes of float ``rows`` (peak magnitude :data:`QUANT_LEVELS`) and their
+    inverse L2 norms (float32; 0 for a flat row)."""
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    peak = np.abs(centred).max(axis=1, keepdims=True)
+    codes = np.round(centred * (QUANT_LEVELS / np.where(peak > 0, peak, 1.0))).astype(np.int8)
+    norms = np.sqrt((codes.astype(np.float32) ** 2).sum(axis=1))
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
+    return codes, inverse
+
+
+ROWS_AT_ONCE = 1024
+"""Catalog thumbnails converted per step (bounds the temporaries: ~4 KB per row)."""
+
+
+def region_thumbs(thumbs: np.ndarray) -> RegionThumbs:
+    """The region thumbnails of catalog images from their (n, 32*32) float32 thumbnails."""
+    n, factor = len(thumbs), THUMB_SIDE // REGION_SIDE
+    codes = np.empty((n, REGION_SIDE * REGION_SIDE), dtype=np.int8)
+    inverse = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, ROWS_AT_ONCE):
+        part = thumbs[lo : lo + ROWS_AT_ONCE].reshape(-1, REGION_SIDE, factor, REGION_SIDE, factor)
+        codes[lo : lo + len(part)], inverse[lo : lo + len(part)] = _quantised(
+            part.mean(axis=(2, 4)).reshape(len(part), REGION_SIDE * REGION_SIDE)
+        )
+    return RegionThumbs(codes, inverse)
+
+
+@dataclass(frozen=True)
+class QueryRegions:
+    """A query's windows, for the first pass, and its grayscale at the sizes verification reads."""
+
+    codes: np.ndarray
+    """(m, REGION_SIDE**2) int16 holding int8 values: the windows, of the query then of its
+    mirror."""
+    inverse_norms: np.ndarray
+    """(m,) float32."""
+    mirrored: np.ndarray
+    """(m,) bool: a window of the mirror."""
+    views: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    """The query's and its mirror's grayscale at 256, FINE_SIDE and PLACE_SIDE px."""
+
+
+def query_regions(gray: np.ndarray) -> QueryRegions:
+    """Every window of a query's 256x256 ``gray`` and of its mirror (:data:`REGION_SCALES`)."""
+    codes, norms, mirrored, views = [], [], [], []
+    for flip in (False, True):
+        view = np.ascontiguousarray(gray[:, ::-1]) if flip else gray
+        views.append(
+            (
+                view,
+                cv2.resize(view, (FINE_SIDE, FINE_SIDE), interpolation=cv2.INTER_AREA),
+                cv2.resize(view, (PLACE_SIDE, PLACE_SIDE), interpolation=cv2.INTER_AREA),
+            )
+        )
+        for fraction, stride in zip(REGION_SCALES, REGION_STRIDES, strict=True):
+            side = round(REGION_SIDE / fraction)
+            small = cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+            windows = np.lib.stride_tricks.sliding_window_view(small, (REGION_SIDE, REGION_SIDE))[::stride, ::stride]
+            c, n = _quantised(windows.reshape(-1, REGION_SIDE * REGION_SIDE))
+            codes.append(c)
+            norms.append(n)
+            mirrored.append(np.full(len(c), flip))
+    return QueryRegions(
+        codes=np.concatenate(codes).astype(np.int16),
+        inverse_norms=np.concatenate(norms),
+        mirrored=np.concatenate(mirrored),
+        views=tuple(views),
+    )
+
+
+def best_windows(thumbs: RegionThumbs, query: QueryRegions) -> tuple[np.ndarray, np.ndarray]:
+    """Per catalog row of ``thumbs``, its best normalised correlation with any of the query's
+    windows (float32, -1 to 1) and that window's index (the first of equal ones)."""
+    best, which = region_max(thumbs.codes, query.codes, query.inverse_norms)
+    looks: np.ndarray = best * thumbs.inverse_norms
+    return looks, which
+
+
+@dataclass(frozen=True)
+class RegionMatch:
+    """Where a catalog image lies in the query by placement, and how well it agrees there."""
+
+    correlation: float
+    """Normalised correlation of the catalog's grayscale with the query there (-1 to 1), at
+    FINE_SIDE px."""
+    detail: float
+    """Normalised correlation of their detail there (-1 to 1; :data:`DETAIL_SIGMA`), at 256 px."""
+    mirrored: bool
+    box: tuple[float, float, float, float]
+    """x0, y0, x1, y1 in the query's 256x256 frame (flipped back when found in the mirror)."""
+
+
+NO_MATCH = RegionMatch(0.0, 0.0, False, (np.nan, np.nan, np.nan, np.nan))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    norms = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / norms if norms > 0 else 0.0
+
+
+def _detail(gray: np.ndarray) -> np.ndarray:
+    image = gray.astype(np.float32)
+    residual: np.ndarray = image - cv2.GaussianBlur(image, (0, 0), DETAIL_SIGMA)
+    return residual
+
+
+def detail_agreement(view: np.ndarray, box: tuple[float, float, float, float], catalog_gray: np.ndarray) -> float:
+    """Correlation of the detail (:func:`_detail`) of ``view`` (a 256x256 grayscale) inside
+    ``box`` (its own frame) with that of ``catalog_gray`` scaled to the box."""
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(SEED_SIDE, round(box[2])), min(SEED_SIDE, round(box[3]))
+    if x1 - x0 < REGION_SIDE or y1 - y0 < REGION_SIDE:
+        return 0.0
+    template = cv2.resize(catalog_gray, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    return _correlation(_detail(view[y0:y1, x0:x1]), _detail(template))
+
+
+def _placed(
+    view: np.ndarray, catalog_gray: np.ndarray, sides: list[int], area: tuple[int, int, int, int]
+) -> tuple[float, int, int, int]:
+    """The best (correlation, x, y, side) of ``catalog_gray`` scaled to each of ``sides`` px,
+    matched within ``area`` (x0, y0, x1, y1) of ``view``; correlation -inf when none fits."""
+    best = (-np.inf, 0, 0, 0)
+    x0, y0, x1, y1 = area
+    for side in sides:
+        if side < REGION_SIDE // 2 or x1 - x0 < side or y1 - y0 < side:
+            continue
+        template = cv2.resize(catalog_gray, (side, side), interpolation=cv2.INTER_AREA)
+        if float(template.std()) < FLAT:
+            continue
+        scores = cv2.matchTemplate(view[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED)
+        _, peak, _, (px, py) = cv2.minMaxLoc(scores)
+        if np.isfinite(peak) and peak > best[0]:
+            best = (float(peak), x0 + px, y0 + py, side)
+    return best
+
+
+def refine(query: QueryRegions, window: int, catalog_gray: np.ndarray) -> RegionMatch:
+    """Where ``catalog_gray`` (256x256) lies in the view (the query or its mirror) of ``window``,
+    and the agreement of their detail there."""
+    flip = bool(query.mirrored[window])
+    full, fine, coarse = query.views[int(flip)]
+    sides = sorted({round(f * PLACE_SIDE) for f in PLACE_SIZES})
+    peak, x, y, side = _placed(coarse, catalog_gray, sides, (0, 0, PLACE_SIDE, PLACE_SIDE))
+    if not np.isfinite(peak):
+        return NO_MATCH
+    up = FINE_SIDE / PLACE_SIDE
+    sides = sorted({round(side * up * f) for f in FINE_SIZES})
+    slack = FINE_SLACK + (max(sides) - side * up) / 2
+    area = (
+        max(0, int(x * up - slack)),
+        max(0, int(y * up - slack)),
+        min(FINE_SIDE, int(np.ceil((x + side) * up + slack))),
+        min(FINE_SIDE, int(np.ceil((y + side) * up + slack))),
+    )
+    fine_peak, fx, fy, fine_side = _placed(fine, catalog_gray, sides, area)
+    if not np.isfinite(fine_peak):
+        return NO_MATCH
+    to_full = SEED_SIDE / FINE_SIDE
+    placed = (fx * to_full, fy * to_full, (fx + fine_side) * to_full, (fy + fine_side) * to_full)
+    box = (SEED_SIDE - placed[2], placed[1], SEED_SIDE - placed[0], placed[3]) if flip else placed
+    return RegionMatch(fine_peak, detail_agreement(full, placed, catalog_gray), flip, box)

@@ -1,0 +1,119 @@
+"""Region looks find a catalog image that fills only part of the query (issue 13): real photos of
+the sample catalog placed inside other photos, as the benchmark's ``inset_third`` does."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skimage_photos
+
+from harmony_image import SearchIndex, SearchParams, extract_features
+from harmony_image.features import SEED_SIDE
+from harmony_image.regions import best_windows, query_regions, refine, region_thumbs
+from harmony_image.scoring import REGION_FLOOR, REGION_MATCH_FLOOR, SAME_IMAGE_THRESHOLD
+
+AREA = 1 / 3
+
+
+def _bgr(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None
+    return img
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def inset(photo: bytes, backdrop: bytes, *, at: tuple[float, float], mirror: bool = False) -> tuple[bytes, tuple]:
+    """``photo`` filling a third of a picture whose rest is ``backdrop``, its top-left corner at
+    ``at`` (fractions of the free room); the JPEG and the photo's box in the 256x256 frame."""
+    img = _bgr(photo)
+    img = np.ascontiguousarray(img[:, ::-1]) if mirror else img
+    h, w = img.shape[:2]
+    scale = (1 / AREA) ** 0.5
+    ch, cw = round(h * scale), round(w * scale)
+    canvas = cv2.resize(_bgr(backdrop), (cw, ch), interpolation=cv2.INTER_AREA)
+    y, x = round(at[1] * (ch - h)), round(at[0] * (cw - w))
+    canvas[y : y + h, x : x + w] = img
+    box = (x * SEED_SIDE / cw, y * SEED_SIDE / ch, (x + w) * SEED_SIDE / cw, (y + h) * SEED_SIDE / ch)
+    return _jpeg(canvas), box
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def backdrop() -> bytes:
+    """A real photo that is not in the sample catalog (scikit-image's, bundled in its wheel)."""
+    return _jpeg(cv2.cvtColor(skimage_photos.gravel(), cv2.COLOR_GRAY2BGR))
+
+
+@pytest.fixture(scope="module")
+def catalog(catalog_photos) -> dict[str, object]:
+    return {name: extract_features(data, query=False) for name, data in catalog_photos.items()}
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("at", [(0.0, 0.0), (0.7, 0.4), (1.0, 1.0)])
+def test_a_small_copy_is_located_and_its_detail_agrees(catalog_photos, catalog, at, mirror):
+    query_bytes, box = inset(catalog_photos["rocket.jpg"], catalog_photos["brick.jpg"], at=at, mirror=mirror)
+    query = extract_features(query_bytes)
+    names = sorted(catalog)
+    thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    regions = query_regions(query.gray)
+    looks, windows = best_windows(thumbs, regions)
+    rocket = names.index("rocket.jpg")
+    assert looks.argmax() == rocket, dict(zip(names, looks.round(3).tolist(), strict=True))
+    match = refine(regions, int(windows[rocket]), catalog["rocket.jpg"].gray)
+    assert match.mirrored == mirror
+    assert _overlap(match.box, box) > 0.8, (match.box, box)
+    assert match.correlation >= REGION_MATCH_FLOOR and match.detail >= REGION_FLOOR + 0.1, match
+    for other in names:
+        if other != "rocket.jpg":
+            elsewhere = refine(regions, int(windows[names.index(other)]), catalog[other].gray)
+            assert elsewhere.detail < REGION_FLOOR, (other, elsewhere)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_default_scoring_finds_a_small_copy_as_a_copy(catalog_photos, backdrop, mirror):
+    index = SearchIndex()
+    for name, data in catalog_photos.items():
+        index.add(name, extract_features(data, query=False))
+    query_bytes, _ = inset(catalog_photos["rocket.jpg"], backdrop, at=(0.3, 0.6), mirror=mirror)
+    top = index.search(extract_features(query_bytes), SearchParams(k=5))
+    assert top[0].key == "rocket.jpg" and top[0].score >= SAME_IMAGE_THRESHOLD, top
+    assert all(r.score < SAME_IMAGE_THRESHOLD for r in top[1:]), top
+
+
+def test_region_looks_are_exact_integers_whatever_the_rows_around(catalog):
+    """Shards and one index cut the same shortlist: a row's region look does not depend on the
+    rows scored with it, and equals the int64 computation."""
+    names = sorted(catalog)
+    all_thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    regions = query_regions(catalog["moon.jpg"].gray)
+    together, _ = best_windows(all_thumbs, regions)
+    for i, name in enumerate(names):
+        alone, _ = best_windows(region_thumbs(catalog[name].thumb[None, :]), regions)
+        assert alone[0] == together[i], name
+    sums = all_thumbs.codes.astype(np.int64) @ regions.codes.astype(np.int64).T  # exact
+    exact = (sums.astype(np.float32) * regions.inverse_norms).max(axis=1) * all_thumbs.inverse_norms
+    np.testing.assert_array_equal(together, exact.astype(np.float32))
+
+
+def test_a_flat_query_or_catalog_image_has_no_region_evidence(images, catalog):
+    flat = extract_features(images["flat_gray.png"])
+    regions = query_regions(flat.gray)
+    assert not regions.inverse_norms.any()
+    looks, windows = best_windows(region_thumbs(flat.thumb[None, :]), regions)
+    assert looks[0] == 0.0
+    match = refine(query_regions(catalog["moon.jpg"].gray), int(windows[0]), flat.gray)
+    assert match.detail == 0.0 and match.correlation == 0.0
