@@ -6,8 +6,9 @@ the catalog and searches every query with ``default`` scoring (two untimed warm-
 then search time only, as :func:`benchmarks.runners.run_engine`). The report puts its answers
 and times beside the current engine's, as ratios measured in one run on one machine.
 
-The compiled kernels are not in the archive: the current build is copied in, which is only
-right when ``_kernels.c`` did not change since REV — otherwise the comparison is refused.
+The compiled kernels are not in the archive: the current build is copied in when ``_kernels.c``
+did not change since REV; otherwise REV's ``setup.py`` (with its ``pyproject.toml``) builds REV's
+kernels in the temporary folder (a C compiler is needed, as for ``make setup``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ def archive(rev: str, into: Path, paths: tuple[str, ...] = ("src",)) -> Path:
 
 def _copy_kernels(rev: str, into: Path) -> None:
     changed = subprocess.run(  # noqa: S603
-        ["git", "diff", "--quiet", rev, "HEAD", "--", KERNELS_SOURCE],  # noqa: S607
+        ["git", "diff", "--quiet", rev, "--", KERNELS_SOURCE],  # noqa: S607
         cwd=ROOT,
     ).returncode
     if changed:
-        raise RuntimeError(f"{KERNELS_SOURCE} changed since {rev}: build that commit to compare with it")
+        archive(rev, into, ("setup.py", "pyproject.toml"))
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into, check=True, capture_output=True
+        )
+        package = into / "src" / "harmony_image"
+        if not [*package.glob("_kernels*.so"), *package.glob("_kernels*.pyd")]:
+            raise RuntimeError(f"{KERNELS_SOURCE} of {rev} did not build: its engine would run on numpy")
+        return
     built = sorted((ROOT / "src" / "harmony_image").glob("_kernels*.so")) + sorted(
         (ROOT / "src" / "harmony_image").glob("_kernels*.pyd")
     )
