@@ -124,30 +124,27 @@ class QueryRegions:
 
 
 def query_regions(gray: np.ndarray) -> QueryRegions:
-    """Every window of a query's 256x256 ``gray`` and of its mirror (:data:`REGION_SCALES`)."""
-    codes, norms, mirrored, views = [], [], [], []
-    for flip in (False, True):
-        view = np.ascontiguousarray(gray[:, ::-1]) if flip else gray
-        views.append(
-            (
-                view,
-                cv2.resize(view, (FINE_SIDE, FINE_SIDE), interpolation=cv2.INTER_AREA),
-                cv2.resize(view, (PLACE_SIDE, PLACE_SIDE), interpolation=cv2.INTER_AREA),
-            )
-        )
-        for fraction, stride in zip(REGION_SCALES, REGION_STRIDES, strict=True):
-            side = round(REGION_SIDE / fraction)
-            small = cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
-            windows = np.lib.stride_tricks.sliding_window_view(small, (REGION_SIDE, REGION_SIDE))[::stride, ::stride]
-            c, n = _quantised(windows.reshape(-1, REGION_SIDE * REGION_SIDE))
-            codes.append(c)
-            norms.append(n)
-            mirrored.append(np.full(len(c), flip))
+    """Every window of a query's 256x256 ``gray`` (:data:`REGION_SCALES`) and, flipped, of its
+    mirror."""
+    codes, norms = [], []
+    for fraction, stride in zip(REGION_SCALES, REGION_STRIDES, strict=True):
+        side = round(REGION_SIDE / fraction)
+        small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(small, (REGION_SIDE, REGION_SIDE))[::stride, ::stride]
+        c, n = _quantised(windows.reshape(-1, REGION_SIDE * REGION_SIDE))
+        codes.append(c)
+        norms.append(n)
+    own = np.concatenate(codes)
+    flipped = own.reshape(-1, REGION_SIDE, REGION_SIDE)[:, :, ::-1].reshape(len(own), -1)
+    views = []
+    for view in (gray, np.ascontiguousarray(gray[:, ::-1])):
+        fine = cv2.resize(view, (FINE_SIDE, FINE_SIDE), interpolation=cv2.INTER_AREA)
+        views.append((view, fine, cv2.resize(view, (PLACE_SIDE, PLACE_SIDE), interpolation=cv2.INTER_AREA)))
     return QueryRegions(
-        codes=np.concatenate(codes).astype(np.int16),
-        inverse_norms=np.concatenate(norms),
-        mirrored=np.concatenate(mirrored),
-        views=tuple(views),
+        codes=np.concatenate([own, flipped]).astype(np.int16),
+        inverse_norms=np.concatenate([*norms, *norms]),
+        mirrored=np.repeat([False, True], len(own)),
+        views=(views[0], views[1]),
     )
 
 

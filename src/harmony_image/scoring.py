@@ -58,7 +58,7 @@ from .kernels import (
 )
 from .packed import PackedCatalog, subsample
 from .params import Scoring
-from .regions import QueryRegions, RegionMatch, query_regions, refine
+from .regions import NO_MATCH, QueryRegions, RegionMatch, query_regions, refine
 
 VOTE_QUERY_DESCRIPTORS = 200
 """Query descriptors that vote: a subsample of the 256 px ORB's, the query's and its mirror's.
@@ -658,9 +658,10 @@ def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-# One background thread for the mirror image's 512 px ORB: it does not depend on the first pass
-# or on 256 px verification, so it runs beside them (OpenCV releases the GIL); its result is
-# waited for only when detail verification starts.
+# One background thread for the query's region windows (beside the mirror's 256 px ORB) and the
+# mirror image's 512 px ORB: that does not depend on the first pass or on 256 px verification, so
+# it runs beside them (OpenCV releases the GIL); its result is waited for only when detail
+# verification starts.
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harmony-mirror")
 
 
@@ -750,7 +751,12 @@ def verify_shortlist(
     if to_refine:
         regions = regions or query_regions(query.gray)
         windows = packed.region_windows(rows[to_refine], regions)
-        matches_found = [refine(regions, int(w), grays[i]) for i, w in zip(to_refine, windows.tolist(), strict=True)]
+        matches_found = [NO_MATCH] * len(to_refine)
+
+        def place(j: int) -> None:
+            matches_found[j] = refine(regions, int(windows[j]), grays[to_refine[j]])
+
+        map_threads(place, range(len(to_refine)))  # OpenCV releases the GIL
         for i, match in zip(to_refine, matches_found, strict=True):
             if match.correlation >= REGION_MATCH_FLOOR:
                 region[int(match.mirrored), i] = match.detail
@@ -777,13 +783,14 @@ def verify_shortlist(
 
 def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
     clock = _Clock()
+    windows = _background.submit(query_regions, query.gray)  # beside the mirror's ORB
     mirror = mirrored(query, detail=False)
     clock.lap("mirror ORB")
     looks = look_scores(query, mirror, packed)
     clock.lap("thumbnails")
+    regions = windows.result()
+    clock.lap("region windows (wait)")
     mirror_with_detail = _background.submit(mirror_detail, mirror, query)
-    regions = query_regions(query.gray)
-    clock.lap("region windows")
     rows, first = shortlist(query, mirror, packed, shortlist_size(k), clock=clock, looks=looks, regions=regions)
     evidence = verify_shortlist(
         query, mirror, packed, rows, first=first, mirror_with_detail=mirror_with_detail, regions=regions, clock=clock
