@@ -115,6 +115,7 @@ class ShortlistTier:
     """(n + 1,) int64 offsets of each image's detail descriptors and keypoints."""
     sizes: np.ndarray
     """(n, 2) int64 width and height of the original image, in pixels."""
+
     @cached_property
     def regions(self) -> RegionThumbs:
         """Region thumbnails (:mod:`~harmony_image.regions`), derived from ``thumbs`` when first
