@@ -792,7 +792,105 @@ HK_INLINE void region_body(const int8_t *row8, const int16_t *windows, int64_t m
     *which = at < 0 ? 0 : at;
 }
 
-#define LEVEL_FUNCTIONS(SUFFIX, TARGET)                                                                      \
+/* ---------------------------------------------------------------- crop looks */
+
+/* The query's templates slid over every position of catalog thumbnails (side x side int8), the
+ * best normalised correlation per thumbnail.  Several thumbnails are scored together, one per
+ * vector lane: they share the templates and positions, so the loops are the same for every lane.
+ * Template taps are int8 values and templates at most CROP_SIZE_MAX a side: a position's sum of
+ * products is an exact integer below 2**24, accumulated in float32 exactly in any order; the
+ * window's sum and sum of squares (integral images), the numerator and the variance are exact int32;
+ * only the ratio is rounded, with the same IEEE float32 operations at every level and in the numpy
+ * fallback (-fno-math-errno lets sqrtf vectorise; it changes no result). */
+#define CROP_LANES_MAX 8
+#define CROP_SIDE_MAX 32
+#define CROP_SIZE_MAX 12
+#define CROP_TAPS_MAX 4096
+#define CROP_BLOCK 4
+
+typedef struct {
+    float values[(CROP_SIDE_MAX * CROP_SIDE_MAX + CROP_BLOCK) * CROP_LANES_MAX] __attribute__((aligned(64)));
+    int32_t sums[(CROP_SIDE_MAX + 1) * (CROP_SIDE_MAX + 1) * CROP_LANES_MAX];
+    int32_t squares[(CROP_SIDE_MAX + 1) * (CROP_SIDE_MAX + 1) * CROP_LANES_MAX];
+    float taps[CROP_TAPS_MAX]; /* the templates' int8 values as float */
+} crop_work;
+
+/* crop_group_4 and crop_group_8: LANES thumbnails a sweep, one per lane of float vectors of
+ * LANES x 4 bytes (GCC vector extensions: the same arithmetic at every width) */
+#define CROP_GROUP(LANES) \
+HK_INLINE void crop_group_##LANES(const int8_t *rows, int64_t g, int64_t side, const float *taps, const int32_t *sizes, \
+                          const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,        \
+                          int32_t *which)                                                                               \
+{                                                                                                                       \
+    typedef float vf __attribute__((vector_size(LANES * 4)));                                                           \
+    typedef int32_t vi __attribute__((vector_size(LANES * 4)));                                                         \
+    vf *restrict values = (vf *)w->values;                                                                                    \
+    vi *restrict sums = (vi *)w->sums, *restrict squares = (vi *)w->squares;                                                            \
+    const int64_t d = side * side, stride = side + 1;                                                                   \
+    const vi zero = {0};                                                                                                \
+    for (int64_t p = 0; p < d; p++)                                                                                     \
+        for (int l = 0; l < LANES; l++)                                                                                 \
+            values[p][l] = l < g ? (float)rows[l * d + p] : 0.0f;                                                       \
+    for (int64_t k = 0; k < stride * stride; k++)                                                                       \
+        sums[k] = squares[k] = zero;                                                                                    \
+    for (int64_t y = 0; y < side; y++)                                                                                  \
+        for (int64_t x = 0; x < side; x++) {                                                                            \
+            const int64_t k = (y + 1) * stride + x + 1;                                                                 \
+            vi c = __builtin_convertvector(values[y * side + x], vi);                                                   \
+            sums[k] = c + sums[k - 1] + sums[k - stride] - sums[k - stride - 1];                                        \
+            squares[k] = c * c + squares[k - 1] + squares[k - stride] - squares[k - stride - 1];                        \
+        }                                                                                                               \
+    vf best;                                                                                                            \
+    vi at = zero;                                                                                                       \
+    for (int l = 0; l < LANES; l++)                                                                                     \
+        best[l] = -INFINITY;                                                                                            \
+    const float *t = taps;                                                                                              \
+    for (int64_t j = 0; j < m; j++) {                                                                                   \
+        const int32_t s = sizes[j], s2 = s * s;                                                                         \
+        for (int64_t y = 0; y + s <= side; y++)                                                                         \
+            for (int64_t x0 = 0; x0 + s <= side; x0 += CROP_BLOCK) {                                                    \
+                /* CROP_BLOCK positions share each template tap; those past the edge are computed                       \
+                 * from the next row (or the zeroed tail of the buffer) and skipped */                                  \
+                vf acc[CROP_BLOCK] = {{0}};                                                                             \
+                for (int64_t ty = 0; ty < s; ty++) {                                                                    \
+                    const vf *c = values + (y + ty) * side + x0;                                                        \
+                    const float *tr = t + ty * s;                                                                       \
+                    for (int64_t tx = 0; tx < s; tx++) {                                                                \
+                        const float tap = tr[tx];                                                                       \
+                        for (int q = 0; q < CROP_BLOCK; q++)                                                            \
+                            acc[q] += tap * c[tx + q];                                                                  \
+                    }                                                                                                   \
+                }                                                                                                       \
+                for (int q = 0; q < CROP_BLOCK && x0 + q + s <= side; q++) {                                            \
+                    const int64_t x = x0 + q;                                                                           \
+                    const int64_t a = y * stride + x, b = a + s, c0 = a + s * stride, c1 = c0 + s;                      \
+                    vi sum = sums[c1] - sums[b] - sums[c0] + sums[a];                                                   \
+                    vi sq = squares[c1] - squares[b] - squares[c0] + squares[a];                                        \
+                    vi variance = s2 * sq - sum * sum; /* s^4 x the window's variance */                                \
+                    vi num = s2 * __builtin_convertvector(acc[q], vi) - template_sums[j] * sum;                         \
+                    vf spread = __builtin_convertvector(variance, vf), root;                                            \
+                    for (int l = 0; l < LANES; l++)                                                                     \
+                        root[l] = sqrtf(spread[l]);                                                                     \
+                    vf v = __builtin_convertvector(num, vf) * scale[j] / root;                                          \
+                    vi counted = variance >= s2 * s2; /* flatter windows score 0 */                                     \
+                    v = (vf)((vi)v & counted);                                                                          \
+                    vi better = v > best;                                                                               \
+                    best = (vf)(((vi)v & better) | ((vi)best & ~better));                                               \
+                    vi here = zero + (int32_t)(j * d + y * side + x);                                                   \
+                    at = (here & better) | (at & ~better);                                                              \
+                }                                                                                                       \
+            }                                                                                                           \
+        t += s2;                                                                                                        \
+    }                                                                                                                   \
+    for (int64_t l = 0; l < g; l++) {                                                                                   \
+        out[l] = best[l];                                                                                               \
+        which[l] = at[l];                                                                                               \
+    }                                                                                                                   \
+}
+CROP_GROUP(4)
+CROP_GROUP(8)
+
+#define LEVEL_FUNCTIONS(SUFFIX, TARGET, LANES)                                                                    \
     SSIM_LEVEL(SUFFIX, TARGET)                                                                               \
     TARGET static void regions_##SUFFIX(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m,    \
                                         int64_t d, const float *scale, int16_t *row, float *out,             \
@@ -800,6 +898,14 @@ HK_INLINE void region_body(const int8_t *row8, const int16_t *windows, int64_t m
     {                                                                                                        \
         for (int64_t i = 0; i < n; i++)                                                                      \
             region_body(rows + i * d, windows, m, d, scale, row, out + i, which + i);                        \
+    }                                                                                                        \
+    TARGET static void crops_##SUFFIX(const int8_t *rows, int64_t n, int64_t side, const float *taps,          \
+                                      const int32_t *sizes, const int32_t *template_sums, const float *scale,  \
+                                      int64_t m, crop_work *w, float *out, int32_t *which)                     \
+    {                                                                                                        \
+        for (int64_t i = 0; i < n; i += LANES)                                                               \
+            crop_group_##LANES(rows + i * side * side, MIN_(LANES, n - i), side, taps, sizes, template_sums,  \
+                       scale, m, w, out + i, which + i);                                                      \
     }                                                                                                        \
     TARGET static void dots_##SUFFIX(const float *rows, int64_t n, int64_t d, const float *a, const float *b, \
                                      float *out)                                                             \
@@ -810,11 +916,11 @@ HK_INLINE void region_body(const int8_t *row8, const int16_t *windows, int64_t m
         }                                                                                                    \
     }
 
-LEVEL_FUNCTIONS(portable, )
+LEVEL_FUNCTIONS(portable, , 4)
 #if defined(HK_X86)
-LEVEL_FUNCTIONS(popcnt, T_POPCNT)
-LEVEL_FUNCTIONS(avx2, T_AVX2)
-LEVEL_FUNCTIONS(avx512, T_AVX512)
+LEVEL_FUNCTIONS(popcnt, T_POPCNT, 4)
+LEVEL_FUNCTIONS(avx2, T_AVX2, 8)
+LEVEL_FUNCTIONS(avx512, T_AVX512, 8)
 #endif
 /* AArch64: Advanced SIMD is baseline, so the portable copies are already the NEON ones */
 
@@ -829,6 +935,9 @@ typedef struct {
     void (*dots)(const float *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
     void (*regions)(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d, const float *scale,
                     int16_t *row, float *out, int32_t *which);
+    void (*crops)(const int8_t *rows, int64_t n, int64_t side, const float *taps, const int32_t *sizes,
+                  const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,
+                  int32_t *which);
 } level_t;
 
 static int always(void) { return 1; }
@@ -856,13 +965,13 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_avx512},
-    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2},
-    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt},
+    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_avx512, crops_avx512},
+    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2, crops_avx2},
+    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable, regions_portable},
+    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 #endif
-    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable, regions_portable},
+    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 };
 #define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 
@@ -1208,6 +1317,58 @@ done:
     return result;
 }
 
+/* out[i], which[i] = the best template position of thumbnail i (crop_group) */
+static PyObject *crop_max(PyObject *self, PyObject *args)
+{
+    Py_buffer rows, taps, sizes, sums, scale, out, which;
+    Py_ssize_t side;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*w*w*", &rows, &side, &taps, &sizes, &sums, &scale, &out, &which))
+        return NULL;
+    PyObject *result = NULL;
+    crop_work *w = NULL;
+    int64_t m = scale.len / (Py_ssize_t)sizeof(float), d = (int64_t)side * side, n = d ? rows.len / d : 0;
+    int64_t total = 0, ok = side > 0 && side <= CROP_SIDE_MAX && rows.len == n * d &&
+                            sizes.len == m * (Py_ssize_t)sizeof(int32_t) && sums.len == sizes.len &&
+                            out.len >= n * (Py_ssize_t)sizeof(float) && which.len >= n * (Py_ssize_t)sizeof(int32_t);
+    for (int64_t j = 0; ok && j < m; j++) {
+        int64_t s = ((const int32_t *)sizes.buf)[j];
+        ok = s > 0 && s <= side && s <= CROP_SIZE_MAX;
+        total += s * s;
+    }
+    if (!ok || total > CROP_TAPS_MAX || taps.len != total * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_ValueError, "crop_max: expects int8 rows of side*side (side <= 32), int16 taps of the "
+                                          "m templates (4096 in all), int32 sizes (1..min(side, 12)) and sums of m, float32 scale of m, "
+                                          "float32 out and int32 which of n");
+        goto done;
+    }
+    w = aligned_alloc(64, sizeof(crop_work)); /* a multiple of 64 bytes */
+    if (w)
+        memset(w, 0, sizeof(crop_work)); /* what a block reads past the last row */
+    if (!w) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int64_t k = 0; k < total; k++)
+        w->taps[k] = (float)((const int16_t *)taps.buf)[k];
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    L->crops((const int8_t *)rows.buf, n, side, w->taps, (const int32_t *)sizes.buf,
+             (const int32_t *)sums.buf, (const float *)scale.buf, m, w, (float *)out.buf, (int32_t *)which.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(w);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&taps);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&sums);
+    PyBuffer_Release(&scale);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&which);
+    return result;
+}
+
 static PyObject *use(PyObject *module, PyObject *arg);
 
 static PyMethodDef methods[] = {
@@ -1235,6 +1396,12 @@ static PyMethodDef methods[] = {
      "region_max(rows, windows, scale, out, which) -> None\n\n"
      "rows: n x d int8; windows: m x d int16 (int8 values); scale: float32[m]; out: writable float32[n] of\n"
      "max_j (row . window_j) * scale[j]; which: writable int32[n], the first such j."},
+    {"crop_max", crop_max, METH_VARARGS,
+     "crop_max(rows, side, taps, sizes, sums, scale, out, which) -> None\n\n"
+     "rows: n x side x side int8 thumbnails; taps: the m templates' int8 values (int16), template j\n"
+     "sizes[j] x sizes[j] with sums[j] = its sum; scale: float32[m]; out: writable float32[n] of the\n"
+     "best normalised correlation of a template with a window of the thumbnail, num * scale[j] /\n"
+     "sqrt(variance); which: writable int32[n], j * side^2 + y * side + x of the first best."},
     {"dot_max", dot_max, METH_VARARGS,
      "dot_max(rows, query_a, query_b, out) -> None\n\n"
      "out[i] = max(query_a . rows[i], query_b . rows[i]), float32, the same order at every level."},

@@ -208,6 +208,65 @@ def region_max(rows: np.ndarray, windows: np.ndarray, scale: np.ndarray) -> tupl
     return scaled[np.arange(n), at], at
 
 
+def crop_max(
+    rows: np.ndarray, side: int, taps: np.ndarray, sizes: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For int8 thumbnails ``rows`` (n, side*side) and m int8-valued square templates (``taps``:
+    their values one after the other, template j ``sizes[j]`` a side): per row, the best
+    normalised correlation of a template with a window of the thumbnail of its size, and where
+    (``j * side**2 + y * side + x``, the first of equal ones; windows flatter than one code
+    step in standard deviation score 0). ``scale[j]`` is
+    ``1 / sqrt(s**2 * sum(t**2) - sum(t)**2)`` of template j (at most 12 a side): the
+    correlation is ``num * scale[j] / sqrt(variance)`` with num and variance exact int32, so the numbers
+    are the same at every level, on every CPU and in the numpy fallback."""
+    n = rows.shape[0]
+    out, which = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32)
+    if n == 0 or len(sizes) == 0:
+        return out, which.astype(np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int8)
+    taps = np.ascontiguousarray(taps, dtype=np.int16)
+    sizes = np.ascontiguousarray(sizes, dtype=np.int32)
+    sums = np.array([int(t.sum()) for t in np.split(taps, np.cumsum(sizes.astype(np.int64) ** 2)[:-1])], np.int32)
+    scale = np.ascontiguousarray(scale, dtype=np.float32)
+    if _kernels is not None:
+        kernel = _kernels
+        _parallel(
+            lambda lo, hi: kernel.crop_max(rows[lo:hi], side, taps, sizes, sums, scale, out[lo:hi], which[lo:hi]),
+            n,
+            64,
+        )
+        return out, which.astype(np.int64)
+    images = rows.reshape(n, side, side).astype(np.int64)
+    integral = np.zeros((n, side + 1, side + 1), np.int64)
+    integral[:, 1:, 1:] = images.cumsum(1).cumsum(2)
+    squares = np.zeros_like(integral)
+    squares[:, 1:, 1:] = (images * images).cumsum(1).cumsum(2)
+    values, start = [], 0
+    for j, s in enumerate(sizes.tolist()):
+        template = taps[start : start + s * s].astype(np.int64)
+        start += s * s
+        windows = np.lib.stride_tricks.sliding_window_view(images, (s, s), axis=(1, 2))
+        products = windows.reshape(n, -1, s * s) @ template
+        p = side - s + 1
+
+        def box(table: np.ndarray, s: int = s, p: int = p) -> np.ndarray:
+            whole: np.ndarray = table[:, s:, s:] - table[:, :p, s:] - table[:, s:, :p] + table[:, :p, :p]
+            return whole.reshape(n, -1)
+
+        total, square = box(integral), box(squares)
+        variance = (s * s * square - total * total).astype(np.int32)
+        num = (s * s * products - int(sums[j]) * total).astype(np.int32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = num.astype(np.float32) * scale[j] / np.sqrt(variance.astype(np.float32))
+        v = np.where(variance < s**4, np.float32(0.0), v).astype(np.float32)
+        position = (np.arange(p)[:, None] * side + np.arange(p)[None, :]).reshape(-1)
+        values.append((v, j * side * side + position))
+    scores = np.concatenate([v for v, _ in values], axis=1)
+    places = np.concatenate([at for _, at in values])
+    best = scores.argmax(axis=1)
+    return scores[np.arange(n), best], places[best]
+
+
 def _dot8(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The kernel's order in numpy: a reduction over a middle axis adds slices in order."""
     n, d = rows.shape

@@ -28,6 +28,7 @@ from harmony_image.features import seed_gray, seed_orb
 from harmony_image.kernels import (
     DescriptorPack,
     count_close,
+    crop_max,
     cross_check_counts,
     dot_max,
     match_two,
@@ -169,6 +170,7 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
         out["ssim_pair/0"], out["ssim_pair/1"] = ssim_pair(grays()[0], grays()[-1], stack)
         out["dot_max"] = dot_max(*thumbnails())
         out["region_max/best"], out["region_max/which"] = region_max(*region_inputs())
+        out["crop_max/best"], out["crop_max/which"] = crop_max(*crop_inputs())
         return out
 
 
@@ -285,6 +287,79 @@ def test_region_max_is_the_best_exact_window(level):
     assert which[1] == 0 and best[1] == 0.0  # a zero row: every window ties at 0
 
 
+def _template_scale(taps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    out = []
+    for t in np.split(taps.astype(np.int64), np.cumsum(sizes.astype(np.int64) ** 2)[:-1]):
+        spread = t.size * (t * t).sum() - t.sum() ** 2
+        out.append(1 / np.sqrt(spread) if spread > 0 else 0.0)
+    return np.array(out, dtype=np.float32)
+
+
+@functools.cache
+def crop_inputs() -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Region thumbnails of real photos and random ones (n = 8k + 5: a short last group of lanes),
+    one flat and one with a template cut out of it at a known place; templates of every size
+    1..12 and extreme values, one repeated (ties: the first wins)."""
+    rng = np.random.default_rng(12)
+    photos = [cv2.resize(g, (16, 16), interpolation=cv2.INTER_AREA).astype(np.int16) - 128 for g in photo_grays()]
+    rows = np.concatenate(
+        [np.stack(photos).reshape(len(photos), 256), rng.integers(-127, 128, (37 - len(photos), 256))]
+    ).astype(np.int8)
+    rows[3] = 5  # flat: every window scores 0
+    sizes = np.array([1, 2, 3, 5, 7, 7, 9, 11, 12, 12], dtype=np.int32)
+    templates = [rng.integers(-127, 128, s * s) for s in sizes]
+    templates[4] = rows[6].reshape(16, 16)[4:11, 2:9].reshape(-1)  # row 6 holds it at (x 2, y 4)
+    templates[5] = templates[4][::-1].copy()
+    templates[8] = np.full(144, 127)
+    templates[8][::7] = -127
+    templates[9] = templates[8]
+    taps = np.concatenate(templates).astype(np.int16)
+    return rows, 16, taps, sizes, _template_scale(taps, sizes)
+
+
+def test_crop_max_is_opencvs_normalised_correlation_at_the_best_window(level):
+    """The best of OpenCV's TM_CCOEFF_NORMED over every template and position (windows flatter
+    than one code step in standard deviation count 0), and where it is."""
+    rows, side, taps, sizes, scale = crop_inputs()
+    best, which = crop_max(rows, side, taps, sizes, scale)
+    assert best.dtype == np.float32 and which.shape == (len(rows),)
+    starts = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) ** 2)])
+    for i, row in enumerate(rows):
+        image = row.reshape(side, side).astype(np.float32)
+        j, place = divmod(int(which[i]), side * side)
+        y, x = divmod(place, side)
+        s = int(sizes[j])
+        window = image[y : y + s, x : x + s]
+        assert window.shape == (s, s), (i, j, x, y)
+        reference = -np.inf
+        for k, size in enumerate(sizes.tolist()):
+            t = taps[starts[k] : starts[k + 1]].reshape(size, size).astype(np.float32)
+            scores = cv2.matchTemplate(image, t, cv2.TM_CCOEFF_NORMED)
+            windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
+            scores[windows.std(axis=(2, 3)) < 1.0] = 0.0
+            scores[~np.isfinite(scores)] = 0.0
+            reference = max(reference, float(scores.max()))
+            if k == j:
+                assert scores[y, x] == pytest.approx(best[i], abs=1e-4), (i, j)
+        assert best[i] == pytest.approx(reference, abs=1e-4), i
+    assert best[3] == 0.0 and which[3] == 0  # flat: the first window of the first template
+    assert best[6] == pytest.approx(1.0, abs=1e-6) and which[6] == 4 * 256 + 4 * 16 + 2
+
+
+def test_crop_max_refuses_templates_it_cannot_sum_exactly():
+    rows, side, taps, sizes, scale = crop_inputs()
+    if kernels._module is None:
+        pytest.skip("C kernels not built")
+    out, which = np.zeros(len(rows), np.float32), np.zeros(len(rows), np.int32)
+    sums = np.zeros(len(sizes), np.int32)
+    for bad_sizes in (np.array([13], np.int32), np.array([0], np.int32), np.array([17], np.int32)):
+        bad_taps = np.zeros(int(bad_sizes[0]) ** 2, np.int16)
+        with pytest.raises(ValueError, match="crop_max: expects"):
+            kernels._module.crop_max(rows, side, bad_taps, bad_sizes, sums[:1], scale[:1], out, which)
+    with pytest.raises(ValueError, match="crop_max: expects"):
+        kernels._module.crop_max(rows, side, taps[:-1], sizes, sums, scale, out, which)
+
+
 def test_more_descriptors_than_32_bit_keys_hold(level):
     """Over 65,535 descriptors on either side the kernels switch to 64-bit keys."""
     rng = np.random.default_rng(3)
@@ -313,11 +388,14 @@ def synthetic_outputs() -> bytes:
     parts.append(dot_max(rows, rows[3], rows[11]))
     codes = rng.integers(-127, 128, (50, 256), dtype=np.int8)
     parts += list(region_max(codes, codes[:13], rng.uniform(0.1, 1.0, 13).astype(np.float32)))
+    sizes = np.array([3, 7, 9, 12], dtype=np.int32)
+    taps = np.concatenate([codes[20 + i, : s * s] for i, s in enumerate(sizes.tolist())]).astype(np.int16)
+    parts += list(crop_max(codes, 16, taps, sizes, _template_scale(taps, sizes)))
     return b"".join(np.ascontiguousarray(p).tobytes() for p in parts)
 
 
 # sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
-SYNTHETIC_SHA256 = "ab0e879eac6535d545ffe9ae9e0a6a41af6989c8e91ce3facad45635a1fbc8b4"
+SYNTHETIC_SHA256 = "430d85721025cdacf740e3c8c0adee9510f77a77ade765254551accc7b7e917a"
 
 
 def test_outputs_are_the_same_bytes_on_every_machine(level):
@@ -332,7 +410,7 @@ def test_outputs_are_the_same_bytes_on_every_machine(level):
 
 @pytest.mark.parametrize("other", ALL_LEVELS[1:] or ["none"])
 def test_every_level_is_bit_identical_to_the_fastest(other):
-    """C levels are bit-identical in every output (SSIM, dot_max and region_max included); numpy equals them
+    """C levels are bit-identical in every output (SSIM, dot_max, region_max and crop_max included); numpy equals them
     exactly too except SSIM, within 1e-6 (it is computed in another order)."""
     if other == "none":
         pytest.skip("one level only")
