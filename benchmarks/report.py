@@ -808,10 +808,12 @@ def _stages_section(results: dict[str, Any]) -> list[str]:
         "",
         "Mean ms per query of each stage (`harmony_image.scoring.stage_times`; wall clock, the kernels on all "
         "threads): the mirror image's ORB (256 px) and, when detail verification runs, its 512 px ORB; the "
-        "first pass (thumbnail correlation, the query's windows and their region looks, keypoint votes over the "
-        "whole catalog); the shortlist's SSIM and its cross-check + 2-NN (one pass, both views); 256 px "
+        "first pass (thumbnail correlation, the query's windows and their region looks, the query slid over "
+        "every thumbnail for crop looks, keypoint votes over the whole catalog); the shortlist's SSIM and its "
+        "cross-check + 2-NN (one pass, both views); 256 px "
         "verification (ratio test + RANSAC, query and mirror); detail verification at 512 px (2-NN + homography); "
-        "region refinement (placing the best few by region look, their detail compared); colour tie-break and "
+        "placement (the best few by region look placed in the query, the query placed in the best few by crop "
+        "look, their detail compared); colour tie-break and "
         "calibration. "
         "`seed` scoring is one stage: SSIM + cross-check of every catalog image.",
         "",

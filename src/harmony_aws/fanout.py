@@ -8,18 +8,19 @@ SearchFunction extracts the query's features once and invokes the shards (Lambda
     {"shard": i, "shards": n, "phase": "search" | "shortlist" | "verify",
      "params": {"k", "scoring", "min_score"},
      "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>},
-     "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int], "regions": [float]}}
+     "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int], "regions": [float],
+                   "crops": [float]}}
                                                                           (phase "verify" only)
 
 ``default`` scoring over several shards runs in two rounds, so that the answer is exactly the one
 an index over the whole catalog gives (harmony_image/index.py has why):
 
 1. ``shortlist`` to every shard (the query without its detail image), answered
-   ``{"shortlist": {"keys", "looks", "votes", "detail_votes", "regions"}, "catalog_size", "index"}``: the
+   ``{"shortlist": {"keys", "looks", "votes", "detail_votes", "regions", "crops"}, "catalog_size", "index"}``: the
    shard's best rows by each vote; :func:`~harmony_image.index.merge_shortlists` cuts the
    catalog's shortlist from them;
 2. ``verify`` to each shard holding part of that shortlist, with that part, answered
-   ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers", "region",
+   ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers", "region", "crop",
    "colour", "detail_colour", "region_colour"}}`` (per view lists ``[[query], [mirror]]``);
    :func:`~harmony_image.index.merge_verified` decides and ranks.
 
@@ -75,7 +76,7 @@ Phase = Literal["search", "shortlist", "verify"]
 PHASES: tuple[Phase, ...] = ("search", "shortlist", "verify")
 _ANSWER = {"search": "results", "shortlist": "shortlist", "verify": "verified"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PER_VIEW = ("ssim", "orb", "inliers", "detail_inliers", "region")
+_PER_VIEW = ("ssim", "orb", "inliers", "detail_inliers", "region", "crop")
 COLOUR_DTYPE = np.float32
 """The dtype of :attr:`Evidence.colour <harmony_image.scoring.Evidence.colour>` in the engine (it
 comes from the float32 colour signatures): the calibration subtracts it at that precision, so the
@@ -187,13 +188,14 @@ def _numbers(value: Any, name: str, n: int, *, counts: bool = False) -> np.ndarr
 
 
 def _shortlist_fields(value: Any, name: str) -> Shortlist:
-    raw = _object(value, name, {"keys", "looks", "votes", "detail_votes", "regions"})
+    raw = _object(value, name, {"keys", "looks", "votes", "detail_votes", "regions", "crops"})
     keys = _keys(raw["keys"], f"{name}.keys")
     looks = _numbers(raw["looks"], f"{name}.looks", len(keys))
     votes = _numbers(raw["votes"], f"{name}.votes", len(keys), counts=True)
     detail_votes = _numbers(raw["detail_votes"], f"{name}.detail_votes", len(keys), counts=True)
     regions = _numbers(raw["regions"], f"{name}.regions", len(keys))
-    return Shortlist(tuple(keys), FirstPass(looks, votes, detail_votes, regions))
+    crops = _numbers(raw["crops"], f"{name}.crops", len(keys))
+    return Shortlist(tuple(keys), FirstPass(looks, votes, detail_votes, regions, crops))
 
 
 def _shortlist_json(s: Shortlist) -> dict[str, Any]:
@@ -203,6 +205,7 @@ def _shortlist_json(s: Shortlist) -> dict[str, Any]:
         "votes": [int(x) for x in s.first.votes],
         "detail_votes": [int(x) for x in s.first.detail_votes],
         "regions": [float(x) for x in s.first.regions],
+        "crops": [float(x) for x in s.first.crops],
     }
 
 

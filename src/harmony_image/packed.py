@@ -29,7 +29,7 @@ import numpy as np
 
 from .features import HUE_BINS, SEED_SIDE, THUMB_SIDE, ImageFeatures
 from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, ssim_scores
-from .regions import QueryRegions, RegionThumbs, best_windows, region_thumbs
+from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, crop_views, region_thumbs
 
 VOTE_DESCRIPTORS = 96
 """Catalog descriptors per image that take part in the shortlist's keypoint vote."""
@@ -386,12 +386,23 @@ class PackedCatalog:
         """:func:`~harmony_image.regions.best_windows` of every row: its best region look."""
         return self._scatter([best_windows(b.shortlist.regions, query)[0] for b in self.blocks], np.float32)
 
+    def crop_looks(self, query: QueryRegions) -> np.ndarray:
+        """:func:`~harmony_image.regions.best_crops` of every row: its best crop look."""
+        return self._scatter([best_crops(b.shortlist.regions, query) for b in self.blocks], np.float32)
+
+    def crop_views(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
+        """Whether the query's mirror (not the query) gives each of ``rows`` its crop look."""
+        return crop_views(self._region_rows(rows), query)
+
     def region_windows(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
         """The index of the query's best window for each of ``rows``."""
+        return best_windows(self._region_rows(rows), query)[1]
+
+    def _region_rows(self, rows: np.ndarray) -> RegionThumbs:
         located = [self._locate(row) for row in rows.tolist()]
         codes = np.array([b.shortlist.regions.codes[i] for b, i in located]).reshape(len(rows), -1)
         inverse = np.array([b.shortlist.regions.inverse_norms[i] for b, i in located], dtype=np.float32)
-        return best_windows(RegionThumbs(codes.astype(np.int8), inverse), query)[1]
+        return RegionThumbs(codes.astype(np.int8), inverse)
 
     def vote_counts(self, query: np.ndarray, threshold: int) -> np.ndarray:
         """:func:`~harmony_image.kernels.count_close` of ``query`` with every row's vote descriptors."""

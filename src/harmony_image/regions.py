@@ -9,6 +9,15 @@ quantised to int8 (:data:`QUANT_LEVELS`): their dot products are exact integers
 (:func:`~harmony_image.kernels.region_max`, |sum| <= 256 * 127 * 127 < 2**24), so one index and
 the shards of a catalog compute the same values and cut the same shortlist.
 
+The other way round, *crop looks* find a heavy crop — the query is a part of the catalog image
+— when it has too few keypoints (or too few survive strong compression) for the votes: the
+query, scaled to :data:`CROP_SCALES` of a region thumbnail's side, slides over every position of
+every catalog image's region thumbnail (:func:`~harmony_image.kernels.crop_max`, exact integer
+sums as above); an image's crop look is its best normalised correlation, for the query and its
+mirror. Crop looks only shortlist: verification by keypoints finds the crops they bring
+(measured on the benchmark: every heavy crop the first pass missed ranked first or second by
+crop look; docs/SCORING.md).
+
 Verification (the few candidates with the best region looks): the catalog image is placed — its
 256x256 grayscale matched (``cv2.matchTemplate``, normalised correlation) at
 :data:`PLACE_SIZES` over the whole query view of its best window at :data:`PLACE_SIDE` px, the
@@ -29,7 +38,7 @@ import cv2
 import numpy as np
 
 from .features import SEED_SIDE, THUMB_SIDE
-from .kernels import region_max
+from .kernels import crop_max, region_max
 
 REGION_SIDE = 16
 """Side in pixels of a region thumbnail: the catalog's 32x32 thumbnail averaged over 2x2 blocks.
@@ -42,6 +51,10 @@ REGION_STRIDES = (2, 1, 1)
 """Window grid step per scale, in region-thumbnail pixels: every other position at the smallest
 scale (its 21x21 positions cost as much as the other two scales together; measured on the
 benchmark: no small copy lost), every position at the others (every other lost 5 of 30)."""
+CROP_SCALES = (0.45, 0.58, 0.72)
+"""Sides of the query slid over a region thumbnail, as fractions of the thumbnail's side: a
+crop keeping about 20%, 33% and 50% of the catalog image's area (the benchmark's
+``crop_third_q40`` keeps 33%)."""
 QUANT_LEVELS = 127
 """Region thumbnails and windows are zero-mean and scaled so their largest magnitude is this."""
 PLACE_SIDE = 64
@@ -50,6 +63,9 @@ PLACE_SIZES = tuple(np.geomspace(0.38, 0.85, 14).round(3).tolist())
 """Sides of the placed catalog image, as fractions of the query's: the window sizes' range and
 beyond, 6% apart. The best window's own size is not trusted: a window half a grid step off a
 copy can look best at the next size."""
+CROP_PLACE_SIZES = tuple(np.geomspace(0.38, 0.85, 14).round(3).tolist())
+"""Sides of the query placed in a catalog image, as fractions of the catalog image's: the crop
+scales' range and beyond, 6% apart."""
 FINE_SIDE = 128
 """Side of the query's grayscale at which the best placement is refined."""
 FINE_SIZES = (0.96, 1.0, 1.04)
@@ -121,6 +137,40 @@ class QueryRegions:
     """(m,) bool: a window of the mirror."""
     views: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
     """The query's and its mirror's grayscale at 256, FINE_SIDE and PLACE_SIDE px."""
+    templates: CropTemplates
+    """The query and its mirror at :data:`CROP_SCALES`, for crop looks."""
+
+
+@dataclass(frozen=True)
+class CropTemplates:
+    """Square templates of a query (:func:`~harmony_image.kernels.crop_max`), the query's then
+    its mirror's."""
+
+    taps: np.ndarray
+    """int16 holding int8 values: each template's, one after the other."""
+    sizes: np.ndarray
+    """(m,) int32: each template's side in region-thumbnail pixels."""
+    scale: np.ndarray
+    """(m,) float32: ``1 / sqrt(s**2 * sum(t**2) - sum(t)**2)`` (0 for a flat template)."""
+
+
+def crop_templates(gray: np.ndarray) -> CropTemplates:
+    """A query's 256x256 ``gray`` and its mirror at every :data:`CROP_SCALES`, quantised as
+    region thumbnails are."""
+    own: list[np.ndarray] = []
+    for fraction in CROP_SCALES:
+        side = round(REGION_SIDE * fraction)
+        small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+        own.append(_quantised(small.reshape(1, -1))[0].reshape(side, side))
+    templates = own + [t[:, ::-1] for t in own]
+    sizes = np.array([len(t) for t in templates], dtype=np.int32)
+    spreads = np.array(
+        [t.size * float((t.astype(np.int64) ** 2).sum()) - float(t.astype(np.int64).sum()) ** 2 for t in templates]
+    )
+    scale = np.divide(1.0, np.sqrt(spreads), out=np.zeros_like(spreads), where=spreads > 0).astype(np.float32)
+    return CropTemplates(
+        taps=np.concatenate([t.reshape(-1) for t in templates]).astype(np.int16), sizes=sizes, scale=scale
+    )
 
 
 def query_regions(gray: np.ndarray) -> QueryRegions:
@@ -145,6 +195,7 @@ def query_regions(gray: np.ndarray) -> QueryRegions:
         inverse_norms=np.concatenate([*norms, *norms]),
         mirrored=np.repeat([False, True], len(own)),
         views=(views[0], views[1]),
+        templates=crop_templates(gray),
     )
 
 
@@ -154,6 +205,24 @@ def best_windows(thumbs: RegionThumbs, query: QueryRegions) -> tuple[np.ndarray,
     best, which = region_max(thumbs.codes, query.codes, query.inverse_norms)
     looks: np.ndarray = best * thumbs.inverse_norms
     return looks, which
+
+
+def best_crops(thumbs: RegionThumbs, query: QueryRegions) -> np.ndarray:
+    """Per catalog row of ``thumbs``, its crop look: the best normalised correlation (float32,
+    -1 to 1) of the query or its mirror at :data:`CROP_SCALES` with a window of the row's
+    region thumbnail."""
+    t = query.templates
+    looks, _ = crop_max(thumbs.codes, REGION_SIDE, t.taps, t.sizes, t.scale)
+    return looks
+
+
+def crop_views(thumbs: RegionThumbs, query: QueryRegions) -> np.ndarray:
+    """Per catalog row of ``thumbs``, whether its best crop look (:func:`best_crops`) is the
+    mirror's."""
+    t = query.templates
+    _, where = crop_max(thumbs.codes, REGION_SIDE, t.taps, t.sizes, t.scale)
+    mirrored: np.ndarray = where // (REGION_SIDE * REGION_SIDE) >= len(t.sizes) // 2
+    return mirrored
 
 
 @dataclass(frozen=True)
@@ -217,15 +286,16 @@ def _placed(
     return best
 
 
-def refine(query: QueryRegions, window: int, catalog_gray: np.ndarray) -> RegionMatch:
-    """Where ``catalog_gray`` (256x256) lies in the view (the query or its mirror) of ``window``,
-    and the agreement of their detail there."""
-    flip = bool(query.mirrored[window])
-    full, fine, coarse = query.views[int(flip)]
-    sides = sorted({round(f * PLACE_SIDE) for f in PLACE_SIZES})
-    peak, x, y, side = _placed(coarse, catalog_gray, sides, (0, 0, PLACE_SIDE, PLACE_SIDE))
+def _place(
+    coarse: np.ndarray, fine: np.ndarray, template: np.ndarray, sides: list[int]
+) -> tuple[float, tuple[float, float, float, float]]:
+    """Where ``template`` (a 256x256 grayscale) lies in an image given at PLACE_SIDE
+    (``coarse``) and FINE_SIDE px (``fine``): placed at each of ``sides`` px over the coarse
+    image, the best placement refined over the fine one. The fine correlation (-inf when
+    nothing fits) and the box in the image's 256 px frame."""
+    peak, x, y, side = _placed(coarse, template, sides, (0, 0, PLACE_SIDE, PLACE_SIDE))
     if not np.isfinite(peak):
-        return NO_MATCH
+        return -np.inf, (np.nan, np.nan, np.nan, np.nan)
     up = FINE_SIDE / PLACE_SIDE
     sides = sorted({round(side * up * f) for f in FINE_SIZES})
     slack = FINE_SLACK + (max(sides) - side * up) / 2
@@ -235,10 +305,32 @@ def refine(query: QueryRegions, window: int, catalog_gray: np.ndarray) -> Region
         min(FINE_SIDE, int(np.ceil((x + side) * up + slack))),
         min(FINE_SIDE, int(np.ceil((y + side) * up + slack))),
     )
-    fine_peak, fx, fy, fine_side = _placed(fine, catalog_gray, sides, area)
-    if not np.isfinite(fine_peak):
-        return NO_MATCH
+    fine_peak, fx, fy, fine_side = _placed(fine, template, sides, area)
     to_full = SEED_SIDE / FINE_SIDE
-    placed = (fx * to_full, fy * to_full, (fx + fine_side) * to_full, (fy + fine_side) * to_full)
+    return fine_peak, (fx * to_full, fy * to_full, (fx + fine_side) * to_full, (fy + fine_side) * to_full)
+
+
+def refine(query: QueryRegions, window: int, catalog_gray: np.ndarray) -> RegionMatch:
+    """Where ``catalog_gray`` (256x256) lies in the view (the query or its mirror) of ``window``,
+    and the agreement of their detail there."""
+    flip = bool(query.mirrored[window])
+    full, fine, coarse = query.views[int(flip)]
+    peak, placed = _place(coarse, fine, catalog_gray, sorted({round(f * PLACE_SIDE) for f in PLACE_SIZES}))
+    if not np.isfinite(peak):
+        return NO_MATCH
     box = (SEED_SIDE - placed[2], placed[1], SEED_SIDE - placed[0], placed[3]) if flip else placed
-    return RegionMatch(fine_peak, detail_agreement(full, placed, catalog_gray), flip, box)
+    return RegionMatch(peak, detail_agreement(full, placed, catalog_gray), flip, box)
+
+
+def refine_crop(query: QueryRegions, mirrored: bool, catalog_gray: np.ndarray) -> RegionMatch:
+    """Where the query (its mirror if ``mirrored``) lies in ``catalog_gray`` (256x256), and the
+    agreement of their detail there; the box is the whole query's (the catalog image holds it
+    all)."""
+    full = query.views[int(mirrored)][0]
+    fine = cv2.resize(catalog_gray, (FINE_SIDE, FINE_SIDE), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(catalog_gray, (PLACE_SIDE, PLACE_SIDE), interpolation=cv2.INTER_AREA)
+    peak, placed = _place(coarse, fine, full, sorted({round(f * PLACE_SIDE) for f in CROP_PLACE_SIZES}))
+    if not np.isfinite(peak):
+        return NO_MATCH
+    whole = (0.0, 0.0, float(SEED_SIDE), float(SEED_SIDE))
+    return RegionMatch(peak, detail_agreement(catalog_gray, placed, full), mirrored, whole)

@@ -27,8 +27,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,7 +59,7 @@ from .kernels import (
 )
 from .packed import PackedCatalog, subsample
 from .params import Scoring
-from .regions import NO_MATCH, QueryRegions, RegionMatch, query_regions, refine
+from .regions import NO_MATCH, QueryRegions, RegionMatch, query_regions, refine, refine_crop
 
 VOTE_QUERY_DESCRIPTORS = 200
 """Query descriptors that vote: a subsample of the 256 px ORB's, the query's and its mirror's.
@@ -75,6 +76,22 @@ adds is verified in both views."""
 REGION_ROWS = 12
 """Rows the region looks (:mod:`~harmony_image.regions`) shortlist, whatever ``k``: small copies
 with too few keypoints for the votes."""
+CROP_ROWS = 8
+"""Rows the crop looks (:mod:`~harmony_image.regions`) shortlist, whatever ``k``: heavy crops
+with too few keypoints for the votes (measured on the benchmark: each ranked first or second)."""
+CROP_CANDIDATES = 3
+"""Shortlisted rows the query is placed in (the best by crop look above :data:`CROP_LOOK_FLOOR`,
+while the 256 px evidence is short of certain)."""
+CROP_LOOK_FLOOR = 0.8
+"""Crop looks below this are not placed: heavy crops of smooth images, which keypoints miss,
+measured at 0.89-1.0 (textured ones as low as 0.49 are found by keypoints)."""
+CROP_FLOOR = 0.3
+CROP_SPAN = 0.25
+"""Detail agreement of the query placed in a catalog image (:func:`~harmony_image.regions.refine_crop`):
+CROP_FLOOR counts for nothing, CROP_FLOOR + CROP_SPAN and above is full evidence of a copy.
+Lower than :data:`REGION_FLOOR`: a heavy crop under JPEG quality 40 keeps less detail. Measured
+on the benchmark's 1,000-image catalog: heavy crops 0.32-0.84, other images placed at most 0.26
+(docs/SCORING.md)."""
 REGION_CANDIDATES = 4
 """Shortlisted rows whose best window is refined (the best by region look above
 :data:`REGION_LOOK_FLOOR`, while the 256 px evidence is short of certain)."""
@@ -209,7 +226,7 @@ def shortlist_size(k: int) -> int:
 def shortlist_rows(k: int) -> int:
     """The most rows :func:`shortlist_cut` keeps for ``k`` results (each vote's best, none in
     common)."""
-    return 2 * shortlist_size(k) + DETAIL_VOTE_ROWS + REGION_ROWS
+    return 2 * shortlist_size(k) + DETAIL_VOTE_ROWS + REGION_ROWS + CROP_ROWS
 
 
 def mirrored(query: ImageFeatures, *, detail: bool = True) -> ImageFeatures:
@@ -275,13 +292,20 @@ class FirstPass:
     regions: np.ndarray
     """Region look (:mod:`~harmony_image.regions`): the best correlation of the row's thumbnail
     with a window of the query or its mirror."""
+    crops: np.ndarray
+    """Crop look (:mod:`~harmony_image.regions`): the best correlation of the query or its
+    mirror with a window of the row's thumbnail."""
 
     def __len__(self) -> int:
         return len(self.looks)
 
     def take(self, positions: np.ndarray) -> FirstPass:
         return FirstPass(
-            self.looks[positions], self.votes[positions], self.detail_votes[positions], self.regions[positions]
+            self.looks[positions],
+            self.votes[positions],
+            self.detail_votes[positions],
+            self.regions[positions],
+            self.crops[positions],
         )
 
     @staticmethod
@@ -299,6 +323,7 @@ class FirstPass:
             joined("votes", np.int64),
             joined("detail_votes", np.int64),
             joined("regions", np.float64),
+            joined("crops", np.float64),
         )
 
 
@@ -312,31 +337,35 @@ def first_pass(
     regions: QueryRegions | None = None,
 ) -> FirstPass:
     """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given),
-    region look (of the query's ``regions``, computed unless given) and keypoint votes
+    region and crop looks (of the query's ``regions``, computed unless given) and keypoint votes
     (:class:`FirstPass`)."""
     clock = clock or _Clock()
     correlation = look_scores(query, mirror, packed) if looks is None else looks
     clock.lap("thumbnails")
-    region_looks = packed.region_looks(regions or query_regions(query.gray))
+    regions = regions or query_regions(query.gray)
+    region_looks = packed.region_looks(regions)
     clock.lap("region looks")
+    crop_looks = packed.crop_looks(regions)
+    clock.lap("crop looks")
     votes = np.maximum(
         packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
         packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
     )
     detail_votes = packed.vote_counts(subsample(query.detail_descriptors, DETAIL_VOTE_DESCRIPTORS), VOTE_THRESHOLD)
     clock.lap("votes")
-    return FirstPass(correlation, votes, detail_votes, region_looks)
+    return FirstPass(correlation, votes, detail_votes, region_looks, crop_looks)
 
 
 def shortlist_cut(first: FirstPass, size: int) -> np.ndarray:
     """Sorted positions of the best ``size`` by votes and by looks, the best
-    :data:`DETAIL_VOTE_ROWS` by detail votes and the best :data:`REGION_ROWS` by region looks
-    (:func:`best_rows`: ties by position)."""
+    :data:`DETAIL_VOTE_ROWS` by detail votes, the best :data:`REGION_ROWS` by region looks and
+    the best :data:`CROP_ROWS` by crop looks (:func:`best_rows`: ties by position)."""
     by_each = [
         best_rows(first.votes, size),
         best_rows(first.looks, size),
         best_rows(first.detail_votes, DETAIL_VOTE_ROWS),
         best_rows(first.regions, REGION_ROWS),
+        best_rows(first.crops, CROP_ROWS),
     ]
     return np.unique(np.concatenate(by_each))
 
@@ -351,7 +380,7 @@ def shortlist(
     looks: np.ndarray | None = None,
     regions: QueryRegions | None = None,
 ) -> tuple[np.ndarray, FirstPass]:
-    """Sorted rows of up to ``2 * size + DETAIL_VOTE_ROWS + REGION_ROWS`` candidates
+    """Sorted rows of up to ``2 * size + DETAIL_VOTE_ROWS + REGION_ROWS + CROP_ROWS`` candidates
     (:func:`first_pass`, :func:`shortlist_cut`) and their votes."""
     clock = clock or _Clock()
     first = first_pass(query, mirror, packed, clock=clock, looks=looks, regions=regions)
@@ -476,6 +505,12 @@ def region_evidence(region: np.ndarray) -> np.ndarray:
     return evidence
 
 
+def crop_evidence(crop: np.ndarray) -> np.ndarray:
+    """Evidence in [0, 1] of a placed query's detail agreement (:data:`CROP_FLOOR`, :data:`CROP_SPAN`)."""
+    evidence: np.ndarray = np.clip((crop - CROP_FLOOR) / CROP_SPAN, 0.0, 1.0)
+    return evidence
+
+
 def geometric_evidence(inliers: np.ndarray, detail_inliers: np.ndarray) -> np.ndarray:
     """Evidence in [0, 1] of the RANSAC inliers at 256 px and of the detail features."""
     evidence: np.ndarray = np.maximum(
@@ -491,10 +526,12 @@ def calibrated(
     ssim: np.ndarray,
     seed_score: np.ndarray,
     region: np.ndarray | float = 0.0,
+    crop: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """Score in [0, 1]; >= SAME_IMAGE_THRESHOLD means the same image or a copy."""
     geometric = geometric_evidence(inliers, detail_inliers)
-    structural = np.maximum(np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0), region_evidence(np.asarray(region)))
+    placed = np.maximum(region_evidence(np.asarray(region)), crop_evidence(np.asarray(crop)))
+    structural = np.maximum(np.clip((ssim - SSIM_FLOOR) / SSIM_SPAN, 0.0, 1.0), placed)
     evidence = np.maximum(geometric, structural)
     score: np.ndarray = evidence + (1.0 - evidence) * PRIOR_WEIGHT * np.clip(seed_score, 0.0, 1.0)
     return score
@@ -555,6 +592,10 @@ class Evidence:
     (:data:`REGION_MATCH_FLOOR`)."""
     region_colour: np.ndarray
     """(n,) :func:`colour_agreement` of the refined region; ``colour`` where not refined."""
+    crop: np.ndarray
+    """(2, n) detail agreement of the query placed in the catalog image
+    (:func:`~harmony_image.regions.refine_crop`) in the view it was placed in; 0 where not placed
+    (:func:`crop_choice`) or not matched (:data:`REGION_MATCH_FLOOR`)."""
 
     def __len__(self) -> int:
         return len(self.first)
@@ -571,6 +612,7 @@ class Evidence:
             detail_colour=self.detail_colour[order],
             region=self.region[:, order],
             region_colour=self.region_colour[order],
+            crop=self.crop[:, order],
         )
 
     @staticmethod
@@ -578,7 +620,7 @@ class Evidence:
         """The rows of ``parts``, one after the other (no part: no rows)."""
         if not parts:
             none, pairs = np.zeros(0), np.zeros((2, 0))
-            return Evidence(FirstPass.concatenate([]), pairs, pairs, pairs, pairs, none, none, pairs, none)
+            return Evidence(FirstPass.concatenate([]), pairs, pairs, pairs, pairs, none, none, pairs, none, pairs)
         return Evidence(
             first=FirstPass.concatenate([p.first for p in parts]),
             ssim=np.concatenate([p.ssim for p in parts], axis=1),
@@ -589,13 +631,23 @@ class Evidence:
             detail_colour=np.concatenate([p.detail_colour for p in parts]),
             region=np.concatenate([p.region for p in parts], axis=1),
             region_colour=np.concatenate([p.region_colour for p in parts]),
+            crop=np.concatenate([p.crop for p in parts], axis=1),
         )
 
 
-def _view_scores(e: Evidence, detail_inliers: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """(2, n) :func:`calibrated` scores of both views."""
+def _view_scores(
+    e: Evidence,
+    detail_inliers: np.ndarray | None = None,
+    region: np.ndarray | None = None,
+    crop: np.ndarray | None = None,
+) -> np.ndarray:
+    """(2, n) :func:`calibrated` scores of both views (without the evidence not given)."""
     seed = (e.ssim + e.orb) / 2.0
-    return np.stack([calibrated(e.inliers[v], detail_inliers[v], e.ssim[v], seed[v], region[v]) for v in (0, 1)])
+    none = np.zeros_like(e.inliers)
+    detail_inliers, region, crop = (none if a is None else a for a in (detail_inliers, region, crop))
+    return np.stack(
+        [calibrated(e.inliers[v], detail_inliers[v], e.ssim[v], seed[v], region[v], crop[v]) for v in (0, 1)]
+    )
 
 
 def detail_choice(e: Evidence) -> list[int]:
@@ -608,7 +660,7 @@ def detail_choice(e: Evidence) -> list[int]:
     per-row value, ties by position (key order), so the choice over a whole shortlist lies
     within the union of the choices over its parts.
     """
-    scores = _view_scores(e, np.zeros_like(e.inliers), np.zeros_like(e.inliers))
+    scores = _view_scores(e)
     best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
     best_looking = np.argsort(-e.first.looks, kind="stable")[:DETAIL_BY_LOOKS]
     most_voted = np.argsort(-e.first.votes, kind="stable")[:DETAIL_BY_VOTES]
@@ -623,9 +675,20 @@ def region_choice(e: Evidence) -> list[int]:
     """Positions of the rows whose best window is refined: the best :data:`REGION_CANDIDATES`
     by region look at or above :data:`REGION_LOOK_FLOOR`, while the 256 px evidence is short of
     certain. A best-N by a per-row value, ties by position, as :func:`detail_choice`."""
-    scores = _view_scores(e, np.zeros_like(e.inliers), np.zeros_like(e.inliers)).max(axis=0)
-    looked = np.argsort(-e.first.regions, kind="stable")[:REGION_CANDIDATES]
-    return [i for i in looked.tolist() if e.first.regions[i] >= REGION_LOOK_FLOOR and scores[i] < DETAIL_SKIP_ABOVE]
+    return _looked_choice(e, e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR)
+
+
+def crop_choice(e: Evidence) -> list[int]:
+    """Positions of the rows the query is placed in: the best :data:`CROP_CANDIDATES` by crop
+    look at or above :data:`CROP_LOOK_FLOOR`, while the 256 px evidence is short of certain
+    (as :func:`region_choice`)."""
+    return _looked_choice(e, e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR)
+
+
+def _looked_choice(e: Evidence, looks: np.ndarray, count: int, floor: float) -> list[int]:
+    scores = _view_scores(e).max(axis=0)
+    looked = np.argsort(-looks, kind="stable")[:count]
+    return [i for i in looked.tolist() if looks[i] >= floor and scores[i] < DETAIL_SKIP_ABOVE]
 
 
 def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -638,7 +701,9 @@ def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     refined = np.zeros(len(e), dtype=bool)
     refined[region_choice(e)] = True
     region = np.where(refined, e.region, 0.0)
-    scores = _view_scores(e, detail_inliers, region)
+    placed = np.zeros(len(e), dtype=bool)
+    placed[crop_choice(e)] = True
+    scores = _view_scores(e, detail_inliers, region, np.where(placed, e.crop, 0.0))
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
     # product), the one whose colours agree with the query's goes first; where the colours
     # disagree outright, it is another colourway — a look-alike, never "the same image". The
@@ -744,23 +809,36 @@ def verify_shortlist(
     clock.lap("verify")
     region = np.zeros((2, len(rows)))
     ones = np.ones(len(rows))
-    partial = Evidence(first, ssim, orb, inliers, detail_inliers, ones, ones, region, ones)
+    crop = np.zeros((2, len(rows)))
+    partial = Evidence(first, ssim, orb, inliers, detail_inliers, ones, ones, region, ones, crop)
     todo = detail_choice(partial)
     to_refine = region_choice(partial)
+    to_place = crop_choice(partial)
     matches_found: list[RegionMatch] = []
-    if to_refine:
-        regions = regions or query_regions(query.gray)
-        windows = packed.region_windows(rows[to_refine], regions)
-        matches_found = [NO_MATCH] * len(to_refine)
+    if to_refine or to_place:
+        looked = regions or query_regions(query.gray)
+        windows = packed.region_windows(rows[to_refine], looked).tolist() if to_refine else []
+        mirrored = packed.crop_views(rows[to_place], looked).tolist() if to_place else []
+        placements: list[Callable[[], RegionMatch]] = [
+            *(functools.partial(refine, looked, int(w), grays[i]) for i, w in zip(to_refine, windows, strict=True)),
+            *(
+                functools.partial(refine_crop, looked, bool(m), grays[i])
+                for i, m in zip(to_place, mirrored, strict=True)
+            ),
+        ]
+        matches_found = [NO_MATCH] * len(placements)
 
         def place(j: int) -> None:
-            matches_found[j] = refine(regions, int(windows[j]), grays[to_refine[j]])
+            matches_found[j] = placements[j]()
 
-        map_threads(place, range(len(to_refine)))  # OpenCV releases the GIL
-        for i, match in zip(to_refine, matches_found, strict=True):
+        map_threads(place, range(len(placements)))  # OpenCV releases the GIL
+        for i, match in zip(to_refine, matches_found, strict=False):
             if match.correlation >= REGION_MATCH_FLOOR:
                 region[int(match.mirrored), i] = match.detail
-        clock.lap("region refine")
+        for i, match in zip(to_place, matches_found[len(to_refine) :], strict=True):
+            if match.correlation >= REGION_MATCH_FLOOR:
+                crop[int(match.mirrored), i] = match.detail
+        clock.lap("region + crop placement")
     # waited for even when unused: no work outlives a search
     detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
     clock.lap("mirror detail ORB (wait)")
@@ -774,7 +852,7 @@ def verify_shortlist(
     detail_colour[located] = colour_agreement(matched_colours(query, boxes[1, located]), catalog_colours[located])
     region_colour = colour.copy()
     if to_refine:
-        region_boxes = np.array([m.box for m in matches_found])
+        region_boxes = np.array([m.box for m in matches_found[: len(to_refine)]])
         found = ~np.isnan(region_boxes[:, 0])
         at = np.asarray(to_refine)[found]
         region_colour[at] = colour_agreement(matched_colours(query, region_boxes[found]), catalog_colours[at])

@@ -90,9 +90,14 @@ def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
 
 
 def _part(
-    keys=("catalog/a.jpg", "catalog/b.jpg"), looks=(0.5, 0.25), votes=(3, 0), detail_votes=(1, 4), regions=(0.9, 0.1)
+    keys=("catalog/a.jpg", "catalog/b.jpg"),
+    looks=(0.5, 0.25),
+    votes=(3, 0),
+    detail_votes=(1, 4),
+    regions=(0.9, 0.1),
+    crops=(0.2, 0.8),
 ) -> Shortlist:
-    first = FirstPass(np.array(looks), np.array(votes), np.array(detail_votes), np.array(regions))
+    first = FirstPass(np.array(looks), np.array(votes), np.array(detail_votes), np.array(regions), np.array(crops))
     return Shortlist(tuple(keys), first)
 
 
@@ -104,7 +109,10 @@ def _part(
         (lambda r: r.pop("shortlist"), '"shortlist" comes with phase "verify"'),
         (lambda r: r.update(params={"k": 5, "scoring": "seed"}), "for default scoring"),
         (lambda r: r["query"].pop("detail_image"), 'needs the query\'s "detail_image"'),
-        (lambda r: r.update(shortlist={"keys": [], "looks": []}), "exactly detail_votes, keys, looks, regions, votes"),
+        (
+            lambda r: r.update(shortlist={"keys": [], "looks": []}),
+            "exactly crops, detail_votes, keys, looks, regions, votes",
+        ),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg"] * 2), "repeats a key"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", 7]), "catalog keys"),
         (lambda r: r["shortlist"].update(keys=["catalog/a.jpg", "x" * 1025]), "catalog keys"),
@@ -117,7 +125,8 @@ def _part(
         (lambda r: r["shortlist"].update(votes=[1, 2.5]), "integers"),
         (lambda r: r["shortlist"].update(detail_votes=[1, -1]), "counts"),
         (lambda r: r["shortlist"].update(regions=[0.5, "0.9"]), "finite numbers"),
-        (lambda r: r["shortlist"].pop("detail_votes"), "exactly detail_votes, keys, looks, regions, votes"),
+        (lambda r: r["shortlist"].update(crops=[0.5, None]), "finite numbers"),
+        (lambda r: r["shortlist"].pop("detail_votes"), "exactly crops, detail_votes, keys, looks, regions, votes"),
     ],
 )
 def test_bad_verification_requests_are_refused_with_a_reason(images, change, says):
@@ -256,8 +265,9 @@ def _pad_shortlist(body: dict, rows: int) -> None:
         s["votes"].append(0)
         s["detail_votes"].append(0)
         s["regions"].append(0.0)
+        s["crops"].append(0.0)
     order = sorted(range(rows), key=s["keys"].__getitem__)
-    for field in ("keys", "looks", "votes", "detail_votes", "regions"):
+    for field in ("keys", "looks", "votes", "detail_votes", "regions", "crops"):
         s[field] = [s[field][i] for i in order]
 
 

@@ -1,7 +1,11 @@
-"""Region looks find a catalog image that fills only part of the query (issue 13): real photos of
-the sample catalog placed inside other photos, as the benchmark's ``inset_third`` does."""
+"""Region looks find a catalog image that fills only part of the query, crop looks a query that is
+only part of a catalog image (issue 13): real photos of the sample catalog placed inside other
+photos, as the benchmark's ``inset_third`` does, and cut down to a third at JPEG quality 40, as
+its ``crop_third_q40`` does."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,8 +14,22 @@ from skimage import data as skimage_photos
 
 from harmony_image import SearchIndex, SearchParams, extract_features
 from harmony_image.features import SEED_SIDE
-from harmony_image.regions import best_windows, query_regions, refine, region_thumbs
-from harmony_image.scoring import REGION_FLOOR, REGION_MATCH_FLOOR, SAME_IMAGE_THRESHOLD
+from harmony_image.regions import (
+    best_crops,
+    best_windows,
+    crop_views,
+    query_regions,
+    refine,
+    refine_crop,
+    region_thumbs,
+)
+from harmony_image.scoring import (
+    CROP_FLOOR,
+    CROP_LOOK_FLOOR,
+    REGION_FLOOR,
+    REGION_MATCH_FLOOR,
+    SAME_IMAGE_THRESHOLD,
+)
 
 AREA = 1 / 3
 
@@ -117,3 +135,63 @@ def test_a_flat_query_or_catalog_image_has_no_region_evidence(images, catalog):
     assert looks[0] == 0.0
     match = refine(query_regions(catalog["moon.jpg"].gray), int(windows[0]), flat.gray)
     assert match.detail == 0.0 and match.correlation == 0.0
+
+
+def heavy_crop(photo: bytes, *, at: tuple[float, float], mirror: bool = False) -> bytes:
+    """A third of ``photo``'s area (the same shape), its top-left corner at ``at`` (fractions of
+    the free room), at JPEG quality 40, as the benchmark's ``crop_third_q40``."""
+    img = _bgr(photo)
+    h, w = img.shape[:2]
+    ch, cw = round(h * AREA**0.5), round(w * AREA**0.5)
+    y, x = round(at[1] * (h - ch)), round(at[0] * (w - cw))
+    part = img[y : y + ch, x : x + cw]
+    part = np.ascontiguousarray(part[:, ::-1]) if mirror else part
+    ok, buf = cv2.imencode(".jpg", part, [cv2.IMWRITE_JPEG_QUALITY, 40])
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("at", [(0.0, 0.0), (0.6, 0.3), (1.0, 1.0)])
+def test_a_heavy_crop_is_found_by_its_crop_look_and_placed(catalog_photos, catalog, at, mirror):
+    """The query slid over every catalog thumbnail looks most like the image it was cut from;
+    placed in that image (in the right view) its detail agrees, placed in the others it does not."""
+    query = extract_features(heavy_crop(catalog_photos["moon.jpg"], at=at, mirror=mirror))
+    names = sorted(catalog)
+    thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    regions = query_regions(query.gray)
+    looks = best_crops(thumbs, regions)
+    moon = names.index("moon.jpg")
+    assert looks.argmax() == moon, dict(zip(names, looks.round(3).tolist(), strict=True))
+    assert looks[moon] >= CROP_LOOK_FLOOR
+    assert crop_views(thumbs, regions)[moon] == mirror
+    match = refine_crop(regions, mirror, catalog["moon.jpg"].gray)
+    assert match.correlation >= REGION_MATCH_FLOOR and match.detail >= CROP_FLOOR + 0.1, match
+    for other in names:
+        if other != "moon.jpg":
+            elsewhere = max((refine_crop(regions, m, catalog[other].gray) for m in (False, True)), key=_detail_of)
+            assert elsewhere.detail < CROP_FLOOR or elsewhere.correlation < REGION_MATCH_FLOOR, (other, elsewhere)
+
+
+def _detail_of(match) -> float:
+    return float(match.detail)
+
+
+@pytest.fixture(scope="module")
+def colour_chart() -> bytes:
+    """A smooth real photo (scikit-image's colour chart, bundled in its wheel): its heavy crops
+    keep too few keypoints for the votes and the fits."""
+    img = cv2.imread(str(Path(skimage_photos.__file__).parent / "color.png"), cv2.IMREAD_COLOR)
+    assert img is not None
+    return _jpeg(img)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("at", [(0.8, 0.2), (0.5, 1.0)])
+def test_default_scoring_finds_a_heavy_crop_of_a_smooth_photo_as_a_copy(catalog_photos, colour_chart, at, mirror):
+    index = SearchIndex()
+    for name, data in {**catalog_photos, "color.jpg": colour_chart}.items():
+        index.add(name, extract_features(data, query=False))
+    top = index.search(extract_features(heavy_crop(colour_chart, at=at, mirror=mirror)), SearchParams(k=5))
+    assert top[0].key == "color.jpg" and top[0].score >= SAME_IMAGE_THRESHOLD, top
+    assert all(r.score < SAME_IMAGE_THRESHOLD for r in top[1:]), top

@@ -75,13 +75,15 @@ def test_best_rows_cuts_ties_by_position_and_composes_over_parts():
 
 def test_a_cut_holds_at_most_shortlist_rows_and_can_hold_that_many():
     """Shard answers are checked against shortlist_rows: it must bound every cut, and be reached
-    when the four votes pick different rows."""
+    when the five votes pick different rows."""
     rng = np.random.default_rng(3)
     for k in (1, 5, 12, 50):
-        n = 4 * shortlist_rows(k)
+        n = 5 * shortlist_rows(k)
         for _ in range(20):
-            first = FirstPass(rng.random(n), rng.integers(0, 9, n), rng.integers(0, 9, n), rng.random(n))
+            first = FirstPass(rng.random(n), rng.integers(0, 9, n), rng.integers(0, 9, n), rng.random(n), rng.random(n))
             assert len(shortlist_cut(first, shortlist_size(k))) <= shortlist_rows(k)
-        ramp = np.arange(n, dtype=np.float64)  # looks, votes, detail votes and regions each favour other rows
-        apart = FirstPass(ramp, np.roll(ramp, n // 4)[::-1].copy(), np.roll(ramp, n // 2), np.roll(ramp, 3 * n // 4))
+        ramp = np.arange(n, dtype=np.float64)
+        # each vote's best rows end where its ramp was rolled to: looks, votes, detail votes, regions
+        # and crops each favour rows no other does
+        apart = FirstPass(*(np.roll(ramp, i * n // 5) for i in range(5)))
         assert len(shortlist_cut(apart, shortlist_size(k))) == shortlist_rows(k)

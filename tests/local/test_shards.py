@@ -101,7 +101,7 @@ def test_a_shard_answers_both_rounds_through_the_invoke_api(sharded):
     assert "FunctionError" not in r and first["shortlist"]["keys"], first
     assert all(shard_of(key, SHARDS) == 1 for key in first["shortlist"]["keys"])
     got = first["shortlist"]
-    first_pass = FirstPass(*(np.array(got[f]) for f in ("looks", "votes", "detail_votes", "regions")))
+    first_pass = FirstPass(*(np.array(got[f]) for f in ("looks", "votes", "detail_votes", "regions", "crops")))
     part = Shortlist(tuple(got["keys"]), first_pass)
     _, second = invoke(sharded, "ShardFunction1", shard_request(1, SHARDS, feats, params, phase="verify", part=part))
     assert second["verified"]["keys"] == sorted(part.keys) and len(second["verified"]["ssim"]) == 2, second
