@@ -26,7 +26,7 @@
  * Runtime dispatch: one build holds every level for its architecture; the fastest level the
  * CPU supports is chosen at import, or the one named by the environment variable
  * HARMONY_KERNEL (unset, "" or "auto": automatic).  Levels, fastest first:
- *   x86_64:  avx512 (AVX-512 F/BW/VL + VPOPCNTDQ), avx2 (AVX2 + POPCNT, vpshufb nibble table),
+ *   x86_64:  avx512 (AVX-512 F/BW/VL + VPOPCNTDQ + VNNI), avx2 (AVX2 + POPCNT, vpshufb nibble table),
  *            popcnt (POPCNT, scalar), portable (baseline x86-64, SWAR popcount)
  *   aarch64: neon (baseline Advanced SIMD, vcnt), portable
  *   other:   portable
@@ -55,7 +55,7 @@
 #include <immintrin.h>
 #define T_POPCNT __attribute__((target("popcnt")))
 #define T_AVX2 __attribute__((target("popcnt,avx2")))
-#define T_AVX512 __attribute__((target("popcnt,avx2,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+#define T_AVX512 __attribute__((target("popcnt,avx2,avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512vnni")))
 #elif defined(__GNUC__) && defined(__aarch64__)
 #define HK_ARM 1
 #include <arm_neon.h>
@@ -921,6 +921,79 @@ LEVEL_FUNCTIONS(portable, , 4)
 LEVEL_FUNCTIONS(popcnt, T_POPCNT, 4)
 LEVEL_FUNCTIONS(avx2, T_AVX2, 8)
 LEVEL_FUNCTIONS(avx512, T_AVX512, 8)
+
+/* Region looks with AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes and adds each four
+ * products into a 32-bit lane, exactly.  Sixteen windows a vector, one per lane: their bytes made
+ * unsigned (+128) and interleaved by fours, so one instruction adds four products of a row to each of
+ * sixteen windows' sums; row . w = sum((w + 128) r) - 128 sum(r), the same integers as region_body,
+ * so the same floats.  Eight rows share each window load (eight sums in flight hide the latency). */
+#define VNNI_ROWS 8
+T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d,
+                                  const float *scale, int16_t *row, float *out, int32_t *which)
+{
+    const int64_t blocks = (m + 15) / 16, quads = d / 4;
+    uint8_t *packed = d == 256 ? aligned_alloc(64, (size_t)(blocks * quads * 64)) : NULL;
+    float *scales = d == 256 ? aligned_alloc(64, (size_t)(blocks * 16) * sizeof(float)) : NULL;
+    if (!packed || !scales) { /* another size, or no memory: the generic loop */
+        free(packed);
+        free(scales);
+        regions_avx512(rows, n, windows, m, d, scale, row, out, which);
+        return;
+    }
+    memset(packed, 0, (size_t)(blocks * quads * 64));
+    for (int64_t j = 0; j < blocks * 16; j++)
+        scales[j] = j < m ? scale[j] : 0.0f;
+    for (int64_t j = 0; j < m; j++)
+        for (int64_t k = 0; k < d; k++)
+            packed[((j / 16) * quads + k / 4) * 64 + (j % 16) * 4 + k % 4] = (uint8_t)(windows[j * d + k] + 128);
+    const __mmask16 last = (__mmask16)(m % 16 ? (1u << (m % 16)) - 1u : 0xFFFFu);
+    const __m512 none = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += VNNI_ROWS) {
+        const int8_t *r[VNNI_ROWS];
+        int32_t correction[VNNI_ROWS], at[VNNI_ROWS];
+        float best[VNNI_ROWS];
+        for (int t = 0; t < VNNI_ROWS; t++) {
+            r[t] = rows + MIN_(i + t, n - 1) * d; /* past the end: the last row again, not stored */
+            int32_t sum = 0;
+            for (int64_t k = 0; k < d; k++)
+                sum += r[t][k];
+            correction[t] = 128 * sum;
+            best[t] = -INFINITY;
+            at[t] = 0;
+        }
+        for (int64_t b = 0; b < blocks; b++) {
+            __m512i acc[VNNI_ROWS];
+            for (int t = 0; t < VNNI_ROWS; t++)
+                acc[t] = _mm512_setzero_si512();
+            const uint8_t *w = packed + b * quads * 64;
+            for (int64_t q = 0; q < quads; q++) {
+                const __m512i unsigned_windows = _mm512_load_si512((const void *)(w + q * 64));
+                for (int t = 0; t < VNNI_ROWS; t++) {
+                    int32_t four;
+                    memcpy(&four, r[t] + q * 4, sizeof four);
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], unsigned_windows, _mm512_set1_epi32(four));
+                }
+            }
+            const __m512 sc = _mm512_load_ps(scales + b * 16);
+            const __mmask16 valid = b == blocks - 1 ? last : (__mmask16)0xFFFF;
+            for (int t = 0; t < VNNI_ROWS; t++) {
+                __m512i dots = _mm512_sub_epi32(acc[t], _mm512_set1_epi32(correction[t]));
+                __m512 v = _mm512_mask_mov_ps(none, valid, _mm512_mul_ps(_mm512_cvtepi32_ps(dots), sc));
+                float top = _mm512_reduce_max_ps(v);
+                if (top > best[t]) { /* the first window of the block's best, as region_body's scan */
+                    best[t] = top;
+                    at[t] = (int32_t)(b * 16) + __builtin_ctz(_mm512_cmp_ps_mask(v, _mm512_set1_ps(top), _CMP_EQ_OQ));
+                }
+            }
+        }
+        for (int t = 0; t < VNNI_ROWS && i + t < n; t++) {
+            out[i + t] = best[t];
+            which[i + t] = at[t];
+        }
+    }
+    free(packed);
+    free(scales);
+}
 #endif
 /* AArch64: Advanced SIMD is baseline, so the portable copies are already the NEON ones */
 
@@ -953,7 +1026,8 @@ static int has_avx512(void)
 {
     /* __builtin_cpu_supports also checks that the OS saves the AVX-512 state (XCR0) */
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
+           __builtin_cpu_supports("avx512vnni");
 }
 #define ARCH_NAME "x86_64"
 #elif defined(HK_ARM)
@@ -965,7 +1039,7 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_avx512, crops_avx512},
+    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512},
     {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2, crops_avx2},
     {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
 #elif defined(HK_ARM)
