@@ -14,9 +14,8 @@ The other way round, *crop looks* find a heavy crop — the query is a part of t
 query, scaled to :data:`CROP_SCALES` of a region thumbnail's side, slides over every position of
 every catalog image's region thumbnail (:func:`~harmony_image.kernels.crop_max`, exact integer
 sums as above); an image's crop look is its best normalised correlation, for the query and its
-mirror. Crop looks only shortlist: verification by keypoints finds the crops they bring
-(measured on the benchmark: every heavy crop the first pass missed ranked first or second by
-crop look; docs/SCORING.md).
+mirror (measured on the benchmark: every heavy crop the other votes missed ranked first or
+second by crop look; docs/SCORING.md).
 
 Verification (the few candidates with the best region looks): the catalog image is placed — its
 256x256 grayscale matched (``cv2.matchTemplate``, normalised correlation) at
@@ -27,7 +26,8 @@ Gaussian blur of :data:`DETAIL_SIGMA` px takes away. Smooth images agree in thei
 chance (a sky and a gradient correlate at 0.9 and more); only a copy agrees in its detail
 (measured on the benchmark: copies 0.35-0.88, other images at most 0.34 — docs/SCORING.md). That
 detail correlation is the evidence (:func:`~harmony_image.scoring.calibrated`), and the window is
-where the colour check looks.
+where the colour check looks. The few with the best crop looks are verified the same way with the
+roles swapped (:func:`refine_crop`): the query placed over the catalog image.
 """
 
 from __future__ import annotations
@@ -60,12 +60,10 @@ QUANT_LEVELS = 127
 PLACE_SIDE = 64
 """Side of the query's grayscale over which a catalog image is placed."""
 PLACE_SIZES = tuple(np.geomspace(0.38, 0.85, 14).round(3).tolist())
-"""Sides of the placed catalog image, as fractions of the query's: the window sizes' range and
-beyond, 6% apart. The best window's own size is not trusted: a window half a grid step off a
-copy can look best at the next size."""
-CROP_PLACE_SIZES = tuple(np.geomspace(0.38, 0.85, 14).round(3).tolist())
-"""Sides of the query placed in a catalog image, as fractions of the catalog image's: the crop
-scales' range and beyond, 6% apart."""
+"""Sides of the placed image (the catalog image in the query, or the query in the catalog image),
+as fractions of the other's: the window and crop scales' range and beyond, 6% apart. The best
+window's own size is not trusted: a window half a grid step off a copy can look best at the
+next size."""
 FINE_SIDE = 128
 """Side of the query's grayscale at which the best placement is refined."""
 FINE_SIZES = (0.96, 1.0, 1.04)
@@ -227,7 +225,8 @@ def crop_views(thumbs: RegionThumbs, query: QueryRegions) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RegionMatch:
-    """Where a catalog image lies in the query by placement, and how well it agrees there."""
+    """Where a catalog image lies in the query (or the query in a catalog image) by placement, and
+    how well the two agree there."""
 
     correlation: float
     """Normalised correlation of the catalog's grayscale with the query there (-1 to 1), at
@@ -236,7 +235,8 @@ class RegionMatch:
     """Normalised correlation of their detail there (-1 to 1; :data:`DETAIL_SIGMA`), at 256 px."""
     mirrored: bool
     box: tuple[float, float, float, float]
-    """x0, y0, x1, y1 in the query's 256x256 frame (flipped back when found in the mirror)."""
+    """x0, y0, x1, y1 in the query's 256x256 frame (flipped back when found in the mirror); the
+    whole frame for a query placed in a catalog image."""
 
 
 NO_MATCH = RegionMatch(0.0, 0.0, False, (np.nan, np.nan, np.nan, np.nan))
@@ -329,7 +329,7 @@ def refine_crop(query: QueryRegions, mirrored: bool, catalog_gray: np.ndarray) -
     full = query.views[int(mirrored)][0]
     fine = cv2.resize(catalog_gray, (FINE_SIDE, FINE_SIDE), interpolation=cv2.INTER_AREA)
     coarse = cv2.resize(catalog_gray, (PLACE_SIDE, PLACE_SIDE), interpolation=cv2.INTER_AREA)
-    peak, placed = _place(coarse, fine, full, sorted({round(f * PLACE_SIDE) for f in CROP_PLACE_SIZES}))
+    peak, placed = _place(coarse, fine, full, sorted({round(f * PLACE_SIDE) for f in PLACE_SIZES}))
     if not np.isfinite(peak):
         return NO_MATCH
     whole = (0.0, 0.0, float(SEED_SIDE), float(SEED_SIDE))

@@ -578,7 +578,7 @@ class Evidence:
     inliers: np.ndarray
     """(2, n) RANSAC inliers at 256 px."""
     detail_inliers: np.ndarray
-    """(2, n) RANSAC inliers of the detail features; 0 where not verified (:func:`detail_choice`)."""
+    """(2, n) RANSAC inliers of the detail features; 0 where not verified (:func:`choices`)."""
     colour: np.ndarray
     """(n,) :func:`colour_agreement` of the part of the query where the 256 px fit locates the
     catalog image (:func:`matched_colours`; the whole query where none does)."""
@@ -588,14 +588,14 @@ class Evidence:
     verifying more rows than the catalog's choice answers as one index does."""
     region: np.ndarray
     """(2, n) detail agreement of the refined region (:func:`~harmony_image.regions.refine`) in
-    the view it was found in; 0 where not refined (:func:`region_choice`) or not matched
+    the view it was found in; 0 where not refined (:func:`choices`) or not matched
     (:data:`REGION_MATCH_FLOOR`)."""
     region_colour: np.ndarray
     """(n,) :func:`colour_agreement` of the refined region; ``colour`` where not refined."""
     crop: np.ndarray
     """(2, n) detail agreement of the query placed in the catalog image
     (:func:`~harmony_image.regions.refine_crop`) in the view it was placed in; 0 where not placed
-    (:func:`crop_choice`) or not matched (:data:`REGION_MATCH_FLOOR`)."""
+    (:func:`choices`) or not matched (:data:`REGION_MATCH_FLOOR`)."""
 
     def __len__(self) -> int:
         return len(self.first)
@@ -650,59 +650,56 @@ def _view_scores(
     )
 
 
-def detail_choice(e: Evidence) -> list[int]:
-    """Positions of the rows that get detail verification, from the 256 px evidence.
+@dataclass(frozen=True)
+class Choices:
+    """Positions of the rows that get the costly checks, from the 256 px evidence, only while it
+    is short of certain. Each is a best-N by a per-row value, ties by position (key order), so
+    the choice over a whole shortlist lies within the union of the choices over its parts."""
 
-    Detail verification costs ~1 ms per image and view: only for the best candidates so far,
-    the best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
+    detail: list[int]
+    """Detail verification (~1 ms per image and view): the best candidates so far, the
+    best-looking ones (keypoint-poor images have no evidence yet) and the most voted (heavy
     crops: keypoints agree before a transform fits at 256 px; small copies: the query's detail
-    keypoints agree), and only while the evidence is short of certain. Each is a best-N by a
-    per-row value, ties by position (key order), so the choice over a whole shortlist lies
-    within the union of the choices over its parts.
-    """
-    scores = _view_scores(e)
-    best = np.argsort(-scores.max(axis=0), kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
+    keypoints agree)."""
+    region: list[int]
+    """Region refinement: the best :data:`REGION_CANDIDATES` by region look at or above
+    :data:`REGION_LOOK_FLOOR`."""
+    crop: list[int]
+    """The query placed in the catalog image: the best :data:`CROP_CANDIDATES` by crop look at
+    or above :data:`CROP_LOOK_FLOOR`."""
+
+
+def choices(e: Evidence) -> Choices:
+    """The :class:`Choices` of ``e``'s rows."""
+    scores = _view_scores(e).max(axis=0)
+    uncertain = scores < DETAIL_SKIP_ABOVE
+    best = np.argsort(-scores, kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
     best_looking = np.argsort(-e.first.looks, kind="stable")[:DETAIL_BY_LOOKS]
     most_voted = np.argsort(-e.first.votes, kind="stable")[:DETAIL_BY_VOTES]
     most_detail_voted = np.argsort(-e.first.detail_votes, kind="stable")[:DETAIL_BY_DETAIL_VOTES]
     candidates = dict.fromkeys(
         [*best.tolist(), *best_looking.tolist(), *most_voted.tolist(), *most_detail_voted.tolist()]
     )
-    return [i for i in candidates if scores[:, i].max() < DETAIL_SKIP_ABOVE]
 
+    def looked(looks: np.ndarray, count: int, floor: float) -> list[int]:
+        return [i for i in np.argsort(-looks, kind="stable")[:count].tolist() if looks[i] >= floor and uncertain[i]]
 
-def region_choice(e: Evidence) -> list[int]:
-    """Positions of the rows whose best window is refined: the best :data:`REGION_CANDIDATES`
-    by region look at or above :data:`REGION_LOOK_FLOOR`, while the 256 px evidence is short of
-    certain. A best-N by a per-row value, ties by position, as :func:`detail_choice`."""
-    return _looked_choice(e, e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR)
-
-
-def crop_choice(e: Evidence) -> list[int]:
-    """Positions of the rows the query is placed in: the best :data:`CROP_CANDIDATES` by crop
-    look at or above :data:`CROP_LOOK_FLOOR`, while the 256 px evidence is short of certain
-    (as :func:`region_choice`)."""
-    return _looked_choice(e, e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR)
-
-
-def _looked_choice(e: Evidence, looks: np.ndarray, count: int, floor: float) -> list[int]:
-    scores = _view_scores(e).max(axis=0)
-    looked = np.argsort(-looks, kind="stable")[:count]
-    return [i for i in looked.tolist() if looks[i] >= floor and scores[i] < DETAIL_SKIP_ABOVE]
+    return Choices(
+        detail=[i for i in candidates if uncertain[i]],
+        region=looked(e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR),
+        crop=looked(e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR),
+    )
 
 
 def decide(e: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score, SSIM and ORB ratio of each row of ``e`` (a whole shortlist, in key order): the
-    better view's calibrated score with the detail evidence of the :func:`detail_choice` rows
-    only, less the colour tie-break."""
-    chosen = np.zeros(len(e), dtype=bool)
-    chosen[detail_choice(e)] = True
-    detail_inliers = np.where(chosen, e.detail_inliers, 0.0)
-    refined = np.zeros(len(e), dtype=bool)
-    refined[region_choice(e)] = True
+    better view's calibrated score with the detail, region and crop evidence of the rows of its
+    :func:`choices` only, less the colour tie-break."""
+    chosen = choices(e)
+    verified, refined, placed = (np.zeros(len(e), dtype=bool) for _ in range(3))
+    verified[chosen.detail], refined[chosen.region], placed[chosen.crop] = True, True, True
+    detail_inliers = np.where(verified, e.detail_inliers, 0.0)
     region = np.where(refined, e.region, 0.0)
-    placed = np.zeros(len(e), dtype=bool)
-    placed[crop_choice(e)] = True
     scores = _view_scores(e, detail_inliers, region, np.where(placed, e.crop, 0.0))
     # All evidence above is grayscale: among equally strong candidates (two colourways of one
     # product), the one whose colours agree with the query's goes first; where the colours
@@ -744,8 +741,8 @@ def verify_shortlist(
     """The :class:`Evidence` of ``rows`` (sorted) for ``query`` and its ``mirror`` (without
     detail features: ``mirror_with_detail`` brings them, else they are computed here), with
     their votes from the ``first`` pass. Detail verification runs for the
-    :func:`detail_choice` of these rows and region refinement (of the query's ``regions``,
-    computed unless given) for their :func:`region_choice`: for one index those are the choices
+    :func:`choices` of these rows, and region refinement and crop placement (of the query's ``regions``,
+    computed unless given) for theirs: for one index those are the choices
     :func:`decide` makes; for a shard's part of a catalog's shortlist, supersets of its share."""
     clock = clock or _Clock()
     views = (query, mirror)
@@ -811,9 +808,8 @@ def verify_shortlist(
     ones = np.ones(len(rows))
     crop = np.zeros((2, len(rows)))
     partial = Evidence(first, ssim, orb, inliers, detail_inliers, ones, ones, region, ones, crop)
-    todo = detail_choice(partial)
-    to_refine = region_choice(partial)
-    to_place = crop_choice(partial)
+    chosen = choices(partial)
+    todo, to_refine, to_place = chosen.detail, chosen.region, chosen.crop
     matches_found: list[RegionMatch] = []
     if to_refine or to_place:
         looked = regions or query_regions(query.gray)
