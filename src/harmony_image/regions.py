@@ -14,8 +14,8 @@ The other way round, *crop looks* find a heavy crop — the query is a part of t
 query, scaled to :data:`CROP_SCALES` of a region thumbnail's side, slides over every position of
 every catalog image's region thumbnail (:func:`~harmony_image.kernels.crop_max`, exact integer
 sums as above); an image's crop look is its best normalised correlation, for the query and its
-mirror (measured on the benchmark: every heavy crop the other votes missed ranked first or
-second by crop look; docs/SCORING.md).
+mirror (measured on the benchmark: every heavy crop the other votes missed ranked among the
+first four by crop look; docs/SCORING.md).
 
 Verification (the few candidates with the best region looks): the catalog image is placed — its
 256x256 grayscale matched (``cv2.matchTemplate``, normalised correlation) at

@@ -78,7 +78,7 @@ REGION_ROWS = 12
 with too few keypoints for the votes."""
 CROP_ROWS = 8
 """Rows the crop looks (:mod:`~harmony_image.regions`) shortlist, whatever ``k``: heavy crops
-with too few keypoints for the votes (measured on the benchmark: each ranked first or second)."""
+with too few keypoints for the votes (measured on the benchmark: each ranked among the first four)."""
 CROP_CANDIDATES = 3
 """Shortlisted rows the query is placed in (the best by crop look above :data:`CROP_LOOK_FLOOR`,
 while the 256 px evidence is short of certain)."""
