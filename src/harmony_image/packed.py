@@ -29,7 +29,7 @@ import numpy as np
 
 from .features import HUE_BINS, SEED_SIDE, THUMB_SIDE, ImageFeatures
 from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, ssim_scores
-from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, crop_views, region_thumbs
+from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, region_thumbs
 
 VOTE_DESCRIPTORS = 96
 """Catalog descriptors per image that take part in the shortlist's keypoint vote."""
@@ -388,11 +388,11 @@ class PackedCatalog:
 
     def crop_looks(self, query: QueryRegions) -> np.ndarray:
         """:func:`~harmony_image.regions.best_crops` of every row: its best crop look."""
-        return self._scatter([best_crops(b.shortlist.regions, query) for b in self.blocks], np.float32)
+        return self._scatter([best_crops(b.shortlist.regions, query)[0] for b in self.blocks], np.float32)
 
     def crop_views(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
         """Whether the query's mirror (not the query) gives each of ``rows`` its crop look."""
-        return crop_views(self._region_rows(rows), query)
+        return best_crops(self._region_rows(rows), query)[1]
 
     def region_windows(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
         """The index of the query's best window for each of ``rows``."""

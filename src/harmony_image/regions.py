@@ -204,22 +204,14 @@ def best_windows(thumbs: RegionThumbs, query: QueryRegions) -> tuple[np.ndarray,
     return looks, which
 
 
-def best_crops(thumbs: RegionThumbs, query: QueryRegions) -> np.ndarray:
-    """Per catalog row of ``thumbs``, its crop look: the best normalised correlation (float32,
-    -1 to 1) of the query or its mirror at :data:`CROP_SCALES` with a window of the row's
-    region thumbnail."""
+def best_crops(thumbs: RegionThumbs, query: QueryRegions) -> tuple[np.ndarray, np.ndarray]:
+    """Per catalog row of ``thumbs``, its crop look — the best normalised correlation (float32,
+    -1 to 1) of the query or its mirror at :data:`CROP_SCALES` with a window of the row's region
+    thumbnail — and whether the mirror gave it."""
     t = query.templates
-    looks, _ = crop_max(thumbs.codes, REGION_SIDE, t.taps, t.sizes, t.scale)
-    return looks
-
-
-def crop_views(thumbs: RegionThumbs, query: QueryRegions) -> np.ndarray:
-    """Per catalog row of ``thumbs``, whether its best crop look (:func:`best_crops`) is the
-    mirror's."""
-    t = query.templates
-    _, where = crop_max(thumbs.codes, REGION_SIDE, t.taps, t.sizes, t.scale)
+    looks, where = crop_max(thumbs.codes, REGION_SIDE, t.taps, t.sizes, t.scale)
     mirrored: np.ndarray = where // (REGION_SIDE * REGION_SIDE) >= len(t.sizes) // 2
-    return mirrored
+    return looks, mirrored
 
 
 @dataclass(frozen=True)

@@ -828,12 +828,13 @@ def verify_shortlist(
             matches_found[j] = placements[j]()
 
         map_threads(place, range(len(placements)))  # OpenCV releases the GIL
-        for i, match in zip(to_refine, matches_found, strict=False):
-            if match.correlation >= REGION_MATCH_FLOOR:
-                region[int(match.mirrored), i] = match.detail
-        for i, match in zip(to_place, matches_found[len(to_refine) :], strict=True):
-            if match.correlation >= REGION_MATCH_FLOOR:
-                crop[int(match.mirrored), i] = match.detail
+        for chosen_rows, found, evidence in (
+            (to_refine, matches_found[: len(to_refine)], region),
+            (to_place, matches_found[len(to_refine) :], crop),
+        ):
+            for i, match in zip(chosen_rows, found, strict=True):
+                if match.correlation >= REGION_MATCH_FLOOR:
+                    evidence[int(match.mirrored), i] = match.detail
         clock.lap("region + crop placement")
     # waited for even when unused: no work outlives a search
     detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()

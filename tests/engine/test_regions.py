@@ -17,7 +17,6 @@ from harmony_image.features import SEED_SIDE
 from harmony_image.regions import (
     best_crops,
     best_windows,
-    crop_views,
     query_regions,
     refine,
     refine_crop,
@@ -160,11 +159,11 @@ def test_a_heavy_crop_is_found_by_its_crop_look_and_placed(catalog_photos, catal
     names = sorted(catalog)
     thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
     regions = query_regions(query.gray)
-    looks = best_crops(thumbs, regions)
+    looks, mirrored = best_crops(thumbs, regions)
     moon = names.index("moon.jpg")
     assert looks.argmax() == moon, dict(zip(names, looks.round(3).tolist(), strict=True))
     assert looks[moon] >= CROP_LOOK_FLOOR
-    assert crop_views(thumbs, regions)[moon] == mirror
+    assert mirrored[moon] == mirror
     match = refine_crop(regions, mirror, catalog["moon.jpg"].gray)
     assert match.correlation >= REGION_MATCH_FLOOR and match.detail >= CROP_FLOOR + 0.1, match
     for other in names:
