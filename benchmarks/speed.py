@@ -22,7 +22,16 @@ import numpy as np
 
 from harmony_image import ImageFeatures, Scoring, SearchIndex, SearchParams, kernels, scoring
 from harmony_image.decode import decode_image
-from harmony_image.features import colour_signature, detail_gray, detail_orb, seed_gray, seed_orb, thumbnail
+from harmony_image.features import (
+    colour_grid,
+    colour_signature,
+    colour_source,
+    detail_gray,
+    detail_orb,
+    seed_gray,
+    seed_orb,
+    thumbnail,
+)
 from harmony_image.packed import VOTE_DESCRIPTORS, subsample
 
 from . import metrics, seed_method
@@ -82,8 +91,11 @@ def extract_stages(data: bytes) -> dict[str, float]:
     lap("seed gray (resize + gray)")
     detail = detail_gray(bgr)
     lap("detail gray (512 px)")
-    colour_signature(bgr)
-    lap("colour histogram")
+    colours = colour_source(bgr)
+    lap("colour source (block average)")
+    colour_signature(colours)
+    colour_grid(colours)
+    lap("colour histogram + grid")
     seed_orb(gray)
     thumbnail(gray)
     lap("ORB 256 px + thumbnail")

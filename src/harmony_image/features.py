@@ -39,6 +39,11 @@ HUE_BINS = 12
 COLOUR_GRID = 8
 """Queries keep colour sums per cell of a COLOUR_GRID x COLOUR_GRID grid, so that the colours
 of the part of a query that matched a catalog image can be told apart from the rest."""
+COLOUR_SOURCE_SIDE = 512
+"""Colours are read from the image block-averaged by the largest whole factor that keeps at
+least this many pixels on its shorter side (OpenCV's fast area path), not from full size: the
+two area resamplings to 64 px of a 4.5 MP photo cost 35 ms from full size and under 4 ms this
+way, and the hue histograms agree with full-size ones to >= 0.99 (:func:`colour_source`)."""
 DETAIL_SIDE = 512
 DETAIL_FEATURES = 1000
 # below OpenCV's default (20) so smooth, low-contrast images still get keypoints; textured
@@ -122,6 +127,20 @@ def _signature(sums: np.ndarray, pixels: int) -> np.ndarray:
     if total > 0:
         hist = hist / total
     return np.append(hist, np.float32(sums[-1] / max(1, pixels))).astype(np.float32)
+
+
+def colour_source(bgr: np.ndarray) -> np.ndarray:
+    """``bgr`` block-averaged by the largest whole factor that keeps :data:`COLOUR_SOURCE_SIDE`
+    pixels on its shorter side (the last rows and columns that do not fill a block dropped), or
+    ``bgr`` itself when that factor is 1: what :func:`colour_signature` and :func:`colour_grid`
+    read. Measured on the real-resolution benchmark's 1-12 MP queries: histogram intersection
+    with the full-size signature >= 0.99 (mean 0.9997)."""
+    h, w = bgr.shape[:2]
+    factor = min(h, w) // COLOUR_SOURCE_SIDE
+    if factor < 2:
+        return bgr
+    whole = bgr[: h - h % factor, : w - w % factor]
+    return cv2.resize(whole, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
 
 
 def colour_signature(bgr: np.ndarray) -> np.ndarray:
@@ -289,16 +308,17 @@ def features_from_images(
 def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
     """Features of an already decoded BGR image whose original bytes hash to ``sha256``
     (``keep_detail_image``: a query's, with its detail image and :func:`colour_grid`)."""
+    colours = colour_source(bgr)
     features = features_from_images(
         seed_gray(bgr),
         detail_gray(bgr),
-        colour_signature(bgr),
+        colour_signature(colours),
         sha256=sha256,
         width=int(bgr.shape[1]),
         height=int(bgr.shape[0]),
         keep_detail_image=keep_detail_image,
     )
-    return replace(features, colour_cells=colour_grid(bgr)) if keep_detail_image else features
+    return replace(features, colour_cells=colour_grid(colours)) if keep_detail_image else features
 
 
 def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, query: bool = True) -> ImageFeatures:

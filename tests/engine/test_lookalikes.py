@@ -9,8 +9,15 @@ import pytest
 
 from benchmarks.datasets import COLOURWAY_HUE, RECOLOURED_HUE, hue_rotated
 from harmony_image import SearchIndex, SearchParams, extract_features
-from harmony_image.features import COLOUR_GRID, colour_grid, colour_signature, region_colours
-from harmony_image.scoring import LOOKALIKE_AGREEMENT, SAME_IMAGE_THRESHOLD
+from harmony_image.features import (
+    COLOUR_GRID,
+    COLOUR_SOURCE_SIDE,
+    colour_grid,
+    colour_signature,
+    colour_source,
+    region_colours,
+)
+from harmony_image.scoring import LOOKALIKE_AGREEMENT, SAME_IMAGE_THRESHOLD, colour_agreement
 
 PHOTO = "astronaut.jpg"  # colourful: a blue suit, a red-white flag
 COLOURWAY = "astronaut__colourway.jpg"
@@ -115,3 +122,19 @@ def test_region_colours_reads_the_cells_a_box_holds():
     assert left[-1] == pytest.approx(1.0)  # fully saturated
     # a box between cell centres still reads the nearest cell
     assert region_colours(grid, (0, 0, 10, 10))[red] == pytest.approx(1.0)
+
+
+def test_colours_of_a_camera_size_photo_are_read_from_its_block_average(photo):
+    """A 12 MP photo's colours come from a copy averaged in whole blocks (the fast area path)
+    and agree with the full-size ones; an image already small is read as it is."""
+    big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    source = colour_source(big)
+    factor = 3000 // COLOUR_SOURCE_SIDE
+    assert source.shape == (3000 // factor, 4000 // factor, 3)
+    assert np.array_equal(source[0, 0], big[:factor, :factor].reshape(-1, 3).mean(axis=0).round().astype(np.uint8))
+    agreement = colour_agreement(colour_signature(source)[None], colour_signature(big)[None])
+    assert agreement[0] >= 0.99
+    cells = colour_grid(source)
+    full_cells = colour_grid(big)
+    assert np.abs(cells - full_cells).max() <= 0.05 * full_cells.max()
+    assert colour_source(photo) is photo  # 512 px: no whole factor of 2 fits
