@@ -619,7 +619,7 @@ per invocation through ReindexQueue; README, Bulk ingest).
 
 The fan-out is SearchFunction's `ShardFanOut` (each shard answered in this process, JSON both
 ways): a shortlist round (each shard's best rows by each first-pass vote, cut to the
-catalog's shortlist), then a verification round (each shard verifies its part of that shortlist
+catalog's shortlist), then a verification round (each shard verifies its rows of that shortlist, given all of it
 and returns the per-row evidence; detail choice, calibration and ranking run over all of it), so
 its answer is one index's by construction: largest score difference in an identical top-5
 {m.get("top5_max_score_diff", 0.0):.1e}.

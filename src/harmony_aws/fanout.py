@@ -19,7 +19,9 @@ an index over the whole catalog gives (harmony_image/index.py has why):
    ``{"shortlist": {"keys", "looks", "votes", "detail_votes", "regions", "crops"}, "catalog_size", "index"}``: the
    shard's best rows by each vote; :func:`~harmony_image.index.merge_shortlists` cuts the
    catalog's shortlist from them;
-2. ``verify`` to each shard holding part of that shortlist, with that part, answered
+2. ``verify`` to each shard holding part of that shortlist, with the whole of it (the shard
+   verifies its rows; the whole's first pass says which of them get the costly checks, so no
+   shard does more of those than its share — :func:`~harmony_image.scoring.choices`), answered
    ``{"verified": {"keys", "urls", "sha256", "ssim", "orb", "inliers", "detail_inliers", "region", "crop",
    "colour", "detail_colour", "region_colour"}}`` (per view lists ``[[query], [mirror]]``);
    :func:`~harmony_image.index.merge_verified` decides and ranks.
@@ -98,8 +100,8 @@ class ShardRequest:
     phase: Phase
     query: ImageFeatures
     params: SearchParams
-    part: Shortlist | None
-    """Phase ``verify``: the rows of the catalog's shortlist this shard holds."""
+    shortlist: Shortlist | None
+    """Phase ``verify``: the catalog's shortlist; the shard verifies the rows it holds."""
 
 
 def _npy(array: np.ndarray) -> str:
@@ -294,10 +296,10 @@ def shard_request(
     params: SearchParams,
     *,
     phase: Phase = "search",
-    part: Shortlist | None = None,
+    shortlist: Shortlist | None = None,
 ) -> dict[str, Any]:
-    """A request to shard ``shard`` of ``shards``; ``part`` (phase ``verify``) is its share of
-    the catalog's shortlist. Phase ``shortlist`` leaves the detail image out (unused there)."""
+    """A request to shard ``shard`` of ``shards``; ``shortlist`` (phase ``verify``) is the
+    catalog's. Phase ``shortlist`` leaves the detail image out (unused there)."""
     query = replace(features, detail_image=None, colour_cells=None) if phase == "shortlist" else features
     out: dict[str, Any] = {
         "shard": shard,
@@ -306,8 +308,8 @@ def shard_request(
         "params": {"k": params.k, "scoring": params.scoring, "min_score": params.min_score},
         "query": encode_query(query),
     }
-    if part is not None:
-        out["shortlist"] = _shortlist_json(part)
+    if shortlist is not None:
+        out["shortlist"] = _shortlist_json(shortlist)
     return out
 
 
@@ -333,13 +335,13 @@ def parse_shard_request(event: Any) -> ShardRequest:
     if (phase == "verify") != ("shortlist" in event):
         raise BadRequestError('"shortlist" comes with phase "verify", and only with it')
     try:
-        part = _shortlist_fields(event["shortlist"], "shortlist") if phase == "verify" else None
+        shortlist = _shortlist_fields(event["shortlist"], "shortlist") if phase == "verify" else None
     except _InvalidFieldError as exc:
         raise BadRequestError(str(exc)) from None
     query = decode_query(event.get("query"))
     if phase == "verify" and query.detail_image is None:
         raise BadRequestError('phase "verify" needs the query\'s "detail_image"')
-    return ShardRequest(shard, shards, phase, query, params, part)
+    return ShardRequest(shard, shards, phase, query, params, shortlist)
 
 
 def answer_shard(event: Any, reader: IndexReader) -> dict[str, Any]:
@@ -350,8 +352,8 @@ def answer_shard(event: Any, reader: IndexReader) -> dict[str, Any]:
         raise BadRequestError(f"this function serves shard {reader.shard}, not {shard} of {shards}")
     index = reader.index()
     if request.phase == "verify":
-        assert request.part is not None  # parse_shard_request's promise
-        return {"verified": _verified_json(index.verify(request.query, request.part))}
+        assert request.shortlist is not None  # parse_shard_request's promise
+        return {"verified": _verified_json(index.verify(request.query, request.shortlist))}
     if request.phase == "shortlist":
         found: Any = _shortlist_json(index.first_pass(request.query, k=request.params.k))
     else:
@@ -441,7 +443,7 @@ class ShardFanOut:
             parts = {i: _part(catalog, [shard_of(key, n) == i for key in catalog.keys]) for i in firsts}
             asked = {i: p for i, p in parts.items() if len(p)}
             seconds, failed_later = self._round(
-                {i: shard_request(i, n, features, params, phase="verify", part=p) for i, p in asked.items()},
+                {i: shard_request(i, n, features, params, phase="verify", shortlist=catalog) for i in asked},
                 lambda i, body: _verified_fields(body["verified"], asked[i]),
             )
             failed = sorted([*failed, *failed_later])

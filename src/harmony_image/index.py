@@ -9,7 +9,8 @@ over all of it, in two phases (harmony_aws/fanout.py carries them between functi
 
 1. each shard's :meth:`SearchIndex.first_pass`: its best rows by each first-pass vote;
    :func:`merge_shortlists` cuts their union to the catalog's shortlist;
-2. each shard's :meth:`SearchIndex.verify` of its part of that shortlist (the per-row evidence);
+2. each shard's :meth:`SearchIndex.verify` of the rows of that shortlist it holds (the per-row
+   evidence);
    :func:`merge_verified` chooses the detail evidence and calibrates over all of it, and ranks.
 
 Every cut is a best-N by a per-row value with ties by key, so the best N of the whole catalog
@@ -196,15 +197,20 @@ class SearchIndex:
         return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), first)
 
     def verify(self, query: ImageFeatures, part: Shortlist) -> Verified:
-        """Phase 2: the evidence for the rows of ``part`` (this index's share of the catalog's
-        shortlist, from :func:`merge_shortlists`) that it holds; keys it does not hold (removed
-        since phase 1) are left out."""
+        """Phase 2: the evidence for the rows of ``part`` that this index holds; keys it does not
+        hold (another shard's, or removed since phase 1) are left out. ``part`` is the catalog's
+        shortlist (:func:`merge_shortlists`) or this index's share of it: given the whole, the
+        rows it refines and detail-verifies by their first-pass ranks are the whole's choice
+        (:func:`~harmony_image.scoring.choices`), not its share's best."""
         packed = self.packed()
         found = [(row, i) for i, key in enumerate(part.keys) if (row := _row_of(packed, key)) is not None]
         found.sort()
         rows = np.array([row for row, _ in found], dtype=np.int64)
         mine = np.array([i for _, i in found], dtype=np.int64)
-        evidence = verify_shortlist(query, mirrored(query, detail=False), packed, rows, first=part.first.take(mine))
+        mirror = mirrored(query, detail=False)
+        evidence = verify_shortlist(
+            query, mirror, packed, rows, first=part.first.take(mine), whole=part.first, own=mine
+        )
         r = rows.tolist()
         return Verified(
             keys=tuple(packed.keys[i] for i in r),

@@ -653,8 +653,10 @@ def _view_scores(
 @dataclass(frozen=True)
 class Choices:
     """Positions of the rows that get the costly checks, from the 256 px evidence, only while it
-    is short of certain. Each is a best-N by a per-row value, ties by position (key order), so
-    the choice over a whole shortlist lies within the union of the choices over its parts."""
+    is short of certain. Each is a best-N by a per-row value, ties by position (key order). Those
+    by first-pass values are cut over the whole shortlist (a shard is given it), so a shard
+    chooses exactly the whole's choice among its rows; the best by 256 px score is cut over the
+    rows at hand, so over a shard's part it holds the whole's choice among them and maybe more."""
 
     detail: list[int]
     """Detail verification (~1 ms per image and view): the best candidates so far, the
@@ -669,25 +671,36 @@ class Choices:
     or above :data:`CROP_LOOK_FLOOR`."""
 
 
-def choices(e: Evidence) -> Choices:
-    """The :class:`Choices` of ``e``'s rows."""
+def choices(e: Evidence, *, whole: FirstPass | None = None, own: np.ndarray | None = None) -> Choices:
+    """The :class:`Choices` of ``e``'s rows. ``whole`` is the first pass of the whole shortlist
+    that ``e``'s rows are part of (a shard's share of a catalog's) and ``own`` each row's
+    position in it; without them ``e`` is the whole shortlist."""
+    if whole is None or own is None:
+        whole, own = e.first, np.arange(len(e))
+    at = {int(p): i for i, p in enumerate(own.tolist())}
     scores = _view_scores(e).max(axis=0)
     uncertain = scores < DETAIL_SKIP_ABOVE
-    best = np.argsort(-scores, kind="stable")[:DETAIL_CANDIDATES]  # max(6, k) before issue 10
-    best_looking = np.argsort(-e.first.looks, kind="stable")[:DETAIL_BY_LOOKS]
-    most_voted = np.argsort(-e.first.votes, kind="stable")[:DETAIL_BY_VOTES]
-    most_detail_voted = np.argsort(-e.first.detail_votes, kind="stable")[:DETAIL_BY_DETAIL_VOTES]
+
+    def best_in_whole(values: np.ndarray, count: int) -> list[int]:
+        """Positions in ``e`` of the whole shortlist's best ``count`` by ``values`` that it holds."""
+        return [at[p] for p in np.argsort(-values, kind="stable")[:count].tolist() if p in at]
+
     candidates = dict.fromkeys(
-        [*best.tolist(), *best_looking.tolist(), *most_voted.tolist(), *most_detail_voted.tolist()]
+        [
+            *np.argsort(-scores, kind="stable")[:DETAIL_CANDIDATES].tolist(),  # max(6, k) before issue 10
+            *best_in_whole(whole.looks, DETAIL_BY_LOOKS),
+            *best_in_whole(whole.votes, DETAIL_BY_VOTES),
+            *best_in_whole(whole.detail_votes, DETAIL_BY_DETAIL_VOTES),
+        ]
     )
 
-    def looked(looks: np.ndarray, count: int, floor: float) -> list[int]:
-        return [i for i in np.argsort(-looks, kind="stable")[:count].tolist() if looks[i] >= floor and uncertain[i]]
+    def looked(looks: np.ndarray, mine: np.ndarray, count: int, floor: float) -> list[int]:
+        return [i for i in best_in_whole(looks, count) if mine[i] >= floor and uncertain[i]]
 
     return Choices(
         detail=[i for i in candidates if uncertain[i]],
-        region=looked(e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR),
-        crop=looked(e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR),
+        region=looked(whole.regions, e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR),
+        crop=looked(whole.crops, e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR),
     )
 
 
@@ -736,6 +749,8 @@ def verify_shortlist(
     first: FirstPass,
     mirror_with_detail: Future[ImageFeatures] | None = None,
     regions: QueryRegions | None = None,
+    whole: FirstPass | None = None,
+    own: np.ndarray | None = None,
     clock: _Clock | None = None,
 ) -> Evidence:
     """The :class:`Evidence` of ``rows`` (sorted) for ``query`` and its ``mirror`` (without
@@ -743,7 +758,8 @@ def verify_shortlist(
     their votes from the ``first`` pass. Detail verification runs for the
     :func:`choices` of these rows, and region refinement and crop placement (of the query's ``regions``,
     computed unless given) for theirs: for one index those are the choices
-    :func:`decide` makes; for a shard's part of a catalog's shortlist, supersets of its share."""
+    :func:`decide` makes; for a shard's part of a catalog's shortlist (``shortlist`` the whole
+    first pass ``whole``, ``own`` the rows' positions in it), at least its share of them."""
     clock = clock or _Clock()
     views = (query, mirror)
     grays, descriptors = catalog_subset(packed, rows)  # gathered once for the query and its mirror
@@ -808,7 +824,7 @@ def verify_shortlist(
     ones = np.ones(len(rows))
     crop = np.zeros((2, len(rows)))
     partial = Evidence(first, ssim, orb, inliers, detail_inliers, ones, ones, region, ones, crop)
-    chosen = choices(partial)
+    chosen = choices(partial, whole=whole, own=own)
     todo, to_refine, to_place = chosen.detail, chosen.region, chosen.crop
     matches_found: list[RegionMatch] = []
     if to_refine or to_place:
@@ -836,8 +852,10 @@ def verify_shortlist(
                 if match.correlation >= REGION_MATCH_FLOOR:
                     evidence[int(match.mirrored), i] = match.detail
         clock.lap("region + crop placement")
-    # waited for even when unused: no work outlives a search
-    detail_views[1] = mirror_detail(mirror, query) if mirror_with_detail is None else mirror_with_detail.result()
+    if mirror_with_detail is not None:  # waited for even when unused: no work outlives a search
+        detail_views[1] = mirror_with_detail.result()
+    elif todo:
+        detail_views[1] = mirror_detail(mirror, query)
     clock.lap("mirror detail ORB (wait)")
     if todo:
         map_threads(verify_detail, todo)  # fills detail_inliers, which ``partial`` holds

@@ -131,8 +131,8 @@ def _part(
 )
 def test_bad_verification_requests_are_refused_with_a_reason(images, change, says):
     feats = extract_features(images["coffee__resize_half.png"])
-    request = shard_request(1, 2, feats, SearchParams(), phase="verify", part=_part())
-    assert parse_shard_request(json.loads(json.dumps(request))).part is not None
+    request = shard_request(1, 2, feats, SearchParams(), phase="verify", shortlist=_part())
+    assert parse_shard_request(json.loads(json.dumps(request))).shortlist is not None
     change(request)
     with pytest.raises(BadRequestError, match=says):
         parse_shard_request(request)

@@ -9,19 +9,30 @@ import pytest
 
 from harmony_image import SearchIndex, SearchParams, merge_results
 from harmony_image.index import merge_shortlists, merge_verified
-from harmony_image.scoring import FirstPass, best_rows, shortlist_cut, shortlist_rows, shortlist_size
+from harmony_image.scoring import (
+    FirstPass,
+    best_rows,
+    choices,
+    mirrored,
+    shortlist,
+    shortlist_cut,
+    shortlist_rows,
+    shortlist_size,
+    verify_shortlist,
+)
 from tests.engine.test_tiers import entries, in_memory, queries  # noqa: F401 - the ~80 real entries and queries
 
 
-def phased(shards: list[SearchIndex], query, params: SearchParams):
-    """What harmony_aws.fanout does across functions, in process."""
+def phased(shards: list[SearchIndex], query, params: SearchParams, *, send: str = "whole"):
+    """What harmony_aws.fanout does across functions, in process: each shard holding part of the
+    merged shortlist verifies it, given the whole shortlist (``send="whole"``, as the fan-out
+    does) or only its part (``"part"``: it then chooses by its part's ranks, more than its share)."""
     shortlist = merge_shortlists([s.first_pass(query, k=params.k) for s in shards], k=params.k)
     parts = []
-    for s in shards:  # each shard verifies the rows of the shortlist it holds
+    for s in shards:
         mine = [i for i, key in enumerate(shortlist.keys) if key in s]
-        part = shortlist.take(np.array(mine, dtype=np.int64))
-        if len(part):
-            parts.append(s.verify(query, part))
+        if mine:
+            parts.append(s.verify(query, shortlist if send == "whole" else shortlist.take(np.array(mine))))
     return merge_verified(parts, k=params.k, min_score=params.min_score)
 
 
@@ -29,13 +40,36 @@ def split(entries, n: int) -> list[SearchIndex]:  # noqa: F811 - the fixture's v
     return [in_memory(entries[i::n]) for i in range(n)]
 
 
-@pytest.mark.parametrize("n", [2, 3, 5])
-def test_sharded_default_search_is_the_one_index_search(entries, queries, n):  # noqa: F811
+@pytest.mark.parametrize(("n", "send"), [(2, "whole"), (3, "whole"), (5, "whole"), (3, "part")])
+def test_sharded_default_search_is_the_one_index_search(entries, queries, n, send):  # noqa: F811
     whole, shards = in_memory(entries), split(entries, n)
     assert len(entries) > 2 * shortlist_size(12)  # the cuts choose
     for name, q in queries.items():
         for params in (SearchParams(k=1), SearchParams(k=5), SearchParams(k=12), SearchParams(k=40, min_score=0.05)):
-            assert phased(shards, q, params) == whole.search(q, params), (name, params)
+            assert phased(shards, q, params, send=send) == whole.search(q, params), (name, params)
+
+
+def test_a_shard_given_the_whole_shortlist_makes_its_share_of_the_costly_checks(entries, queries):  # noqa: F811
+    """Region and crop placements and the detail verifications chosen by first-pass ranks are
+    the whole shortlist's choice among a shard's rows; only the best by 256 px score is the
+    shard's own (it cannot see the other shards' scores)."""
+    packed = in_memory(entries).packed()
+    checked = 0
+    for q in queries.values():
+        mirror = mirrored(q, detail=False)
+        rows, first = shortlist(q, mirror, packed, shortlist_size(5))
+        e = verify_shortlist(q, mirror, packed, rows, first=first)
+        want = choices(e)
+        for own in np.array_split(np.arange(len(rows)), 3):
+            got, alone = choices(e.take(own), whole=e.first, own=own), choices(e.take(own))
+            mine = {int(p): i for i, p in enumerate(own.tolist())}
+            share = {part: [mine[p] for p in getattr(want, part) if p in mine] for part in ("region", "crop")}
+            assert sorted(got.region) == sorted(share["region"]) and sorted(got.crop) == sorted(share["crop"])
+            detail_share = {mine[p] for p in want.detail if p in mine}
+            assert detail_share <= set(got.detail) <= detail_share | set(alone.detail)
+            assert set(got.region) <= set(alone.region) and set(got.crop) <= set(alone.crop)
+            checked += len(alone.region) + len(alone.crop) - len(got.region) - len(got.crop)
+    assert checked > 0  # a part alone chose placements that are not its share
 
 
 def test_sharded_seed_search_is_the_one_index_search(entries, queries):  # noqa: F811

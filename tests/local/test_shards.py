@@ -103,7 +103,9 @@ def test_a_shard_answers_both_rounds_through_the_invoke_api(sharded):
     got = first["shortlist"]
     first_pass = FirstPass(*(np.array(got[f]) for f in ("looks", "votes", "detail_votes", "regions", "crops")))
     part = Shortlist(tuple(got["keys"]), first_pass)
-    _, second = invoke(sharded, "ShardFunction1", shard_request(1, SHARDS, feats, params, phase="verify", part=part))
+    _, second = invoke(
+        sharded, "ShardFunction1", shard_request(1, SHARDS, feats, params, phase="verify", shortlist=part)
+    )
     assert second["verified"]["keys"] == sorted(part.keys) and len(second["verified"]["ssim"]) == 2, second
 
 
