@@ -7,7 +7,8 @@ SearchFunction extracts the query's features once and invokes the shards (Lambda
 
     {"shard": i, "shards": n, "phase": "search" | "shortlist" | "verify",
      "params": {"k", "scoring", "min_score"},
-     "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>},
+     "query": {"features": <base64 record bytes>, "detail_image": <base64 .npy>, "colour_cells": <base64 .npy>,
+               "mirror": <base64 record bytes>},
      "shortlist": {"keys": [str], "looks": [float], "votes": [int], "detail_votes": [int], "regions": [float],
                    "crops": [float]}}
                                                                           (phase "verify" only)
@@ -56,7 +57,7 @@ from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResul
 from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
-from harmony_image.scoring import Evidence, FirstPass, shortlist_rows
+from harmony_image.scoring import Evidence, FirstPass, mirror_detail, mirrored, shortlist_rows
 
 from .config import MAX_SHARDS
 from .errors import BadRequestError, StorageError
@@ -102,6 +103,8 @@ class ShardRequest:
     params: SearchParams
     shortlist: Shortlist | None
     """Phase ``verify``: the catalog's shortlist; the shard verifies the rows it holds."""
+    mirror: ImageFeatures | None = None
+    """The query's mirrored features when sent (in phase ``verify`` with its detail features)."""
 
 
 def _npy(array: np.ndarray) -> str:
@@ -110,15 +113,19 @@ def _npy(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def encode_query(features: ImageFeatures) -> dict[str, str]:
+def encode_query(features: ImageFeatures, mirror: ImageFeatures | None = None) -> dict[str, str]:
     """The query's features as JSON-safe text, with what a query keeps beside its record when it
     has it: the detail image (default scoring's verification needs it for the mirrored query)
-    and the colour grid (the colours of the part of the query a catalog image lies in)."""
+    and the colour grid (the colours of the part of the query a catalog image lies in); and
+    ``mirror``, the query's :func:`~harmony_image.scoring.mirrored` features, when given (made
+    once by SearchFunction, not by every shard in both rounds)."""
     out = {"features": base64.b64encode(features.to_bytes()).decode("ascii")}
     if features.detail_image is not None:
         out["detail_image"] = _npy(features.detail_image)
     if features.colour_cells is not None:
         out["colour_cells"] = _npy(features.colour_cells)
+    if mirror is not None:
+        out["mirror"] = base64.b64encode(mirror.to_bytes()).decode("ascii")
     return out
 
 
@@ -131,14 +138,19 @@ def _query_array(payload: dict[str, Any], name: str) -> np.ndarray | None:
     return array
 
 
-def decode_query(payload: Any) -> ImageFeatures:
-    """:func:`encode_query`'s output back; :class:`BadRequestError` naming what is wrong."""
+def decode_query(payload: Any) -> tuple[ImageFeatures, ImageFeatures | None]:
+    """:func:`encode_query`'s output back: the query and its mirror (None when not sent);
+    :class:`BadRequestError` naming what is wrong."""
     if not isinstance(payload, dict) or not isinstance(payload.get("features"), str):
         raise BadRequestError('"query" must be an object with "features" (base64 text)')
+    if not isinstance(payload.get("mirror", ""), str):
+        raise BadRequestError('"query.mirror" must be base64 text')
     try:
         features = ImageFeatures.from_bytes(base64.b64decode(payload["features"], validate=True))
         detail = _query_array(payload, "detail_image")
         cells = _query_array(payload, "colour_cells")
+        sent = payload.get("mirror")
+        mirror = None if sent is None else ImageFeatures.from_bytes(base64.b64decode(sent, validate=True))
     except (binascii.Error, ValueError, OSError) as exc:
         raise BadRequestError(f'"query" is not an encoded query ({exc})') from exc
     except HarmonyError as exc:
@@ -152,7 +164,23 @@ def decode_query(payload: Any) -> ImageFeatures:
         cells.dtype != np.float32 or cells.shape != grid or not (np.isfinite(cells) & (cells >= 0)).all()
     ):
         raise BadRequestError(f'"query.colour_cells" must be {grid} float32 values >= 0')
-    return replace(features, detail_image=detail, colour_cells=cells)
+    if mirror is not None and not _mirrors(mirror, features):
+        raise BadRequestError('"query.mirror" must be the features of the query flipped left-right')
+    return replace(features, detail_image=detail, colour_cells=cells), mirror
+
+
+def _mirrors(mirror: ImageFeatures, query: ImageFeatures) -> bool:
+    """Whether ``mirror`` is of ``query`` flipped left-right, as far as a cheap check tells: the
+    same image, its grayscale flipped, its thumbnail flipped (a 32 px area thumbnail of a 256 px
+    image is a mean of 8x8 blocks, which a flip only reorders)."""
+    side = int(np.sqrt(query.thumb.size))
+    return (
+        (mirror.sha256, mirror.width, mirror.height) == (query.sha256, query.width, query.height)
+        and np.array_equal(mirror.gray, query.gray[:, ::-1])
+        and np.array_equal(mirror.colours, query.colours)
+        and mirror.thumb.shape == query.thumb.shape
+        and np.allclose(mirror.thumb.reshape(side, side), query.thumb.reshape(side, side)[:, ::-1], atol=1e-6)
+    )
 
 
 # ------------------------------------------------------------------------ message fields, checked
@@ -297,16 +325,19 @@ def shard_request(
     *,
     phase: Phase = "search",
     shortlist: Shortlist | None = None,
+    mirror: ImageFeatures | None = None,
 ) -> dict[str, Any]:
     """A request to shard ``shard`` of ``shards``; ``shortlist`` (phase ``verify``) is the
-    catalog's. Phase ``shortlist`` leaves the detail image out (unused there)."""
+    catalog's; ``mirror``, the query's :func:`~harmony_image.scoring.mirrored` features (with
+    their detail features for phase ``verify``), saves the shard making them. Phase
+    ``shortlist`` leaves the detail image out (unused there)."""
     query = replace(features, detail_image=None, colour_cells=None) if phase == "shortlist" else features
     out: dict[str, Any] = {
         "shard": shard,
         "shards": shards,
         "phase": phase,
         "params": {"k": params.k, "scoring": params.scoring, "min_score": params.min_score},
-        "query": encode_query(query),
+        "query": encode_query(query, mirror),
     }
     if shortlist is not None:
         out["shortlist"] = _shortlist_json(shortlist)
@@ -338,10 +369,17 @@ def parse_shard_request(event: Any) -> ShardRequest:
         shortlist = _shortlist_fields(event["shortlist"], "shortlist") if phase == "verify" else None
     except _InvalidFieldError as exc:
         raise BadRequestError(str(exc)) from None
-    query = decode_query(event.get("query"))
+    query, mirror = decode_query(event.get("query"))
     if phase == "verify" and query.detail_image is None:
         raise BadRequestError('phase "verify" needs the query\'s "detail_image"')
-    return ShardRequest(shard, shards, phase, query, params, shortlist)
+    if (
+        phase == "verify"
+        and mirror is not None
+        and len(query.detail_descriptors)
+        and not len(mirror.detail_descriptors)
+    ):
+        raise BadRequestError('phase "verify" needs "query.mirror" with its detail features (or no mirror)')
+    return ShardRequest(shard, shards, phase, query, params, shortlist, mirror)
 
 
 def answer_shard(event: Any, reader: IndexReader) -> dict[str, Any]:
@@ -353,9 +391,9 @@ def answer_shard(event: Any, reader: IndexReader) -> dict[str, Any]:
     index = reader.index()
     if request.phase == "verify":
         assert request.shortlist is not None  # parse_shard_request's promise
-        return {"verified": _verified_json(index.verify(request.query, request.shortlist))}
+        return {"verified": _verified_json(index.verify(request.query, request.shortlist, mirror=request.mirror))}
     if request.phase == "shortlist":
-        found: Any = _shortlist_json(index.first_pass(request.query, k=request.params.k))
+        found: Any = _shortlist_json(index.first_pass(request.query, k=request.params.k, mirror=request.mirror))
     else:
         found = [r.to_dict() for r in index.search(request.query, request.params)]
     return {_ANSWER[request.phase]: found, "catalog_size": len(index), "index": reader.status}
@@ -437,13 +475,23 @@ class ShardFanOut:
                     raise _InvalidFieldError("the shortlist is longer than asked for, or holds another shard's key")
                 return (part, *head(i, body))
 
-            requests = {i: shard_request(i, n, features, params, phase="shortlist") for i in range(n)}
-            firsts, failed = self._round(requests, read_shortlist)
+            # the query's mirror, made once here: its 512 px ORB while the shards make their shortlists
+            mirror = mirrored(features, detail=False)
+            with ThreadPoolExecutor(max_workers=1) as background:
+                with_detail = background.submit(mirror_detail, mirror, features)
+                requests = {
+                    i: shard_request(i, n, features, params, phase="shortlist", mirror=mirror) for i in range(n)
+                }
+                firsts, failed = self._round(requests, read_shortlist)
+                mirror = with_detail.result()
             catalog = merge_shortlists([a[0] for a in firsts.values()], k=params.k)
             parts = {i: _part(catalog, [shard_of(key, n) == i for key in catalog.keys]) for i in firsts}
             asked = {i: p for i, p in parts.items() if len(p)}
             seconds, failed_later = self._round(
-                {i: shard_request(i, n, features, params, phase="verify", shortlist=catalog) for i in asked},
+                {
+                    i: shard_request(i, n, features, params, phase="verify", shortlist=catalog, mirror=mirror)
+                    for i in asked
+                },
                 lambda i, body: _verified_fields(body["verified"], asked[i]),
             )
             failed = sorted([*failed, *failed_later])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -187,29 +188,43 @@ class SearchIndex:
             min_score=params.min_score,
         )
 
-    def first_pass(self, query: ImageFeatures, *, k: int) -> Shortlist:
+    def first_pass(self, query: ImageFeatures, *, k: int, mirror: ImageFeatures | None = None) -> Shortlist:
         """Phase 1 of a sharded ``default`` search for ``k`` results: this index's best rows by
-        keypoint votes and by looks (:func:`~harmony_image.scoring.shortlist`)."""
+        keypoint votes and by looks (:func:`~harmony_image.scoring.shortlist`). ``mirror``: the
+        query's :func:`~harmony_image.scoring.mirrored` features, made here unless given."""
         packed = self.packed()
         if len(packed) == 0:
             return Shortlist((), FirstPass.concatenate([]))
-        rows, first = shortlist(query, mirrored(query, detail=False), packed, shortlist_size(k))
+        mirror = mirror or mirrored(query, detail=False)
+        rows, first = shortlist(query, mirror, packed, shortlist_size(k))
         return Shortlist(tuple(packed.keys[r] for r in rows.tolist()), first)
 
-    def verify(self, query: ImageFeatures, part: Shortlist) -> Verified:
+    def verify(self, query: ImageFeatures, part: Shortlist, *, mirror: ImageFeatures | None = None) -> Verified:
         """Phase 2: the evidence for the rows of ``part`` that this index holds; keys it does not
         hold (another shard's, or removed since phase 1) are left out. ``part`` is the catalog's
         shortlist (:func:`merge_shortlists`) or this index's share of it: given the whole, the
         rows it refines and detail-verifies by their first-pass ranks are the whole's choice
-        (:func:`~harmony_image.scoring.choices`), not its share's best."""
+        (:func:`~harmony_image.scoring.choices`), not its share's best. ``mirror``: the query's
+        :func:`~harmony_image.scoring.mirrored` features with their detail features, made here
+        (the detail ones only if detail verification runs) unless given."""
         packed = self.packed()
         found = [(row, i) for i, key in enumerate(part.keys) if (row := _row_of(packed, key)) is not None]
         found.sort()
         rows = np.array([row for row, _ in found], dtype=np.int64)
         mine = np.array([i for _, i in found], dtype=np.int64)
-        mirror = mirrored(query, detail=False)
+        with_detail: Future[ImageFeatures] | None = None
+        if mirror is not None:
+            with_detail = Future()
+            with_detail.set_result(mirror)
         evidence = verify_shortlist(
-            query, mirror, packed, rows, first=part.first.take(mine), whole=part.first, own=mine
+            query,
+            mirror or mirrored(query, detail=False),
+            packed,
+            rows,
+            first=part.first.take(mine),
+            mirror_with_detail=with_detail,
+            whole=part.first,
+            own=mine,
         )
         r = rows.tolist()
         return Verified(

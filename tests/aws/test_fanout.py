@@ -6,6 +6,7 @@ failed shard. Through a Lambda Invoke API: tests/local/test_shards.py."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 
@@ -36,7 +37,7 @@ from harmony_image import (
     merge_results,
 )
 from harmony_image.index import Shortlist
-from harmony_image.scoring import FirstPass, shortlist_rows
+from harmony_image.scoring import FirstPass, mirrored, shortlist_rows
 from tests.engine.test_tiers import _variants
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog, record_writer
 
@@ -48,12 +49,39 @@ def test_a_query_survives_its_encoding(images):
         index.add(n, extract_features(images[n], query=False))
     for q in QUERY_VARIANTS[:4]:
         feats = extract_features(images[q])
-        back = decode_query(encode_query(feats))
+        back, no_mirror = decode_query(encode_query(feats))
+        assert no_mirror is None
         assert back.detail_image is not None and np.array_equal(back.detail_image, feats.detail_image)
         assert back.colour_cells is not None and np.array_equal(back.colour_cells, feats.colour_cells)
         for scoring in ("default", "seed"):
             p = SearchParams(k=5, scoring=scoring)
             assert index.search(back, p) == index.search(feats, p)
+        mirror = mirrored(feats)
+        again, mirror_back = decode_query(encode_query(feats, mirror))
+        assert mirror_back is not None and _same(mirror_back, mirror) and _same(again, feats)
+
+
+def test_a_shard_given_the_mirror_answers_as_one_making_it(images):
+    """The mirror SearchFunction sends saves each shard making it, and changes no answer."""
+    index = SearchIndex()
+    for n in CATALOG_NAMES:
+        index.add(n, extract_features(images[n], query=False))
+    for q in QUERY_VARIANTS[:4]:
+        feats = extract_features(images[q])
+        shortlist = index.first_pass(feats, k=5)
+        given_first = index.first_pass(feats, k=5, mirror=mirrored(feats, detail=False))
+        assert given_first.keys == shortlist.keys and _same(given_first.first, shortlist.first)
+        given, made = index.verify(feats, shortlist, mirror=mirrored(feats)), index.verify(feats, shortlist)
+        assert given.keys == made.keys and _same(given.evidence, made.evidence)
+
+
+def _same(a, b) -> bool:
+    """Two dataclasses of arrays (features, evidence) hold equal values, field by field."""
+
+    def equal(x, y) -> bool:
+        return _same(x, y) if dataclasses.is_dataclass(x) else np.array_equal(x, y)
+
+    return all(equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a) if f.compare)
 
 
 def _npy(a: np.ndarray) -> str:
@@ -80,10 +108,15 @@ def _npy(a: np.ndarray) -> str:
         (lambda r: r["query"].update(colour_cells=_npy(np.full((8, 8, 13), np.nan, np.float32))), "float32 values"),
         (lambda r: r["query"].update(colour_cells=_npy(np.full((8, 8, 13), -1, np.float32))), ">= 0"),
         (lambda r: r["query"].update(colour_cells=_npy(np.zeros((8, 8, 13), np.float64))), "float32 values"),
+        (lambda r: r["query"].update(mirror=3), "base64 text"),
+        (lambda r: r["query"].update(mirror=r["query"]["features"]), "flipped left-right"),
+        (lambda r: r["query"].update(mirror=base64.b64encode(b"PK\x03\x04junk").decode()), "damaged"),
     ],
 )
 def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
-    request = shard_request(1, 2, extract_features(images["coffee__resize_half.png"]), SearchParams())
+    feats = extract_features(images["coffee__resize_half.png"])
+    request = shard_request(1, 2, feats, SearchParams(), mirror=mirrored(feats, detail=False))
+    assert parse_shard_request(json.loads(json.dumps(request))).mirror is not None
     change(request)
     with pytest.raises(BadRequestError, match=says):
         parse_shard_request(request)
@@ -99,6 +132,19 @@ def _part(
 ) -> Shortlist:
     first = FirstPass(np.array(looks), np.array(votes), np.array(detail_votes), np.array(regions), np.array(crops))
     return Shortlist(tuple(keys), first)
+
+
+def test_a_verification_request_needs_the_mirrors_detail_features(images):
+    feats = extract_features(images["coffee__resize_half.png"])
+    assert len(feats.detail_descriptors)
+    for mirror, accepted in ((mirrored(feats), True), (None, True), (mirrored(feats, detail=False), False)):
+        request = shard_request(1, 2, feats, SearchParams(), phase="verify", shortlist=_part(), mirror=mirror)
+        if accepted:
+            sent = parse_shard_request(json.loads(json.dumps(request))).mirror
+            assert sent is None if mirror is None else sent is not None and _same(sent, mirror)
+        else:
+            with pytest.raises(BadRequestError, match="with its detail features"):
+                parse_shard_request(request)
 
 
 @pytest.mark.parametrize(
@@ -190,10 +236,12 @@ class InProcessLambda:
         self.readers = readers
         self.tamper = tamper
         self.calls: list[tuple[str, str]] = []
+        self.mirrored: list[bool] = []  # whether each request carried the query's mirror
 
     def invoke(self, *, FunctionName: str, Payload: bytes):  # noqa: N803 - boto3's names
         request = json.loads(Payload)
         self.calls.append((FunctionName, request["phase"]))
+        self.mirrored.append("mirror" in request["query"])
         try:
             body = answer_shard(request, self.readers[FunctionName])
         except HarmonyError as exc:
@@ -241,6 +289,8 @@ def test_the_phased_fan_out_answers_exactly_as_one_index(s3, images, catalog_pho
     phases = [phase for _, phase in client.calls]  # default: both rounds, to every shard; seed: one
     assert phases.count("shortlist") == 2 * phases.count("search") > 0
     assert 0 < phases.count("verify") <= phases.count("shortlist")
+    # both rounds of default carry the mirror SearchFunction made; seed's one round does not need it
+    assert all(sent == (phase != "search") for sent, phase in zip(client.mirrored, phases, strict=True))
 
 
 def test_one_shard_takes_one_round(s3, catalog_photos, images, tmp_path):
