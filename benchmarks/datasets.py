@@ -50,7 +50,7 @@ from harmony_image.scoring import COLOURFUL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".bench"
-FORMAT = "pkg-v3"
+FORMAT = "pkg-v4"
 MAX_SIDE = 1024
 
 # Real photographs bundled in scikit-image's wheel. Left out on purpose: motorcycle_right (the
@@ -162,6 +162,9 @@ INSET_AREA = 1 / 3
 screenshots, a product placed on a banner)."""
 HEAVY_CROP_AREA = 1 / 3
 """Share of the original's area ``crop_third_q40`` keeps before strong compression."""
+HEAVY_CROP_AREAS = {"fifth": 1 / 5, "half": 1 / 2}
+"""The same at other shares (``crop_fifth_q40``, ``crop_half_q40``): the query's crop looks
+slide it at three sizes, for about a fifth, a third and a half of the catalog image."""
 COLOURWAY_HUE = 60
 """Hue rotation in OpenCV's 0-180 hue units (120 degrees) that makes a catalog original's
 ``colourway``: the same garment, other colours — a look-alike, not a copy."""
@@ -229,6 +232,10 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("stretch_130", lambda im, r, b: _resize_by(im, 1.3, 1.0)),
     Transform("inset_third", _inset),
     Transform("crop_third_q40", lambda im, r, b: _crop(im, HEAVY_CROP_AREA**0.5, r), jpeg_quality=40),
+    *(
+        Transform(f"crop_{share}_q40", lambda im, r, b, a=area: _crop(im, a**0.5, r), jpeg_quality=40)
+        for share, area in HEAVY_CROP_AREAS.items()
+    ),
     Transform("rotate_bright", lambda im, r, b: _affine_light(_rotate_small(im, 4.0), 1.2, 25)),
     Transform("recoloured", lambda im, r, b: hue_rotated(im, RECOLOURED_HUE), jpeg_quality=75),
     Transform("warm_filter", lambda im, r, b: _colour_cast(im, (0.8, 0.95, 1.15)), jpeg_quality=75),

@@ -162,7 +162,8 @@ def _introduction(results: dict[str, Any]) -> list[str]:
         f"it must); {ds['held_out']} more photos are held out of the catalog, so their copies are "
         '**negatives** (queries whose right answer is "not in the catalog"). Every photo is queried under '
         f"{len(TRANSFORM_NAMES)} transforms ({', '.join(TRANSFORM_NAMES)}; `inset_third` puts the photo in a third "
-        "of another one, `crop_third_q40` keeps a third at JPEG quality 40, their `hflip_` variants are "
+        "of another one, `crop_third_q40` keeps a third at JPEG quality 40 (`crop_fifth_q40` and `crop_half_q40` a "
+        "fifth and a half), their `hflip_` variants are "
         "flipped too, `warm_filter` casts its colours, "
         "`recoloured` turns a colourful photo's hues 240° — a look-alike, so a negative), each colourway "
         f"once (`colourway_copy`): {ds['queries']} queries, {ds['negatives']} of them negatives. "
