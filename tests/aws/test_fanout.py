@@ -42,11 +42,17 @@ from tests.engine.test_tiers import _variants
 from tests.support import BUCKET, CATALOG_NAMES, QUERY_VARIANTS, put_catalog, record_writer
 
 
-def test_a_query_survives_its_encoding(images):
-    """Searching with the decoded query gives exactly what the original query gives."""
+@pytest.fixture(scope="module")
+def sample_index(catalog_photos) -> SearchIndex:
     index = SearchIndex()
-    for n in CATALOG_NAMES:
-        index.add(n, extract_features(images[n], query=False))
+    for name, data in catalog_photos.items():
+        index.add(name, extract_features(data, query=False))
+    return index
+
+
+def test_a_query_survives_its_encoding(images, sample_index):
+    """Searching with the decoded query gives exactly what the original query gives."""
+    index = sample_index
     for q in QUERY_VARIANTS[:4]:
         feats = extract_features(images[q])
         back, no_mirror = decode_query(encode_query(feats))
@@ -61,11 +67,9 @@ def test_a_query_survives_its_encoding(images):
         assert mirror_back is not None and _same(mirror_back, mirror) and _same(again, feats)
 
 
-def test_a_shard_given_the_mirror_answers_as_one_making_it(images):
+def test_a_shard_given_the_mirror_answers_as_one_making_it(images, sample_index):
     """The mirror SearchFunction sends saves each shard making it, and changes no answer."""
-    index = SearchIndex()
-    for n in CATALOG_NAMES:
-        index.add(n, extract_features(images[n], query=False))
+    index = sample_index
     for q in QUERY_VARIANTS[:4]:
         feats = extract_features(images[q])
         shortlist = index.first_pass(feats, k=5)
