@@ -203,6 +203,11 @@ def hue_rotated(img: np.ndarray, hue: int) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+def _heavy_crop(area: float) -> Callable[[np.ndarray, np.random.Generator, np.ndarray], np.ndarray]:
+    """A crop keeping ``area`` of the original, at a random place."""
+    return lambda im, r, b: _crop(im, area**0.5, r)
+
+
 @dataclass(frozen=True)
 class Transform:
     name: str
@@ -232,10 +237,7 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("stretch_130", lambda im, r, b: _resize_by(im, 1.3, 1.0)),
     Transform("inset_third", _inset),
     Transform("crop_third_q40", lambda im, r, b: _crop(im, HEAVY_CROP_AREA**0.5, r), jpeg_quality=40),
-    *(
-        Transform(f"crop_{share}_q40", lambda im, r, b, a=area: _crop(im, a**0.5, r), jpeg_quality=40)
-        for share, area in HEAVY_CROP_AREAS.items()
-    ),
+    *(Transform(f"crop_{share}_q40", _heavy_crop(area), jpeg_quality=40) for share, area in HEAVY_CROP_AREAS.items()),
     Transform("rotate_bright", lambda im, r, b: _affine_light(_rotate_small(im, 4.0), 1.2, 25)),
     Transform("recoloured", lambda im, r, b: hue_rotated(im, RECOLOURED_HUE), jpeg_quality=75),
     Transform("warm_filter", lambda im, r, b: _colour_cast(im, (0.8, 0.95, 1.15)), jpeg_quality=75),
