@@ -46,7 +46,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -54,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harmony_image import HarmonyError, ImageFeatures, SearchParams, SearchResult, merge_results
-from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS
+from harmony_image.features import COLOUR_GRID, DETAIL_SIDE, HUE_BINS, THUMB_SIDE
 from harmony_image.index import Shortlist, Verified, merge_shortlists, merge_verified
 from harmony_image.params import MAX_K
 from harmony_image.scoring import Evidence, FirstPass, mirror_detail, mirrored, shortlist_rows
@@ -173,13 +173,13 @@ def _mirrors(mirror: ImageFeatures, query: ImageFeatures) -> bool:
     """Whether ``mirror`` is of ``query`` flipped left-right, as far as a cheap check tells: the
     same image, its grayscale flipped, its thumbnail flipped (a 32 px area thumbnail of a 256 px
     image is a mean of 8x8 blocks, which a flip only reorders)."""
-    side = int(np.sqrt(query.thumb.size))
+    square = (THUMB_SIDE, THUMB_SIDE)
     return (
         (mirror.sha256, mirror.width, mirror.height) == (query.sha256, query.width, query.height)
         and np.array_equal(mirror.gray, query.gray[:, ::-1])
         and np.array_equal(mirror.colours, query.colours)
-        and mirror.thumb.shape == query.thumb.shape
-        and np.allclose(mirror.thumb.reshape(side, side), query.thumb.reshape(side, side)[:, ::-1], atol=1e-6)
+        and mirror.thumb.size == query.thumb.size == THUMB_SIDE * THUMB_SIDE
+        and np.allclose(mirror.thumb.reshape(square), query.thumb.reshape(square)[:, ::-1], atol=1e-6)
     )
 
 
@@ -344,6 +344,22 @@ def shard_request(
     return out
 
 
+def shard_requests(
+    shards: Iterable[int],
+    n: int,
+    features: ImageFeatures,
+    params: SearchParams,
+    *,
+    phase: Phase = "search",
+    shortlist: Shortlist | None = None,
+    mirror: ImageFeatures | None = None,
+) -> dict[int, dict[str, Any]]:
+    """:func:`shard_request` to each of ``shards`` of ``n``: the query, its mirror and the
+    shortlist are encoded once for all of them, not once per shard."""
+    body = shard_request(0, n, features, params, phase=phase, shortlist=shortlist, mirror=mirror)
+    return {i: {**body, "shard": i} for i in shards}
+
+
 def parse_shard_request(event: Any) -> ShardRequest:
     """A shard request, validated (:class:`BadRequestError` / the engine's 422)."""
     if not isinstance(event, dict):
@@ -464,7 +480,7 @@ class ShardFanOut:
                     raise _InvalidFieldError("a result's key is another shard's")
                 return (results, *head(i, body))
 
-            answers, failed = self._round({i: shard_request(i, n, features, params) for i in range(n)}, read)
+            answers, failed = self._round(shard_requests(range(n), n, features, params), read)
             results = merge_results([a[0] for a in answers.values()], k=params.k)
             heads = [a[1:] for a in answers.values()]
         else:
@@ -479,19 +495,14 @@ class ShardFanOut:
             mirror = mirrored(features, detail=False)
             with ThreadPoolExecutor(max_workers=1) as background:
                 with_detail = background.submit(mirror_detail, mirror, features)
-                requests = {
-                    i: shard_request(i, n, features, params, phase="shortlist", mirror=mirror) for i in range(n)
-                }
+                requests = shard_requests(range(n), n, features, params, phase="shortlist", mirror=mirror)
                 firsts, failed = self._round(requests, read_shortlist)
                 mirror = with_detail.result()
             catalog = merge_shortlists([a[0] for a in firsts.values()], k=params.k)
             parts = {i: _part(catalog, [shard_of(key, n) == i for key in catalog.keys]) for i in firsts}
             asked = {i: p for i, p in parts.items() if len(p)}
             seconds, failed_later = self._round(
-                {
-                    i: shard_request(i, n, features, params, phase="verify", shortlist=catalog, mirror=mirror)
-                    for i in asked
-                },
+                shard_requests(asked, n, features, params, phase="verify", shortlist=catalog, mirror=mirror),
                 lambda i, body: _verified_fields(body["verified"], asked[i]),
             )
             failed = sorted([*failed, *failed_later])

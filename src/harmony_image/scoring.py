@@ -694,13 +694,13 @@ def choices(e: Evidence, *, whole: FirstPass | None = None, own: np.ndarray | No
         ]
     )
 
-    def looked(looks: np.ndarray, mine: np.ndarray, count: int, floor: float) -> list[int]:
-        return [i for i in best_in_whole(looks, count) if mine[i] >= floor and uncertain[i]]
+    def looked(looks: np.ndarray, count: int, floor: float) -> list[int]:
+        return [i for i in best_in_whole(looks, count) if looks[own[i]] >= floor and uncertain[i]]
 
     return Choices(
         detail=[i for i in candidates if uncertain[i]],
-        region=looked(whole.regions, e.first.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR),
-        crop=looked(whole.crops, e.first.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR),
+        region=looked(whole.regions, REGION_CANDIDATES, REGION_LOOK_FLOOR),
+        crop=looked(whole.crops, CROP_CANDIDATES, CROP_LOOK_FLOOR),
     )
 
 

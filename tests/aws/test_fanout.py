@@ -22,6 +22,7 @@ from harmony_aws.fanout import (
     encode_query,
     parse_shard_request,
     shard_request,
+    shard_requests,
 )
 from harmony_aws.layout import shard_of
 from harmony_aws.reader import IndexReader
@@ -194,6 +195,22 @@ def test_a_shortlist_request_leaves_the_detail_image_out(images):
     assert "detail_image" not in request["query"] and "colour_cells" not in request["query"]
     assert {"detail_image", "colour_cells"} <= set(shard_request(0, 2, feats, SearchParams())["query"])
     assert parse_shard_request(request).phase == "shortlist"
+
+
+def test_a_round_of_requests_encodes_the_query_once_and_names_each_shard(images):
+    feats = extract_features(images["coffee__resize_half.png"])
+    requests = shard_requests(
+        [0, 2], 3, feats, SearchParams(), phase="verify", shortlist=_part(), mirror=mirrored(feats)
+    )
+    assert list(requests) == [0, 2]
+    assert requests[2]["query"] is requests[0]["query"] and requests[2]["shortlist"] is requests[0]["shortlist"]
+    for i, request in requests.items():
+        parsed = parse_shard_request(json.loads(json.dumps(request)))
+        assert (parsed.shard, parsed.shards, parsed.phase) == (i, 3, "verify") and parsed.mirror is not None
+        alone = shard_request(i, 3, feats, SearchParams(), phase="verify", shortlist=_part(), mirror=mirrored(feats))
+        # the same request as one made for that shard alone (the encoded query aside: a zip stamps its time)
+        assert {k: v for k, v in request.items() if k != "query"} == {k: v for k, v in alone.items() if k != "query"}
+        assert set(request["query"]) == set(alone["query"])
 
 
 def test_invalid_params_are_the_engines_422(images):
