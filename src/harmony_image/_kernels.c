@@ -260,6 +260,44 @@ SCALAR_PASS(pass_scalar_cnt, , 1) /* __builtin_popcountll is NEON cnt on AArch64
 #define pass_wide pass_scalar_cnt
 #endif
 
+/* ---------------------------------------------------------------- votes: rows with a close column */
+
+/* How many query rows have a catalog column within `threshold` bits (threshold >= 0).  A pair's
+ * first three words bound its distance from below, so the fourth word is counted only for pairs
+ * they leave within the threshold.  Unrelated ORB descriptors differ in ~95 of their first 192
+ * bits (sd ~12), so at the vote threshold (50) about 1 pair in 1,500 needs it (measured on real
+ * photos, docs/BENCHMARKS.md).  Exact: the same count as the row minima of the full distances. */
+HK_INLINE int32_t close_scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, uint32_t threshold,
+                                    const int hw)
+{
+    const uint64_t *p0 = p, *p1 = p + nc, *p2 = p + 2 * nc, *p3 = p + 3 * nc;
+    int32_t count = 0;
+    for (int64_t i = 0; i < nq; i++) {
+        const uint64_t q0 = q[4 * i], q1 = q[4 * i + 1], q2 = q[4 * i + 2], q3 = q[4 * i + 3];
+        for (int64_t k = 0; k < nc; k++) {
+            const uint32_t d = dist4(p0[k] ^ q0, p1[k] ^ q1, p2[k] ^ q2, 0, hw);
+            if (d <= threshold && d + dist4(p3[k] ^ q3, 0, 0, 0, hw) <= threshold) {
+                count++;
+                break;
+            }
+        }
+    }
+    return count;
+}
+
+#define SCALAR_CLOSE(NAME, TARGET, HW)                                                                  \
+    TARGET static int32_t NAME(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, \
+                               uint32_t threshold)                                                      \
+    {                                                                                                   \
+        (void)w;                                                                                        \
+        return close_scalar_body(q, nq, p, nc, threshold, HW);                                          \
+    }
+
+SCALAR_CLOSE(close_portable, , 0)
+#if defined(HK_X86)
+SCALAR_CLOSE(close_popcnt, T_POPCNT, 1)
+#endif
+
 /* ---------------------------------------------------------------- x86: AVX2 */
 #if defined(HK_X86)
 
@@ -351,14 +389,12 @@ T_AVX2_INLINE int32_t avx2_body(const uint64_t *q, int64_t nq, int64_t nc, int64
     return count;
 }
 
-T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode)
+/* one image's planes as 4 low-nibble planes, then 4 high-nibble planes (stride ncp, zero padded) */
+static void split_nibbles(const uint64_t *p, int64_t nc, int64_t ncp, uint64_t *cat)
 {
-    if (nq > KEY_LIMIT || nc > KEY_LIMIT)
-        return pass_wide(q, nq, p, nc, w, mode);
-    const int64_t ncp = (nc + 7) & ~(int64_t)7;
-    for (int k = 0; k < 4; k++) { /* low and high nibbles, split once per image */
+    for (int k = 0; k < 4; k++) {
         const uint64_t *src = p + k * nc;
-        uint64_t *lo = w->cat + k * ncp, *hi = w->cat + (4 + k) * ncp;
+        uint64_t *lo = cat + k * ncp, *hi = cat + (4 + k) * ncp;
         for (int64_t c = 0; c < nc; c++) {
             lo[c] = src[c] & M4;
             hi[c] = (src[c] >> 4) & M4;
@@ -366,12 +402,74 @@ T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p
         for (int64_t c = nc; c < ncp; c++)
             lo[c] = hi[c] = 0;
     }
+}
+
+T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode)
+{
+    if (nq > KEY_LIMIT || nc > KEY_LIMIT)
+        return pass_wide(q, nq, p, nc, w, mode);
+    const int64_t ncp = (nc + 7) & ~(int64_t)7;
+    split_nibbles(p, nc, ncp, w->cat);
     switch (mode) {
     case PASS_ROWMIN: return avx2_body(q, nq, nc, ncp, w, PASS_ROWMIN);
     case PASS_TWO: return avx2_body(q, nq, nc, ncp, w, PASS_TWO);
     case PASS_CROSS: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS);
     default: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
+}
+
+/* per-column distances over words [from, to) of columns c..c+3 (one per 64-bit lane), nibble planes
+ * as bytes4_avx2 */
+T_AVX2_INLINE __m256i words_avx2(const uint64_t *cat, int64_t ncp, int64_t c, const __m256i *qa, const __m256i *qb,
+                                 __m256i lut, const int from, const int to)
+{
+    __m256i s = _mm256_setzero_si256();
+    for (int k = from; k < to; k++)
+        s = _mm256_add_epi8(s, _mm256_add_epi8(
+                                   _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(cat + k * ncp + c), qa[k])),
+                                   _mm256_shuffle_epi8(lut, _mm256_xor_si256(LD256(cat + (4 + k) * ncp + c), qb[k]))));
+    return _mm256_sad_epu8(s, _mm256_setzero_si256());
+}
+
+/* close_scalar_body's count, 4 columns a vector and four query rows a sweep (they share the loads) */
+T_AVX2 static int32_t close_avx2(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w,
+                                 uint32_t threshold)
+{
+    enum { R = 4 }; /* rows a sweep: of 1, 2, 4, 6, 8 measured, 4 the fastest */
+    const int64_t ncp = (nc + 7) & ~(int64_t)7;
+    split_nibbles(p, nc, ncp, w->cat);
+    const uint64_t *cat = w->cat;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2,
+                                         3, 2, 3, 3, 4);
+    const __m256i limit = _mm256_set1_epi64x((long long)threshold);
+    int32_t count = 0;
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        __m256i qa[R][4], qb[R][4];
+        int found[R];
+        for (int r = 0; r < R; r++) {
+            const int64_t ii = i0 + r < nq ? i0 + r : nq - 1; /* a repeated last row, not counted */
+            for (int k = 0; k < 4; k++) {
+                const uint64_t x = q[4 * ii + k];
+                qa[r][k] = _mm256_set1_epi64x((long long)(x & M4));
+                qb[r][k] = _mm256_set1_epi64x((long long)((x >> 4) & M4));
+            }
+            found[r] = 0;
+        }
+        for (int64_t c = 0; c < nc; c += 4) {
+            const int valid = nc - c >= 4 ? 0xF : (1 << (nc - c)) - 1;
+            for (int r = 0; r < R; r++) {
+                __m256i d = words_avx2(cat, ncp, c, qa[r], qb[r], lut, 0, 3);
+                int close = ~_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, limit))) & valid;
+                if (close) {
+                    d = _mm256_add_epi64(d, words_avx2(cat, ncp, c, qa[r], qb[r], lut, 3, 4));
+                    found[r] |= close & ~_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(d, limit)));
+                }
+            }
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++)
+            count += found[r] != 0;
+    }
+    return count;
 }
 
 /* ---------------------------------------------------------------- x86: AVX-512 VPOPCNTDQ */
@@ -463,6 +561,46 @@ T_AVX512 static int32_t pass_avx512(const uint64_t *q, int64_t nq, const uint64_
     case PASS_CROSS: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS);
     default: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
+}
+/* close_scalar_body's count, 8 columns a vector (read in place, the tail by masked loads) and four
+ * query rows a sweep */
+T_AVX512 static int32_t close_avx512(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w,
+                                     uint32_t threshold)
+{
+    enum { R = R_AVX512 };
+    (void)w;
+    const __m512i limit = _mm512_set1_epi64((long long)threshold);
+    int32_t count = 0;
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        __m512i qv[R][4];
+        __mmask8 found[R];
+        for (int r = 0; r < R; r++) {
+            const int64_t ii = i0 + r < nq ? i0 + r : nq - 1; /* a repeated last row, not counted */
+            for (int k = 0; k < 4; k++)
+                qv[r][k] = _mm512_set1_epi64((long long)q[4 * ii + k]);
+            found[r] = 0;
+        }
+        for (int64_t c = 0; c < nc; c += 8) {
+            const __mmask8 valid = nc - c >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (nc - c)) - 1u);
+            const __m512i c0 = _mm512_maskz_loadu_epi64(valid, p + c);
+            const __m512i c1 = _mm512_maskz_loadu_epi64(valid, p + nc + c);
+            const __m512i c2 = _mm512_maskz_loadu_epi64(valid, p + 2 * nc + c);
+            for (int r = 0; r < R; r++) {
+                __m512i d = _mm512_add_epi64(_mm512_add_epi64(_mm512_popcnt_epi64(_mm512_xor_si512(c0, qv[r][0])),
+                                                              _mm512_popcnt_epi64(_mm512_xor_si512(c1, qv[r][1]))),
+                                             _mm512_popcnt_epi64(_mm512_xor_si512(c2, qv[r][2])));
+                const __mmask8 close = _mm512_mask_cmple_epu64_mask(valid, d, limit);
+                if (close) {
+                    const __m512i c3 = _mm512_maskz_loadu_epi64(valid, p + 3 * nc + c);
+                    d = _mm512_add_epi64(d, _mm512_popcnt_epi64(_mm512_xor_si512(c3, qv[r][3])));
+                    found[r] |= _mm512_mask_cmple_epu64_mask(close, d, limit);
+                }
+            }
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++)
+            count += found[r] != 0;
+    }
+    return count;
 }
 #endif /* HK_X86 */
 
@@ -1003,6 +1141,8 @@ typedef struct {
     const char *name;
     int (*supported)(void);
     int32_t (*pass)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode);
+    /* query rows with a column within a threshold (votes); NULL: from pass's row minima */
+    int32_t (*close)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, uint32_t threshold);
     void (*prepare)(const uint8_t *y, query_stats *q);
     void (*ssim)(const query_stats *const *qs, int nq, const uint8_t *x, Py_ssize_t n, double *const *scores);
     void (*dots)(const float *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
@@ -1039,13 +1179,13 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512},
-    {"avx2", has_avx2, pass_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2, crops_avx2},
-    {"popcnt", has_popcnt, pass_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
+    {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512},
+    {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2, crops_avx2},
+    {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
+    {"neon", always, pass_neon, NULL, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 #endif
-    {"portable", always, pass_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
+    {"portable", always, pass_portable, close_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 };
 #define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 
@@ -1190,10 +1330,14 @@ static PyObject *count_close(PyObject *self, PyObject *args)
     for (int64_t j = 0; j < n; j++) {
         int64_t nc = off[j + 1] - off[j];
         int32_t count = 0;
-        if (nc > 0 && nq > 0) {
-            L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_ROWMIN);
-            for (int64_t i = 0; i < nq; i++)
-                count += (int)w.d1[i] <= threshold;
+        if (nc > 0 && nq > 0 && threshold >= 0) {
+            if (L->close) {
+                count = L->close(q, nq, p + 4 * off[j], nc, &w, (uint32_t)threshold);
+            } else {
+                L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_ROWMIN);
+                for (int64_t i = 0; i < nq; i++)
+                    count += (int)w.d1[i] <= threshold;
+            }
         }
         counts[j] = count;
     }

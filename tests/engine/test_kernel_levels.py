@@ -109,7 +109,21 @@ def descriptor_sets() -> dict[str, np.ndarray]:
     }
     for n in (3, 7, 8, 9, 15, 16, 17, 31, 33, 65):
         sets[f"size{n}"] = big[rng.choice(len(big), n, replace=False)]
+    sets["far in the last word"] = _flipped(base[:3], rng)
     return sets
+
+
+def _flipped(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Copies of ``rows`` (base[:3]: the "repeated" queries) 51, 50 and 51 bits away: all in the last
+    64-bit word, and 30 in the third + 21 in the last.  The votes kernels read the last word only for
+    pairs the first three leave within the threshold, so at 50 these sit on both sides of that test."""
+    out = []
+    for row, (before, in_last) in zip(rows, ((0, 51), (0, 50), (30, 21)), strict=True):
+        bits = np.unpackbits(row)
+        bits[128 + rng.choice(64, before, replace=False)] ^= 1
+        bits[192 + rng.choice(64, in_last, replace=False)] ^= 1
+        out.append(np.packbits(bits))
+    return np.array(out, np.uint8)
 
 
 def query_sets() -> dict[str, np.ndarray]:
