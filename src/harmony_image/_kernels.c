@@ -1132,6 +1132,94 @@ T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *
     free(packed);
     free(scales);
 }
+/* Region looks with AVX2: vpmaddwd multiplies pairs of int16 and adds each pair into a 32-bit lane,
+ * exactly.  Eight windows a vector, one per lane, their taps interleaved by pairs; a row's pair of
+ * values is broadcast to every lane, so one instruction adds two products of a row to each of eight
+ * windows' sums.  Six rows share each window load and each row's broadcast serves two vectors of
+ * windows: twelve sums in flight (of 2-6 rows and 2-4 vectors measured, the fastest).  The same integers as region_body, so the same floats; the blocks
+ * are scanned in order and a block's first best lane taken, so ties go to the first window. */
+#define AVX2_REGION_ROWS 6
+#define AVX2_REGION_BLOCKS 2
+T_AVX2_INLINE float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+T_AVX2 static void regions_madd(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d,
+                                const float *scale, int16_t *row, float *out, int32_t *which)
+{
+    enum { R = AVX2_REGION_ROWS, B = AVX2_REGION_BLOCKS };
+    const int64_t blocks = (m + 8 * B - 1) / (8 * B) * B, pairs = d / 2;
+    int16_t *packed = d % 2 == 0 ? aligned_alloc(32, (size_t)(blocks * pairs * 32)) : NULL;
+    float *scales = d % 2 == 0 ? aligned_alloc(32, (size_t)(blocks * 8) * sizeof(float)) : NULL;
+    int32_t *row_pairs = d % 2 == 0 ? malloc((size_t)(R * pairs) * sizeof(int32_t)) : NULL;
+    if (!packed || !scales || !row_pairs) { /* an odd size, or no memory: the generic loop */
+        free(packed);
+        free(scales);
+        free(row_pairs);
+        regions_avx2(rows, n, windows, m, d, scale, row, out, which);
+        return;
+    }
+    memset(packed, 0, (size_t)(blocks * pairs * 32));
+    for (int64_t j = 0; j < blocks * 8; j++)
+        scales[j] = j < m ? scale[j] : 0.0f;
+    for (int64_t j = 0; j < m; j++)
+        for (int64_t k = 0; k < d; k++)
+            packed[((j / 8) * pairs + k / 2) * 16 + (j % 8) * 2 + k % 2] = windows[j * d + k];
+    const __m256 none = _mm256_set1_ps(-INFINITY);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t i = 0; i < n; i += R) {
+        float best[R];
+        int32_t at[R];
+        for (int t = 0; t < R; t++) {
+            const int8_t *r = rows + MIN_(i + t, n - 1) * d; /* past the end: the last row again, not stored */
+            for (int64_t k = 0; k < pairs; k++)
+                row_pairs[t * pairs + k] = (int32_t)(uint16_t)(int16_t)r[2 * k] | ((int32_t)r[2 * k + 1] * 65536);
+            best[t] = -INFINITY;
+            at[t] = 0;
+        }
+        for (int64_t b = 0; b < blocks; b += B) {
+            __m256i acc[R][B];
+            for (int t = 0; t < R; t++)
+                for (int u = 0; u < B; u++)
+                    acc[t][u] = _mm256_setzero_si256();
+            for (int64_t k = 0; k < pairs; k++) {
+                __m256i w[B];
+                for (int u = 0; u < B; u++)
+                    w[u] = _mm256_load_si256((const __m256i *)(packed + ((b + u) * pairs + k) * 16));
+                for (int t = 0; t < R; t++) {
+                    const __m256i x = _mm256_set1_epi32(row_pairs[t * pairs + k]);
+                    for (int u = 0; u < B; u++)
+                        acc[t][u] = _mm256_add_epi32(acc[t][u], _mm256_madd_epi16(w[u], x));
+                }
+            }
+            for (int u = 0; u < B; u++) {
+                const __m256 sc = _mm256_load_ps(scales + (b + u) * 8);
+                const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(m - (b + u) * 8)), lanes);
+                for (int t = 0; t < R; t++) {
+                    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][u]), sc);
+                    v = _mm256_blendv_ps(none, v, _mm256_castsi256_ps(valid));
+                    const float top = hmax8(v);
+                    if (top > best[t]) { /* the first window of the block's best, as region_body's scan */
+                        best[t] = top;
+                        at[t] = (int32_t)((b + u) * 8) +
+                                __builtin_ctz((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(top), _CMP_EQ_OQ)));
+                    }
+                }
+            }
+        }
+        for (int t = 0; t < R && i + t < n; t++) {
+            out[i + t] = best[t];
+            which[i + t] = at[t];
+        }
+    }
+    free(packed);
+    free(scales);
+    free(row_pairs);
+}
 #endif
 /* AArch64: Advanced SIMD is baseline, so the portable copies are already the NEON ones */
 
@@ -1180,7 +1268,7 @@ static int has_avx512(void)
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
     {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512},
-    {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_avx2, crops_avx2},
+    {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_madd, crops_avx2},
     {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
 #elif defined(HK_ARM)
     {"neon", always, pass_neon, NULL, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},

@@ -301,6 +301,19 @@ def test_region_max_is_the_best_exact_window(level):
     assert which[1] == 0 and best[1] == 0.0  # a zero row: every window ties at 0
 
 
+@pytest.mark.parametrize("d", [17, 254, 258])
+def test_region_max_at_other_row_lengths(level, d):
+    """Rows and windows of other lengths than the 16x16 thumbnails: odd (the generic loop) and even
+    lengths that are not a multiple of any vector's."""
+    rng = np.random.default_rng(d)
+    rows = rng.integers(-127, 128, (13, d), dtype=np.int8)
+    windows = rng.integers(-127, 128, (9, d), dtype=np.int8)
+    scale = rng.uniform(0.5, 2.0, len(windows)).astype(np.float32)
+    best, which = region_max(rows, windows, scale)
+    exact = (rows.astype(np.int64) @ windows.astype(np.int64).T).astype(np.float32) * scale
+    assert np.array_equal(best, exact.max(axis=1)) and np.array_equal(which, exact.argmax(axis=1))
+
+
 def _template_scale(taps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     out = []
     for t in np.split(taps.astype(np.int64), np.cumsum(sizes.astype(np.int64) ** 2)[:-1]):
