@@ -77,7 +77,6 @@ enum { R_SCALAR = 4, R_AVX2 = 1, R_AVX512 = 4, R_NEON = 2 };
 
 /* what a pass computes besides each query row's nearest key (index and distance): */
 enum {
-    PASS_ROWMIN = 0,                   /* nothing else (votes) */
     PASS_TWO = 1,                      /* each row's second smallest distance (Lowe's ratio test) */
     PASS_CROSS = 2,                    /* each column's nearest row, and the cross-check count */
     PASS_CROSS_TWO = PASS_CROSS | PASS_TWO,
@@ -244,7 +243,6 @@ HK_INLINE int32_t scalar_body(const uint64_t *q, int64_t nq, const uint64_t *p, 
                                int mode)                                                                \
     {                                                                                                   \
         switch (mode) {                                                                                 \
-        case PASS_ROWMIN: return scalar_body(q, nq, p, nc, w, PASS_ROWMIN, HW);                         \
         case PASS_TWO: return scalar_body(q, nq, p, nc, w, PASS_TWO, HW);                               \
         case PASS_CROSS: return scalar_body(q, nq, p, nc, w, PASS_CROSS, HW);                           \
         default: return scalar_body(q, nq, p, nc, w, PASS_CROSS_TWO, HW);                               \
@@ -411,7 +409,6 @@ T_AVX2 static int32_t pass_avx2(const uint64_t *q, int64_t nq, const uint64_t *p
     const int64_t ncp = (nc + 7) & ~(int64_t)7;
     split_nibbles(p, nc, ncp, w->cat);
     switch (mode) {
-    case PASS_ROWMIN: return avx2_body(q, nq, nc, ncp, w, PASS_ROWMIN);
     case PASS_TWO: return avx2_body(q, nq, nc, ncp, w, PASS_TWO);
     case PASS_CROSS: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS);
     default: return avx2_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
@@ -556,7 +553,6 @@ T_AVX512 static int32_t pass_avx512(const uint64_t *q, int64_t nq, const uint64_
     const int64_t ncp = (nc + 15) & ~(int64_t)15;
     copy_planes(p, nc, ncp, w->cat);
     switch (mode) {
-    case PASS_ROWMIN: return avx512_body(q, nq, nc, ncp, w, PASS_ROWMIN);
     case PASS_TWO: return avx512_body(q, nq, nc, ncp, w, PASS_TWO);
     case PASS_CROSS: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS);
     default: return avx512_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
@@ -694,11 +690,49 @@ static int32_t pass_neon(const uint64_t *q, int64_t nq, const uint64_t *p, int64
     const int64_t ncp = (nc + 7) & ~(int64_t)7;
     copy_planes(p, nc, ncp, w->cat);
     switch (mode) {
-    case PASS_ROWMIN: return neon_body(q, nq, nc, ncp, w, PASS_ROWMIN);
     case PASS_TWO: return neon_body(q, nq, nc, ncp, w, PASS_TWO);
     case PASS_CROSS: return neon_body(q, nq, nc, ncp, w, PASS_CROSS);
     default: return neon_body(q, nq, nc, ncp, w, PASS_CROSS_TWO);
     }
+}
+/* close_scalar_body's count, 2 columns a vector and R_NEON query rows a sweep */
+static int32_t close_neon(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, uint32_t threshold)
+{
+    enum { R = R_NEON };
+    const int64_t ncp = (nc + 7) & ~(int64_t)7;
+    copy_planes(p, nc, ncp, w->cat);
+    const uint64_t *cat = w->cat;
+    const uint64x2_t limit = vdupq_n_u64(threshold), all = vdupq_n_u64(~0ULL);
+    const uint64x2_t first = vcombine_u64(vdup_n_u64(~0ULL), vdup_n_u64(0));
+    int32_t count = 0;
+    for (int64_t i0 = 0; i0 < nq; i0 += R) {
+        uint64x2_t qv[R][4], found[R];
+        for (int r = 0; r < R; r++) {
+            const int64_t ii = i0 + r < nq ? i0 + r : nq - 1; /* a repeated last row, not counted */
+            for (int k = 0; k < 4; k++)
+                qv[r][k] = vdupq_n_u64(q[4 * ii + k]);
+            found[r] = vdupq_n_u64(0);
+        }
+        for (int64_t c = 0; c < nc; c += 2) {
+            const uint64x2_t valid = c + 1 < nc ? all : first;
+            for (int r = 0; r < R; r++) {
+                uint8x16_t b = vaddq_u8(vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + c), qv[r][0]))),
+                                        vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + ncp + c), qv[r][1]))));
+                b = vaddq_u8(b, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + 2 * ncp + c), qv[r][2]))));
+                uint64x2_t d = vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(b)));
+                const uint64x2_t close = vandq_u64(vcleq_u64(d, limit), valid);
+                if (vgetq_lane_u64(close, 0) | vgetq_lane_u64(close, 1)) {
+                    const uint8x16_t last =
+                        vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(cat + 3 * ncp + c), qv[r][3])));
+                    d = vaddq_u64(d, vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(last))));
+                    found[r] = vorrq_u64(found[r], vandq_u64(close, vcleq_u64(d, limit)));
+                }
+            }
+        }
+        for (int r = 0; r < R && i0 + r < nq; r++)
+            count += (vgetq_lane_u64(found[r], 0) | vgetq_lane_u64(found[r], 1)) != 0;
+    }
+    return count;
 }
 #endif /* HK_ARM */
 
@@ -1229,7 +1263,7 @@ typedef struct {
     const char *name;
     int (*supported)(void);
     int32_t (*pass)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, int mode);
-    /* query rows with a column within a threshold (votes); NULL: from pass's row minima */
+    /* query rows with a column within a threshold (votes) */
     int32_t (*close)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, uint32_t threshold);
     void (*prepare)(const uint8_t *y, query_stats *q);
     void (*ssim)(const query_stats *const *qs, int nq, const uint8_t *x, Py_ssize_t n, double *const *scores);
@@ -1271,7 +1305,7 @@ static const level_t LEVELS[] = {
     {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_madd, crops_avx2},
     {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, NULL, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
+    {"neon", always, pass_neon, close_neon, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 #endif
     {"portable", always, pass_portable, close_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
 };
@@ -1419,13 +1453,7 @@ static PyObject *count_close(PyObject *self, PyObject *args)
         int64_t nc = off[j + 1] - off[j];
         int32_t count = 0;
         if (nc > 0 && nq > 0 && threshold >= 0) {
-            if (L->close) {
-                count = L->close(q, nq, p + 4 * off[j], nc, &w, (uint32_t)threshold);
-            } else {
-                L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_ROWMIN);
-                for (int64_t i = 0; i < nq; i++)
-                    count += (int)w.d1[i] <= threshold;
-            }
+            count = L->close(q, nq, p + 4 * off[j], nc, &w, (uint32_t)threshold);
         }
         counts[j] = count;
     }
