@@ -82,13 +82,14 @@ class SearchService:
             raise EmptyImageError(f"s3://{self.bucket.name}/{ref.key} is empty")
         return data
 
-    def features(self, data: bytes) -> ImageFeatures:
-        return extract_features(data, max_pixels=self.settings.max_pixels)
+    def features(self, data: bytes, params: SearchParams) -> ImageFeatures:
+        """The query's features, only those ``params.scoring`` reads."""
+        return extract_features(data, max_pixels=self.settings.max_pixels, scoring=params.scoring)
 
     def search(self, source: QuerySource, params: SearchParams, *, started: float | None = None) -> dict[str, Any]:
         """The answer to one query; ``started`` (perf_counter) is when the request arrived."""
         started = time.perf_counter() if started is None else started
-        features = self.features(self.image_bytes(source))
+        features = self.features(self.image_bytes(source), params)
         if self.fanout is not None:
             found, size, status = self.fanout.search(features, params)
         else:

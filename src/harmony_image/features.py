@@ -17,6 +17,10 @@ A record holds what both scorings need, so a query never touches catalog pixels:
 
 Records are versioned (:data:`FEATURE_VERSION`); one of another version raises
 :class:`~harmony_image.errors.IndexFormatError` so the caller re-extracts from the image.
+
+A query for ``seed`` scoring needs only ``gray`` and its ORB: ``extract_features(data,
+scoring="seed")`` skips the rest (features marked ``seed_only``, which default scoring and the
+index refuse).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .errors import IndexFormatError
+from .params import DEFAULT_SCORING, Scoring, check_scoring
 
 FEATURE_VERSION = 3
 SEED_SIDE = 256
@@ -216,6 +221,8 @@ class ImageFeatures:
     # colour_grid for the colours of a matched region; neither is stored.
     detail_image: np.ndarray | None = field(default=None, repr=False, compare=False)
     colour_cells: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # A seed scoring query's features: the detail features are empty and the colours zero.
+    seed_only: bool = field(default=False, compare=False)
 
     @property
     def keypoint_count(self) -> int:
@@ -224,6 +231,8 @@ class ImageFeatures:
     def to_bytes(self) -> bytes:
         """Serialise as a versioned ``.npz`` record (no pickle)."""
         meta = {"version": FEATURE_VERSION, "sha256": self.sha256, "width": self.width, "height": self.height}
+        if self.seed_only:  # a query's, sent to shards; catalog records never are
+            meta["seed_only"] = True
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
@@ -266,6 +275,7 @@ class ImageFeatures:
                     detail_keypoints=npz["detail_keypoints"],
                     detail_descriptors=npz["detail_descriptors"],
                     colours=npz["colours"],
+                    seed_only=meta.get("seed_only") is True,
                 )
         except IndexFormatError:
             raise
@@ -321,16 +331,49 @@ def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool =
     return replace(features, colour_cells=colour_grid(colours)) if keep_detail_image else features
 
 
-def extract_features(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, query: bool = True) -> ImageFeatures:
+def seed_features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:
+    """What ``seed`` scoring reads of a query — the 256x256 ``gray``, its ORB and thumbnail —
+    without the 512 px detail features and colours that only default scoring reads (those are
+    empty and zero; the features are marked ``seed_only``)."""
+    gray = seed_gray(bgr)
+    keypoints, descriptors = seed_orb(gray)
+    return ImageFeatures(
+        sha256=sha256,
+        width=int(bgr.shape[1]),
+        height=int(bgr.shape[0]),
+        gray=gray,
+        keypoints=keypoints,
+        descriptors=descriptors,
+        thumb=thumbnail(gray),
+        detail_keypoints=np.zeros((0, 2), np.float32),
+        detail_descriptors=np.zeros((0, 32), np.uint8),
+        colours=np.zeros(HUE_BINS + 1, np.float32),
+        seed_only=True,
+    )
+
+
+def extract_features(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, query: bool = True, scoring: Scoring = DEFAULT_SCORING
+) -> ImageFeatures:
     """Decode image bytes and compute their features.
 
     Raises
     ------
     ImageError
         The bytes are not a usable image (see :func:`harmony_image.decode.decode_image`).
+    InvalidParameterError
+        ``scoring`` is not one of :data:`~harmony_image.params.SCORINGS`.
 
     ``query=True`` keeps the 512 px grayscale in memory so default scoring can also match the
     mirrored query at full detail; indexers pass ``query=False``. Records never store it.
+    ``scoring="seed"``: a query to be searched with seed scoring only
+    (:func:`seed_features_from_bgr`; its 512 px ORB and colours are most of the extraction of a
+    small image); default scoring and :meth:`SearchIndex.add` refuse such features.
     """
+    if check_scoring(scoring) == "seed" and not query:
+        raise ValueError("scoring='seed' extracts a query's features; a catalog image needs them all (query=False)")
     bgr = decode_image(data, max_pixels=max_pixels)
-    return features_from_bgr(bgr, sha256=hashlib.sha256(data).hexdigest(), keep_detail_image=query)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if scoring == "seed":
+        return seed_features_from_bgr(bgr, sha256=sha256)
+    return features_from_bgr(bgr, sha256=sha256, keep_detail_image=query)

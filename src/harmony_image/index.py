@@ -127,7 +127,18 @@ class SearchIndex:
         return CatalogEntry(key=key, url=block.shortlist.url(i), features=block.features(i))
 
     def add(self, key: str, features: ImageFeatures, *, url: str | None = None) -> None:
-        """Add or replace the entry ``key``; its result URL is ``url`` or else the key."""
+        """Add or replace the entry ``key``; its result URL is ``url`` or else the key.
+
+        Raises
+        ------
+        ValueError
+            ``features`` were extracted for seed scoring only: a catalog entry needs them all.
+        """
+        if features.seed_only:
+            raise ValueError(
+                f"the features of {key!r} were extracted for seed scoring only (scoring='seed'); "
+                "index catalog images with extract_features(data, query=False)"
+            )
         if features.detail_image is not None:  # only queries need it; don't hold 200 KB per entry
             features = replace(features, detail_image=None)
         with self._lock:

@@ -370,6 +370,16 @@ def shortlist_cut(first: FirstPass, size: int) -> np.ndarray:
     return np.unique(np.concatenate(by_each))
 
 
+def require_default_features(query: ImageFeatures) -> None:
+    """Refuse a query extracted for seed scoring only (``extract_features(..., scoring="seed")``):
+    default scoring reads its detail features and colours, which such a query lacks."""
+    if query.seed_only:
+        raise ValueError(
+            "these query features were extracted for seed scoring only (extract_features(..., scoring='seed')); "
+            "extract them with scoring='default' to search with default scoring"
+        )
+
+
 def shortlist(
     query: ImageFeatures,
     mirror: ImageFeatures,
@@ -382,6 +392,7 @@ def shortlist(
 ) -> tuple[np.ndarray, FirstPass]:
     """Sorted rows of up to ``2 * size + DETAIL_VOTE_ROWS + REGION_ROWS + CROP_ROWS`` candidates
     (:func:`first_pass`, :func:`shortlist_cut`) and their votes."""
+    require_default_features(query)
     clock = clock or _Clock()
     first = first_pass(query, mirror, packed, clock=clock, looks=looks, regions=regions)
     rows = shortlist_cut(first, size)
@@ -760,6 +771,7 @@ def verify_shortlist(
     computed unless given) for theirs: for one index those are the choices
     :func:`decide` makes; for a shard's part of a catalog's shortlist (``shortlist`` the whole
     first pass ``whole``, ``own`` the rows' positions in it), at least its share of them."""
+    require_default_features(query)
     clock = clock or _Clock()
     views = (query, mirror)
     grays, descriptors = catalog_subset(packed, rows)  # gathered once for the query and its mirror
@@ -875,6 +887,7 @@ def verify_shortlist(
 
 
 def default_candidates(query: ImageFeatures, packed: PackedCatalog, *, k: int) -> Candidates:
+    require_default_features(query)  # before the background work starts
     clock = _Clock()
     windows = _background.submit(query_regions, query.gray)  # beside the mirror's ORB
     mirror = mirrored(query, detail=False)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harmony_image import (
+    DEFAULT_MAX_PIXELS,
     FEATURE_VERSION,
     MANIFEST_NAME,
     HarmonyError,
@@ -246,8 +247,7 @@ class LocalCatalog:
                 record = self._record_path(sha256)
                 if record.exists():
                     return key, st, (sha256, False)
-                kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-                features = extract_features(data, query=False, **kwargs)
+                features = extract_features(data, query=False, max_pixels=self.max_pixels or DEFAULT_MAX_PIXELS)
                 write_atomic(record, features.to_bytes())
                 return key, st, (sha256, True)
             except HarmonyError as exc:

@@ -143,7 +143,7 @@ def run_search(index: SearchIndex, queries: list[str], args: argparse.Namespace)
     for query in queries:
         started = time.perf_counter()
         try:
-            features = extract_features(_read_query(query))
+            features = extract_features(_read_query(query), scoring=params.scoring)
             results = index.search(features, params)
         except HarmonyError as exc:
             failures += 1

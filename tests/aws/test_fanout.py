@@ -312,6 +312,10 @@ def test_the_phased_fan_out_answers_exactly_as_one_index(s3, images, catalog_pho
     assert 0 < phases.count("verify") <= phases.count("shortlist")
     # both rounds of default carry the mirror SearchFunction made; seed's one round does not need it
     assert all(sent == (phase != "search") for sent, phase in zip(client.mirrored, phases, strict=True))
+    seed = SearchParams(k=5, scoring="seed")  # a seed query's features, as SearchFunction extracts them
+    for q in QUERY_VARIANTS:
+        lean, feats = extract_features(images[q], scoring="seed"), extract_features(images[q])
+        assert fan.search(lean, seed)[0] == whole.search(feats, seed), q
 
 
 def test_one_shard_takes_one_round(s3, catalog_photos, images, tmp_path):

@@ -69,6 +69,9 @@ def test_quick_benchmark_writes_a_sane_report(tmp_path: Path) -> None:
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results = json.loads(results_json.read_text())
+    extract = results["dataset"]["extract_ms"]  # a seed query skips the 512 px ORB and the colours
+    assert 0 < extract["seed"]["median"] < extract["default"]["median"]
+    assert f"{extract['seed']['median']:.1f} ms for `seed`" in report
     (size,) = results["sizes"]
     assert size["size"] == 40
     sm = size["seed_method"]

@@ -35,6 +35,33 @@ def test_seed_scoring_equals_the_reference(index, catalog_photos, query):
         assert r.score == pytest.approx(e["score"], abs=1e-5)
 
 
+@pytest.mark.parametrize("query", [*QUERY_VARIANTS, "coffee.webp"])
+def test_a_seed_query_extracts_only_what_seed_scoring_reads(index, query):
+    data = image_bytes(query)
+    full, lean = extract_features(data), extract_features(data, scoring="seed")
+    assert lean.seed_only and not full.seed_only
+    assert (lean.gray == full.gray).all() and (lean.descriptors == full.descriptors).all()
+    assert len(lean.detail_descriptors) == 0 < len(full.detail_descriptors) and lean.detail_image is None
+    params = SearchParams(k=5, scoring="seed")
+    assert index.search(lean, params) == index.search(full, params)
+    back = ImageFeatures.from_bytes(lean.to_bytes())  # as SearchFunction sends it to shards
+    assert back.seed_only and index.search(back, params) == index.search(full, params)
+
+
+def test_seed_only_features_are_refused_where_all_are_needed(index, catalog_photos):
+    data = catalog_photos["chelsea.jpg"]
+    lean = extract_features(data, scoring="seed")
+    with pytest.raises(ValueError, match=r"extracted for seed scoring only.*scoring='default'"):
+        index.search(lean, SearchParams(k=5))
+    with pytest.raises(ValueError, match="query=False"):
+        SearchIndex().add("chelsea.jpg", lean)
+    with pytest.raises(ValueError, match="catalog image needs them all"):
+        extract_features(data, query=False, scoring="seed")
+    with pytest.raises(InvalidParameterError, match="scoring must be one of default, seed; got 'fast'"):
+        extract_features(data, scoring="fast")
+    assert not ImageFeatures.from_bytes(extract_features(data).to_bytes()).seed_only
+
+
 def test_identical_bytes_score_one(index, catalog_photos):
     for name, data in catalog_photos.items():
         for scoring in ("seed", "default"):
