@@ -127,6 +127,17 @@ def test_bad_shard_requests_are_refused_with_a_reason(images, change, says):
         parse_shard_request(request)
 
 
+def test_a_default_phase_refuses_a_query_extracted_for_seed_scoring(images):
+    lean = extract_features(images["coffee__resize_half.png"], scoring="seed")
+    shortlist = shard_request(1, 2, lean, SearchParams(), phase="shortlist")
+    verify = shard_request(1, 2, lean, SearchParams(), phase="verify", shortlist=_part())
+    for phase, request in (("shortlist", shortlist), ("verify", verify)):
+        with pytest.raises(BadRequestError, match=f'phase "{phase}" needs the query\'s full features'):
+            parse_shard_request(json.loads(json.dumps(request)))
+    seed = shard_request(1, 2, lean, SearchParams(scoring="seed"), phase="search")
+    assert parse_shard_request(json.loads(json.dumps(seed))).query.seed_only
+
+
 def _part(
     keys=("catalog/a.jpg", "catalog/b.jpg"),
     looks=(0.5, 0.25),
