@@ -387,7 +387,7 @@ def parse_shard_request(event: Any) -> ShardRequest:
         raise BadRequestError(str(exc)) from None
     query, mirror = decode_query(event.get("query"))
     if phase != "search" and query.seed_only:
-        raise BadRequestError(f'phase "{phase}" needs the query\'s full features; these were extracted for seed scoring')
+        raise BadRequestError(f'phase "{phase}" needs the query\'s full features, not those extracted for seed scoring')
     if phase == "verify" and query.detail_image is None:
         raise BadRequestError('phase "verify" needs the query\'s "detail_image"')
     if (
