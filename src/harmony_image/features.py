@@ -335,21 +335,11 @@ def seed_features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:
     """What ``seed`` scoring reads of a query — the 256x256 ``gray``, its ORB and thumbnail —
     without the 512 px detail features and colours that only default scoring reads (those are
     empty and zero; the features are marked ``seed_only``)."""
-    gray = seed_gray(bgr)
-    keypoints, descriptors = seed_orb(gray)
-    return ImageFeatures(
-        sha256=sha256,
-        width=int(bgr.shape[1]),
-        height=int(bgr.shape[0]),
-        gray=gray,
-        keypoints=keypoints,
-        descriptors=descriptors,
-        thumb=thumbnail(gray),
-        detail_keypoints=np.zeros((0, 2), np.float32),
-        detail_descriptors=np.zeros((0, 32), np.uint8),
-        colours=np.zeros(HUE_BINS + 1, np.float32),
-        seed_only=True,
+    no_colours = np.zeros(HUE_BINS + 1, np.float32)
+    features = features_from_images(
+        seed_gray(bgr), None, no_colours, sha256=sha256, width=int(bgr.shape[1]), height=int(bgr.shape[0])
     )
+    return replace(features, seed_only=True)
 
 
 def extract_features(
