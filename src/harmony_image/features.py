@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -35,6 +36,7 @@ import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .errors import IndexFormatError
+from .kernels import THREADS
 from .params import DEFAULT_SCORING, Scoring, check_scoring
 
 FEATURE_VERSION = 3
@@ -292,12 +294,16 @@ def features_from_images(
     width: int,
     height: int,
     keep_detail_image: bool = False,
+    detail_features: Future[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> ImageFeatures:
     """Features from the seed's 256x256 ``gray``, the 512 px ``detail`` grayscale (None: no
-    detail features) and a :func:`colour_signature`."""
+    detail features) and a :func:`colour_signature`; ``detail_features``, the
+    :func:`detail_orb` of ``detail`` already under way, is waited for instead of computed."""
     keypoints, descriptors = seed_orb(gray)
     if detail is None:
         detail_keypoints, detail_descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    elif detail_features is not None:
+        detail_keypoints, detail_descriptors = detail_features.result()
     else:
         detail_keypoints, detail_descriptors = detail_orb(detail)
     return ImageFeatures(
@@ -315,20 +321,30 @@ def features_from_images(
     )
 
 
+# A query's 512 px ORB is most of its extraction; it runs here beside the rest (OpenCV releases
+# the GIL), so a query waits for the longer of the two, not their sum. Catalog images are
+# extracted one per thread by the indexers, which keep the cores busy without this.
+_detail_workers = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="harmony-detail-orb")
+
+
 def features_from_bgr(bgr: np.ndarray, *, sha256: str, keep_detail_image: bool = False) -> ImageFeatures:
     """Features of an already decoded BGR image whose original bytes hash to ``sha256``
     (``keep_detail_image``: a query's, with its detail image and :func:`colour_grid`)."""
+    detail = detail_gray(bgr)
+    pending = _detail_workers.submit(detail_orb, detail) if keep_detail_image else None
     colours = colour_source(bgr)
+    cells = colour_grid(colours) if keep_detail_image else None
     features = features_from_images(
         seed_gray(bgr),
-        detail_gray(bgr),
+        detail,
         colour_signature(colours),
         sha256=sha256,
         width=int(bgr.shape[1]),
         height=int(bgr.shape[0]),
         keep_detail_image=keep_detail_image,
+        detail_features=pending,
     )
-    return replace(features, colour_cells=colour_grid(colours)) if keep_detail_image else features
+    return replace(features, colour_cells=cells) if cells is not None else features
 
 
 def seed_features_from_bgr(bgr: np.ndarray, *, sha256: str) -> ImageFeatures:

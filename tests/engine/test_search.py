@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 
 from benchmarks import seed_method
@@ -46,6 +49,29 @@ def test_a_seed_query_extracts_only_what_seed_scoring_reads(index, query):
     assert index.search(lean, params) == index.search(full, params)
     back = ImageFeatures.from_bytes(lean.to_bytes())  # as SearchFunction sends it to shards
     assert back.seed_only and index.search(back, params) == index.search(full, params)
+
+
+@pytest.mark.parametrize("query", [*QUERY_VARIANTS, "coffee.webp", "tiny_4x3.png"])
+def test_a_query_gets_the_features_of_the_catalog_path(query):
+    """A query's 512 px ORB runs on a worker beside the rest of its extraction; a catalog
+    image's in line. Both give the same features."""
+    data = image_bytes(query)
+    as_query, in_line = extract_features(data), extract_features(data, query=False)
+    for name in ("gray", "keypoints", "descriptors", "thumb", "detail_keypoints", "detail_descriptors", "colours"):
+        assert np.array_equal(getattr(as_query, name), getattr(in_line, name)), name
+    assert as_query.detail_image is not None and as_query.colour_cells is not None
+    assert in_line.detail_image is None
+
+
+def test_queries_extracted_at_once_each_get_their_own_features(catalog_photos):
+    photos = list(catalog_photos.values())
+    alone = [extract_features(data) for data in photos]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(extract_features, photos * 2))
+    for one, other in zip(alone * 2, together, strict=True):
+        assert one.sha256 == other.sha256
+        assert np.array_equal(one.detail_descriptors, other.detail_descriptors)
+        assert np.array_equal(one.descriptors, other.descriptors)
 
 
 def test_seed_only_features_are_refused_where_all_are_needed(index, catalog_photos):
