@@ -902,20 +902,54 @@ HK_INLINE void ssim_body(const query_stats *const *qs, const int nq, const uint8
 
 /* ---------------------------------------------------------------- thumbnail correlation */
 
-/* out[i] = max(a . row_i, b . row_i) for the n rows of `rows` (d floats each, d a multiple of 8):
- * eight running sums over columns c = j mod 8, then ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)),
- * every product and sum a separate IEEE float operation (-std=c11: no FMA contraction), so the
- * numbers are the same at every level and on every CPU -- unlike a BLAS product, whose order
- * depends on the library's kernel for the CPU (and whose threads spin-wait when a core is taken). */
-HK_INLINE float dot8(const float *x, const float *y, int64_t d)
+/* out[i] = max(a . row_i, b . row_i) for the n rows of `rows` (d bfloat16 each, d a multiple of 8):
+ * each row entry widened to float32 exactly (its 16 bits become the top half of a float's), eight
+ * running sums over columns c = j mod 8 (lane j of a vector of eight), then
+ * ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)), every product and sum a separate IEEE float
+ * operation (-std=c11: no FMA contraction), so the numbers are the same at every level and on
+ * every CPU -- unlike a BLAS product, whose order depends on the library's kernel for the CPU (and
+ * whose threads spin-wait when a core is taken).  Both queries' sums of a row, and two rows, run at
+ * once: four independent chains of adds, where one would wait on each add's latency. */
+typedef float dot_f8 __attribute__((vector_size(32)));
+typedef uint32_t dot_u8 __attribute__((vector_size(32)));
+typedef uint16_t dot_h8 __attribute__((vector_size(16)));
+
+/* bfloat16 bits x[0..7] -> *v, each exactly (its 16 bits the top half of a float's) */
+HK_INLINE void widen_bf16(const uint16_t *x, dot_f8 *v)
 {
-    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t c = 0; c < d; c += 8)
-        for (int j = 0; j < 8; j++) {
-            float p = x[c + j] * y[c + j];
-            s[j] += p;
-        }
+    dot_h8 h;
+    memcpy(&h, x, sizeof h);
+    dot_u8 w = __builtin_convertvector(h, dot_u8) << 16;
+    memcpy(v, &w, sizeof *v);
+}
+
+HK_INLINE float dot8_tree(const dot_f8 *v)
+{
+    const float *s = (const float *)v;
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+HK_INLINE float larger(float x, float y) { return x < y ? y : x; }
+
+/* rows x0 and x1 (x1 may be x0) against both queries: out0, out1 */
+HK_INLINE void dot8_rows(const uint16_t *x0, const uint16_t *x1, const float *a, const float *b, int64_t d,
+                         float *out0, float *out1)
+{
+    dot_f8 s0 = {0}, t0 = {0}, s1 = {0}, t1 = {0};
+    for (int64_t c = 0; c < d; c += 8) {
+        dot_f8 va, vb, v0, v1;
+        memcpy(&va, a + c, sizeof va);
+        memcpy(&vb, b + c, sizeof vb);
+        widen_bf16(x0 + c, &v0);
+        widen_bf16(x1 + c, &v1);
+        dot_f8 p0 = v0 * va, q0 = v0 * vb, p1 = v1 * va, q1 = v1 * vb;
+        s0 += p0;
+        t0 += q0;
+        s1 += p1;
+        t1 += q1;
+    }
+    *out0 = larger(dot8_tree(&s0), dot8_tree(&t0));
+    *out1 = larger(dot8_tree(&s1), dot8_tree(&t1));
 }
 
 /* ---------------------------------------------------------------- region looks */
@@ -1079,12 +1113,13 @@ CROP_GROUP(8)
             crop_group_##LANES(rows + i * side * side, MIN_(LANES, n - i), side, taps, sizes, template_sums,  \
                        scale, m, w, out + i, which + i);                                                      \
     }                                                                                                        \
-    TARGET static void dots_##SUFFIX(const float *rows, int64_t n, int64_t d, const float *a, const float *b, \
+    TARGET static void dots_##SUFFIX(const uint16_t *rows, int64_t n, int64_t d, const float *a, const float *b, \
                                      float *out)                                                             \
     {                                                                                                        \
-        for (int64_t i = 0; i < n; i++) {                                                                    \
-            float x = dot8(rows + i * d, a, d), y = dot8(rows + i * d, b, d);                                \
-            out[i] = x < y ? y : x;                                                                          \
+        for (int64_t i = 0; i < n; i += 2) {                                                                 \
+            const uint16_t *x0 = rows + i * d, *x1 = i + 1 < n ? x0 + d : x0;                                \
+            float spare;                                                                                     \
+            dot8_rows(x0, x1, a, b, d, out + i, i + 1 < n ? out + i + 1 : &spare);                           \
         }                                                                                                    \
     }
 
@@ -1267,7 +1302,7 @@ typedef struct {
     int32_t (*close)(const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w, uint32_t threshold);
     void (*prepare)(const uint8_t *y, query_stats *q);
     void (*ssim)(const query_stats *const *qs, int nq, const uint8_t *x, Py_ssize_t n, double *const *scores);
-    void (*dots)(const float *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
+    void (*dots)(const uint16_t *rows, int64_t n, int64_t d, const float *a, const float *b, float *out);
     void (*regions)(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d, const float *scale,
                     int16_t *row, float *out, int32_t *which);
     void (*crops)(const int8_t *rows, int64_t n, int64_t side, const float *taps, const int32_t *sizes,
@@ -1585,22 +1620,22 @@ done:
     return result;
 }
 
-/* out[i] = max(query_a . row_i, query_b . row_i) over float32 rows of d (a multiple of 8) */
+/* out[i] = max(query_a . row_i, query_b . row_i) over bfloat16 rows of d (a multiple of 8) and float32 queries */
 static PyObject *dot_max(PyObject *self, PyObject *args)
 {
     Py_buffer rows, qa, qb, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &rows, &qa, &qb, &out))
         return NULL;
     PyObject *result = NULL;
-    int64_t d = qa.len / (Py_ssize_t)sizeof(float), n = d ? rows.len / (Py_ssize_t)sizeof(float) / d : 0;
-    if (d % 8 != 0 || qb.len != qa.len || (d && rows.len % (d * (Py_ssize_t)sizeof(float)) != 0) ||
+    int64_t d = qa.len / (Py_ssize_t)sizeof(float), n = d ? rows.len / (Py_ssize_t)sizeof(uint16_t) / d : 0;
+    if (d % 8 != 0 || qb.len != qa.len || (d && rows.len % (d * (Py_ssize_t)sizeof(uint16_t)) != 0) ||
         out.len < n * (Py_ssize_t)sizeof(float)) {
-        PyErr_SetString(PyExc_ValueError, "dot_max: expects float32 rows of d (a multiple of 8), queries of d, out of n");
+        PyErr_SetString(PyExc_ValueError, "dot_max: expects bfloat16 (uint16) rows of d (a multiple of 8), float32 queries of d, out of n");
         goto done;
     }
     const level_t *L = LEVEL;
     Py_BEGIN_ALLOW_THREADS
-    L->dots((const float *)rows.buf, n, d, (const float *)qa.buf, (const float *)qb.buf, (float *)out.buf);
+    L->dots((const uint16_t *)rows.buf, n, d, (const float *)qa.buf, (const float *)qb.buf, (float *)out.buf);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -1738,7 +1773,8 @@ static PyMethodDef methods[] = {
      "sqrt(variance); which: writable int32[n], j * side^2 + y * side + x of the first best."},
     {"dot_max", dot_max, METH_VARARGS,
      "dot_max(rows, query_a, query_b, out) -> None\n\n"
-     "out[i] = max(query_a . rows[i], query_b . rows[i]), float32, the same order at every level."},
+     "rows: n x d bfloat16 (uint16 bits); query_a, query_b: float32[d]; out: writable float32[n] of\n"
+     "max(query_a . rows[i], query_b . rows[i]), the same order at every level."},
     {"use", use, METH_O,
      "use(level) -> str\n\n"
      "Switch to another level of `levels` ('auto': the fastest); returns the previous one.\n"

@@ -167,23 +167,45 @@ def ssim_pair(query_a: np.ndarray, query_b: np.ndarray, grays: np.ndarray) -> tu
     return out_a, out_b
 
 
+def to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 ``values`` as bfloat16, rounded to the nearest (ties to even): the uint16 top halves
+    of their IEEE bits. bfloat16 keeps float32's exponent and 8 of its 24 significant bits (an
+    error of 2**-8 at most per entry); a thumbnail held so takes half the memory, and its
+    correlations move by 5e-5 (median; 1e-3 at most: 3,000 of the benchmark's catalog thumbnails
+    against 100 of its queries). Finite values only."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return rounded.astype(np.uint16)
+
+
+def from_bfloat16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 ``bits`` (uint16, :func:`to_bfloat16`) as float32, exactly."""
+    widened: np.ndarray = (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return widened
+
+
 def dot_max(rows: np.ndarray, query_a: np.ndarray, query_b: np.ndarray) -> np.ndarray:
-    """``max(rows @ query_a, rows @ query_b)`` for float32 ``rows`` (n, d), d a multiple of 8, in
-    one fixed order of float32 operations (eight running sums, then a fixed tree), so the numbers
+    """``max(rows @ query_a, rows @ query_b)`` for bfloat16 ``rows`` (n, d) (uint16 bits,
+    :func:`to_bfloat16`), d a multiple of 8, and float32 queries, in one fixed order of float32
+    operations (each entry widened exactly, eight running sums, then a fixed tree), so the numbers
     are the same at every level, on every CPU and in the numpy fallback; BLAS's are not, and its
     threads spin-wait (50x slower measured) when another thread holds a core."""
     n = rows.shape[0]
     out = np.empty(n, dtype=np.float32)
     if n == 0:
         return out
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.dtype != np.uint16:
+        raise TypeError(f"dot_max: rows must be bfloat16 bits (uint16, see to_bfloat16), not {rows.dtype}")
+    rows = np.ascontiguousarray(rows)
     query_a = np.ascontiguousarray(query_a, dtype=np.float32)
     query_b = np.ascontiguousarray(query_b, dtype=np.float32)
     if _kernels is not None:
         kernel = _kernels
         _parallel(lambda lo, hi: kernel.dot_max(rows[lo:hi], query_a, query_b, out[lo:hi]), n, 256)
         return out
-    np.maximum(_dot8(rows, query_a), _dot8(rows, query_b), out=out)
+    for lo in range(0, n, 1024):  # widened a slice at a time: no float32 copy of every row
+        part = from_bfloat16(rows[lo : lo + 1024])
+        np.maximum(_dot8(part, query_a), _dot8(part, query_b), out=out[lo : lo + 1024])
     return out
 
 

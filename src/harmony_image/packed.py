@@ -28,7 +28,7 @@ from functools import cached_property
 import numpy as np
 
 from .features import HUE_BINS, SEED_SIDE, THUMB_SIDE, ImageFeatures
-from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, ssim_scores
+from .kernels import DescriptorPack, count_close, cross_check_counts, dot_max, from_bfloat16, ssim_scores, to_bfloat16
 from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, region_thumbs
 
 VOTE_DESCRIPTORS = 96
@@ -104,7 +104,8 @@ class ShortlistTier:
     sha256: np.ndarray
     """(n, 32) uint8: sha256 digests of the original bytes."""
     thumbs: np.ndarray
-    """(n, THUMB_SIDE**2) float32 thumbnails (:func:`~harmony_image.features.thumbnail`)."""
+    """(n, THUMB_SIDE**2) thumbnails (:func:`~harmony_image.features.thumbnail`) as bfloat16
+    (uint16 bits, :func:`~harmony_image.kernels.to_bfloat16`): half a float32's bytes."""
     colours: np.ndarray
     """(n, HUE_BINS + 1) float32 colour signatures."""
     votes: DescriptorPack
@@ -262,7 +263,7 @@ class Block:
             gray=verification.gray_of(i),
             keypoints=verification.keypoints_of(i),
             descriptors=self.descriptors_of(i),
-            thumb=short.thumbs[i],
+            thumb=from_bfloat16(short.thumbs[i]),
             detail_keypoints=detail_keypoints,
             detail_descriptors=detail_descriptors,
             colours=short.colours[i],
@@ -270,22 +271,22 @@ class Block:
 
 
 def build_block(entries: list[CatalogEntry]) -> tuple[Block, list[CatalogEntry]]:
-    """Both tiers of ``entries`` (in their order), and the entries with their grayscales and
-    thumbnails replaced by views into the tiers' arrays, so each is held once."""
+    """Both tiers of ``entries`` (in their order), and the entries with their grayscales
+    replaced by views into the verification tier's array, so each is held once."""
     n = len(entries)
     features = [e.features for e in entries]
     grays = np.empty((n, SEED_SIDE, SEED_SIDE), dtype=np.uint8)
-    thumbs = np.empty((n, THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
+    thumbs = np.empty((n, THUMB_SIDE * THUMB_SIDE), dtype=np.uint16)
     colours = np.zeros((n, HUE_BINS + 1), dtype=np.float32)
     sha256 = np.zeros((n, 32), dtype=np.uint8)
     sizes = np.zeros((n, 2), dtype=np.int64)
     for i, f in enumerate(features):
         grays[i] = f.gray
-        thumbs[i] = f.thumb
+        thumbs[i] = to_bfloat16(f.thumb)
         colours[i] = f.colours
         sha256[i] = np.frombuffer(bytes.fromhex(f.sha256), dtype=np.uint8)
         sizes[i] = (f.width, f.height)
-    viewed = [replace(e, features=replace(e.features, gray=grays[i], thumb=thumbs[i])) for i, e in enumerate(entries)]
+    viewed = [replace(e, features=replace(e.features, gray=grays[i])) for i, e in enumerate(entries)]
     descriptors = DescriptorPack([f.descriptors for f in features])
     shortlist = ShortlistTier(
         keys=[e.key for e in entries],

@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import IndexFormatError
 from .features import FEATURE_VERSION, HUE_BINS, SEED_SIDE, THUMB_SIDE
-from .kernels import DescriptorPack
+from .kernels import DescriptorPack, to_bfloat16
 from .packed import (
     DESCRIPTOR_BYTES,
     ArrayTier,
@@ -60,7 +60,10 @@ from .packed import (
 )
 
 MAGIC = b"HIMGSEG\0"
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2
+"""The format written. Version 1 (thumbnails as float32 rather than bfloat16) is read too: its
+thumbnails are rounded to bfloat16 as they load, the numbers a version 2 file of the same entries
+holds."""
 ALIGN = 64
 """Array alignment in the file, bytes: a cache line, and a multiple of every dtype's size."""
 _PRELUDE = struct.Struct("<8sII")
@@ -88,7 +91,7 @@ _SHORTLIST: dict[str, tuple[str, tuple[int | str | None, ...]]] = {
     "urls": ("|u1", (None,)),
     "sha256": ("|u1", ("n", 32)),
     "sizes": ("<i8", ("n", 2)),
-    "thumbs": ("<f4", ("n", THUMB_SIDE * THUMB_SIDE)),
+    "thumbs": ("<u2", ("n", THUMB_SIDE * THUMB_SIDE)),
     "colours": ("<f4", ("n", HUE_BINS + 1)),
     "vote_offsets": ("<i8", ("n+1",)),
     "vote_planes": ("<u8", (None,)),
@@ -103,6 +106,8 @@ _VERIFICATION: dict[str, tuple[str, tuple[int | str | None, ...]]] = {
     "detail_keypoints": ("<f4", (None, 2)),
 }
 _SPEC = {**_SHORTLIST, **_VERIFICATION}
+_SPECS = {SEGMENT_VERSION: _SPEC, 1: {**_SPEC, "thumbs": ("<f4", ("n", THUMB_SIDE * THUMB_SIDE))}}
+"""The arrays of each format version read."""
 
 
 def _arrays_of(block: Block) -> dict[str, np.ndarray]:
@@ -281,7 +286,7 @@ class Segment:
             As :meth:`open`, or a read that gave another number of bytes than asked for.
         """
         # The file's first bytes as read, in pieces: copied once, into the aligned array the
-        # shortlist tier is kept in (one more copy of ~7 KB per image is memory freed but, from
+        # shortlist tier is kept in (one more copy of ~5.5 KB per image is memory freed but, from
         # many threads' arenas, seldom given back to the system).
         parts = [head] if head else []
 
@@ -349,8 +354,10 @@ def _read_header(prelude: bytes, rest: Any, size: int, name: str) -> dict[str, A
     magic, version, length = _PRELUDE.unpack(prelude)
     if magic != MAGIC:
         raise IndexFormatError(f"{name} is not a segment (magic {magic!r})")
-    if version != SEGMENT_VERSION:
-        raise IndexFormatError(f"segment {name} has format version {version}, not {SEGMENT_VERSION}; compact again")
+    if version not in _SPECS:
+        raise IndexFormatError(
+            f"segment {name} has format version {version}, not one of {sorted(_SPECS)}; compact again"
+        )
     if _PRELUDE.size + length > size:
         raise IndexFormatError(f"segment {name} is truncated: it ends inside its header")
     raw = rest.read(length) if hasattr(rest, "read") else rest[_PRELUDE.size : _PRELUDE.size + length].tobytes()
@@ -370,7 +377,7 @@ def _read_header(prelude: bytes, rest: Any, size: int, name: str) -> dict[str, A
         raise IndexFormatError(f"segment {name} has a damaged header: its arrays are not the expected ones")
     if count < 0 or not 0 <= end <= size:
         raise IndexFormatError(f"segment {name} is truncated: its shortlist tier ends at {end}, the file at {size}")
-    for array, (dtype, dims) in _SPEC.items():
+    for array, (dtype, dims) in _SPECS[version].items():
         spec = arrays[array]
         shape = spec.get("shape") if isinstance(spec, dict) else None
         if (
@@ -465,7 +472,7 @@ def _block(
         keys=keys,
         urls=Strings(a["urls"], a["url_offsets"]),
         sha256=a["sha256"],
-        thumbs=a["thumbs"],
+        thumbs=a["thumbs"] if a["thumbs"].dtype == np.uint16 else to_bfloat16(a["thumbs"]),  # version 1: float32
         colours=a["colours"],
         votes=DescriptorPack.from_arrays(a["vote_planes"], a["vote_offsets"]),
         descriptor_offsets=a["descriptor_offsets"],
@@ -594,7 +601,7 @@ class RangedTier(VerificationTier):
     def attach(self, path: str | os.PathLike[str]) -> None:
         """Serve every row from ``path``, a complete local copy of this segment's file, from now
         on: its verification tier mapped, at the offsets of the shortlist tier already in memory
-        (not read again: a second copy of ~7 KB per image). IndexFormatError when it is another
+        (not read again: a second copy of ~5.5 KB per image). IndexFormatError when it is another
         segment (its header differs)."""
         header, _, mapped = _mapped(path, shortlist=False)
         if header != self.header:

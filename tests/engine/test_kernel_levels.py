@@ -31,11 +31,13 @@ from harmony_image.kernels import (
     crop_max,
     cross_check_counts,
     dot_max,
+    from_bfloat16,
     match_two,
     nearest_two,
     region_max,
     ssim_pair,
     ssim_scores,
+    to_bfloat16,
 )
 
 IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
@@ -134,11 +136,11 @@ def query_sets() -> dict[str, np.ndarray]:
 
 @functools.cache
 def thumbnails() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit-norm float32 rows (as the shortlist's 32x32 thumbnails) and two queries."""
+    """Unit-norm rows held as bfloat16 (as the shortlist's 32x32 thumbnails) and two float32 queries."""
     rng = np.random.default_rng(9)
     rows = rng.normal(size=(301, 1024)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows, rows[7].copy(), rows[200][::-1].copy()
+    return to_bfloat16(rows), rows[7].copy(), rows[200][::-1].copy()
 
 
 def brute_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -273,9 +275,23 @@ def test_ssim_matches_scikit_image(level):
 def test_dot_max_is_the_better_correlation(level):
     rows, a, b = thumbnails()
     got = dot_max(rows, a, b)
+    wide = from_bfloat16(rows).astype(np.float64)
     assert got.dtype == np.float32 and got.shape == (len(rows),)
-    assert np.allclose(got, np.maximum(rows @ a, rows @ b), atol=1e-5)
-    assert got[7] == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(got, np.maximum(wide @ a, wide @ b), atol=1e-6)
+    assert got[7] == pytest.approx(1.0, abs=1e-4)  # row 7 is the first query, rounded to bfloat16
+    with pytest.raises(TypeError, match="bfloat16"):
+        dot_max(wide.astype(np.float32), a, b)
+
+
+def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
+    halfway = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20], dtype=np.float32)
+    assert from_bfloat16(to_bfloat16(halfway)).tolist() == [1.0, 1 + 2**-6, -1.0, 1 + 2**-7]
+    rows, _, _ = thumbnails()
+    wide = from_bfloat16(rows)
+    assert np.array_equal(to_bfloat16(wide), rows)  # a round trip keeps every bit
+    exact = np.random.default_rng(9).normal(size=(301, 1024)).astype(np.float32)
+    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
+    assert np.all(np.abs(wide - exact) <= np.abs(exact) * 2**-8)  # half a unit in the 8th significant bit
 
 
 @functools.cache
@@ -412,7 +428,7 @@ def synthetic_outputs() -> bytes:
     parts = [ssim_scores(g, gs) for g in gs] + list(ssim_pair(gs[0], gs[3], gs))
     for q in sets:
         parts += [cross_check_counts(q, pack), count_close(q, pack, 100), *match_two(q, pack)]
-    parts.append(dot_max(rows, rows[3], rows[11]))
+    parts.append(dot_max(to_bfloat16(rows), rows[3], rows[11]))
     codes = rng.integers(-127, 128, (50, 256), dtype=np.int8)
     parts += list(region_max(codes, codes[:13], rng.uniform(0.1, 1.0, 13).astype(np.float32)))
     sizes = np.array([3, 7, 9, 12], dtype=np.int32)
@@ -422,7 +438,7 @@ def synthetic_outputs() -> bytes:
 
 
 # sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
-SYNTHETIC_SHA256 = "430d85721025cdacf740e3c8c0adee9510f77a77ade765254551accc7b7e917a"
+SYNTHETIC_SHA256 = "b3fa5cf710d90b59bebeda572e1d4746fac9819682fe6a69fabf82eb4b9f2b11"
 
 
 def test_outputs_are_the_same_bytes_on_every_machine(level):

@@ -14,6 +14,7 @@ from skimage import data as skimage_photos
 
 from harmony_image import SearchIndex, SearchParams, extract_features
 from harmony_image.features import SEED_SIDE
+from harmony_image.kernels import to_bfloat16
 from harmony_image.regions import (
     best_crops,
     best_windows,
@@ -85,7 +86,7 @@ def test_a_small_copy_is_located_and_its_detail_agrees(catalog_photos, catalog, 
     query_bytes, box = inset(catalog_photos["rocket.jpg"], catalog_photos["brick.jpg"], at=at, mirror=mirror)
     query = extract_features(query_bytes)
     names = sorted(catalog)
-    thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    thumbs = region_thumbs(to_bfloat16(np.stack([catalog[n].thumb for n in names])))
     regions = query_regions(query.gray)
     looks, windows = best_windows(thumbs, regions)
     rocket = names.index("rocket.jpg")
@@ -115,11 +116,11 @@ def test_region_looks_are_exact_integers_whatever_the_rows_around(catalog):
     """Shards and one index cut the same shortlist: a row's region look does not depend on the
     rows scored with it, and equals the int64 computation."""
     names = sorted(catalog)
-    all_thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    all_thumbs = region_thumbs(to_bfloat16(np.stack([catalog[n].thumb for n in names])))
     regions = query_regions(catalog["moon.jpg"].gray)
     together, _ = best_windows(all_thumbs, regions)
     for i, name in enumerate(names):
-        alone, _ = best_windows(region_thumbs(catalog[name].thumb[None, :]), regions)
+        alone, _ = best_windows(region_thumbs(to_bfloat16(catalog[name].thumb[None, :])), regions)
         assert alone[0] == together[i], name
     sums = all_thumbs.codes.astype(np.int64) @ regions.codes.astype(np.int64).T  # exact
     exact = (sums.astype(np.float32) * regions.inverse_norms).max(axis=1) * all_thumbs.inverse_norms
@@ -130,7 +131,7 @@ def test_a_flat_query_or_catalog_image_has_no_region_evidence(images, catalog):
     flat = extract_features(images["flat_gray.png"])
     regions = query_regions(flat.gray)
     assert not regions.inverse_norms.any()
-    looks, windows = best_windows(region_thumbs(flat.thumb[None, :]), regions)
+    looks, windows = best_windows(region_thumbs(to_bfloat16(flat.thumb[None, :])), regions)
     assert looks[0] == 0.0
     match = refine(query_regions(catalog["moon.jpg"].gray), int(windows[0]), flat.gray)
     assert match.detail == 0.0 and match.correlation == 0.0
@@ -157,7 +158,7 @@ def test_a_heavy_crop_is_found_by_its_crop_look_and_placed(catalog_photos, catal
     placed in that image (in the right view) its detail agrees, placed in the others it does not."""
     query = extract_features(heavy_crop(catalog_photos["moon.jpg"], at=at, mirror=mirror))
     names = sorted(catalog)
-    thumbs = region_thumbs(np.stack([catalog[n].thumb for n in names]))
+    thumbs = region_thumbs(to_bfloat16(np.stack([catalog[n].thumb for n in names])))
     regions = query_regions(query.gray)
     looks, mirrored = best_crops(thumbs, regions)
     moon = names.index("moon.jpg")
