@@ -178,9 +178,17 @@ def to_bfloat16(values: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
+def require_bfloat16(bits: np.ndarray, what: str) -> None:
+    """TypeError naming ``what`` unless ``bits`` are bfloat16 bits (uint16, :func:`to_bfloat16`):
+    float32 values cast to uint16 would be read as other numbers without a word."""
+    if bits.dtype != np.uint16:
+        raise TypeError(f"{what} must be bfloat16 bits (uint16, see to_bfloat16), not {bits.dtype}")
+
+
 def from_bfloat16(bits: np.ndarray) -> np.ndarray:
     """bfloat16 ``bits`` (uint16, :func:`to_bfloat16`) as float32, exactly."""
-    widened: np.ndarray = (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    require_bfloat16(bits, "from_bfloat16: bits")
+    widened: np.ndarray = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return widened
 
 
@@ -194,8 +202,7 @@ def dot_max(rows: np.ndarray, query_a: np.ndarray, query_b: np.ndarray) -> np.nd
     out = np.empty(n, dtype=np.float32)
     if n == 0:
         return out
-    if rows.dtype != np.uint16:
-        raise TypeError(f"dot_max: rows must be bfloat16 bits (uint16, see to_bfloat16), not {rows.dtype}")
+    require_bfloat16(rows, "dot_max: rows")
     rows = np.ascontiguousarray(rows)
     query_a = np.ascontiguousarray(query_a, dtype=np.float32)
     query_b = np.ascontiguousarray(query_b, dtype=np.float32)

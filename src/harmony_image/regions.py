@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from .features import SEED_SIDE, THUMB_SIDE
-from .kernels import crop_max, from_bfloat16, region_max
+from .kernels import crop_max, from_bfloat16, region_max, require_bfloat16
 
 REGION_SIDE = 16
 """Side in pixels of a region thumbnail: the catalog's 32x32 thumbnail averaged over 2x2 blocks.
@@ -112,8 +112,7 @@ ROWS_AT_ONCE = 1024
 def region_thumbs(thumbs: np.ndarray) -> RegionThumbs:
     """The region thumbnails of catalog images from their (n, 32*32) bfloat16 thumbnails
     (:attr:`~harmony_image.packed.ShortlistTier.thumbs`)."""
-    if thumbs.dtype != np.uint16:
-        raise TypeError(f"region_thumbs: thumbs must be bfloat16 bits (uint16, see to_bfloat16), not {thumbs.dtype}")
+    require_bfloat16(thumbs, "region_thumbs: thumbs")
     n, factor = len(thumbs), THUMB_SIDE // REGION_SIDE
     codes = np.empty((n, REGION_SIDE * REGION_SIDE), dtype=np.int8)
     inverse = np.empty(n, dtype=np.float32)

@@ -106,7 +106,7 @@ _VERIFICATION: dict[str, tuple[str, tuple[int | str | None, ...]]] = {
     "detail_keypoints": ("<f4", (None, 2)),
 }
 _SPEC = {**_SHORTLIST, **_VERIFICATION}
-_SPECS = {SEGMENT_VERSION: _SPEC, 1: {**_SPEC, "thumbs": ("<f4", ("n", THUMB_SIDE * THUMB_SIDE))}}
+_SPECS = {SEGMENT_VERSION: _SPEC, 1: {**_SPEC, "thumbs": ("<f4", _SPEC["thumbs"][1])}}
 """The arrays of each format version read."""
 
 

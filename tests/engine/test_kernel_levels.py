@@ -289,6 +289,8 @@ def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
     rows, _, _ = thumbnails()
     wide = from_bfloat16(rows)
     assert np.array_equal(to_bfloat16(wide), rows)  # a round trip keeps every bit
+    with pytest.raises(TypeError, match="from_bfloat16: bits must be bfloat16"):
+        from_bfloat16(wide)  # float32, not its bits
     exact = np.random.default_rng(9).normal(size=(301, 1024)).astype(np.float32)
     exact /= np.linalg.norm(exact, axis=1, keepdims=True)
     assert np.all(np.abs(wide - exact) <= np.abs(exact) * 2**-8)  # half a unit in the 8th significant bit
