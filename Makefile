@@ -15,7 +15,7 @@ BENCH_BASELINE ?= f577863
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
-	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates bench-scale reliability clean
+	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates bench-scale bench-scale-50k reliability clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -96,6 +96,9 @@ bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall
 
 bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
 	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md
+
+bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min): cold start, memory, warm queries; then make bench-scale-doc
+	$(PY) -m benchmarks.scale --images 50000 --shards 1 --queries 40 --skip-records --out .bench/scale-50k.json
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md

@@ -282,6 +282,7 @@ class IndexReader:
         listing: dict[str, str] | None = None
         entries: int | None = None
         gone: list[str] = []
+        l0 = time.perf_counter()
         try:
             if self._cursor is not None:
                 todo, entries = self._journal_changes()
@@ -295,6 +296,7 @@ class IndexReader:
             self._status = {**self._status, "complete": False, "error": f"listing the records failed: {exc.message}"}
             self._retry_soon = True
             return
+        listing_ms = (time.perf_counter() - l0) * 1000
         for e in errors:
             log.warning("%s", e)
         if listing is not None:
@@ -360,6 +362,7 @@ class IndexReader:
             "missing": missing,
             "manifest_changed": manifest_changed,
             "journal_entries": entries,  # None: every record was listed (no journal cursor)
+            "listing_ms": round(listing_ms, 1),  # of the journal (or of every record)
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         }
 

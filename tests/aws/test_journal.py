@@ -95,6 +95,7 @@ def test_a_refresh_and_a_cold_start_see_what_a_listing_of_every_record_sees(buck
     warm.index()
     assert warm.last_refresh["journal_entries"] == len(CATALOG_NAMES)  # indexed within the cursor's margin
     assert warm.last_refresh["loaded"] == 0 and warm.last_refresh["read"] == 0  # each names what the segments hold
+    assert 0 < warm.last_refresh["listing_ms"] < warm.last_refresh["ms"]  # the journal's LIST, part of the refresh
     change_the_catalog(client, name, images)
     warm_s3.clear()
     index = warm.index()
