@@ -94,11 +94,15 @@ bench-shared: setup ## quality on ../shared/bench (must exist), report in .bench
 bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall on planted copies (1,000 images); its section of docs/BENCHMARKS.md
 	$(PY) -m benchmarks.duplicates --size 1000 --doc docs/BENCHMARKS.md
 
-bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
-	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md
+# the one-shard run's figures, when make bench-scale-50k has made them: docs/SCALE.md's section and its model's shard
+SCALE_SHARD = $(if $(wildcard .bench/scale-50k.json),--shard-json .bench/scale-50k.json)
 
-bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min): cold start, memory, warm queries; then make bench-scale-doc
+bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
+	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD)
+
+bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min): cold start, memory, warm queries; its section of docs/SCALE.md
 	$(PY) -m benchmarks.scale --images 50000 --shards 1 --queries 40 --skip-records --out .bench/scale-50k.json
+	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md --shard-json .bench/scale-50k.json
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md

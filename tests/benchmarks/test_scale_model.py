@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.scale import SHARD_IMAGES, model, write_doc
+from benchmarks.scale import FAN_OUT_ROUNDS, INVOKE_MS, SHARD_IMAGES, model, write_doc
 
 MEASURED: dict[str, Any] = {
     "images": 10_000,
@@ -56,3 +56,48 @@ def test_the_doc_shows_the_measured_and_the_modelled(tmp_path):
     write_doc(path, earlier, "python -m benchmarks.scale --images 10000")  # figures of a run before it
     assert "downloaded whole: " not in path.read_text() and "7.8 KiB" in path.read_text()
     assert f"| shards (ShardFunctions) | {1_000_000 // SHARD_IMAGES} | {10_000_000 // SHARD_IMAGES} |" in text
+
+
+ONE_SHARD: dict[str, Any] = {
+    **MEASURED,
+    "images": SHARD_IMAGES,
+    "shards": 1,
+    "queries": 40,
+    "memory_bytes_per_image": 6_000,
+    "memory_bytes_per_image_downloaded": 6_500,
+    "cold_start_s": 40.0,
+    "cold_start_s_per_shard": [40.0],
+    "cold_start_s_downloaded": 90.0,
+    "shortlist_bytes_per_image_fetched": 4_900,
+    "get_mb_s_measured": 55.0,
+    "cold_listing_ms_per_shard": [36_000.0],
+    "cold_journal_entries_per_shard": [SHARD_IMAGES],
+    "cold_list_pages_per_shard": [50],
+    "first_query_ms_cold": [20_000.0],
+    "first_query_rows_cold": [80],
+    "first_query_gets_cold": [300],
+    "p50_ms_one_shard": 700.0,
+    "p99_ms_one_shard": 910.0,
+}
+
+
+def test_a_shard_measured_at_the_models_size_replaces_the_fit():
+    one = model(MEASURED, 1_000_000, shard=ONE_SHARD)
+    assert one["shard_p50_ms"] == 700 and one["p50_ms"] == round(700 + FAN_OUT_ROUNDS * INVOKE_MS)
+    assert one["p99_ms"] == round(910 + FAN_OUT_ROUNDS * INVOKE_MS)
+    assert one["shard_memory_mb"] == round(SHARD_IMAGES * 6_000 / 1e6)
+    smaller = {**ONE_SHARD, "images": SHARD_IMAGES // 2}  # not the model's shard: the fit stays
+    assert model(MEASURED, 1_000_000, shard=smaller) == model(MEASURED, 1_000_000)
+
+
+def test_the_doc_shows_the_measured_shard_and_its_cold_start_less_the_ingests_journal(tmp_path):
+    path = tmp_path / "SCALE.md"
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", shard=ONE_SHARD, shard_command="cmd 50k")
+    text = path.read_text()
+    assert f"## Measured here: one shard of {SHARD_IMAGES:,} images" in text and "`cmd 50k`" in text
+    assert "| … of which listing the journal (50,000 entries, 50 LIST pages" in text and "| 36.0 s |" in text
+    assert "4.0 s once its changes are older than the journal's cursor (not met)" in text
+    assert "measured on one shard of 50,000 images" in text and "fitted linearly" not in text
+    quick = {**ONE_SHARD, "cold_start_s": 38.5}  # 2.5 s besides the journal
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", shard=quick, shard_command="cmd 50k")
+    assert "2.5 s once its changes are older than the journal's cursor (met)" in path.read_text()
