@@ -68,6 +68,7 @@ ONE_SHARD: dict[str, Any] = {
     "cold_start_s": 40.0,
     "cold_start_s_per_shard": [40.0],
     "cold_start_s_downloaded": 90.0,
+    "cold_start_s_per_shard_downloaded": [90.0],
     "shortlist_bytes_per_image_fetched": 4_900,
     "get_mb_s_measured": 55.0,
     "cold_listing_ms_per_shard": [36_000.0],
@@ -76,6 +77,8 @@ ONE_SHARD: dict[str, Any] = {
     "first_query_ms_cold": [20_000.0],
     "first_query_rows_cold": [80],
     "first_query_gets_cold": [300],
+    "first_query_bytes_cold": [9_000_000],
+    "first_query_ms_downloaded": [150.0],
     "p50_ms_one_shard": 700.0,
     "p99_ms_one_shard": 910.0,
 }
@@ -101,3 +104,12 @@ def test_the_doc_shows_the_measured_shard_and_its_cold_start_less_the_ingests_jo
     quick = {**ONE_SHARD, "cold_start_s": 38.5}  # 2.5 s besides the journal
     write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", shard=quick, shard_command="cmd 50k")
     assert "2.5 s once its changes are older than the journal's cursor (met)" in path.read_text()
+
+
+def test_the_doc_of_a_run_without_the_per_record_design(tmp_path):
+    path = tmp_path / "SCALE.md"
+    skipped = {k: v for k, v in ONE_SHARD.items() if not k.endswith("_records")}  # --skip-records
+    write_doc(path, skipped, "python -m benchmarks.scale --images 50000 --shards 1 --skip-records")
+    text = path.read_text()
+    assert "| cold start (index load from S3) | not measured | 40.0 s all shards, 40.0 s the slowest |" in text
+    assert "| process memory per image (RSS growth) | not measured | 5.9 KiB" in text
