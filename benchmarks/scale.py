@@ -191,9 +191,9 @@ class _InProcessShards:
 def s3_server_process() -> Iterator[str]:
     """moto's S3 server in a process of its own (as S3 is not in its clients' process: it gets
     its own interpreter lock), on a free local port; its endpoint URL. Stopped on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    from harmony_local.stack.server import free_port
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(  # noqa: S603 - moto's server module, with a port chosen here
         [sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)],
