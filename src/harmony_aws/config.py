@@ -31,9 +31,12 @@ ENV_VARS: dict[str, str] = {
     "HARMONY_REINDEX_QUEUE_URL": (
         "IndexFunction: the SQS queue a planned reindex or compaction sends its items to (unset: in one call)"
     ),
-    "HARMONY_SHARDS": "shards the catalog is compacted into (IndexFunction's compaction; default 1)",
+    "HARMONY_SHARDS": "shards the catalog is compacted into (IndexFunction's compaction) or searched in (default 1)",
     "HARMONY_SHARD": "ShardFunction: the shard it serves, as i/n (e.g. 0/4)",
-    "HARMONY_SHARD_FUNCTIONS": "SearchFunction: ShardFunction names, shard 0 first, comma-separated (unset: none)",
+    "HARMONY_SHARD_FUNCTIONS": (
+        "SearchFunction: ShardFunction names, shard 0 first, comma-separated; or one name with {shard},"
+        " for shards 0 to HARMONY_SHARDS - 1 (unset: none)"
+    ),
 }
 
 
@@ -84,6 +87,7 @@ class Settings:
             scoring = check_scoring(env.get("HARMONY_DEFAULT_SCORING", "").strip() or DEFAULT_SCORING)
         except HarmonyError as exc:
             raise ConfigError(f"HARMONY_DEFAULT_SCORING: {exc.message}") from None
+        shards = int(_num(env, "HARMONY_SHARDS", 1, lo=1, hi=MAX_SHARDS))
         return cls(
             bucket=bucket,
             index_ttl=_num(env, "HARMONY_INDEX_TTL_SECONDS", 10.0, lo=0, hi=86400),
@@ -94,10 +98,25 @@ class Settings:
             default_scoring=scoring,
             duplicates_queue_url=env.get("HARMONY_DUPLICATES_QUEUE_URL", "").strip() or None,
             reindex_queue_url=env.get("HARMONY_REINDEX_QUEUE_URL", "").strip() or None,
-            shards=int(_num(env, "HARMONY_SHARDS", 1, lo=1, hi=MAX_SHARDS)),
+            shards=shards,
             shard=_shard(env.get("HARMONY_SHARD", "")),
-            shard_functions=tuple(f.strip() for f in env.get("HARMONY_SHARD_FUNCTIONS", "").split(",") if f.strip()),
+            shard_functions=_shard_functions(env.get("HARMONY_SHARD_FUNCTIONS", ""), shards, "HARMONY_SHARDS" in env),
         )
+
+
+def _shard_functions(raw: str, shards: int, shards_set: bool) -> tuple[str, ...]:
+    """The ShardFunctions' names, shard 0 first: a comma-separated list, or one name with
+    ``{shard}`` standing for 0 to ``shards`` - 1 (what template.yaml gives: <stack>-shard-{shard})."""
+    names = tuple(f.strip() for f in raw.split(",") if f.strip())
+    if any("{shard}" in n for n in names):
+        if len(names) != 1:
+            raise ConfigError(f"HARMONY_SHARD_FUNCTIONS={raw!r}: a name with {{shard}} stands alone")
+        if shards < 2:
+            raise ConfigError(f"HARMONY_SHARD_FUNCTIONS={raw!r} needs HARMONY_SHARDS, the number of shards (2 or more)")
+        return tuple(names[0].replace("{shard}", str(i)) for i in range(shards))
+    if names and shards_set and len(names) != shards:
+        raise ConfigError(f"HARMONY_SHARD_FUNCTIONS names {len(names)} functions, HARMONY_SHARDS says {shards} shards")
+    return names
 
 
 def _shard(raw: str) -> tuple[int, int] | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -13,20 +14,37 @@ from typing import Any
 
 import pytest
 
-from harmony_local.stack.template import load_template, load_yaml
+from harmony_aws.config import Settings
+from harmony_local.stack.template import expand_language_extensions, load_template, load_yaml
 from tests.support import REPO, TEMPLATE
 
 SAM = os.environ.get("HARMONY_SAM") or str(REPO / ".tools" / "sam" / "bin" / "sam")
+# The shards the tests deploy: three, so that nothing assumes a power of two or the old limit of 4.
+SHARD_IDS = "0,1,2"
+SHARDS = 3
 
 
 @pytest.fixture(scope="module")
-def tpl() -> dict:
-    """The template as written (intrinsics unresolved)."""
+def raw() -> dict:
+    """The template as written (intrinsics unresolved, Fn::ForEach not expanded)."""
     return load_yaml(TEMPLATE)
 
 
+@pytest.fixture(scope="module")
+def tpl(raw) -> dict:
+    """The template with ShardIds=SHARD_IDS, its Fn::ForEach expanded as CloudFormation's
+    AWS::LanguageExtensions does before the SAM transform (other intrinsics unresolved)."""
+    return expand_language_extensions(raw, {"ShardIds": SHARD_IDS})
+
+
 def _env():
-    return {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "SAM_CLI_TELEMETRY": "0"}
+    # SAM CLI expands template.yaml's Fn::ForEach only when asked (samconfig.toml asks too)
+    return {
+        **os.environ,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SAM_CLI_TELEMETRY": "0",
+        "SAM_CLI_ENABLE_LANGUAGE_EXTENSIONS": "1",
+    }
 
 
 def test_sam_validate_lint():
@@ -233,6 +251,9 @@ def _resource_text(stmt) -> list[str]:
     return texts
 
 
+SHARD_FUNCTION_ARNS = "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-shard-*"
+
+
 def test_least_privilege(tpl):
     allowed = {
         # DELETE /catalog/{key+} deletes the object and reconciles its record (which re-indexes a
@@ -243,9 +264,10 @@ def test_least_privilege(tpl):
             "s3:DeleteObject": {"catalog/*", "index/*"},
             "s3:PutObject": {"index/*", "reports/*"},
             "sqs:SendMessage": {"${DuplicatesQueue.Arn}"},
-            "lambda:InvokeFunction": {f"${{ShardFunction{i}.Arn}}" for i in range(4)},  # Shards > 1 only
+            # the stack's ShardFunctions (<stack>-shard-<n>), when sharded
+            "lambda:InvokeFunction": {SHARD_FUNCTION_ARNS},
         },
-        **{f"ShardFunction{i}": {"s3:GetObject": {"index/*", "catalog/manifest.json"}} for i in range(4)},
+        **{f"ShardFunction{i}": {"s3:GetObject": {"index/*", "catalog/manifest.json"}} for i in range(SHARDS)},
         "DuplicatesFunction": {
             "s3:GetObject": {"catalog/*", "index/*", "reports/*"},
             "s3:PutObject": {"reports/*"},
@@ -403,10 +425,14 @@ CHECKOV = os.environ.get("HARMONY_CHECKOV") or str(REPO / ".tools" / "checkov" /
 
 
 def _checkov(path: Path) -> dict:
+    """checkov's report on the template at ``path``, with its Fn::ForEach expanded (checkov does
+    not expand it: it would not see the ShardFunctions)."""
     if not Path(CHECKOV).exists():
         pytest.skip(f"checkov is not installed at {CHECKOV} (.ci/run installs it from requirements/checkov.lock)")
+    expanded = path.with_name(path.stem + ".expanded.json")
+    expanded.write_text(json.dumps(expand_language_extensions(load_yaml(path), {"ShardIds": SHARD_IDS})))
     r = subprocess.run(
-        [CHECKOV, "-f", str(path), "--framework", "cloudformation", "--skip-download", "--output", "json"],
+        [CHECKOV, "-f", str(expanded), "--framework", "cloudformation", "--skip-download", "--output", "json"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -416,10 +442,14 @@ def _checkov(path: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def test_checkov_has_no_finding_left_and_every_waiver_says_why():
-    report = _checkov(TEMPLATE)
+def test_checkov_has_no_finding_left_and_every_waiver_says_why(tmp_path):
+    copy = tmp_path / "template.yaml"
+    copy.write_text(TEMPLATE.read_text())
+    report = _checkov(copy)
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert failed == [], failed
+    checked = {c["resource"] for kind in ("passed_checks", "skipped_checks") for c in report["results"][kind]}
+    assert {f"AWS::Serverless::Function.ShardFunction{i}" for i in range(SHARDS)} <= checked, checked
     skipped = report["results"]["skipped_checks"]
     assert skipped, "no waiver at all: the test below would not show checkov reads them"
     for c in skipped:
@@ -436,29 +466,57 @@ def test_checkov_finds_what_a_waiver_hides(tmp_path):
     assert {"CKV_AWS_117", "CKV_AWS_116", "CKV_AWS_27", "CKV_AWS_18"} <= failed, failed
 
 
-def test_compaction_runs_hourly_and_shards_get_a_function_each(tpl):
-    """IndexFunction compacts on a schedule into HARMONY_SHARDS = Shards shards; each shard has
-    its own ShardFunction (created only when Shards asks for it) that reads only index/ and the
-    URL manifest, and SearchFunction may invoke exactly those."""
+def test_compaction_runs_hourly_and_shards_get_a_function_each(raw, tpl):
+    """IndexFunction compacts on a schedule into as many shards as ShardIds lists; each shard has
+    its own ShardFunction (made by Fn::ForEach, only when ShardIds is more than "0") that reads
+    only index/ and the URL manifest, and SearchFunction may invoke exactly the stack's shards."""
+    assert raw["Transform"][0] == "AWS::LanguageExtensions"  # before the SAM transform, as it must be
+    assert raw["Parameters"]["ShardIds"]["Type"] == "CommaDelimitedList"
+    assert raw["Parameters"]["ShardIds"]["Default"] == "0"
+    (loop,) = (k for k in raw["Resources"] if k.startswith("Fn::ForEach::"))
+    assert raw["Resources"][loop][:2] == ["ShardId", {"Ref": "ShardIds"}]
     res = tpl["Resources"]
     index = res["IndexFunction"]["Properties"]
     schedule = index["Events"]["Compaction"]["Properties"]
     assert json.loads(schedule["Input"]) == {"action": "compact"} and schedule["Schedule"].startswith("rate(")
-    assert index["Environment"]["Variables"]["HARMONY_SHARDS"] == {"Ref": "Shards"}
-    assert tpl["Parameters"]["Shards"]["AllowedValues"] == [1, 2, 4]
     shard_fns = sorted(n for n in res if n.startswith("ShardFunction"))
-    assert shard_fns == [f"ShardFunction{i}" for i in range(4)]
+    assert shard_fns == [f"ShardFunction{i}" for i in range(SHARDS)]
     for i, name in enumerate(shard_fns):
         fn = res[name]
-        assert fn["Condition"] == ("Sharded" if i < 2 else "FourShards")
+        assert fn["Condition"] == "Sharded"
         props = fn["Properties"]
-        assert props["Environment"]["Variables"]["HARMONY_SHARD"] == {"Fn::Sub": f"{i}/${{Shards}}"}
+        assert props["FunctionName"] == {"Fn::Sub": f"${{AWS::StackName}}-shard-{i}"}
         (stmt,) = props["Policies"]
         actions = {s["Action"] for s in stmt["Statement"]}
         assert actions == {"s3:GetObject", "s3:ListBucket"}  # read-only
-    search = res["SearchFunction"]["Properties"]
-    invoke = search["Policies"][0]["Fn::If"]
-    assert invoke[0] == "Sharded" and invoke[2] == {"Ref": "AWS::NoValue"}
-    arns = invoke[1]["Statement"][0]["Resource"]["Fn::If"]
-    assert arns[1] == [{"Fn::GetAtt": [f"ShardFunction{i}", "Arn"]} for i in range(4)]
-    assert arns[2] == [{"Fn::GetAtt": [f"ShardFunction{i}", "Arn"]} for i in range(2)]
+    # resolved as deployed (the local stack's reader): the numbers and names agree
+    for shard_ids, shards in ((SHARD_IDS, SHARDS), ("0", 1)):
+        local = load_template(TEMPLATE, parameter_overrides={"ShardIds": shard_ids})
+        env = local.functions["SearchFunction"].environment
+        assert local.functions["IndexFunction"].environment["HARMONY_SHARDS"] == str(shards)
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HARMONY_")})
+        names = [local.functions[f"ShardFunction{i}"].function_name for i in range(shards)] if shards > 1 else []
+        assert list(settings.shard_functions) == names, (settings.shard_functions, names)
+        for i in range(shards if shards > 1 else 0):
+            assert local.functions[f"ShardFunction{i}"].environment["HARMONY_SHARD"] == f"{i}/{shards}"
+            assert fnmatch.fnmatchcase(
+                f"arn:aws:lambda:us-east-1:123456789012:function:{names[i]}", _arn(SHARD_FUNCTION_ARNS)
+            )
+        assert not any(name.startswith("ShardFunction") for name in local.functions) or shards > 1
+    others = ("SearchFunction", "IndexFunction", "DuplicatesFunction", "QueryDropFunction")
+    assert not any(
+        fnmatch.fnmatchcase(
+            f"arn:aws:lambda:us-east-1:123456789012:function:harmony-local-{o}", _arn(SHARD_FUNCTION_ARNS)
+        )
+        for o in others
+    )
+
+
+def _arn(pattern: str) -> str:
+    """An ARN pattern of the template, as the local stack's reader resolves its pseudo parameters."""
+    return (
+        pattern.replace("${AWS::Partition}", "aws")
+        .replace("${AWS::Region}", "us-east-1")
+        .replace("${AWS::AccountId}", "123456789012")
+        .replace("${AWS::StackName}", "harmony-local")
+    )

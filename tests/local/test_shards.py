@@ -1,8 +1,8 @@
-"""A sharded catalog on the local stack (template parameter Shards=2): IndexFunction compacts
+"""A sharded catalog on the local stack (template parameter ShardIds=0,1): IndexFunction compacts
 the records into two shards' segments, SearchFunction fans each query out to ShardFunction0 and
-ShardFunction1 through the stack's Lambda Invoke API (default scoring: a shortlist round, then a
-verification round) and merges; the answers are exactly those of the unsharded stack (the
-session's ``stack``) on the same sample catalog."""
+ShardFunction1 (made by the template's Fn::ForEach) through the stack's Lambda Invoke API
+(default scoring: a shortlist round, then a verification round) and merges; the answers are
+exactly those of the unsharded stack (the session's ``stack``) on the same sample catalog."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def sharded(tmp_path_factory):
     from tests.support import app_stack
 
     workdir = tmp_path_factory.mktemp("sharded")
-    with app_stack(workdir, bucket="harmony-sharded", parameter_overrides={"Shards": str(SHARDS)}) as st:
+    with app_stack(
+        workdir, bucket="harmony-sharded", parameter_overrides={"ShardIds": ",".join(map(str, range(SHARDS)))}
+    ) as st:
         yield st
 
 
@@ -50,9 +52,14 @@ def _search(stack, name: str, k: int = 5):
 
 def test_the_template_makes_one_function_per_shard(sharded, stack):
     assert {f"ShardFunction{i}" for i in range(SHARDS)} <= set(sharded.template.functions)
-    assert not any(f.startswith("ShardFunction") for f in stack.template.functions)  # Shards=1: none
+    assert not any(f.startswith("ShardFunction") for f in stack.template.functions)  # ShardIds=0: none
     env = sharded.template.functions["SearchFunction"].environment
-    assert env["HARMONY_SHARD_FUNCTIONS"] == "ShardFunction0-local,ShardFunction1-local"
+    # SearchFunction invokes the functions by the names the template gives them
+    assert (env["HARMONY_SHARD_FUNCTIONS"], env["HARMONY_SHARDS"]) == ("harmony-local-shard-{shard}", "2")
+    assert [sharded.template.functions[f"ShardFunction{i}"].function_name for i in range(SHARDS)] == [
+        "harmony-local-shard-0",
+        "harmony-local-shard-1",
+    ]
     assert sharded.template.functions["ShardFunction1"].environment["HARMONY_SHARD"] == "1/2"
 
 
@@ -115,7 +122,10 @@ def test_the_invoke_api_answers_like_lambdas(sharded):
         client.invoke(FunctionName="NoSuchFunction", Payload=b"{}")
     with pytest.raises(client.exceptions.InvalidRequestContentException):
         client.invoke(FunctionName="ShardFunction0", Payload=b"{not json")
-    arn = "arn:aws:lambda:us-east-1:123456789012:function:ShardFunction1-local"
+    for name in ("harmony-local-shard-1", "arn:aws:lambda:us-east-1:123456789012:function:harmony-local-shard-1"):
+        r = client.invoke(FunctionName=name, Payload=b'{"shard": 5}')  # its FunctionName, or its ARN
+        assert "FunctionError" not in r and json.loads(r["Payload"].read())["status"] == 400
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:ShardFunction1-local"  # its !Ref here
     r = client.invoke(FunctionName=arn, Payload=b'{"shard": 5}')
     assert "FunctionError" not in r and json.loads(r["Payload"].read())["status"] == 400
 

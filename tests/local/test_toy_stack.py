@@ -8,8 +8,10 @@ import base64
 import json
 import time
 
+import pytest
+
 from harmony_local.stack.server import s3_record
-from harmony_local.stack.template import load_template, media_type_matches
+from harmony_local.stack.template import TemplateError, load_template, media_type_matches, template_from_doc
 from tests.support import TOY_TEMPLATE, request, request_json
 
 
@@ -41,6 +43,53 @@ def test_template_is_read_like_sam():
     assert t.route_for("GET", "/files/a/b.txt")[1] == {"proxy": "a/b.txt"}
     assert t.route_for("POST", "/files/a") is None
     assert media_type_matches("image/jpeg; q=1", ("image~1*",)) and not media_type_matches("text/plain", ("image~1*",))
+
+
+def _looped(names: object, *, fragment_key: str = "Fn${Name}") -> dict:
+    """A template whose functions come from Fn::ForEach over ``names`` (a list, or a !Ref)."""
+    fn = {
+        "Type": "AWS::Serverless::Function",
+        "Properties": {
+            "Handler": "app.echo",
+            "CodeUri": "echo/",
+            "FunctionName": {"Fn::Sub": "${AWS::StackName}-&{Name}"},
+            "Environment": {
+                "Variables": {
+                    "WHO": {"Ref": "Name"},
+                    "OF": {"Fn::Sub": ["${Name}/${N}", {"N": {"Fn::Length": {"Ref": "Names"}}}]},
+                    "Fn::ForEach::Vars": ["Other", ["a", "b"], {"PAIR_${Other}": {"Fn::Sub": "${Name}${Other}"}}],
+                }
+            },
+        },
+    }
+    return {
+        "Parameters": {"Names": {"Type": "CommaDelimitedList", "Default": "x,y"}},
+        "Resources": {"Fn::ForEach::Fns": ["Name", names, {fragment_key: fn}]},
+    }
+
+
+def test_fn_foreach_and_fn_length_are_expanded_as_cloudformation_does():
+    t = template_from_doc(_looped({"Ref": "Names"}), base=TOY_TEMPLATE.parent)
+    assert sorted(t.functions) == ["Fnx", "Fny"]  # the parameter's default
+    t = template_from_doc(_looped({"Ref": "Names"}), base=TOY_TEMPLATE.parent, parameter_overrides={"Names": "p, q,r"})
+    assert sorted(t.functions) == ["Fnp", "Fnq", "Fnr"]
+    q = t.functions["Fnq"]
+    assert q.function_name == "harmony-local-q" and t.function_named("harmony-local-q") == "Fnq"
+    assert q.environment == {"WHO": "q", "OF": "q/3", "PAIR_a": "qa", "PAIR_b": "qb"}
+    assert sorted(template_from_doc(_looped(["1", "2"]), base=TOY_TEMPLATE.parent).functions) == ["Fn1", "Fn2"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_looped({"Ref": "Nope"}), "a collection must be a list or a !Ref to a list parameter"),
+        (_looped({"Ref": "Names"}, fragment_key="SameName"), "SameName is made twice"),
+        ({"Resources": {"Fn::ForEach::Bad": ["X", ["a"]]}}, "takes \\[identifier, collection, fragment\\]"),
+    ],
+)
+def test_a_malformed_fn_foreach_is_named(doc, message):
+    with pytest.raises(TemplateError, match=message):
+        template_from_doc(doc, base=TOY_TEMPLATE.parent)
 
 
 def test_api_event_shape_binary_body(toy):

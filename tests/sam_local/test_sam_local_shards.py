@@ -4,18 +4,20 @@ Skipped unless HARMONY_SAM_LOCAL=1; runs with tests/sam_local/test_sam_local_inv
 tools/sam-local/run-in-netns.sh (`make sam-local-test`), on the same moto server, in a bucket of
 its own.
 
-`sam local start-lambda` serves the built template with Shards=2 (parameter override) on a port
+`sam local start-lambda` serves the built template with ShardIds=0,1 (parameter override) on a port
 of the private namespace; the Lambda containers reach it, like moto, at podman's bridge gateway.
 The SearchFunction's AWS_ENDPOINT_URL_LAMBDA (declared empty in template.yaml) is set to that
 same server in the --env-vars file, so its ShardFanOut invokes ShardFunction0 and ShardFunction1
-through it: the names come from the template (HARMONY_SHARD_FUNCTIONS), the calls from boto3,
+through it: the functions come from the template's Fn::ForEach (expanded by SAM CLI's
+--language-extensions, SAM_CLI_ENABLE_LANGUAGE_EXTENSIONS=1 in tools/sam-local/test.sh), their
+names (<stack>-shard-0, -1) from the template (HARMONY_SHARD_FUNCTIONS), the calls from boto3,
 the answers from the shard handlers in their own containers. Everything goes through the
 handlers' events — the shard protocol between SearchFunction and the shards is not looked at.
 
   * IndexFunction {"action": "reindex"} then events/index-compact.json fold the sample catalog
     (real photos) into the two shards' segments;
   * SearchFunction, with events/api-search-upload.json carrying an edited copy of a catalog
-    photo, answers exactly what a second start-lambda serving the template with Shards=1 (the
+    photo, answers exactly what a second start-lambda serving the template with ShardIds=0 (the
     unsharded deployment) answers from the same bucket: the copy first with a score of a copy,
     the same ranking, a complete index and no failed shards;
   * a fan-out naming a function the server does not have is flagged (`failed_shards`, the
@@ -80,6 +82,9 @@ RESULT_FIELDS = ("key", "sha256", "score", "ssim", "orb")
 SCORE_ATOL = 1e-9
 MISSING = "NoSuchShardFunction"
 SHARD_FUNCTIONS = [f"ShardFunction{i}" for i in range(SHARDS)]
+# ...and the names SearchFunction invokes them by: template.yaml's <stack>-shard-<n>, where SAM
+# CLI's local commands resolve ${AWS::StackName} to "local"
+SHARD_NAMES = [f"local-shard-{i}" for i in range(SHARDS)]
 # start-lambda's request log: client address, function, status
 REQUEST_LOG = re.compile(
     r'^\S+ \S+ (\S+) - - \[[^]]*\] "POST /2015-03-31/functions/([^/]+)/invocations [^"]*" (\d+)', re.M
@@ -141,12 +146,13 @@ def free_port() -> int:
 def start_lambda(
     name: str, tmp: Path, *, shards: int, search_env: dict[str, str] | None = None
 ) -> Iterator[LambdaServer]:
-    """`sam local start-lambda` of the built template with Shards=``shards``, on all addresses
+    """`sam local start-lambda` of the built template with ``shards`` shards (ShardIds=0,...), on all addresses
     of the namespace; every function pointed at moto and BUCKET, SearchFunction's Lambda
     endpoint at this server (as the containers see it), plus ``search_env``."""
     port = free_port()
     container_url = f"http://{urllib.parse.urlparse(MOTO_FOR_CONTAINERS).hostname}:{port}"
-    tpl = load_template(BUILT_TEMPLATE, bucket_name=BUCKET, parameter_overrides={"Shards": str(shards)})
+    shard_ids = ",".join(map(str, range(shards)))
+    tpl = load_template(BUILT_TEMPLATE, bucket_name=BUCKET, parameter_overrides={"ShardIds": shard_ids})
     env = {lid: env_overrides(fn, BUCKET) for lid, fn in tpl.functions.items()}
     assert LAMBDA_ENDPOINT_VAR in tpl.functions["SearchFunction"].environment, (
         f"template.yaml must declare SearchFunction's {LAMBDA_ENDPOINT_VAR} (empty) for --env-vars to set it"
@@ -155,7 +161,7 @@ def start_lambda(
     env_file = tmp / f"{name}-env.json"
     env_file.write_text(json.dumps(env, indent=2))
     log = tmp / f"{name}-start-lambda.log"
-    cmd = [SAM, "local", "start-lambda", "-t", str(BUILT_TEMPLATE), "--parameter-overrides", f"Shards={shards}"]
+    cmd = [SAM, "local", "start-lambda", "-t", str(BUILT_TEMPLATE), "--parameter-overrides", f"ShardIds={shard_ids}"]
     cmd += ["--host", "0.0.0.0", "--port", str(port), "--env-vars", str(env_file), "--skip-pull-image"]
     cmd += ["--warm-containers", "LAZY"]  # a function's second invocation reuses its container
     with log.open("w") as out:
@@ -195,7 +201,7 @@ def moto_s3() -> Any:
 
 @pytest.fixture(scope="module")
 def sharded(moto_s3: Any, images: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LambdaServer]:
-    """The Shards=2 server, over the sample catalog compacted into two shards by IndexFunction."""
+    """The two-shard server, over the sample catalog compacted into two shards by IndexFunction."""
     moto_s3.create_bucket(Bucket=BUCKET)
     put_catalog(moto_s3, BUCKET, images)
     with start_lambda("sharded", tmp_path_factory.mktemp("sharded"), shards=SHARDS) as server:
@@ -226,7 +232,7 @@ def test_the_catalog_is_compacted_into_both_shards(compacted: dict[str, Any], mo
 def test_the_fan_out_answers_as_the_unsharded_search(
     sharded: LambdaServer, compacted: dict[str, Any], images: dict[str, bytes], tmp_path: Path
 ) -> None:
-    shard_calls = [sharded.invocations(fn) for fn in SHARD_FUNCTIONS]
+    shard_calls = [sharded.invocations(fn) for fn in SHARD_NAMES]
     with start_lambda("unsharded", tmp_path, shards=1) as unsharded:
         for query in QUERIES:
             status, got = sharded.search(query, images)
@@ -247,10 +253,10 @@ def test_the_fan_out_answers_as_the_unsharded_search(
                 got_rows,
                 want_rows,
             )
-        assert sum(unsharded.invocations(fn) for fn in SHARD_FUNCTIONS) == 0  # Shards=1: no fan-out
-    # every query went through both shard functions of the same start-lambda server (how many
-    # calls a query makes per shard is the fan-out's business)
-    after = [sharded.invocations(fn) for fn in SHARD_FUNCTIONS]
+        assert sum(unsharded.invocations(fn) for fn in SHARD_FUNCTIONS + SHARD_NAMES) == 0  # ShardIds=0: no fan-out
+    # every query went through both shard functions of the same start-lambda server, by the
+    # names the template gives them (how many calls a query makes per shard is the fan-out's business)
+    after = [sharded.invocations(fn) for fn in SHARD_NAMES]
     assert all(a - b >= len(QUERIES) for a, b in zip(after, shard_calls, strict=True)), sharded.why(
         f"shard invocations by SearchFunction: before {shard_calls}, after {after}"
     )

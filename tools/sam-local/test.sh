@@ -74,6 +74,9 @@ export HARMONY_SAM="$SAM_VENV/bin/sam"
 export SAM_CLI_TELEMETRY=0
 
 # ---- 3. sam build (python3.13 must be on PATH for the python3.13 runtime)
+# template.yaml's Fn::ForEach (a ShardFunction per entry of ShardIds): SAM CLI expands it locally
+# only when asked; the tests' `sam local start-lambda` inherit this too
+export SAM_CLI_ENABLE_LANGUAGE_EXTENSIONS=1
 if [ -z "${PYENV_VERSION:-}" ] && command -v pyenv >/dev/null 2>&1; then
   p313="$(pyenv versions --bare 2>/dev/null | grep -E '^3\.13(\.[0-9]+)?$' | sort -V | tail -n1 || true)"
   glob_v="$(pyenv global 2>/dev/null | head -n1 || true)"

@@ -853,10 +853,10 @@ class _ApiHandler(BaseHTTPRequestHandler):
 
     def _lambda_invoke(self, name: str, body: bytes) -> None:
         """Lambda's Invoke API (RequestResponse), as ``sam local start-lambda`` serves it: the
-        function by its logical id, its ``!Ref`` here (``<id>-local``) or an ARN ending in either."""
+        function by its name, its logical id or an ARN ending in either (``Template.function_named``)."""
         stack = self.stack
-        function = name.rsplit(":function:", 1)[-1].removesuffix("-local")
-        if function not in stack.template.functions:
+        function = stack.template.function_named(name)
+        if function is None:
             return self._invoke_error(404, "ResourceNotFoundException", f"Function not found: {name}")
         if len(body) > MAX_LAMBDA_EVENT:
             return self._invoke_error(413, "RequestTooLargeException", "Request must be smaller than 6291456 bytes")

@@ -5,9 +5,10 @@ timeout, redrive policy), the buckets' notifications to them and the functions' 
 
 Only the parts of CloudFormation that those fields use are evaluated: Ref (parameters, pseudo
 parameters, resources), Fn::Sub, Fn::Join, Fn::If with Conditions, Fn::Select, Fn::Split,
-Fn::GetAtt (bucket Arn/name, queue Arn/QueueName; anything else becomes a placeholder string). A
+Fn::GetAtt (bucket Arn/name, queue Arn/QueueName; anything else becomes a placeholder string), and
+of AWS::LanguageExtensions Fn::ForEach (expanded first, as CloudFormation does) and Fn::Length. A
 bucket resource (AWS::S3::Bucket) stands for the local bucket, whatever its deployed name would be;
-a queue's ARN ends with its logical id.
+a queue's ARN ends with its logical id; a function's !Ref is its FunctionName where it has one.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class FunctionSpec:
     routes: list[ApiRoute] = field(default_factory=list)
     s3_triggers: list[S3Trigger] = field(default_factory=list)
     sqs_triggers: list[SqsTrigger] = field(default_factory=list)
+    function_name: str | None = None  # FunctionName, where the template sets one
 
     def python_path(self) -> list[str]:
         """sys.path entries like Lambda's: /var/task (the code), then each layer's /opt/python."""
@@ -247,6 +249,16 @@ class Template:
                 return True
         return False
 
+    def function_named(self, name: str) -> str | None:
+        """The logical id of the function Lambda's Invoke API knows as ``name``: its FunctionName,
+        its logical id (as ``sam local`` also accepts) or its ``!Ref`` here (``<id>-local``), or
+        an ARN ending in one of them."""
+        name = name.rsplit(":function:", 1)[-1]
+        for fn in self.functions.values():
+            if name in (fn.function_name, fn.name, f"{fn.name}-local"):
+                return fn.name
+        return None
+
     def route_for(self, method: str, path: str) -> tuple[ApiRoute, dict[str, str]] | None:
         """The route API Gateway would pick: exact paths before parameterised ones, a method before ANY."""
         candidates = []
@@ -298,6 +310,64 @@ def media_type_matches(content_type: str | None, patterns: tuple[str, ...]) -> b
     return False
 
 
+# --------------------------------------------------------------------------- language extensions
+_FOREACH = "Fn::ForEach::"
+
+
+def _list_parameter(doc: dict, name: str) -> bool:
+    ptype = str(((doc.get("Parameters") or {}).get(name) or {}).get("Type", ""))
+    return ptype == "CommaDelimitedList" or ptype.startswith("List<")
+
+
+def _substitute(v: Any, identifier: str, item: str) -> Any:
+    """``fragment`` with ``${identifier}``/``&{identifier}`` in keys and strings, and
+    ``{"Ref": identifier}``, replaced by ``item`` (what Fn::ForEach does to its fragment)."""
+    if isinstance(v, str):
+        return v.replace("${" + identifier + "}", item).replace("&{" + identifier + "}", item)
+    if isinstance(v, list):
+        return [_substitute(x, identifier, item) for x in v]
+    if isinstance(v, dict):
+        if v == {"Ref": identifier}:
+            return item
+        return {_substitute(k, identifier, item): _substitute(x, identifier, item) for k, x in v.items()}
+    return v
+
+
+def expand_language_extensions(doc: dict, parameters: dict[str, str]) -> dict:
+    """``doc`` with every ``Fn::ForEach::<loop>`` (in Conditions, Resources, Outputs and within
+    properties) expanded over its collection: a list, or a ``!Ref`` to a list parameter, whose
+    value is taken from ``parameters`` (comma-separated, as CloudFormation passes it)."""
+
+    def collection(spec: Any, where: str) -> list[str]:
+        if isinstance(spec, list):
+            return [str(x) for x in spec]
+        if isinstance(spec, dict) and set(spec) == {"Ref"} and _list_parameter(doc, spec["Ref"]):
+            return [x.strip() for x in parameters.get(spec["Ref"], "").split(",") if x.strip()]
+        raise TemplateError(f"{where}: a collection must be a list or a !Ref to a list parameter, not {spec!r}")
+
+    def expand(v: Any, where: str) -> Any:
+        if isinstance(v, list):
+            return [expand(x, where) for x in v]
+        if not isinstance(v, dict):
+            return v
+        out: dict = {}
+        for k, x in v.items():
+            if not (isinstance(k, str) and k.startswith(_FOREACH)):
+                out[k] = expand(x, f"{where}/{k}")
+                continue
+            if not (isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[2], dict)):
+                raise TemplateError(f"{where}/{k}: Fn::ForEach takes [identifier, collection, fragment]")
+            identifier, items, fragment = x[0], collection(x[1], f"{where}/{k}"), x[2]
+            for item in items:
+                for key, value in expand(_substitute(fragment, identifier, item), f"{where}/{k}").items():
+                    if key in out:
+                        raise TemplateError(f"{where}/{k}: {key} is made twice")
+                    out[key] = value
+        return out
+
+    return {k: expand(v, k) if k in ("Conditions", "Resources", "Outputs") else v for k, v in doc.items()}
+
+
 # --------------------------------------------------------------------------- intrinsics
 class _Resolver:
     def __init__(self, doc: dict, parameters: dict[str, str], bucket_name: str) -> None:
@@ -332,10 +402,14 @@ class _Resolver:
         if name in pseudo:
             return pseudo[name]
         if name in self.params:
-            return self.params[name]
+            value = self.params[name]
+            return [x.strip() for x in value.split(",")] if _list_parameter(self.doc, name) else value
         res = self.resources.get(name)
         if res is not None and res.get("Type") == "AWS::S3::Bucket":
             return self.bucket_name
+        function_name = ((res or {}).get("Properties") or {}).get("FunctionName")
+        if function_name is not None:
+            return self.resolve(function_name)
         return f"{name}-local"
 
     def getatt(self, name: str, attr: str) -> str:
@@ -384,6 +458,8 @@ class _Resolver:
             if k == "Fn::Join":
                 sep, items = arg
                 return sep.join(str(x) for x in self.resolve(items))
+            if k == "Fn::Length":
+                return len(self.resolve(arg))
             if k == "Fn::Select":
                 idx, items = self.resolve(arg)
                 return items[int(idx)]
@@ -454,8 +530,12 @@ def template_from_doc(
 ) -> Template:
     """A template already parsed (``load_yaml``, or a test's modified copy); paths relative to ``base``."""
     path = path or base / "template.yaml"
-    params = {name: _as_str(p.get("Default", "")) for name, p in (doc.get("Parameters") or {}).items()}
+    params = {
+        name: ",".join(map(_as_str, d)) if isinstance(d, list) else _as_str(d)
+        for name, d in ((name, p.get("Default", "")) for name, p in (doc.get("Parameters") or {}).items())
+    }
     params.update(parameter_overrides or {})
+    doc = expand_language_extensions(doc, params)
     r = _Resolver(doc, params, bucket_name)
     resources = {  # a resource whose Condition is false is not created
         name: res
@@ -544,6 +624,7 @@ def template_from_doc(
             environment=_merge_env(glob_fn.get("Environment"), props.get("Environment")),
             layers=fn_layers,
             project_root=base.resolve(),
+            function_name=str(props["FunctionName"]) if props.get("FunctionName") else None,
         )
         for ev_name, ev in (props.get("Events") or {}).items():
             etype, ep = ev.get("Type"), ev.get("Properties") or {}
