@@ -104,9 +104,11 @@ def all_keys(client: Any, bucket: str, prefix: str = "") -> dict[str, str]:
 
 
 def as_older_manifest(client: Any, bucket: str) -> None:
-    """Rewrite index/segments.json as code before the change journal wrote it: no journal cursor."""
+    """Rewrite index/segments.json as code before the change journal wrote it: no journal cursor
+    (nor the journal's shard counts)."""
     body = json.loads(client.get_object(Bucket=bucket, Key="index/segments.json")["Body"].read())
     assert body.pop("journal_cursor", None), "the manifest had no journal cursor"
+    body.pop("journal_shards", None)
     client.put_object(Bucket=bucket, Key="index/segments.json", Body=json.dumps(body).encode())
 
 

@@ -117,6 +117,7 @@ class CompactionJobs:
             "manifest_etag": plan.old.etag if plan.old else None,
             "journal_cursor": plan.journal_cursor,  # the new manifest's (taken before the listing)
             "previous_cursor": plan.old.journal_cursor if plan.old else None,  # the journal is trimmed up to it
+            "previous_shards": plan.old.shards if plan.old else 1,  # its journal folders are read too
             "generation": plan.generation,
             "created_at": iso(now),
             "created": now,
@@ -253,7 +254,12 @@ class CompactionJobs:
         kept = [SegmentRef(**ref) for ref in job["kept"]]
         written = [SegmentRef(**p["segment"]) for p in parts if p.get("segment")]
         manifest = compactor.manifest(
-            kept, written, generation=int(job["generation"]), writer=job_id, journal_cursor=job.get("journal_cursor")
+            kept,
+            written,
+            generation=int(job["generation"]),
+            writer=job_id,
+            journal_cursor=job.get("journal_cursor"),
+            previous_shards=int(job.get("previous_shards", 1)),
         )
         won = compactor.publish(manifest, if_match=job["manifest_etag"])
         deleted = compactor.collect([*files_of(manifest.segments), *job["previous"]]) if won else 0

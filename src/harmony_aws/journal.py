@@ -1,8 +1,11 @@
 """The index's change journal: one small object per record write or delete, named so that keys
 sort by time, so that a reader finds what changed since the segments by listing only the journal
-from the manifest's cursor on (not every record)::
+from the manifest's cursor on (not every record). The journal is partitioned by shard, so that a
+shard's reader lists only its shard's changes::
 
-    index/journal/<stamp>-<random>.<action>.<etag>.<record name>
+    index/journal/shard-<i>-of-<n>/<stamp>-<random>.<action>.<etag>.<record name>
+        shard-<i>-of-<n>  the shard of the record's catalog key (layout.shard_of) in the index's
+                  shard count when the entry was written (:class:`WriterShards`)
         <stamp>   UTC time the entry was written, to the microsecond (20261202T061500123456Z)
         <action>  put | delete
         <etag>    the record's ETag after a put (quotes stripped), "-" after a delete
@@ -27,6 +30,13 @@ Why no change is missed:
 * a warm reader lists from :data:`OVERLAP_SECONDS` before its previous listing began (and skips
   the entries it has seen): an entry that landed after that listing is stamped after that.
 
+Why no change is missed across partitions: writers partition by the shard count of the manifest
+(``index/segments.json``'s ``shards`` metadata, read again every :data:`WRITER_SHARDS_SECONDS`;
+no manifest: 1), and a manifest lists in ``journal_shards`` its own count and its predecessor's.
+A reader lists its shard's partition in each count the manifest names (every partition of a count
+that is not its own: the changes written before writers saw a new count). A writer sees a new
+count at most WRITER_SHARDS_SECONDS after it is published, far less than compactions are apart.
+
 Compaction deletes the entries older than the cursor of the manifest it replaces (no reader that
 still serves that manifest needs them; a reader of an older one sees the manifest change and
 starts again from the new cursor). Not an S3 lifecycle rule: its age is not the journal's need —
@@ -37,14 +47,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .errors import StorageError
-from .layout import JOURNAL_PREFIX, RECORDS_PREFIX
+from .layout import (
+    CATALOG_PREFIX,
+    JOURNAL_PREFIX,
+    RECORDS_PREFIX,
+    SEGMENTS_MANIFEST_KEY,
+    rel_from_record_name,
+    shard_of,
+)
 from .s3 import Bucket
 
 log = logging.getLogger(__name__)
@@ -64,6 +84,10 @@ would do; 15 min is generous. It costs LIST pages only: a cold reader lists the 
 margin again, but entries whose ETag is the one the segments hold need no request."""
 PUT_ATTEMPTS = 3
 """Entries written for one change at most (each one after a PUT that took longer than LATE_SECONDS)."""
+WRITER_SHARDS_SECONDS = 60.0
+"""How long a writer trusts the shard count it read from the manifest's metadata."""
+SHARDS_METADATA = "shards"
+"""The segments manifest's metadata naming its shard count (what writers partition by)."""
 ACTIONS = ("put", "delete")
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 _STAMP_LEN = len("20261202T061500123456Z")
@@ -88,6 +112,28 @@ def cursor_time(cursor: str) -> float:
     return datetime.strptime(text, _STAMP).replace(tzinfo=UTC).timestamp()
 
 
+def partition(shard: int, shards: int) -> str:
+    """The journal folder of shard ``shard`` of ``shards``."""
+    return f"{JOURNAL_PREFIX}shard-{shard}-of-{shards}/"
+
+
+def partitions(counts: Iterable[int], shard: tuple[int, int] | None) -> list[str]:
+    """The folders a reader of ``shard`` (i, n) (None: every shard) lists under a manifest whose
+    ``journal_shards`` are ``counts``: in its own count its shard's, in another every one."""
+    out: list[str] = []
+    for n in sorted(set(counts)):
+        if shard is not None and n == shard[1]:
+            out.append(partition(shard[0], n))
+        else:
+            out += [partition(i, n) for i in range(n)]
+    return out
+
+
+def start_in(folder: str, cursor: str) -> str:
+    """The key to list ``folder`` after (S3's StartAfter) for its entries after ``cursor``."""
+    return folder + cursor[len(JOURNAL_PREFIX) :]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One journal entry as its name gives it: ``etag`` is None for a delete."""
@@ -97,62 +143,126 @@ class Entry:
     action: str
     etag: str | None
 
+    @property
+    def position(self) -> str:
+        """Where the entry lies in time, as a cursor does (whatever its partition): entries and
+        cursors compare by it."""
+        head = self.key[len(JOURNAL_PREFIX) :].rsplit("/", 1)[-1]
+        return JOURNAL_PREFIX + head.split(".", 1)[0]
 
-def entry_key(t: float, record_key: str, action: str, etag: str | None) -> str:
+
+def entry_key(t: float, record_key: str, action: str, etag: str | None, *, folder: str) -> str:
+    """The key of an entry written at UNIX time ``t`` in journal ``folder`` (:func:`partition`)."""
     if action not in ACTIONS or not record_key.startswith(RECORDS_PREFIX):
         raise ValueError(f"not a journal entry: {action} {record_key}")
+    if not (folder.startswith(JOURNAL_PREFIX) and folder.endswith("/")):
+        raise ValueError(f"not a journal folder: {folder!r}")
     tag = (etag or "").strip('"') if action == "put" else ""
     if "." in tag or "/" in tag:
         raise ValueError(f"an ETag with a dot or slash cannot be named: {etag!r}")
     name = record_key[len(RECORDS_PREFIX) :]
-    return f"{JOURNAL_PREFIX}{stamp(t)}-{secrets.token_hex(_RANDOM_HEX // 2)}.{action}.{tag or '-'}.{name}"
+    return f"{folder}{stamp(t)}-{secrets.token_hex(_RANDOM_HEX // 2)}.{action}.{tag or '-'}.{name}"
+
+
+_FOLDER = re.compile(r"shard-(0|[1-9][0-9]*)-of-([1-9][0-9]*)/")
 
 
 def parse(key: str) -> Entry | None:
-    """The entry named ``key``; None for a key that is not one (ignored by readers)."""
+    """The entry named ``key`` (in a shard's folder, or directly under the journal as older code
+    wrote them); None for a key that is not one (ignored by readers)."""
     if not key.startswith(JOURNAL_PREFIX):
         return None
-    parts = key[len(JOURNAL_PREFIX) :].split(".", 3)
+    rest = key[len(JOURNAL_PREFIX) :]
+    folder = _FOLDER.match(rest)
+    if folder is not None:
+        if int(folder.group(1)) >= int(folder.group(2)):
+            return None
+        rest = rest[folder.end() :]
+    parts = rest.split(".", 3)
     if len(parts) != 4 or parts[1] not in ACTIONS or not parts[3]:
         return None
     head, action, tag, name = parts
-    if len(head) != _STAMP_LEN + 1 + _RANDOM_HEX or head[_STAMP_LEN] != "-":
+    if len(head) != _STAMP_LEN + 1 + _RANDOM_HEX or head[_STAMP_LEN] != "-" or "/" in head:
         return None
     etag = f'"{tag}"' if action == "put" and tag != "-" else None
     return Entry(key, RECORDS_PREFIX + name, action, etag)
 
 
-def note(bucket: Bucket, *, catalog_key: str | None, record_key: str, action: str, etag: str | None) -> str:
-    """Write the entry of a record just written (``put``, its new ``etag``) or deleted; its key.
+def folders_of(catalog_key: str | None, record_key: str, shards: int) -> list[str]:
+    """The folders an entry of ``record_key`` goes to: its catalog key's shard's (the key given,
+    else the one its record name encodes), or every shard's when neither says (a hashed record
+    name whose catalog key is unknown: rare, an orphan record's delete)."""
+    if catalog_key is None:
+        rel = rel_from_record_name(record_key[len(RECORDS_PREFIX) :])
+        catalog_key = CATALOG_PREFIX + rel if rel is not None else None
+    if catalog_key is None:
+        return [partition(i, shards) for i in range(shards)]
+    return [partition(shard_of(catalog_key, shards), shards)]
+
+
+class WriterShards:
+    """The shard count a writer partitions its entries by: the segments manifest's (its
+    :data:`SHARDS_METADATA` metadata; 1 without a manifest), read again after
+    :data:`WRITER_SHARDS_SECONDS`."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        self._lock = threading.Lock()
+        self._shards, self._read_at = 1, -math.inf
+
+    def get(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._read_at >= WRITER_SHARDS_SECONDS:
+                head = self.bucket.head(SEGMENTS_MANIFEST_KEY)
+                raw = head.metadata.get(SHARDS_METADATA, "1") if head is not None else "1"
+                try:
+                    self._shards = max(1, int(raw))
+                except ValueError:
+                    raise StorageError(f"{SEGMENTS_MANIFEST_KEY} names {raw!r} shards in its metadata") from None
+                self._read_at = time.monotonic()
+            return self._shards
+
+
+def note(
+    bucket: Bucket, *, catalog_key: str | None, record_key: str, action: str, etag: str | None, shards: int
+) -> list[str]:
+    """Write the entry of a record just written (``put``, its new ``etag``) or deleted, in its
+    shard's folder of ``shards`` (:func:`folders_of`); the keys written.
 
     Raises StorageError when it cannot be written (the caller's invocation fails and is retried:
     see :meth:`~harmony_aws.records.RecordWriter.reconcile`)."""
     body = {"catalog_key": catalog_key, "record_key": record_key, "action": action, "etag": etag}
+    return [_note_in(bucket, folder, body) for folder in folders_of(catalog_key, record_key, shards)]
+
+
+def _note_in(bucket: Bucket, folder: str, body: dict[str, str | None]) -> str:
     for _ in range(PUT_ATTEMPTS):
         t0 = time.time()
-        key = entry_key(t0, record_key, action, etag)
+        key = entry_key(t0, str(body["record_key"]), str(body["action"]), body["etag"], folder=folder)
         data = json.dumps({**body, "at": stamp(t0)}).encode("utf-8")
         bucket.put(key, data, content_type="application/json")
         if time.time() - t0 <= LATE_SECONDS:
             return key
         log.warning("journal entry %s took more than %.0f s to write; writing it again", key, LATE_SECONDS)
-    raise StorageError(f"journal entries of {record_key} kept taking more than {LATE_SECONDS:.0f} s to write")
+    raise StorageError(f"journal entries of {body['record_key']} kept taking more than {LATE_SECONDS:.0f} s to write")
 
 
-def since(bucket: Bucket, after: str) -> Iterator[Entry]:
-    """The entries after journal key ``after``, in key (time) order; keys that are not entries
-    are skipped. One LIST page per 1,000 entries; StorageError when listing fails."""
-    for o in bucket.objects(JOURNAL_PREFIX, after=after):
-        entry = parse(o["Key"])
-        if entry is not None:
-            yield entry
+def since(bucket: Bucket, after: str, folders: Iterable[str]) -> Iterator[Entry]:
+    """The entries of ``folders`` after cursor ``after``, folder by folder, each in time order;
+    keys that are not entries are skipped. One LIST page per 1,000 entries of a folder (and one
+    for an empty folder); StorageError when listing fails."""
+    for folder in folders:
+        for o in bucket.objects(folder, after=start_in(folder, after)):
+            entry = parse(o["Key"])
+            if entry is not None:
+                yield entry
 
 
 def trim(bucket: Bucket, before: str) -> int:
-    """Delete the journal objects whose key sorts before ``before`` (a cursor); how many. Best
-    effort: a failure is logged and left to the next compaction."""
+    """Delete the journal's entries (every folder's) that lie before cursor ``before``; how many.
+    Best effort: a failure is logged and left to the next compaction."""
     try:
-        old = [o["Key"] for o in bucket.objects(JOURNAL_PREFIX, upto=before) if o["Key"] < before]
+        old = [o["Key"] for o in bucket.objects(JOURNAL_PREFIX) if (e := parse(o["Key"])) and e.position < before]
         bucket.delete_many(old)
     except StorageError as exc:
         log.warning("trimming the journal before %s failed: %s", before, exc.message)

@@ -5,7 +5,8 @@
     index/records/<name>.npz      one feature record per catalog object
     index/segments.json           the compacted index's manifest (segments.py)
     index/segments/<id>.seg       compacted segments of many records, and <id>.json beside each
-    index/journal/<stamp>-...     one small entry per record write or delete, sorting by time (journal.py)
+    index/journal/shard-<i>-of-<n>/<stamp>-...  one small entry per record write or delete, in its
+                                  shard's folder, sorting by time (journal.py)
     queries/<rel>                 dropped query images (QueryDrop)
     results/<rel>.json            QueryDrop's answers
 

@@ -9,14 +9,15 @@ loads them one by one. A segment found replaced in S3 while in use fails the que
 the next :meth:`IndexReader.index` serves the records instead until the segments load again.
 
 Finding what changed: under a manifest with a journal cursor (journal.py), the reader lists only
-the change journal after that cursor, and reads again (one GET each) the records whose entries
-name a version it does not serve — duplicated or reordered entries change nothing. A refresh
-(after ``ttl`` seconds) is one HEAD of the manifest and one LIST of the journal since the
-previous refresh (a page per 1,000 entries; from :data:`~harmony_aws.journal.OVERLAP_SECONDS`
-before it, the entries already seen skipped): its cost follows the catalog's changes, not its
-size. When the manifest changed it loads the new segments and reads the journal from the new
-cursor. Under no manifest or one without a cursor (older code) it lists every record — in ranges
-listed at once, cut at records the segments hold — and fetches new and changed ones (by ETag).
+the change journal after that cursor — its shard's folder only, when it serves one shard — and
+reads again (one GET each) the records whose entries name a version it does not serve —
+duplicated or reordered entries change nothing. A refresh (after ``ttl`` seconds) is one HEAD of
+the manifest and one LIST of the journal (of each folder it reads) since the previous refresh (a
+page per 1,000 entries; from :data:`~harmony_aws.journal.OVERLAP_SECONDS` before it, the entries
+already seen skipped): its cost follows the catalog's changes, not its size. When the manifest
+changed it loads the new segments and reads the journal from the new cursor. Under no manifest
+or one without a cursor (older code) it lists every record — in ranges listed at once, cut at
+records the segments hold — and fetches new and changed ones (by ETag).
 
 Each record is loaded on its own (S3 reads are checked and retried in s3.py): one that still
 cannot be read is left out of this refresh - an older version of it, if any, is kept - and
@@ -133,6 +134,7 @@ class IndexReader:
         self._cursor: str | None = None  # the journal cursor of the manifest the segments came from
         self._journal_from: str | None = None  # the journal key the next listing starts after
         self._journal_seen: set[str] = set()  # entries after _journal_from already applied
+        self._journal_folders: list[str] = []  # the journal's folders this reader lists (its shard's)
         self._recheck: set[str] = set()  # record keys to read again at the next journal refresh
         self._loaded_at: float | None = None
         self._retry_soon = False
@@ -225,6 +227,7 @@ class IndexReader:
         self._segments_etag = manifest.etag if manifest is not None else _NO_MANIFEST
         self._segments.keep_only(refs)
         self._cursor = manifest.journal_cursor if manifest is not None and self.use_journal else None
+        self._journal_folders = journal.partitions(manifest.journal_counts(), self.shard) if manifest else []
         # The journal from the new cursor on; the records kept on top may be older than what the
         # new segments hold (a change folded before the cursor): each is read again.
         self._journal_from, self._journal_seen = self._cursor, set()
@@ -374,7 +377,7 @@ class IndexReader:
         (listed again in the overlap) are skipped; StorageError when the listing fails."""
         start = self._journal_from or self._cursor or journal.cursor_at(0)
         began = time.time()
-        listed = list(journal.since(self.bucket, start))
+        listed = list(journal.since(self.bucket, start, self._journal_folders))
         todo = set(self._recheck)
         for e in listed:
             if e.key in self._journal_seen or not self._mine(e.record_key):
@@ -384,7 +387,7 @@ class IndexReader:
         self._recheck = set()
         after = max(start, journal.cursor_at(began - journal.OVERLAP_SECONDS))
         self._journal_from = after
-        self._journal_seen = {e.key for e in listed if e.key > after}
+        self._journal_seen = {e.key for e in listed if e.position > after}
         return sorted(todo), len(listed)
 
     def _etag_known(self, rk: str) -> str | None:

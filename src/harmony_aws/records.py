@@ -161,6 +161,7 @@ class RecordWriter:
         self.bucket = bucket
         self.max_pixels = max_pixels
         self.max_image_bytes = max_image_bytes
+        self.journal_shards = journal.WriterShards(bucket)
 
     # ------------------------------------------------------------------ one key
     def reconcile(self, key: str, *, force: bool = False, verify: bool = False) -> ReconcileResult:
@@ -184,7 +185,14 @@ class RecordWriter:
                 existed = bucket.head(rkey) is not None
                 bucket.delete(rkey)
                 if existed:
-                    journal.note(bucket, catalog_key=key, record_key=rkey, action="delete", etag=None)
+                    journal.note(
+                        bucket,
+                        catalog_key=key,
+                        record_key=rkey,
+                        action="delete",
+                        etag=None,
+                        shards=self.journal_shards.get(),
+                    )
                 if bucket.head(key) is None:
                     return ReconcileResult(key, "removed" if existed else "absent", rounds=rounds)
                 continue
@@ -192,7 +200,14 @@ class RecordWriter:
             rec = bucket.head(rkey)
             if not force and rec is not None and _describes(rec, key, src, source_url):
                 if _written_lately(rec):  # its entry may be what failed last time: once more
-                    journal.note(bucket, catalog_key=key, record_key=rkey, action="put", etag=rec.etag)
+                    journal.note(
+                        bucket,
+                        catalog_key=key,
+                        record_key=rkey,
+                        action="put",
+                        etag=rec.etag,
+                        shards=self.journal_shards.get(),
+                    )
                 if not verify:
                     return ReconcileResult(key, "unchanged", rounds=rounds)
                 try:
@@ -218,7 +233,14 @@ class RecordWriter:
                 # stale record says otherwise, then verify the source did not change meanwhile.
                 bucket.delete(rkey)
                 if rec is not None:
-                    journal.note(bucket, catalog_key=key, record_key=rkey, action="delete", etag=None)
+                    journal.note(
+                        bucket,
+                        catalog_key=key,
+                        record_key=rkey,
+                        action="delete",
+                        etag=None,
+                        shards=self.journal_shards.get(),
+                    )
                 after = bucket.head(key)
                 if after is not None and after.etag == src.etag:
                     return ReconcileResult(key, "skipped", problem, rounds=rounds)
@@ -233,7 +255,9 @@ class RecordWriter:
             if source_url:
                 meta["source-url"] = quote(source_url, safe=":/")
             etag = bucket.put(rkey, feats.to_bytes(), content_type="application/octet-stream", metadata=meta)
-            journal.note(bucket, catalog_key=key, record_key=rkey, action="put", etag=etag)
+            journal.note(
+                bucket, catalog_key=key, record_key=rkey, action="put", etag=etag, shards=self.journal_shards.get()
+            )
             after = bucket.head(key)
             if after is not None and after.etag == src.etag and after.metadata.get("source-url") == source_url:
                 detail = f"{feats.width}x{feats.height}" + (f"; repaired: {repaired}" if repaired else "")
@@ -357,7 +381,14 @@ class RecordWriter:
     def _remove_record(self, rk: str, report: ReindexReport) -> None:
         try:
             self.bucket.delete(rk)
-            journal.note(self.bucket, catalog_key=None, record_key=rk, action="delete", etag=None)
+            journal.note(
+                self.bucket,
+                catalog_key=None,
+                record_key=rk,
+                action="delete",
+                etag=None,
+                shards=self.journal_shards.get(),
+            )
             report.count("removed")
         except StorageError as exc:
             report.fail(rk, exc)

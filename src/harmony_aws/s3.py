@@ -382,7 +382,15 @@ class Bucket:
         etag = r.get("ETag") if isinstance(r, dict) else None
         return str(etag) if etag else None
 
-    def put_if(self, key: str, data: bytes, *, content_type: str, if_match: str | None) -> str | None:
+    def put_if(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_match: str | None,
+        metadata: dict[str, str] | None = None,
+    ) -> str | None:
         """A conditional PUT: only if ``key``'s ETag is still ``if_match``, or, with None, only if
         ``key`` does not exist. The new ETag, or None when the condition failed (someone else
         wrote first: 412, or 409 when a concurrent conditional write was in flight)."""
@@ -391,7 +399,9 @@ class Bucket:
 
         def call() -> str | None:
             try:
-                r = self.client.put_object(Bucket=self.name, Key=key, Body=data, ContentType=content_type, **condition)
+                r = self.client.put_object(
+                    Bucket=self.name, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}, **condition
+                )
             except ClientError as exc:
                 if error_code(exc) in PRECONDITION_FAILED or error_code(exc) in ("409", "ConditionalRequestConflict"):
                     return None

@@ -120,6 +120,13 @@ class SegmentsManifest:
     journal_cursor: str | None = None
     """Where readers start reading the change journal (the key to list after); None: no journal
     (a manifest of older code), readers list every record."""
+    journal_shards: tuple[int, ...] = ()
+    """The shard counts whose journal folders readers list (:func:`~harmony_aws.journal.partitions`):
+    this manifest's and the one's it replaced (1 for none); empty: (1, ``shards``), what a
+    manifest of older code meant."""
+
+    def journal_counts(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.journal_shards or (1, self.shards))))
 
     def of_shard(self, shard: int | None) -> list[SegmentRef]:
         return [s for s in self.segments if shard is None or s.shard == shard]
@@ -134,6 +141,8 @@ class SegmentsManifest:
         }
         if self.journal_cursor:
             body["journal_cursor"] = self.journal_cursor
+        if self.journal_shards:
+            body["journal_shards"] = list(self.journal_shards)
         return json.dumps(body, indent=1).encode("utf-8")
 
     @classmethod
@@ -167,9 +176,12 @@ class SegmentsManifest:
                 str(body.get("writer", "")),
                 etag,
                 str(cursor) if cursor is not None else None,
+                tuple(int(n) for n in body.get("journal_shards") or ()),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} is not a segments manifest ({exc})") from exc
+        if any(n < 1 for n in manifest.journal_shards):
+            raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a journal shard count below 1")
         if manifest.shards < 1 or any(not 0 <= s.shard < manifest.shards for s in segments):
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a shard outside 0..{manifest.shards - 1}")
         if any(
@@ -427,7 +439,12 @@ class Compactor:
             report.written = len(written)
             cursor = plan.journal_cursor
             manifest = self.manifest(
-                plan.kept, written, generation=plan.generation, writer=uuid.uuid4().hex, journal_cursor=cursor
+                plan.kept,
+                written,
+                generation=plan.generation,
+                writer=uuid.uuid4().hex,
+                journal_cursor=cursor,
+                previous_shards=plan.old.shards if plan.old else 1,
             )
             report.won = self.publish(manifest, if_match=plan.old.etag if plan.old else None)
         except BaseException:
@@ -512,18 +529,27 @@ class Compactor:
         generation: int,
         writer: str,
         journal_cursor: str | None = None,
+        previous_shards: int = 1,
     ) -> SegmentsManifest:
-        """The manifest naming the segments ``kept`` (a plan's) and ``written``, and the plan's
-        ``journal_cursor`` (None: readers list every record)."""
+        """The manifest naming the segments ``kept`` (a plan's) and ``written``, the plan's
+        ``journal_cursor`` (None: readers list every record), and the journal folders of its
+        shard count and of ``previous_shards``, the replaced manifest's (1: none)."""
         segments = tuple(sorted([*kept, *written], key=lambda r: (r.shard, r.key)))
-        return SegmentsManifest(generation, self.shards, segments, writer, journal_cursor=journal_cursor)
+        counts = tuple(sorted({previous_shards, self.shards}))
+        return SegmentsManifest(
+            generation, self.shards, segments, writer, journal_cursor=journal_cursor, journal_shards=counts
+        )
 
     def publish(self, manifest: SegmentsManifest, *, if_match: str | None) -> bool:
         """Write ``manifest`` if the current one's ETag is still ``if_match`` (None: if there is
         none); whether it is published — also when it was by an earlier try of the same writer
         whose answer was lost."""
         etag = self.bucket.put_if(
-            SEGMENTS_MANIFEST_KEY, manifest.to_bytes(), content_type="application/json", if_match=if_match
+            SEGMENTS_MANIFEST_KEY,
+            manifest.to_bytes(),
+            content_type="application/json",
+            if_match=if_match,
+            metadata={journal.SHARDS_METADATA: str(manifest.shards)},  # what journal writers partition by
         )
         if etag is not None:
             return True

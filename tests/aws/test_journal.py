@@ -4,6 +4,7 @@ images, S3 through moto."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -11,13 +12,13 @@ import pytest
 from harmony_aws import journal
 from harmony_aws import records as records_mod
 from harmony_aws.errors import StorageError
-from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, record_key
+from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, record_key, shard_of
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
-from harmony_aws.segments import Compactor, read_manifest
+from harmony_aws.segments import Compactor, SegmentsManifest, read_manifest
 from harmony_aws.urls import ResultUrls
-from harmony_image import extract_features
+from harmony_image import IndexFormatError, extract_features
 from tests.support import (
     BUCKET,
     CATALOG_NAMES,
@@ -52,6 +53,11 @@ class Requests:
         self.calls.clear()
 
 
+def manifest_folders(b: Bucket) -> list[str]:
+    """The journal folders an unsharded reader of the current manifest lists."""
+    return journal.partitions(read_manifest(b).journal_counts(), None)
+
+
 def reader(name, tmp_path, sub, **kw) -> tuple[IndexReader, Requests]:
     b = Bucket(name)
     return IndexReader(b, ResultUrls(b, presign_seconds=900), ttl=0.0, cache_dir=tmp_path / sub, **kw), Requests(b)
@@ -70,20 +76,112 @@ def change_the_catalog(client, name, images) -> None:
 
 def test_entry_names_say_what_a_reader_needs():
     rk = record_key("catalog/shoes/" + "x" * 2000 + ".jpg")  # a hashed record name (.h.npz)
+    folder = journal.partition(2, 3)
+    assert folder == JOURNAL_PREFIX + "shard-2-of-3/"
     for action, etag in (("put", '"0123456789abcdef0123456789abcdef"'), ("put", '"abc-12"'), ("delete", None)):
-        key = journal.entry_key(1_764_655_200.123456, rk, action, etag)
-        assert key.startswith(JOURNAL_PREFIX + "20251202T060000123456Z-") and len(key) < 1024
-        assert journal.parse(key) == journal.Entry(key, rk, action, etag)
-        assert abs(journal.cursor_time(key) - 1_764_655_200.123456) < 1e-5
-    # a cursor sorts before every entry of its microsecond and after every earlier one
+        key = journal.entry_key(1_764_655_200.123456, rk, action, etag, folder=folder)
+        assert key.startswith(folder + "20251202T060000123456Z-") and len(key) < 1024
+        entry = journal.parse(key)
+        assert entry == journal.Entry(key, rk, action, etag)
+        assert abs(journal.cursor_time(entry.position) - 1_764_655_200.123456) < 1e-5
+    # a cursor lies after every entry of an earlier microsecond and before every one of its own, in any folder
     t = 1_764_655_200.5
-    assert (
-        journal.entry_key(t - 1e-6, rk, "delete", None) < journal.cursor_at(t) < journal.entry_key(t, rk, "put", '"a"')
-    )
-    for bad in (JOURNAL_PREFIX + "x.put.-.a.npz", JOURNAL_PREFIX + "20251202T060000123456Z-0000000.put.a.b.npz"):
-        assert journal.parse(bad) is None
+    for f in (folder, journal.partition(0, 1)):
+        earlier, same = (journal.parse(journal.entry_key(x, rk, "put", '"a"', folder=f)) for x in (t - 1e-6, t))
+        assert earlier.position < journal.cursor_at(t) < same.position
+        assert (
+            journal.start_in(f, journal.cursor_at(t)) < same.key
+            and journal.start_in(f, journal.cursor_at(t)) > earlier.key
+        )
+    for bad in (
+        JOURNAL_PREFIX + "x.put.-.a.npz",
+        JOURNAL_PREFIX + "20251202T060000123456Z-0000000.put.a.b.npz",
+        JOURNAL_PREFIX + "shard-2-of-2/20251202T060000123456Z-00000000.put.a.b.npz",  # no shard 2 of 2
+        JOURNAL_PREFIX + "shard-01-of-2/20251202T060000123456Z-00000000.put.a.b.npz",
+        JOURNAL_PREFIX + "shard-0-of-1/x/20251202T060000123456Z-00000000.put.a.b.npz",
+    ):
+        assert journal.parse(bad) is None, bad
+    # entries of older code, directly under the journal, are still entries (compaction trims them)
+    assert journal.parse(JOURNAL_PREFIX + "20251202T060000123456Z-00000000.put.a.b.npz") is not None
     with pytest.raises(ValueError):
-        journal.entry_key(t, "catalog/x.jpg", "put", '"a"')
+        journal.entry_key(t, "catalog/x.jpg", "put", '"a"', folder=folder)
+    with pytest.raises(ValueError):
+        journal.entry_key(t, rk, "put", '"a"', folder="index/elsewhere/")
+
+
+def test_an_entry_goes_to_its_shards_folder_and_a_shard_lists_only_its_own(bucket, images, tmp_path, monkeypatch):
+    """Compacted in 3 shards: every change is noted in its catalog key's shard's folder, and a
+    shard's reader lists that folder (plus, until the next compaction, the single folder writers
+    used before the first manifest), never the other shards'."""
+    client, name = bucket
+    monkeypatch.setattr(journal, "CURSOR_MARGIN_SECONDS", 0)  # the catalog's first puts lie before the cursor
+    b = Bucket(name)
+    Compactor(b, shards=3, segment_images=4).compact()
+    assert read_manifest(b).journal_counts() == (1, 3)  # its count, and its predecessor's (none: 1)
+    assert b.head(SEGMENTS_MANIFEST_KEY).metadata[journal.SHARDS_METADATA] == "3"
+    shards = [reader(name, tmp_path, f"s{i}", shard=(i, 3)) for i in range(3)]
+    for r, _ in shards:
+        r.index()
+    change_the_catalog(client, name, images)
+    changed = ("catalog/camera.jpg", "catalog/brick.jpg", "catalog/new/rocket.jpg", "catalog/moon.jpg")
+    new_entries = [
+        e for e in (journal.parse(k) for k in all_keys(client, name, JOURNAL_PREFIX)) if "shard-0-of-1/" not in e.key
+    ]
+    assert sorted(e.record_key for e in new_entries) == sorted(record_key(k) for k in changed)
+    for e in new_entries:
+        (key,) = (k for k in changed if record_key(k) == e.record_key)
+        assert e.key.startswith(journal.partition(shard_of(key, 3), 3))
+    for i, (r, s3) in enumerate(shards):
+        s3.clear()
+        r.index()
+        listed = [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"]
+        assert sorted(set(listed)) == sorted([journal.partition(i, 3), journal.partition(0, 1)]), listed
+        assert r.last_refresh["journal_entries"] == sum(shard_of(k, 3) == i for k in changed)
+    # after the next compaction in 3 shards, a shard lists its own folder alone
+    Compactor(b, shards=3, segment_images=4).compact()
+    assert read_manifest(b).journal_counts() == (3,)
+    r, s3 = shards[1]
+    r.index()
+    s3.clear()
+    r.index()
+    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [journal.partition(1, 3)]
+
+
+def test_a_change_noted_under_the_old_shard_count_is_seen_under_the_new(bucket, images, tmp_path, monkeypatch):
+    """The catalog goes from 1 shard to 2. A writer that read the count before the new manifest
+    was published (it trusts it for WRITER_SHARDS_SECONDS) notes a change in the old folder:
+    readers of the new manifest list it too, so every shard serves what the records say."""
+    client, name = bucket
+    monkeypatch.setattr(journal, "CURSOR_MARGIN_SECONDS", 0)
+    b = Bucket(name)
+    Compactor(b, segment_images=4).compact()
+    stale = writer(name)
+    assert stale.journal_shards.get() == 1  # read now, trusted for a minute
+    Compactor(b, shards=2, segment_images=4).compact()
+    assert writer(name).journal_shards.get() == 2  # a writer starting now reads the new count
+    client.put_object(Bucket=name, Key="catalog/camera.jpg", Body=images["coins.jpg"])
+    client.delete_object(Bucket=name, Key="catalog/brick.jpg")
+    for key in ("catalog/camera.jpg", "catalog/brick.jpg"):
+        stale.reconcile(key)
+    assert all("/shard-0-of-1/" in k for k in all_keys(client, name, JOURNAL_PREFIX))
+    shards = [reader(name, tmp_path, f"s{i}", shard=(i, 2))[0].index() for i in range(2)]
+    reference = reader(name, tmp_path, "all", use_journal=False)[0].index()
+    assert sorted([*shards[0].keys(), *shards[1].keys()]) == sorted(reference.keys())
+    assert "catalog/brick.jpg" not in reference
+    coins = extract_features(images["coins.jpg"]).sha256
+    assert [s.get("catalog/camera.jpg").features.sha256 for s in shards if "catalog/camera.jpg" in s] == [coins]
+
+
+def test_the_manifest_names_the_journals_shard_counts():
+    m = SegmentsManifest(3, 4, (), "w", journal_cursor=journal.cursor_at(0), journal_shards=(2, 4))
+    back = SegmentsManifest.from_bytes(m.to_bytes())
+    assert back.journal_shards == (2, 4) and back.journal_counts() == (2, 4)
+    assert SegmentsManifest(3, 4, ()).journal_counts() == (1, 4)  # older code's: written to one folder
+    assert SegmentsManifest(3, 1, ()).journal_counts() == (1,)
+    body = json.loads(m.to_bytes())
+    body["journal_shards"] = [0]
+    with pytest.raises(IndexFormatError, match="journal shard count"):
+        SegmentsManifest.from_bytes(json.dumps(body).encode())
 
 
 def test_a_refresh_and_a_cold_start_see_what_a_listing_of_every_record_sees(bucket, images, tmp_path):
@@ -100,7 +198,7 @@ def test_a_refresh_and_a_cold_start_see_what_a_listing_of_every_record_sees(buck
     warm_s3.clear()
     index = warm.index()
     listed = [p for op, p in warm_s3.calls if op == "ListObjectsV2"]
-    assert [p["Prefix"] for p in listed] == [JOURNAL_PREFIX]  # one LIST: the journal, not the records
+    assert [p["Prefix"] for p in listed] == [journal.partition(0, 1)]  # one LIST: the journal, not the records
     assert warm.last_refresh["loaded"] == 2 and warm.last_refresh["removed"] == 2  # camera, rocket; brick, moon
     everything, _ = reader(name, tmp_path, "all", use_journal=False)
     reference = everything.index()
@@ -133,12 +231,12 @@ def test_duplicated_and_reordered_entries_change_nothing(bucket, images, tmp_pat
     keys = sorted(warm.index().keys())
     # the camera's first version noted after its second; the brick's delete and rocket's put noted again
     journal.note(b, catalog_key="catalog/camera.jpg", record_key=record_key("catalog/camera.jpg"), action="put",
-                 etag=old_camera.etag)  # fmt: skip
+                 etag=old_camera.etag, shards=1)  # fmt: skip
     journal.note(b, catalog_key="catalog/brick.jpg", record_key=record_key("catalog/brick.jpg"), action="delete",
-                 etag=None)  # fmt: skip
+                 etag=None, shards=1)  # fmt: skip
     rocket = b.head(record_key("catalog/new/rocket.jpg"))
     journal.note(b, catalog_key="catalog/new/rocket.jpg", record_key=record_key("catalog/new/rocket.jpg"),
-                 action="put", etag=rocket.etag)  # fmt: skip
+                 action="put", etag=rocket.etag, shards=1)  # fmt: skip
     for r in (warm, reader(name, tmp_path, "cold")[0]):
         index = r.index()
         assert sorted(index.keys()) == keys and answers(index, images) == before
@@ -179,7 +277,7 @@ def test_a_record_written_while_compaction_runs_is_seen(bucket, images, tmp_path
     assert manifest is not None and manifest.journal_cursor is not None
     assert sum(s.images for s in manifest.segments) == len(CATALOG_NAMES)  # the old chelsea and astronaut
     cursor = manifest.journal_cursor
-    folded = [e for e in journal.since(b, JOURNAL_PREFIX) if e.key <= cursor]
+    folded = [e for e in journal.since(b, journal.cursor_at(0), manifest_folders(b)) if e.position <= cursor]
     assert len(folded) == len(CATALOG_NAMES)  # the catalog's puts before the cursor; the three changes after
     reference = reader(name, tmp_path, "all", use_journal=False)[0].index()
     coffee = extract_features(images["coffee.jpg"]).sha256
@@ -210,7 +308,7 @@ def test_a_manifest_without_a_cursor_is_read_by_listing_every_record(bucket, ima
     Compactor(Bucket(name), segment_images=4).compact()
     s3.clear()
     r.index()
-    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [JOURNAL_PREFIX]
+    assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [journal.partition(0, 1)]
 
 
 def test_a_refresh_lists_as_many_pages_whatever_the_catalog_size(s3, images, tmp_path, monkeypatch):
@@ -292,7 +390,7 @@ def test_compaction_trims_the_journal_before_the_cursor_it_replaces(bucket, imag
     assert len(entries) == len(CATALOG_NAMES) + 4
     report = Compactor(b, segment_images=4).compact()
     assert report.won and report.journal_trimmed == len(CATALOG_NAMES)  # the puts before the first cursor
-    assert sorted(all_keys(client, name, JOURNAL_PREFIX)) == [k for k in entries if k > first]
+    assert sorted(all_keys(client, name, JOURNAL_PREFIX)) == [k for k in entries if journal.parse(k).position > first]
     cold = reader(name, tmp_path, "cold")[0].index()
     assert (
         sorted(warm.index().keys())
@@ -302,8 +400,8 @@ def test_compaction_trims_the_journal_before_the_cursor_it_replaces(bucket, imag
 
 
 def test_a_record_named_by_a_hash_is_served_by_its_shard_alone(s3, images, tmp_path):
-    """A key too long for a base64 record name: the entry's name does not give its shard, so every
-    shard reads it once and only its own serves it; the others do not read it again."""
+    """A key too long for a base64 record name: the entry's name does not give its shard, but its
+    folder does (the writer knows the catalog key): only its shard reads it and serves it."""
     put_catalog(s3, BUCKET, images)
     for n in CATALOG_NAMES:
         writer(BUCKET).reconcile("catalog/" + n)
@@ -316,7 +414,7 @@ def test_a_record_named_by_a_hash_is_served_by_its_shard_alone(s3, images, tmp_p
     s3.put_object(Bucket=BUCKET, Key=key, Body=images["rocket.jpg"])
     assert writer(BUCKET).reconcile(key).action == "indexed"
     served = [key in s.index() for s in shards]
-    assert sorted(served) == [False, True] and [s.last_refresh["read"] for s in shards] == [1, 1]
+    assert sorted(served) == [False, True] and [s.last_refresh["read"] for s in shards] == [int(x) for x in served]
     s3.put_object(Bucket=BUCKET, Key="catalog/camera.jpg", Body=images["coins.jpg"])
     writer(BUCKET).reconcile("catalog/camera.jpg")  # another change: the hashed one is not read again
     for s in shards:

@@ -19,7 +19,7 @@ import pytest
 from harmony_aws import journal, runtime
 from harmony_aws import records as records_mod
 from harmony_aws.errors import StorageError
-from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, record_key, record_name, rel_from_record_name
+from harmony_aws.layout import RECORDS_PREFIX, record_key, record_name, rel_from_record_name
 from harmony_aws.reader import IndexReader
 from harmony_aws.s3 import Bucket
 from harmony_aws.urls import ResultUrls
@@ -159,7 +159,7 @@ def test_bad_replacement_removes_stale_record(bucket, images):
     assert store.records.reconcile(key).action == "skipped"
     assert all_keys(client, name, RECORDS_PREFIX) == {}
     # the journal says so: the record's put, then its delete
-    entries = list(journal.since(Bucket(name), JOURNAL_PREFIX))
+    entries = list(journal.since(Bucket(name), journal.cursor_at(0), [journal.partition(0, 1)]))  # no manifest: 1
     assert [(e.action, e.record_key) for e in entries] == [("put", record_key(key)), ("delete", record_key(key))]
     assert set(all_keys(client, name, "index/")) == {e.key for e in entries}
 
