@@ -830,7 +830,10 @@ write and delete puts one small entry in its shard's folder of `index/journal/`,
 and the manifest names a cursor {CURSOR_MARGIN_SECONDS // 60} min before its compaction began
 listing the records; a shard's reader lists its folder after it (LIST pages that follow its
 shard's changes, not the catalog's size) and reads only the records whose entries name a version
-it does not serve.{_journal_measured(m)}
+it does not serve.{_journal_measured(m)} Writers partition by the manifest's shard count; before
+the first compaction there is none, so a catalog indexed before it (as in these runs) has its
+entries in one folder, which every shard lists (its entries after the cursor) until the next
+compaction.
 Before the journal it listed every record (of all shards): at 10M images most of a cold start.
 """
     path.write_text(text)
