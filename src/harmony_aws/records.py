@@ -163,6 +163,12 @@ class RecordWriter:
         self.max_image_bytes = max_image_bytes
         self.journal_shards = journal.WriterShards(bucket)
 
+    def _note(self, key: str | None, rkey: str, action: str, etag: str | None) -> None:
+        """The journal entry of record ``rkey`` (of catalog ``key``, when known) just written or deleted."""
+        journal.note(
+            self.bucket, catalog_key=key, record_key=rkey, action=action, etag=etag, shards=self.journal_shards.get()
+        )
+
     # ------------------------------------------------------------------ one key
     def reconcile(self, key: str, *, force: bool = False, verify: bool = False) -> ReconcileResult:
         """Make the record of catalog object ``key`` match the object as it is now.
@@ -185,14 +191,7 @@ class RecordWriter:
                 existed = bucket.head(rkey) is not None
                 bucket.delete(rkey)
                 if existed:
-                    journal.note(
-                        bucket,
-                        catalog_key=key,
-                        record_key=rkey,
-                        action="delete",
-                        etag=None,
-                        shards=self.journal_shards.get(),
-                    )
+                    self._note(key, rkey, "delete", None)
                 if bucket.head(key) is None:
                     return ReconcileResult(key, "removed" if existed else "absent", rounds=rounds)
                 continue
@@ -200,14 +199,7 @@ class RecordWriter:
             rec = bucket.head(rkey)
             if not force and rec is not None and _describes(rec, key, src, source_url):
                 if _written_lately(rec):  # its entry may be what failed last time: once more
-                    journal.note(
-                        bucket,
-                        catalog_key=key,
-                        record_key=rkey,
-                        action="put",
-                        etag=rec.etag,
-                        shards=self.journal_shards.get(),
-                    )
+                    self._note(key, rkey, "put", rec.etag)
                 if not verify:
                     return ReconcileResult(key, "unchanged", rounds=rounds)
                 try:
@@ -233,14 +225,7 @@ class RecordWriter:
                 # stale record says otherwise, then verify the source did not change meanwhile.
                 bucket.delete(rkey)
                 if rec is not None:
-                    journal.note(
-                        bucket,
-                        catalog_key=key,
-                        record_key=rkey,
-                        action="delete",
-                        etag=None,
-                        shards=self.journal_shards.get(),
-                    )
+                    self._note(key, rkey, "delete", None)
                 after = bucket.head(key)
                 if after is not None and after.etag == src.etag:
                     return ReconcileResult(key, "skipped", problem, rounds=rounds)
@@ -255,9 +240,7 @@ class RecordWriter:
             if source_url:
                 meta["source-url"] = quote(source_url, safe=":/")
             etag = bucket.put(rkey, feats.to_bytes(), content_type="application/octet-stream", metadata=meta)
-            journal.note(
-                bucket, catalog_key=key, record_key=rkey, action="put", etag=etag, shards=self.journal_shards.get()
-            )
+            self._note(key, rkey, "put", etag)
             after = bucket.head(key)
             if after is not None and after.etag == src.etag and after.metadata.get("source-url") == source_url:
                 detail = f"{feats.width}x{feats.height}" + (f"; repaired: {repaired}" if repaired else "")
@@ -381,14 +364,7 @@ class RecordWriter:
     def _remove_record(self, rk: str, report: ReindexReport) -> None:
         try:
             self.bucket.delete(rk)
-            journal.note(
-                self.bucket,
-                catalog_key=None,
-                record_key=rk,
-                action="delete",
-                etag=None,
-                shards=self.journal_shards.get(),
-            )
+            self._note(None, rk, "delete", None)
             report.count("removed")
         except StorageError as exc:
             report.fail(rk, exc)
