@@ -147,6 +147,26 @@ def test_an_entry_goes_to_its_shards_folder_and_a_shard_lists_only_its_own(bucke
     assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [journal.partition(1, 3)]
 
 
+def test_a_first_bulk_load_after_an_empty_compaction_is_journalled_by_shard(s3, images, tmp_path):
+    """Compacting the empty catalog of a new sharded deployment publishes its shard count, so
+    the first bulk load's entries land in the shards' folders (without it: in one folder, which
+    every shard lists until the next compaction)."""
+    b = Bucket(BUCKET)
+    assert Compactor(b, shards=2, segment_images=4).compact().won
+    put_catalog(s3, BUCKET, images)
+    w = writer(BUCKET)
+    for n in CATALOG_NAMES:
+        w.reconcile("catalog/" + n)
+    folders = {k.rsplit("/", 1)[0] + "/" for k in all_keys(s3, BUCKET, JOURNAL_PREFIX)}
+    assert folders == {journal.partition(0, 2), journal.partition(1, 2)}
+    for i in range(2):
+        r, _ = reader(BUCKET, tmp_path, f"s{i}", shard=(i, 2))
+        assert sorted(r.index().keys()) == sorted(
+            f"catalog/{n}" for n in CATALOG_NAMES if shard_of(f"catalog/{n}", 2) == i
+        )
+        assert r.last_refresh["journal_entries"] == len(r.index())
+
+
 def test_a_change_noted_under_the_old_shard_count_is_seen_under_the_new(bucket, images, tmp_path, monkeypatch):
     """The catalog goes from 1 shard to 2. A writer that read the count before the new manifest
     was published (it trusts it for WRITER_SHARDS_SECONDS) notes a change in the old folder:
