@@ -57,14 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .errors import StorageError
-from .layout import (
-    CATALOG_PREFIX,
-    JOURNAL_PREFIX,
-    RECORDS_PREFIX,
-    SEGMENTS_MANIFEST_KEY,
-    rel_from_record_name,
-    shard_of,
-)
+from .layout import JOURNAL_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, catalog_key_of_record, shard_of
 from .s3 import Bucket
 
 log = logging.getLogger(__name__)
@@ -192,9 +185,7 @@ def folders_of(catalog_key: str | None, record_key: str, shards: int) -> list[st
     """The folders an entry of ``record_key`` goes to: its catalog key's shard's (the key given,
     else the one its record name encodes), or every shard's when neither says (a hashed record
     name whose catalog key is unknown: rare, an orphan record's delete)."""
-    if catalog_key is None:
-        rel = rel_from_record_name(record_key[len(RECORDS_PREFIX) :])
-        catalog_key = CATALOG_PREFIX + rel if rel is not None else None
+    catalog_key = catalog_key or catalog_key_of_record(record_key)
     if catalog_key is None:
         return [partition(i, shards) for i in range(shards)]
     return [partition(shard_of(catalog_key, shards), shards)]

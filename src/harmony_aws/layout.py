@@ -83,6 +83,13 @@ def rel_from_record_name(name: str) -> str | None:
         return None
 
 
+def catalog_key_of_record(rk: str) -> str | None:
+    """The catalog key that record key ``rk`` names (None for the hashed form, whose key is in
+    the record's metadata only)."""
+    rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
+    return CATALOG_PREFIX + rel if rel is not None else None
+
+
 def result_key(query_key: str) -> str:
     """Where QueryDrop answers ``queries/<rel>``: ``results/<rel>.json``."""
     return RESULTS_PREFIX + query_key[len(QUERIES_PREFIX) :] + ".json"

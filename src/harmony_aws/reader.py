@@ -44,7 +44,7 @@ from harmony_image.segment import Segment
 
 from . import journal
 from .errors import ConfigError, StorageError
-from .layout import CATALOG_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, rel_from_record_name, shard_of
+from .layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, catalog_key_of_record, shard_of
 from .records import RecordRejectedError, StoredRecord, read_record
 from .s3 import POOL_CONNECTIONS, Bucket
 from .segments import Folded, SegmentCache, SegmentRef, read_folded, read_manifest
@@ -399,8 +399,8 @@ class IndexReader:
         """Whether record ``rk`` may be of this reader's shard (a hashed name: until read once)."""
         if self.shard is None:
             return True
-        rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
-        return rel is None or shard_of(CATALOG_PREFIX + rel, self.shard[1]) == self.shard[0]
+        key = catalog_key_of_record(rk)
+        return key is None or shard_of(key, self.shard[1]) == self.shard[0]
 
     def _ours(self, listing: dict[str, str]) -> dict[str, str]:
         """The listed records of this reader's shard (hashed names: until loaded once)."""
@@ -410,8 +410,8 @@ class IndexReader:
         self._foreign = {rk: etag for rk, etag in self._foreign.items() if listing.get(rk) == etag}
         ours = {}
         for rk, etag in listing.items():
-            rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
-            mine = rk not in self._foreign if rel is None else shard_of(CATALOG_PREFIX + rel, n) == i
+            key = catalog_key_of_record(rk)
+            mine = rk not in self._foreign if key is None else shard_of(key, n) == i
             if mine:
                 ours[rk] = etag
         return ours

@@ -44,7 +44,7 @@ from harmony_image import FEATURE_VERSION, ImageError, ImageFeatures, IndexForma
 
 from . import journal
 from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
-from .layout import CATALOG_PREFIX, RECORDS_PREFIX, is_catalog_image_key, record_key, rel_from_record_name
+from .layout import CATALOG_PREFIX, RECORDS_PREFIX, catalog_key_of_record, is_catalog_image_key, record_key
 from .s3 import Bucket, Head
 
 MAX_ROUNDS = 8
@@ -91,10 +91,10 @@ def read_record(bucket: Bucket, rkey: str) -> StoredRecord | None:
     if meta.get("catalog-key"):
         key = unquote(meta["catalog-key"])
     else:
-        rel = rel_from_record_name(rkey[len(RECORDS_PREFIX) :])
-        if rel is None:
+        named = catalog_key_of_record(rkey)
+        if named is None:
             raise RecordRejectedError("no catalog-key metadata and a name that does not give one", etag=head.etag)
-        key = CATALOG_PREFIX + rel
+        key = named
     if not is_catalog_image_key(key) or record_key(key) != rkey:
         raise RecordRejectedError(f"stored under another name than {key}'s record", etag=head.etag)
     try:
@@ -300,11 +300,11 @@ class RecordWriter:
         keys = {k for k in bucket.etags(CATALOG_PREFIX) if is_catalog_image_key(k)}
         unnamed: list[str] = []  # records whose name does not give their key: ask their metadata
         for rk in bucket.etags(RECORDS_PREFIX):
-            rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
-            if rel is None:
+            named = catalog_key_of_record(rk)
+            if named is None:
                 unnamed.append(rk)
-            elif is_catalog_image_key(CATALOG_PREFIX + rel):
-                keys.add(CATALOG_PREFIX + rel)  # reconcile rewrites it if its catalog-key disagrees
+            elif is_catalog_image_key(named):
+                keys.add(named)  # reconcile rewrites it if its catalog-key disagrees
             else:
                 self._remove_record(rk, report)
         if unnamed:

@@ -56,15 +56,7 @@ from harmony_image.segment import RowCache, Segment, segment_bytes
 from . import journal
 from .errors import S3ObjectChangedError, S3ObjectNotFoundError, StorageError
 from .jobs import slices_of
-from .layout import (
-    CATALOG_PREFIX,
-    RECORDS_PREFIX,
-    SEGMENTS_MANIFEST_KEY,
-    SEGMENTS_PREFIX,
-    record_key,
-    rel_from_record_name,
-    shard_of,
-)
+from .layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, catalog_key_of_record, record_key, shard_of
 from .records import RecordRejectedError, StoredRecord, read_record
 from .s3 import POOL_CONNECTIONS, Bucket
 
@@ -494,9 +486,9 @@ class Compactor:
 
     def _shard_of_record(self, rk: str) -> int:
         """The shard of record ``rk``'s catalog key: from its name, or (a hashed name) its metadata."""
-        rel = rel_from_record_name(rk[len(RECORDS_PREFIX) :])
-        if rel is not None:
-            return shard_of(CATALOG_PREFIX + rel, self.shards)
+        named = catalog_key_of_record(rk)
+        if named is not None:
+            return shard_of(named, self.shards)
         head = self.bucket.head(rk)
         key = unquote(head.metadata.get("catalog-key", "")) if head is not None else ""
         return shard_of(key, self.shards) if key else 0  # no catalog key: read_record rejects it
