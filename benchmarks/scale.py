@@ -483,20 +483,22 @@ def _ranged_model(m: dict[str, Any], images: int) -> dict[str, Any]:
         per_range = -(-images // LIST_RANGES)
         pages = -(-per_range // LIST_PAGE)
         out["record_listing_s"] = round(pages * m["list_page_ms_measured"] / 1000, 1)
+
         # with the journal: the entries since the manifest's cursor (a compaction interval and the
-        # cursor's margin), page after page; a warm refresh: those since the last one (and the overlap)
-        # A shard lists its own folder of the journal: its share of the changes (a page at least).
-        window_h = COMPACTION_HOURS + CURSOR_MARGIN_SECONDS / 3600
+        # cursor's margin), page after page, of its shard's folder (a page at least); a warm
+        # refresh: those since the last one (and the overlap)
+        def list_pages(entries: float) -> int:
+            return max(1, -(-round(entries) // LIST_PAGE))
+
+        def seconds(n: int) -> float:
+            return round(n * m["list_page_ms_measured"] / 1000, 2)
+
+        window = CHANGES_PER_HOUR * (COMPACTION_HOURS + CURSOR_MARGIN_SECONDS / 3600)
         shards = max(1, -(-images // SHARD_IMAGES))
-        journal_pages = max(1, -(-round(CHANGES_PER_HOUR * window_h / shards) // LIST_PAGE))
-        out["journal_pages"] = journal_pages
-        out["journal_listing_s"] = round(journal_pages * m["list_page_ms_measured"] / 1000, 2)
-        whole = -(-round(CHANGES_PER_HOUR * window_h) // LIST_PAGE)  # one journal for every shard
-        out["journal_pages_unpartitioned"] = whole
-        out["journal_listing_s_unpartitioned"] = round(whole * m["list_page_ms_measured"] / 1000, 2)
-        out["refresh_pages"] = max(
-            1, -(-round(CHANGES_PER_HOUR / 3600 * (INDEX_TTL_S + OVERLAP_SECONDS) / shards) // LIST_PAGE)
-        )
+        per_shard, whole = list_pages(window / shards), list_pages(window)  # whole: one journal for every shard
+        out["journal_pages"], out["journal_listing_s"] = per_shard, seconds(per_shard)
+        out["journal_pages_unpartitioned"], out["journal_listing_s_unpartitioned"] = whole, seconds(whole)
+        out["refresh_pages"] = list_pages(CHANGES_PER_HOUR / 3600 * (INDEX_TTL_S + OVERLAP_SECONDS) / shards)
     if m.get("first_query_rows_cold"):
         # the measured rows of a query; in a 50k shard (49 segments) they seldom neighbour: no coalescing
         rows = max(m["first_query_rows_cold"])
@@ -570,8 +572,6 @@ def _ranged_rows(m: dict[str, Any], big: list[dict[str, Any]]) -> list[list[str]
                 *(
                     f"{r['journal_listing_s']} s ({r['journal_pages']} page{'s' if r['journal_pages'] > 1 else ''}; "
                     f"was {r['journal_listing_s_unpartitioned']} s, {r['record_listing_s']} s)"
-                    if "journal_listing_s_unpartitioned" in r
-                    else f"{r['journal_listing_s']} s ({r['journal_pages']} pages; was {r['record_listing_s']} s)"
                     for r in big
                 ),
             ]
