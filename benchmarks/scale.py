@@ -240,7 +240,7 @@ def _run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     client = s3_client()
     client.create_bucket(Bucket=BUCKET)
     bucket = Bucket(BUCKET, client)
-    writer = RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+    writer = RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024, shards=args.shards)
     log = args.log
 
     t0 = time.perf_counter()
@@ -342,6 +342,7 @@ def _run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "shards": args.shards,
         "queries": len(queries),
         "cpu": machine()["cpu"],
+        "cursor_margin_s": CURSOR_MARGIN_SECONDS,
         "index_images_per_s": round(len(catalog) / index_s, 1),
         "compaction_images_per_s": round(len(catalog) / compact_s, 1),
         "s3_bytes_per_image": {"records": round(rec_bytes / len(catalog)), "segments": round(seg_bytes / len(catalog))},
@@ -600,7 +601,7 @@ def _journal_measured(m: dict[str, Any]) -> str:
     entries = [e for e in m["cold_journal_entries_per_shard"] if e is not None]
     return (
         f" Measured here: {max(m['cold_list_pages_per_shard'])} LIST pages the slowest shard"
-        + (f" ({max(entries):,} entries: the catalog was indexed within the cursor's margin)" if entries else "")
+        + (f" ({max(entries):,} entries)" if entries else "")
         + (
             f", against {m['cold_list_pages_records']} for a reader listing every record."
             if "cold_list_pages_records" in m
@@ -632,7 +633,7 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
             + (
                 "the whole catalog was indexed within the cursor's margin)"
                 if entries >= shard["images"]
-                else f"the changes of the ingest's last {CURSOR_MARGIN_SECONDS // 60} min, within the cursor's margin)"
+                else f"the ingest's changes of its last {shard['cursor_margin_s'] // 60} min, the cursor's margin)"
             )
             if entries is not None
             else "… of which listing",
@@ -830,10 +831,9 @@ write and delete puts one small entry in its shard's folder of `index/journal/`,
 and the manifest names a cursor {CURSOR_MARGIN_SECONDS // 60} min before its compaction began
 listing the records; a shard's reader lists its folder after it (LIST pages that follow its
 shard's changes, not the catalog's size) and reads only the records whose entries name a version
-it does not serve.{_journal_measured(m)} Writers partition by the manifest's shard count; before
-the first compaction there is none, so a catalog indexed before it (as in these runs) has its
-entries in one folder, which every shard lists (its entries after the cursor) until the next
-compaction.
+it does not serve.{_journal_measured(m)} Writers partition by the manifest's shard count, and
+before the first compaction (no manifest) by the deployment's, so a catalog indexed before it (as
+in these runs) has its entries split by shard too.
 Before the journal it listed every record (of all shards): at 10M images most of a cold start.
 """
     path.write_text(text)

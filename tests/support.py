@@ -112,9 +112,9 @@ def as_older_manifest(client: Any, bucket: str) -> None:
     client.put_object(Bucket=bucket, Key="index/segments.json", Body=json.dumps(body).encode())
 
 
-def record_writer(bucket: Bucket) -> RecordWriter:
-    """The index's write path for ``bucket`` with the deployed size limits."""
-    return RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024)
+def record_writer(bucket: Bucket, *, shards: int = 1) -> RecordWriter:
+    """The index's write path for ``bucket`` with the deployed size limits (and ``shards``)."""
+    return RecordWriter(bucket, max_pixels=DEFAULT_MAX_PIXELS, max_image_bytes=20 * 1024 * 1024, shards=shards)
 
 
 def answers(index: Any, images: dict[str, bytes]) -> list[list[tuple[str, float]]]:

@@ -157,11 +157,13 @@ class ReindexReport:
 class RecordWriter:
     """Writes, replaces and deletes the records of one bucket's catalog."""
 
-    def __init__(self, bucket: Bucket, *, max_pixels: int, max_image_bytes: int) -> None:
+    def __init__(self, bucket: Bucket, *, max_pixels: int, max_image_bytes: int, shards: int = 1) -> None:
+        """``shards``: the deployment's shard count, which the journal is partitioned by until a
+        compaction publishes one (:class:`~harmony_aws.journal.WriterShards`)."""
         self.bucket = bucket
         self.max_pixels = max_pixels
         self.max_image_bytes = max_image_bytes
-        self.journal_shards = journal.WriterShards(bucket)
+        self.journal_shards = journal.WriterShards(bucket, unpublished=shards)
 
     def _note(self, key: str | None, rkey: str, action: str, etag: str | None) -> None:
         """The journal entry of record ``rkey`` (of catalog ``key``, when known) just written or deleted."""

@@ -85,7 +85,9 @@ def record_writer(bucket: str) -> RecordWriter:
     s = settings()
     with _lock:
         if bucket not in _writers:
-            _writers[bucket] = RecordWriter(_bucket(bucket), max_pixels=s.max_pixels, max_image_bytes=s.max_image_bytes)
+            _writers[bucket] = RecordWriter(
+                _bucket(bucket), max_pixels=s.max_pixels, max_image_bytes=s.max_image_bytes, shards=s.shards
+            )
         return _writers[bucket]
 
 

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import json
 import threading
+import time as _real_time
 
 import pytest
 
-from harmony_aws import journal
+from harmony_aws import journal, runtime
 from harmony_aws import records as records_mod
 from harmony_aws.errors import StorageError
-from harmony_aws.layout import JOURNAL_PREFIX, RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, record_key, shard_of
+from harmony_aws.layout import (
+    JOURNAL_PREFIX,
+    RECORDS_PREFIX,
+    SEGMENTS_MANIFEST_KEY,
+    catalog_key_of_record,
+    record_key,
+    shard_of,
+)
 from harmony_aws.reader import IndexReader
 from harmony_aws.records import RecordWriter
 from harmony_aws.s3 import Bucket
@@ -147,24 +155,39 @@ def test_an_entry_goes_to_its_shards_folder_and_a_shard_lists_only_its_own(bucke
     assert [p["Prefix"] for op, p in s3.calls if op == "ListObjectsV2"] == [journal.partition(1, 3)]
 
 
-def test_a_first_bulk_load_after_an_empty_compaction_is_journalled_by_shard(s3, images, tmp_path):
-    """Compacting the empty catalog of a new sharded deployment publishes its shard count, so
-    the first bulk load's entries land in the shards' folders (without it: in one folder, which
-    every shard lists until the next compaction)."""
-    b = Bucket(BUCKET)
-    assert Compactor(b, shards=2, segment_images=4).compact().won
+def test_a_first_bulk_load_is_journalled_by_the_deployments_shard_count(s3, images, tmp_path, monkeypatch):
+    """Before the first compaction there is no manifest to read the shard count from: writers
+    take the deployment's (HARMONY_SHARDS), so a new catalog's first bulk load is split by shard,
+    and after the first compaction each shard's cold reader lists its own entries (and the empty
+    folder of writers configured with one shard), not the whole load."""
+    monkeypatch.setenv("HARMONY_SHARDS", "2")
+    w = runtime.record_writer(BUCKET)
+    assert w.journal_shards.get() == 2  # no manifest yet
     put_catalog(s3, BUCKET, images)
-    w = writer(BUCKET)
     for n in CATALOG_NAMES:
         w.reconcile("catalog/" + n)
     folders = {k.rsplit("/", 1)[0] + "/" for k in all_keys(s3, BUCKET, JOURNAL_PREFIX)}
     assert folders == {journal.partition(0, 2), journal.partition(1, 2)}
+    assert runtime.compactor(BUCKET).compact().won
+    assert read_manifest(Bucket(BUCKET)).journal_counts() == (1, 2)
     for i in range(2):
-        r, _ = reader(BUCKET, tmp_path, f"s{i}", shard=(i, 2))
-        assert sorted(r.index().keys()) == sorted(
-            f"catalog/{n}" for n in CATALOG_NAMES if shard_of(f"catalog/{n}", 2) == i
-        )
-        assert r.last_refresh["journal_entries"] == len(r.index())
+        r, calls = reader(BUCKET, tmp_path, f"s{i}", shard=(i, 2))
+        own = sorted(f"catalog/{n}" for n in CATALOG_NAMES if shard_of(f"catalog/{n}", 2) == i)
+        assert sorted(r.index().keys()) == own
+        assert r.last_refresh["journal_entries"] == len(own)  # the load lies after the cursor: its own part
+        listed = {p["Prefix"] for op, p in calls.calls if op == "ListObjectsV2"}
+        assert listed == {journal.partition(i, 2), journal.partition(0, 1)}
+
+
+def test_a_writer_without_a_manifest_uses_the_deployments_count_until_one_is_published(s3):
+    b = Bucket(BUCKET)
+    w = writer(BUCKET)
+    assert w.journal_shards.get() == 1
+    assert record_writer(b, shards=4).journal_shards.get() == 4
+    assert Compactor(b, shards=3, segment_images=4).compact().won
+    assert record_writer(b, shards=4).journal_shards.get() == 3  # the published count wins
+    with pytest.raises(ValueError, match="1 or more"):
+        journal.WriterShards(b, unpublished=0)
 
 
 def test_a_change_noted_under_the_old_shard_count_is_seen_under_the_new(bucket, images, tmp_path, monkeypatch):
@@ -308,6 +331,53 @@ def test_a_record_written_while_compaction_runs_is_seen(bucket, images, tmp_path
         assert "catalog/new/rocket.jpg" in index
         assert sorted(index.keys()) == sorted(reference.keys())
         assert answers(index, images) == answers(reference, images)
+
+
+class LaggingClock:
+    """The ``time`` module of a host whose clock runs ``behind`` seconds late."""
+
+    def __init__(self, behind: float) -> None:
+        self.behind = behind
+
+    def time(self) -> float:
+        return _real_time.time() - self.behind
+
+    def __getattr__(self, name: str):
+        return getattr(_real_time, name)
+
+
+def test_a_writer_whose_clock_lags_past_the_margin_is_late_by_one_compaction_never_lost(
+    bucket, images, tmp_path, monkeypatch
+):
+    """An image added while the compaction runs, by a writer whose clock lags more than
+    CURSOR_MARGIN_SECONDS: its entry sorts before the cursor, so a cold reader does not see it
+    yet; the next compaction lists every record and folds it."""
+    client, name = bucket
+    b = Bucket(name)
+    plan = Compactor.plan
+
+    def plan_then_add_late(self, report):
+        out = plan(self, report)  # the records are listed
+        client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
+        with monkeypatch.context() as m:
+            m.setattr(journal, "time", LaggingClock(journal.CURSOR_MARGIN_SECONDS + 60))
+            writer(name).reconcile("catalog/new/rocket.jpg")
+        return out
+
+    monkeypatch.setattr(Compactor, "plan", plan_then_add_late)
+    assert Compactor(b, segment_images=4).compact().won
+    cursor = read_manifest(b).journal_cursor
+    assert cursor is not None
+    entries = journal.since(b, journal.cursor_at(0), manifest_folders(b))
+    late = [e for e in entries if catalog_key_of_record(e.record_key) == "catalog/new/rocket.jpg"]
+    assert len(late) == 1 and late[0].position < cursor  # stamped before the cursor
+    assert "catalog/new/rocket.jpg" not in reader(name, tmp_path, "stale")[0].index()
+
+    monkeypatch.setattr(Compactor, "plan", plan)
+    assert Compactor(b, segment_images=4).compact().won
+    index = reader(name, tmp_path, "folded")[0].index()
+    assert "catalog/new/rocket.jpg" in index
+    assert sorted(index.keys()) == sorted(reader(name, tmp_path, "all", use_journal=False)[0].index().keys())
 
 
 def test_a_manifest_without_a_cursor_is_read_by_listing_every_record(bucket, images, tmp_path):
