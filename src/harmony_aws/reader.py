@@ -365,6 +365,7 @@ class IndexReader:
             "missing": missing,
             "manifest_changed": manifest_changed,
             "journal_entries": entries,  # None: every record was listed (no journal cursor)
+            "segments_ms": round((l0 - t0) * 1000, 1),  # the manifest and, when it changed, the segments
             "listing_ms": round(listing_ms, 1),  # of the journal (or of every record)
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         }

@@ -175,6 +175,7 @@ def test_a_first_bulk_load_is_journalled_by_the_deployments_shard_count(s3, imag
         own = sorted(f"catalog/{n}" for n in CATALOG_NAMES if shard_of(f"catalog/{n}", 2) == i)
         assert sorted(r.index().keys()) == own
         assert r.last_refresh["journal_entries"] == len(own)  # the load lies after the cursor: its own part
+        assert r.last_refresh["segments_ms"] > 0  # a cold start read the manifest and its segments
         listed = {p["Prefix"] for op, p in calls.calls if op == "ListObjectsV2"}
         assert listed == {journal.partition(i, 2), journal.partition(0, 1)}
 

@@ -72,6 +72,7 @@ ONE_SHARD: dict[str, Any] = {
     "shortlist_bytes_per_image_fetched": 4_900,
     "get_mb_s_measured": 55.0,
     "cold_listing_ms_per_shard": [36_000.0],
+    "cold_segments_ms_per_shard": [2_700.0],
     "cold_journal_entries_per_shard": [SHARD_IMAGES],
     "cold_list_pages_per_shard": [50],
     "first_query_ms_cold": [20_000.0],
@@ -100,6 +101,7 @@ def test_the_doc_shows_the_measured_shard_and_its_cold_start_less_the_ingests_jo
     assert f"## Measured here: one shard of {SHARD_IMAGES:,} images" in text and "`cmd 50k`" in text
     assert "| … of which listing the journal (50,000 entries, 50 LIST pages" in text and "| 36.0 s |" in text
     assert "4.0 s once its changes are older than the journal's cursor (not met)" in text
+    assert "… … of which the manifest, each segment's header and shortlist tier" in text and "| 2.7 s |" in text
     assert "measured on one shard of 50,000 images" in text and "fitted linearly" not in text
     quick = {**ONE_SHARD, "cold_start_s": 38.5}  # 2.5 s besides the journal
     write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", shard=quick, shard_command="cmd 50k")
