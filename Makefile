@@ -15,7 +15,7 @@ BENCH_BASELINE ?= f577863
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo local-stack test test-engine test-local test-browser lint format \
-	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates bench-scale bench-scale-50k reliability clean
+	layer layer-test arm64-test sam-local-image sam-local-test bench bench-quick bench-shared bench-duplicates bench-scale bench-scale-50k bench-scale-100k reliability clean
 
 help:
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -96,13 +96,19 @@ bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall
 
 # the one-shard run's figures, when make bench-scale-50k has made them: docs/SCALE.md's section and its model's shard
 SCALE_SHARD = $(if $(wildcard .bench/scale-50k.json),--shard-json .bench/scale-50k.json)
+# and the 100,000-image run's (make bench-scale-100k): its section
+SCALE_LARGE = $(if $(wildcard .bench/scale-100k.json),--large-json .bench/scale-100k.json)
 
 bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
-	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD)
+	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD) $(SCALE_LARGE)
 
 bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min): cold start, memory, warm queries; its section of docs/SCALE.md
 	$(PY) -m benchmarks.scale --images 50000 --shards 1 --queries 40 --skip-records --out .bench/scale-50k.json
-	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md --shard-json .bench/scale-50k.json
+	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md --shard-json .bench/scale-50k.json $(SCALE_LARGE)
+
+bench-scale-100k: setup ## scale: 100,000 images in 2 shards of 50,000 on moto's S3 server (~100 min, ~45 GB of disk while it runs): fan-out p50, cold start, top-5 against one index; its section of docs/SCALE.md
+	$(PY) -m benchmarks.scale --images 100000 --shards 2 --queries 40 --skip-records --out .bench/scale-100k.json
+	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD) --large-json .bench/scale-100k.json
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md

@@ -115,3 +115,32 @@ def test_the_doc_of_a_run_without_the_per_record_design(tmp_path):
     text = path.read_text()
     assert "| cold start (index load from S3) | not measured | 40.0 s all shards, 40.0 s the slowest |" in text
     assert "| process memory per image (RSS growth) | not measured | 5.9 KiB" in text
+
+
+LARGE: dict[str, Any] = {
+    **{k: v for k, v in MEASURED.items() if not k.endswith("_records")},  # --skip-records
+    "images": 100_000,
+    "shards": 2,
+    "queries": 40,
+    "cold_start_s_per_shard": [2.5, 4.0],
+    "cold_listing_ms_per_shard": [500.0, 1500.0],
+    "p50_ms": 1800.0,
+    "p50_ms_one_shard": 1500.0,
+    "same_top5_as_unsharded": 1.0,
+}
+
+
+def test_the_doc_shows_a_sharded_run_at_100k_against_issue_11s_targets(tmp_path):
+    path = tmp_path / "SCALE.md"
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", large=LARGE, large_command="cmd 100k")
+    text = path.read_text()
+    assert "## Measured here: 100,000 images, 2 shards" in text and "`cmd 100k`" in text
+    assert "| warm p50 with fan-out ≤ 300 ms on this machine's 2 cores | 1800 ms" in text and "| no |" in text
+    assert "| top-5 identical to one index's (exhaustive `default`) on ≥ 99% of queries | 100% | yes |" in text
+    assert "| a 50,000-image shard's cold start ≤ 3 s from moto's server | 4.0 s the slowest shard" in text
+    assert text.index("100,000 images, 2 shards") < text.index("## Modelled")
+    fast = {**LARGE, "p50_ms": 290.0, "cold_start_s_per_shard": [2.5, 2.9]}
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", large=fast, large_command="cmd 100k")
+    assert "| no |" not in path.read_text().split("Issue 11's targets at this size")[1].split("## Modelled")[0]
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000")
+    assert "100,000 images" not in path.read_text()
