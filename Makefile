@@ -94,21 +94,23 @@ bench-shared: setup ## quality on ../shared/bench (must exist), report in .bench
 bench-duplicates: setup ## the duplicate report: images/s, pair precision/recall on planted copies (1,000 images); its section of docs/BENCHMARKS.md
 	$(PY) -m benchmarks.duplicates --size 1000 --doc docs/BENCHMARKS.md
 
-# the one-shard run's figures, when make bench-scale-50k has made them: docs/SCALE.md's section and its model's shard
-SCALE_SHARD = $(if $(wildcard .bench/scale-50k.json),--shard-json .bench/scale-50k.json)
-# and the 100,000-image run's (make bench-scale-100k): its section
-SCALE_LARGE = $(if $(wildcard .bench/scale-100k.json),--large-json .bench/scale-100k.json)
+# the scale runs' figures are kept in docs/data/ (committed), so that docs/SCALE.md can be written
+# again without running them again; the one-shard run's (make bench-scale-50k): its section and the
+# model's shard; the 100,000-image run's (make bench-scale-100k): its section
+SCALE_DATA := docs/data
+SCALE_SHARD = $(if $(wildcard $(SCALE_DATA)/scale-50k.json),--shard-json $(SCALE_DATA)/scale-50k.json)
+SCALE_LARGE = $(if $(wildcard $(SCALE_DATA)/scale-100k.json),--large-json $(SCALE_DATA)/scale-100k.json)
 
 bench-scale: setup ## scale: 10,000 images in 4 shards on moto's S3 server, per-record vs segments, 1M/10M modelled (~15 min); writes docs/SCALE.md
-	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD) $(SCALE_LARGE)
+	$(PY) -m benchmarks.scale --images 10000 --shards 4 --queries 60 --out $(SCALE_DATA)/scale-10k.json --doc docs/SCALE.md $(SCALE_SHARD) $(SCALE_LARGE)
 
-bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min): cold start, memory, warm queries; its section of docs/SCALE.md
-	$(PY) -m benchmarks.scale --images 50000 --shards 1 --queries 40 --skip-records --out .bench/scale-50k.json
-	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md --shard-json .bench/scale-50k.json $(SCALE_LARGE)
+bench-scale-50k: setup ## scale: one shard of 50,000 images on moto's S3 server (~80 min; make bench-scale first): cold start, memory, warm queries; its section of docs/SCALE.md
+	$(PY) -m benchmarks.scale --images 50000 --shards 1 --queries 40 --skip-records --out $(SCALE_DATA)/scale-50k.json
+	$(PY) -m benchmarks.scale --from-json $(SCALE_DATA)/scale-10k.json --doc docs/SCALE.md --shard-json $(SCALE_DATA)/scale-50k.json $(SCALE_LARGE)
 
-bench-scale-100k: setup ## scale: 100,000 images in 2 shards of 50,000 on moto's S3 server (~100 min, ~45 GB of disk while it runs): fan-out p50, cold start, top-5 against one index; its section of docs/SCALE.md
-	$(PY) -m benchmarks.scale --images 100000 --shards 2 --queries 40 --skip-records --out .bench/scale-100k.json
-	$(PY) -m benchmarks.scale --from-json .bench/scale.json --doc docs/SCALE.md $(SCALE_SHARD) --large-json .bench/scale-100k.json
+bench-scale-100k: setup ## scale: 100,000 images in 2 shards of 50,000 on moto's S3 server (~110 min, ~45 GB of disk while it runs): fan-out p50, cold start, top-5 against one index; its section of docs/SCALE.md
+	$(PY) -m benchmarks.scale --images 100000 --shards 2 --queries 40 --skip-records --out $(SCALE_DATA)/scale-100k.json
+	$(PY) -m benchmarks.scale --update-doc --doc docs/SCALE.md --large-json $(SCALE_DATA)/scale-100k.json
 
 reliability: setup ## hostile inputs: answer, peak memory and time per case, before/after 194aca1; writes docs/RELIABILITY.md
 	$(PY) -m benchmarks.reliability --before-commit 194aca1 --out docs/RELIABILITY.md

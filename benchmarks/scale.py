@@ -702,6 +702,9 @@ every key of the bucket for each page).
 """
 
 
+LARGE_HEADING = "## Measured at issue 11's size"
+
+
 def _large_section(large: dict[str, Any], command: str) -> str:
     """The section of a sharded run at issue 11's measured size (make bench-scale-100k)."""
     per_shard = large["images"] // large["shards"]
@@ -730,7 +733,7 @@ def _large_section(large: dict[str, Any], command: str) -> str:
             ],
         ],
     )
-    return f"""## Measured here: {large["images"]:,} images, {large["shards"]} shards
+    return f"""{LARGE_HEADING}: {large["images"]:,} images, {large["shards"]} shards
 
 Written by `{command}` (make bench-scale-100k) on {large["cpu"]} (kernels `{large["kernel"]}`),
 S3 server {_s3_server(large)}, {large["queries"]} queries; the per-record design is not measured
@@ -910,6 +913,24 @@ Before the journal it listed every record (of all shards): at 10M images most of
     path.write_text(text)
 
 
+def update_large_section(path: Path, large: dict[str, Any], command: str) -> None:
+    """Put the section of ``large`` (make bench-scale-100k) into an existing docs/SCALE.md in place
+    of its earlier one, the rest as it is: the runs behind the rest need not be at hand."""
+    text = path.read_text()
+    head, modelled, tail = text.partition("## Modelled")
+    if not modelled:
+        raise SystemExit(f"{path} has no '## Modelled' section: write the whole doc with --from-json first")
+    start = head.find(LARGE_HEADING)
+    path.write_text((head if start < 0 else head[:start]) + _large_section(large, command) + "\n" + modelled + tail)
+
+
+def _large_command(large: dict[str, Any], out: Path) -> str:
+    return (
+        f"python -m benchmarks.scale --images {large['images']} --shards {large['shards']} "
+        f"--queries {large['queries']} --skip-records --out {out}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10_000, help="catalog size (package set; or a cap on --catalog)")
@@ -935,6 +956,11 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="with --doc: the figures of a sharded run at 100,000 images (make bench-scale-100k) for its section",
     )
+    ap.add_argument(
+        "--update-doc",
+        action="store_true",
+        help="no run: put the --large-json run's section into the existing --doc, leaving the rest as it is",
+    )
     ap.add_argument("--child", choices=["records", "segments", "ranged"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--query", help=argparse.SUPPRESS)
@@ -944,11 +970,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.catalog and not args.queries_dir:
         ap.error("--catalog needs --queries-dir")
+    if args.update_doc:
+        if not (args.doc and args.large_json):
+            ap.error("--update-doc needs --doc and --large-json")
+        figures = json.loads(args.large_json.read_text())
+        update_large_section(args.doc, figures, _large_command(figures, args.large_json))
+        return
     args.log = lambda msg: print(msg, file=sys.stderr, flush=True)
     result = json.loads(args.from_json.read_text()) if args.from_json else run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     if args.doc:
         command = (
@@ -963,12 +996,7 @@ def main(argv: list[str] | None = None) -> None:
             else ""
         )
         large = json.loads(args.large_json.read_text()) if args.large_json else None
-        large_command = (
-            f"python -m benchmarks.scale --images {large['images']} --shards {large['shards']} "
-            f"--queries {large['queries']} --skip-records --out {args.large_json}"
-            if large
-            else ""
-        )
+        large_command = _large_command(large, args.large_json) if large else ""
         write_doc(
             args.doc,
             result,

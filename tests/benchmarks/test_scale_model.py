@@ -3,9 +3,12 @@ figures (relations, not numbers: the figures change with every run)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from benchmarks.scale import FAN_OUT_ROUNDS, INVOKE_MS, SHARD_IMAGES, model, write_doc
+import pytest
+
+from benchmarks.scale import FAN_OUT_ROUNDS, INVOKE_MS, SHARD_IMAGES, main, model, write_doc
 
 MEASURED: dict[str, Any] = {
     "images": 10_000,
@@ -134,7 +137,7 @@ def test_the_doc_shows_a_sharded_run_at_100k_against_issue_11s_targets(tmp_path)
     path = tmp_path / "SCALE.md"
     write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000", large=LARGE, large_command="cmd 100k")
     text = path.read_text()
-    assert "## Measured here: 100,000 images, 2 shards" in text and "`cmd 100k`" in text
+    assert "## Measured at issue 11's size: 100,000 images, 2 shards" in text and "`cmd 100k`" in text
     assert "| warm p50 with fan-out ≤ 300 ms on this machine's 2 cores | 1800 ms" in text and "| no |" in text
     assert "| top-5 identical to one index's (exhaustive `default`) on ≥ 99% of queries | 100% | yes |" in text
     assert "| a 50,000-image shard's cold start ≤ 3 s from moto's server | 4.0 s the slowest shard" in text
@@ -144,3 +147,26 @@ def test_the_doc_shows_a_sharded_run_at_100k_against_issue_11s_targets(tmp_path)
     assert "| no |" not in path.read_text().split("Issue 11's targets at this size")[1].split("## Modelled")[0]
     write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000")
     assert "100,000 images" not in path.read_text()
+
+
+def test_the_100k_section_goes_into_an_existing_doc_in_place_of_its_earlier_one(tmp_path):
+    whole, spliced = tmp_path / "whole.md", tmp_path / "SCALE.md"
+    large_json = tmp_path / "scale-100k.json"
+    large_json.write_text(json.dumps(LARGE))
+    command = f"python -m benchmarks.scale --images 100000 --shards 2 --queries 40 --skip-records --out {large_json}"
+    write_doc(whole, MEASURED, "python -m benchmarks.scale --images 10000", large=LARGE, large_command=command)
+    write_doc(spliced, MEASURED, "python -m benchmarks.scale --images 10000")
+    main(["--update-doc", "--doc", str(spliced), "--large-json", str(large_json)])
+    assert spliced.read_text() == whole.read_text()
+    large_json.write_text(json.dumps({**LARGE, "p50_ms": 250.0}))
+    main(["--update-doc", "--doc", str(spliced), "--large-json", str(large_json)])
+    text = spliced.read_text()
+    assert text.count("## Measured at issue 11's size") == 1 and "| 250 ms" in text and "1800 ms" not in text
+
+
+def test_updating_a_doc_without_its_model_section_asks_for_the_whole_doc(tmp_path):
+    doc, large_json = tmp_path / "SCALE.md", tmp_path / "scale-100k.json"
+    doc.write_text("# Scale\n")
+    large_json.write_text(json.dumps(LARGE))
+    with pytest.raises(SystemExit, match="write the whole doc with --from-json"):
+        main(["--update-doc", "--doc", str(doc), "--large-json", str(large_json)])
