@@ -51,15 +51,27 @@ def current_rss_mb() -> float:
         return float("nan")
 
 
+def cpu_name(cpuinfo: str, *, fallback: str = "unknown") -> str:
+    """The first CPU's model name in ``cpuinfo`` (the text of /proc/cpuinfo). A bare name that
+    virtual machines give several generations ("AMD EPYC") gets its x86 family and model
+    appended, so that figures from two machines are not read as one CPU's."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    cpu = fields.get("model name") or fallback
+    if not any(ch.isdigit() for ch in cpu) and "cpu family" in fields and "model" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields['model']})"
+    return cpu
+
+
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = cpu_name(Path("/proc/cpuinfo").read_text(), fallback=platform.processor() or "unknown")
     except OSError:
-        pass
+        cpu = platform.processor() or "unknown"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         skimage_version = metadata.version("scikit-image")
