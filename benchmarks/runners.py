@@ -5,6 +5,7 @@ result dicts (plain JSON data) the report and the plot read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -68,10 +69,9 @@ def cpu_name(cpuinfo: str, *, fallback: str = "unknown") -> str:
 
 
 def machine() -> dict[str, Any]:
-    try:
-        cpu = cpu_name(Path("/proc/cpuinfo").read_text(), fallback=platform.processor() or "unknown")
-    except OSError:
-        cpu = platform.processor() or "unknown"
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        cpu = cpu_name(Path("/proc/cpuinfo").read_text(), fallback=cpu)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         skimage_version = metadata.version("scikit-image")

@@ -705,14 +705,20 @@ every key of the bucket for each page).
 LARGE_HEADING = "## Measured at issue 11's size"
 
 
+def _of_shard(m: dict[str, Any], key: str, shard: int) -> Any:
+    """Shard ``shard``'s value of a per-shard figure; None where a run's JSON does not have it."""
+    values = m.get(key) or []
+    return values[shard] if shard < len(values) else None
+
+
 def _large_section(large: dict[str, Any], command: str) -> str:
     """The section of a sharded run at issue 11's measured size (make bench-scale-100k)."""
     per_shard = large["images"] // large["shards"]
     p50, same = large["p50_ms"], large["same_top5_as_unsharded"]
     slowest = max(large["cold_start_s_per_shard"])
     at = large["cold_start_s_per_shard"].index(slowest)
-    listing = ((large.get("cold_listing_ms_per_shard") or [])[at:] or [0.0])[0] / 1000
-    segments = ((large.get("cold_segments_ms_per_shard") or [])[at:] or [None])[0]
+    listing = (_of_shard(large, "cold_listing_ms_per_shard", at) or 0.0) / 1000
+    segments = _of_shard(large, "cold_segments_ms_per_shard", at)
     of_segments = (
         f", {segments / 1000:.1f} s the manifest and its segments (one ranged GET each, for which moto "
         "reads the whole object)"
@@ -932,10 +938,11 @@ def update_large_section(path: Path, large: dict[str, Any], command: str) -> Non
     path.write_text((head if start < 0 else head[:start]) + _large_section(large, command) + "\n" + modelled + tail)
 
 
-def _large_command(large: dict[str, Any], out: Path) -> str:
+def _skip_records_command(figures: dict[str, Any], out: Path) -> str:
+    """The command that wrote ``figures`` to ``out`` (a run without the per-record design)."""
     return (
-        f"python -m benchmarks.scale --images {large['images']} --shards {large['shards']} "
-        f"--queries {large['queries']} --skip-records --out {out}"
+        f"python -m benchmarks.scale --images {figures['images']} --shards {figures['shards']} "
+        f"--queries {figures['queries']} --skip-records --out {out}"
     )
 
 
@@ -982,7 +989,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.doc and args.large_json):
             ap.error("--update-doc needs --doc and --large-json")
         figures = json.loads(args.large_json.read_text())
-        update_large_section(args.doc, figures, _large_command(figures, args.large_json))
+        update_large_section(args.doc, figures, _skip_records_command(figures, args.large_json))
         return
     args.log = lambda msg: print(msg, file=sys.stderr, flush=True)
     result = json.loads(args.from_json.read_text()) if args.from_json else run(args)
@@ -997,14 +1004,9 @@ def main(argv: list[str] | None = None) -> None:
             f"--queries {result['queries']}"
         )
         shard = json.loads(args.shard_json.read_text()) if args.shard_json else None
-        shard_command = (
-            f"python -m benchmarks.scale --images {shard['images']} --shards 1 --queries {shard['queries']} "
-            f"--skip-records --out {args.shard_json}"
-            if shard
-            else ""
-        )
+        shard_command = _skip_records_command(shard, args.shard_json) if shard else ""
         large = json.loads(args.large_json.read_text()) if args.large_json else None
-        large_command = _large_command(large, args.large_json) if large else ""
+        large_command = _skip_records_command(large, args.large_json) if large else ""
         write_doc(
             args.doc,
             result,
