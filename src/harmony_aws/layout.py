@@ -4,7 +4,8 @@
     catalog/manifest.json         optional source URLs, the seed's format
     index/records/<name>.npz      one feature record per catalog object
     index/segments.json           the compacted index's manifest (segments.py)
-    index/segments/<id>.seg       compacted segments of many records, and <id>.json beside each
+    index/segments/<id>.seg       compacted segments of many records, <id>.head (their header and
+                                  shortlist tier, read at a cold start) and <id>.json beside each
     index/journal/shard-<i>-of-<n>/<stamp>-...  one small entry per record write or delete, in its
                                   shard's folder, sorting by time (journal.py)
     queries/<rel>                 dropped query images (QueryDrop)

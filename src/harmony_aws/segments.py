@@ -7,8 +7,10 @@ per image::
 
     index/segments.json          manifest: {"format", "generation", "shards", "writer",
                                   "segments": [{"key", "etag", "records_key", "shard", "images",
-                                  "bytes"}], "journal_cursor"}
+                                  "bytes", "shortlist_bytes", "shortlist_key", "shortlist_etag"}],
+                                  "journal_cursor"}
     index/segments/<id>.seg      one segment: up to ``segment_images`` entries of one shard
+    index/segments/<id>.head     a copy of its first ``shortlist_bytes``: header and shortlist tier
     index/segments/<id>.json     the records folded into it: {record key: [record ETag, catalog key]}
 
 A compaction reads the manifest (and its ETag), lists the records, keeps each segment whose
@@ -26,8 +28,9 @@ from what the segments hold (:mod:`harmony_aws.reader`): those the change journa
 the manifest's ``journal_cursor`` (taken :data:`~harmony_aws.journal.CURSOR_MARGIN_SECONDS` before
 the compaction began listing the records; :mod:`harmony_aws.journal`), or, under a manifest
 without one (written by older code), those a listing of every record shows. A segment not yet on local disk is
-opened by ranged GETs (:class:`SegmentCache`): one for its header and shortlist tier (the
-manifest gives its length), then, as queries need them, the verification rows of the images
+opened without its verification tier (:class:`SegmentCache`): one GET of its ``.head`` for its
+header and shortlist tier (a ranged GET of the file's start for a segment written before there
+were heads), then, as queries need them, the verification rows of the images
 they shortlist, while the whole file is downloaded to local disk in the background (cached by
 ETag: segments never change); every ranged GET is If-Match the manifest's ETag.
 """
@@ -100,6 +103,11 @@ class SegmentRef:
     bytes: int
     shortlist_bytes: int = 0
     """Bytes of the header and shortlist tier (the start of the file); 0: not given (older manifests)."""
+    shortlist_key: str = ""
+    """The object holding a copy of those bytes, read whole at a cold start; "": none (older
+    manifests: a ranged GET of the file's start). S3 serves either in the same time; a store that
+    reads a whole object to answer a range (moto) reads ~20x fewer bytes."""
+    shortlist_etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,8 @@ class SegmentsManifest:
                     images=int(s["images"]),
                     bytes=int(s["bytes"]),
                     shortlist_bytes=int(s.get("shortlist_bytes", 0)),
+                    shortlist_key=str(s.get("shortlist_key", "")),
+                    shortlist_etag=str(s.get("shortlist_etag", "")),
                 )
                 for s in body["segments"]
             )
@@ -176,9 +186,7 @@ class SegmentsManifest:
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a journal shard count below 1")
         if manifest.shards < 1 or any(not 0 <= s.shard < manifest.shards for s in segments):
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a shard outside 0..{manifest.shards - 1}")
-        if any(
-            not s.key.startswith(SEGMENTS_PREFIX) or not s.records_key.startswith(SEGMENTS_PREFIX) for s in segments
-        ):
+        if any(not k.startswith(SEGMENTS_PREFIX) for k in files_of(segments)):
             raise IndexFormatError(f"{SEGMENTS_MANIFEST_KEY} names a segment outside {SEGMENTS_PREFIX}")
         return manifest
 
@@ -235,6 +243,9 @@ class SegmentCache:
         self.rows = rows if rows is not None else RowCache()
         self.replaced: set[str] = set()
         """Keys of segments found replaced in S3 while in use."""
+        self._ever_replaced: set[str] = set()
+        """The same, never cleared: such a segment is opened again by a ranged GET of its own file
+        (If-Match), not from its head, so that a reload finds the file replaced at once."""
         self._ranges = ThreadPoolExecutor(max_workers=RANGE_WORKERS, thread_name_prefix="harmony-segment-ranges")
         self._downloads_pool = ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="harmony-segments")
         self._downloads: dict[str, Future[Path]] = {}
@@ -275,7 +286,7 @@ class SegmentCache:
             try:
                 self.bucket.download(ref.key, path, max_bytes=MAX_SEGMENT_BYTES, if_match=ref.etag)
             except S3ObjectChangedError:
-                self.replaced.add(ref.key)
+                self._found_replaced(ref)
                 raise
         return path
 
@@ -290,17 +301,34 @@ class SegmentCache:
                 return [one(ranges[0])]
             return list(self._ranges.map(one, ranges))
         except S3ObjectChangedError:
-            self.replaced.add(ref.key)
+            self._found_replaced(ref)
             raise
 
+    def _found_replaced(self, ref: SegmentRef) -> None:
+        self.replaced.add(ref.key)
+        self._ever_replaced.add(ref.key)
+
+    def _head(self, ref: SegmentRef) -> bytes:
+        """The first bytes of ``ref``'s file, as many as hold its header and shortlist tier (or a
+        guess of that many, from a manifest that does not say): its ``.head`` object when it has one."""
+        if ref.shortlist_key and ref.shortlist_bytes and ref.key not in self._ever_replaced:
+            try:
+                data, _ = self.bucket.read(
+                    ref.shortlist_key, max_bytes=ref.shortlist_bytes, if_match=ref.shortlist_etag
+                )
+            except S3ObjectChangedError:
+                self._found_replaced(ref)
+                raise
+            return data
+        head = min(ref.bytes, ref.shortlist_bytes or ref.images * SHORTLIST_GUESS + 2 * SHORTLIST_GUESS)
+        return self._read_ranges(ref, [(0, head)])[0] if head else b""
+
     def _open_ranged(self, ref: SegmentRef) -> Segment:
-        head = ref.shortlist_bytes or ref.images * SHORTLIST_GUESS + 2 * SHORTLIST_GUESS
-        head = min(ref.bytes, head)
         segment = Segment.open_ranged(
             lambda ranges: self._read_ranges(ref, ranges),
             size=ref.bytes,
             name=ref.key,
-            head=self._read_ranges(ref, [(0, head)])[0] if head else b"",
+            head=self._head(ref),
             whole=lambda: self.download(ref).result(),
             cache=self.rows,
         )
@@ -386,8 +414,8 @@ class CompactionPlan:
 
 
 def files_of(refs: Iterable[SegmentRef]) -> list[str]:
-    """The objects of ``refs``: each segment file and its folded records."""
-    return [k for ref in refs for k in (ref.key, ref.records_key)]
+    """The objects of ``refs``: each segment file, its head (when it has one) and its folded records."""
+    return [k for ref in refs for k in (ref.key, ref.shortlist_key, ref.records_key) if k]
 
 
 class Compactor:
@@ -567,18 +595,21 @@ class Compactor:
         name = f"{SEGMENTS_PREFIX}{prefix}{uuid.uuid4().hex}"
         data = segment_bytes(CatalogEntry(key=r.key, url=r.source_url or r.key, features=r.features) for r in records)
         folded = {record_key(r.key): [r.etag, r.key] for r in records}
-        seg_key, records_key = name + ".seg", name + ".json"
+        seg_key, head_key, records_key = name + ".seg", name + ".head", name + ".json"
+        shortlist = int(Segment.from_bytes(data, name=seg_key).header["shortlist_end"])
         try:
             self.bucket.put(records_key, json.dumps(folded).encode("utf-8"), content_type="application/json")
             self.bucket.put(seg_key, data, content_type="application/octet-stream")
-            head = self.bucket.head(seg_key)
-            if head is None:
-                raise StorageError(f"{seg_key} vanished right after it was written")
+            self.bucket.put(head_key, data[:shortlist], content_type="application/octet-stream")
+            seg, head = self.bucket.head(seg_key), self.bucket.head(head_key)
+            if seg is None or head is None:
+                raise StorageError(f"{seg_key} or its head vanished right after it was written")
         except BaseException:
-            self._delete_quietly([records_key, seg_key])
+            self._delete_quietly([records_key, seg_key, head_key])
             raise
-        shortlist = Segment.from_bytes(data, name=seg_key).header["shortlist_end"]
-        return SegmentRef(seg_key, head.etag, records_key, shard, len(records), len(data), int(shortlist))
+        return SegmentRef(
+            seg_key, seg.etag, records_key, shard, len(records), len(data), shortlist, head_key, head.etag
+        )
 
     def collect(self, named: Iterable[str]) -> int:
         """Delete segment files older than the grace period that are not ``named`` (pass the new

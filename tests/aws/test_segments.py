@@ -98,21 +98,30 @@ def test_two_compactors_one_manifest(bucket, tmp_path, monkeypatch):
     assert outcome["second"].won and not lost.won and lost.written == 3
     manifest = read_manifest(Bucket(name))
     assert manifest is not None and manifest.generation == 1 and len(manifest.segments) == 2  # 5 + 4
-    named = {k for s in manifest.segments for k in (s.key, s.records_key)}
-    assert set(all_keys(client, name, SEGMENTS_PREFIX)) == named
+    named = {k for s in manifest.segments for k in (s.key, s.shortlist_key, s.records_key)}
+    assert set(all_keys(client, name, SEGMENTS_PREFIX)) == named  # the loser's files are gone
     index = reader(name, tmp_path).index()
     assert len(index) == 9
 
 
-def test_damaged_or_replaced_segments_fall_back_to_the_records(bucket, tmp_path):
+@pytest.mark.parametrize("damaged", ["head", "file"])
+def test_damaged_or_replaced_segments_fall_back_to_the_records(bucket, tmp_path, damaged):
+    """A segment's head or file overwritten with other bytes (its ETag no longer the manifest's):
+    a replaced head is found by the cold start, a replaced file by the first read of it (here the
+    background download); the reader then serves every record on its own."""
     client, name = bucket
     Compactor(Bucket(name), segment_images=4).compact()
     manifest = read_manifest(Bucket(name))
     assert manifest is not None
-    # one segment overwritten with other bytes: its ETag no longer matches the manifest
-    client.put_object(Bucket=name, Key=manifest.segments[0].key, Body=b"HIMGSEG\0 not really")
+    ref = manifest.segments[0]
+    key = ref.shortlist_key if damaged == "head" else ref.key
+    client.put_object(Bucket=name, Key=key, Body=b"HIMGSEG\0 not really")
     r = reader(name, tmp_path)
     index = r.index()
+    if damaged == "file":
+        assert r.last_refresh["loaded"] == 0  # from the heads
+        r.wait_for_segments()
+        index = r.index()  # at once: a segment was found replaced
     assert len(index) == 9 and r.last_refresh["loaded"] == 9  # every record on its own
     assert r.status["complete"] is False and "segments" in r.status["error"]
     # a garbage manifest is refused the same way
@@ -184,7 +193,7 @@ def test_superseded_segments_outlive_one_compaction(bucket, images, tmp_path):
     # a reader that read generation 1 just before: its segment is still there to be read
     assert SegmentCache(Bucket(name), tmp_path / "late").open(gen1.segments[0]).keys
     third = Compactor(Bucket(name), segment_images=100, grace_seconds=0).compact()
-    assert third.won and third.kept == 1 and third.deleted == 2  # gen 1's segment and its record list
+    assert third.won and third.kept == 1 and third.deleted == 3  # gen 1's segment, its head and record list
     assert gen1.segments[0].key not in all_keys(client, name, SEGMENTS_PREFIX)
 
 
@@ -223,9 +232,10 @@ def spied(r: IndexReader, monkeypatch, answer=None) -> GetSpy:
 def test_a_cold_reader_reads_header_and_shortlist_tier_and_answers_as_whole_files(
     bucket, images, tmp_path, monkeypatch
 ):
-    """One ranged GET (If-Match) per segment for its header and shortlist tier; verification rows
-    by ranged GETs for default; seed needs every row and waits for the whole files. Both answer
-    as segments downloaded whole, top-5 for default and seed, scores exactly."""
+    """One GET (If-Match) per segment of its head, the header and shortlist tier; verification rows
+    by ranged GETs of the file (If-Match) for default; seed needs every row and waits for the whole
+    files. Both answer as segments downloaded whole, top-5 for default and seed, scores exactly.
+    Manifests written before heads: one ranged GET of each file's start instead."""
     _, name = bucket
     Compactor(Bucket(name), segment_images=4).compact()
     manifest = read_manifest(Bucket(name))
@@ -237,27 +247,42 @@ def test_a_cold_reader_reads_header_and_shortlist_tier_and_answers_as_whole_file
     spy = spied(cold, monkeypatch)
     index = cold.index()
     assert cold.status == {"complete": True, "missing": 0} and len(index) == 9
-    assert sorted(spy.ranges()) == sorted((s.key, 0, s.shortlist_bytes) for s in manifest.segments)
-    segment_gets = {(key, if_match) for key, _, if_match in spy.calls if key.endswith(".seg")}
-    assert segment_gets == {(s.key, s.etag) for s in manifest.segments}
+    loaded = sorted(c for c in spy.calls if c[0].endswith((".head", ".seg")))  # and each one's .json
+    assert loaded == sorted((s.shortlist_key, None, s.shortlist_etag) for s in manifest.segments)
     assert not list((tmp_path / "r").glob("*.seg"))
     default_query = extract_features(images[QUERY_VARIANTS[0]])
     first = index.search(default_query, SearchParams(k=5))
-    rows = spy.ranges()[len(manifest.segments) :]
+    rows = spy.ranges()
     shortlist_end = {s.key: s.shortlist_bytes for s in manifest.segments}
     assert rows and all(shortlist_end[key] <= a for key, a, _ in rows)  # verification rows
-    assert all(rng for key, rng, _ in spy.calls if key.endswith(".seg"))  # no whole file yet
+    segment_gets = {(key, rng is not None, if_match) for key, rng, if_match in spy.calls if key.endswith(".seg")}
+    assert segment_gets <= {(s.key, True, s.etag) for s in manifest.segments}  # ranged: no whole file yet
     assert first == downloaded.index().search(default_query, SearchParams(k=5))
     assert answers(index, images) == want  # seed's answers download the files whole: then mapped
     assert len(list((tmp_path / "r").glob("*.seg"))) == 3
 
-    # a manifest written before it gave the shortlist tier's length: the first read is a guess
-    body = json.loads(manifest.to_bytes())
+    # a manifest written before heads: a ranged GET of each file's start, as long as the manifest says
+    without_heads(name)
+    older = reader(name, tmp_path, "older", background=False)
+    spy = spied(older, monkeypatch)
+    index = older.index()
+    assert sorted(spy.ranges()) == sorted((s.key, 0, s.shortlist_bytes) for s in manifest.segments)
+    assert answers(index, images) == want and older.status == {"complete": True, "missing": 0}
+    # ... and before it gave the shortlist tier's length: the first read is a guess
+    body = json.loads(Bucket(name).read(SEGMENTS_MANIFEST_KEY, max_bytes=1 << 20)[0])
     for s in body["segments"]:
         del s["shortlist_bytes"]
     Bucket(name).put(SEGMENTS_MANIFEST_KEY, json.dumps(body).encode(), content_type="application/json")
-    older = reader(name, tmp_path, "older")
-    assert answers(older.index(), images) == want and older.status == {"complete": True, "missing": 0}
+    oldest = reader(name, tmp_path, "oldest")
+    assert answers(oldest.index(), images) == want and oldest.status == {"complete": True, "missing": 0}
+
+
+def without_heads(name: str) -> None:
+    """Rewrite the segments manifest as code before segment heads wrote it."""
+    body = json.loads(Bucket(name).read(SEGMENTS_MANIFEST_KEY, max_bytes=1 << 20)[0])
+    for s in body["segments"]:
+        del s["shortlist_key"], s["shortlist_etag"]
+    Bucket(name).put(SEGMENTS_MANIFEST_KEY, json.dumps(body).encode(), content_type="application/json")
 
 
 def _misbehaving(how: str):
@@ -277,12 +302,14 @@ def _misbehaving(how: str):
 
 @pytest.mark.parametrize("how", ["short", "shifted"])
 def test_a_wrong_range_is_never_taken(bucket, images, tmp_path, monkeypatch, how):
-    """A server answering ranged GETs with fewer bytes or another range: the cold load falls back
-    to the records (flagged); a query that needs verification rows fails with a clear error —
-    never an answer from wrong bytes — and succeeds once the server heals."""
+    """A server answering ranged GETs with fewer bytes or another range: a cold load by ranges (a
+    manifest without heads) falls back to the records (flagged); a query that needs verification
+    rows fails with a clear error — never an answer from wrong bytes — and succeeds once the
+    server heals."""
     _, name = bucket
     Compactor(Bucket(name), segment_images=4).compact()
     want = answers(reader(name, tmp_path, "want").index(), images)
+    without_heads(name)
     r = reader(name, tmp_path, "bad", background=False)
     spy = spied(r, monkeypatch, _misbehaving(how))
     index = r.index()

@@ -146,7 +146,7 @@ def test_planned_compaction_publishes_every_record_once_as_the_one_call_does(
     first = messages[0]
     assert index_fn.lambda_handler(item_event(first), lambda_context) == {"batchItemFailures": []}
     segments = all_keys(s3_server, catalog, SEGMENTS_PREFIX)
-    assert len(segments) == 2 and all(k.startswith(f"{SEGMENTS_PREFIX}{job_id}.") for k in segments)
+    assert len(segments) == 3 and all(k.startswith(f"{SEGMENTS_PREFIX}{job_id}.") for k in segments)
     assert deliver(index_fn, lambda_context, sqs_queue, first) == {"batchItemFailures": []}
     assert all_keys(s3_server, catalog, SEGMENTS_PREFIX) == segments
     running = status(index_fn, lambda_context, job_id)
@@ -319,7 +319,7 @@ def test_a_one_call_compaction_racing_the_job_never_corrupts_the_manifest(
     manifest = check_manifest(s3_server, catalog)
     assert manifest.writer == job_id and manifest.generation == 1
     theirs = files[1] - files[0]
-    assert len(theirs) == 2 * ITEMS and not theirs & set(all_keys(s3_server, catalog, SEGMENTS_PREFIX))
+    assert len(theirs) == 3 * ITEMS and not theirs & set(all_keys(s3_server, catalog, SEGMENTS_PREFIX))
     index = reader(catalog, tmp_path, "b")
     assert len(index.index()) == 9 and index.status == {"complete": True, "missing": 0}
 
@@ -394,5 +394,9 @@ def test_two_overlapping_deliveries_of_an_item_leave_one_segment(
     (part,) = all_keys(s3_server, catalog, f"reports/compact/{job_id}/parts/")
     doc = json.loads(s3_server.get_object(Bucket=catalog, Key=part)["Body"].read())
     segment = doc["segment"]
-    assert set(all_keys(s3_server, catalog, SEGMENTS_PREFIX)) == {segment["key"], segment["records_key"]}
+    assert set(all_keys(s3_server, catalog, SEGMENTS_PREFIX)) == {
+        segment["key"],
+        segment["shortlist_key"],
+        segment["records_key"],
+    }
     assert status(index_fn, lambda_context, job_id)["items_done"] == 1
