@@ -294,8 +294,9 @@ def _run(args: argparse.Namespace, endpoint: str, work: Path) -> dict[str, Any]:
     log(f"[scale] the next compaction: {recompaction.written} segments written, {recompact_s:.1f} s")
     steady_cold = _cold("ranged", args.shards, str(work / "cold-steady"), queries[0])
     log(f"[scale] steady-state cold start ({args.shards} shards): {steady_cold['seconds']} s")
-    seg_bytes = sum(o["Size"] for o in bucket.objects("index/segments/") if o["Key"].endswith(".seg"))
-    head_bytes = sum(o["Size"] for o in bucket.objects("index/segments/") if o["Key"].endswith(".head"))
+    segment_files = [(o["Key"], o["Size"]) for o in bucket.objects("index/segments/")]  # one listing
+    seg_bytes = sum(size for key, size in segment_files if key.endswith(".seg"))
+    head_bytes = sum(size for key, size in segment_files if key.endswith(".head"))
     rec_bytes = sum(o["Size"] for o in bucket.objects("index/records/"))
     list_s = []  # a cold reader lists every record: the best of three listings, per page
     for _ in range(1 if args.skip_records else 3):
@@ -750,14 +751,26 @@ def _of_shard(m: dict[str, Any], key: str, shard: int) -> Any:
     return values[shard] if shard < len(values) else None
 
 
+def _slowest_cold_start(m: dict[str, Any], suffix: str = "") -> tuple[float, float, float | None, int | None]:
+    """The slowest shard's cold start (of the figures ending ``suffix``: "" right after the
+    ingest, "_steady" after the next compaction): seconds, seconds listing its journal, ms of
+    the manifest and segments and LIST pages (None where a run's JSON does not have them)."""
+    seconds = max(m[f"cold_start_s_per_shard{suffix}"])
+    at = m[f"cold_start_s_per_shard{suffix}"].index(seconds)
+    listing = (_of_shard(m, f"cold_listing_ms_per_shard{suffix}", at) or 0.0) / 1000
+    return (
+        seconds,
+        listing,
+        _of_shard(m, f"cold_segments_ms_per_shard{suffix}", at),
+        _of_shard(m, f"cold_list_pages_per_shard{suffix}", at),
+    )
+
+
 def _large_section(large: dict[str, Any], command: str) -> str:
     """The section of a sharded run at issue 11's measured size (make bench-scale-100k)."""
     per_shard = large["images"] // large["shards"]
     p50, same = large["p50_ms"], large["same_top5_as_unsharded"]
-    slowest = max(large["cold_start_s_per_shard"])
-    at = large["cold_start_s_per_shard"].index(slowest)
-    listing = (_of_shard(large, "cold_listing_ms_per_shard", at) or 0.0) / 1000
-    segments = _of_shard(large, "cold_segments_ms_per_shard", at)
+    slowest, listing, segments, _ = _slowest_cold_start(large)
     heads = large["s3_bytes_per_image"].get("heads")
     of_segments = (
         f", {segments / 1000:.1f} s the manifest and its segments"
@@ -779,11 +792,8 @@ def _large_section(large: dict[str, Any], command: str) -> str:
         ]
     ]
     if large.get("cold_start_s_per_shard_steady"):
-        steady = max(large["cold_start_s_per_shard_steady"])
-        at = large["cold_start_s_per_shard_steady"].index(steady)
-        pages = _of_shard(large, "cold_list_pages_per_shard_steady", at)
-        steady_listing = (_of_shard(large, "cold_listing_ms_per_shard_steady", at) or 0.0) / 1000
-        steady_segments = (_of_shard(large, "cold_segments_ms_per_shard_steady", at) or 0.0) / 1000
+        steady, steady_listing, steady_ms, pages = _slowest_cold_start(large, "_steady")
+        steady_segments = (steady_ms or 0.0) / 1000
         cold_rows.append(
             [
                 f"… the same, in the steady state (after the next compaction: the cursor past the ingest's "
