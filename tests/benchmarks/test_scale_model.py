@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks.scale import FAN_OUT_ROUNDS, INVOKE_MS, SHARD_IMAGES, main, model, write_doc
+from benchmarks.scale import (
+    FAN_OUT_ROUNDS,
+    INVOKE_MS,
+    LAMBDA_MB_PER_VCPU,
+    SHARD_GB,
+    SHARD_IMAGES,
+    lambda_slowdown,
+    main,
+    model,
+    write_doc,
+)
 
 MEASURED: dict[str, Any] = {
     "images": 10_000,
@@ -90,11 +100,25 @@ ONE_SHARD: dict[str, Any] = {
 
 def test_a_shard_measured_at_the_models_size_replaces_the_fit():
     one = model(MEASURED, 1_000_000, shard=ONE_SHARD)
-    assert one["shard_p50_ms"] == 700 and one["p50_ms"] == round(700 + FAN_OUT_ROUNDS * INVOKE_MS)
-    assert one["p99_ms"] == round(910 + FAN_OUT_ROUNDS * INVOKE_MS)
+    on_lambda = 700 * lambda_slowdown(ONE_SHARD)
+    assert one["shard_p50_ms"] == round(on_lambda) and one["p50_ms"] == round(on_lambda + FAN_OUT_ROUNDS * INVOKE_MS)
+    assert one["p99_ms"] == round(on_lambda * 910 / 700 + FAN_OUT_ROUNDS * INVOKE_MS)
     assert one["shard_memory_mb"] == round(SHARD_IMAGES * 6_000 / 1e6)
     smaller = {**ONE_SHARD, "images": SHARD_IMAGES // 2}  # not the model's shard: the fit stays
     assert model(MEASURED, 1_000_000, shard=smaller) == model(MEASURED, 1_000_000)
+
+
+def test_a_shardfunction_is_slower_than_the_machine_by_its_share_of_cpu():
+    """A 3,008 MB function gets 1.70 vCPU of time: a run on 2 cores is 2 / 1.70 slower there, one
+    on a single core no faster, and the kernels use at most 4 threads of a larger machine."""
+    vcpu = SHARD_GB * 1000 / LAMBDA_MB_PER_VCPU
+    assert 1 < vcpu < 2
+    assert lambda_slowdown({**ONE_SHARD, "cores": 2}) == pytest.approx(2 / vcpu)
+    assert lambda_slowdown(ONE_SHARD) == lambda_slowdown({**ONE_SHARD, "cores": 2})  # runs before "cores": 2
+    assert lambda_slowdown({**ONE_SHARD, "cores": 1}) == 1.0
+    assert lambda_slowdown({**ONE_SHARD, "cores": 16}) == pytest.approx(4 / vcpu)
+    quicker = model(MEASURED, 1_000_000, shard={**ONE_SHARD, "cores": 1})
+    assert quicker["shard_p50_ms"] == 700 < model(MEASURED, 1_000_000, shard=ONE_SHARD)["shard_p50_ms"]
 
 
 def test_the_doc_shows_the_measured_shard_and_its_cold_start_less_the_ingests_journal(tmp_path):
@@ -206,3 +230,32 @@ def test_updating_a_doc_without_its_model_section_asks_for_the_whole_doc(tmp_pat
     large_json.write_text(json.dumps(LARGE))
     with pytest.raises(SystemExit, match="write the whole doc with --from-json"):
         main(["--update-doc", "--doc", str(doc), "--large-json", str(large_json)])
+
+
+def test_a_shard_answering_alone_is_what_the_model_takes_and_the_doc_shows_both(tmp_path):
+    """Shards answering at once share the cores; a ShardFunction has its own: the model takes the
+    shard's answer timed alone when the run measured it, in the fit and in a measured shard."""
+    alone = {**MEASURED, "p50_ms_shard_alone": 40.0, "p99_ms_shard_alone": 60.0}
+    fitted = model(alone, 1_000_000)
+    assert fitted["shard_p50_ms"] > model(MEASURED, 1_000_000)["shard_p50_ms"]  # steeper: 40 ms at 2,500 images
+    slope = (MEASURED["p50_ms_unsharded"] - 40.0) / (10_000 - 2_500)
+    assert fitted["shard_p50_ms"] == round((40.0 + slope * (SHARD_IMAGES - 2_500)) * lambda_slowdown(alone))
+    big = model(MEASURED, 1_000_000, shard={**ONE_SHARD, "p50_ms_shard_alone": 500.0, "p99_ms_shard_alone": 800.0})
+    assert big["shard_p50_ms"] == round(500 * lambda_slowdown(ONE_SHARD))
+    path = tmp_path / "SCALE.md"
+    write_doc(path, alone, "python -m benchmarks.scale --images 10000")
+    text = path.read_text()
+    assert (
+        "each shard's answer, the 4 at once, 75 / 190 ms; one shard's answer with the cores to itself 40 / 60 ms"
+        in text
+    )
+    assert f"times {lambda_slowdown(alone):.2f}: a 3008 MB function gets 1.70 vCPU" in text
+    write_doc(path, MEASURED, "python -m benchmarks.scale --images 10000")  # a run before it
+    assert "each shard's answer 75 / 190 ms (the 4 at once)" in path.read_text()
+    shard = {**ONE_SHARD, "p50_ms_shard_alone": 500.0, "p99_ms_shard_alone": 800.0}
+    large = {**STEADY, "p50_ms_shard_alone": 900.0, "p99_ms_shard_alone": 1000.0}
+    write_doc(path, alone, "cmd 10k", shard=shard, shard_command="cmd 50k", large=large, large_command="cmd 100k")
+    text = path.read_text()
+    assert "| warm `default` query, p50 / p99 (the shard's ShardFunction answer) | 500 / 800 ms |" in text
+    assert "(each shard's answer 1500 ms; here the 2 shards share 2 cores, on Lambda each has its own: one " in text
+    assert "shard's answer with the cores to itself 900 ms) | no |" in text
