@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -152,9 +154,11 @@ class VerificationTier(ABC):
     mapped: bool
     """Whether the arrays are memory-mapped (then not process memory: the kernel's page cache)."""
 
-    def prefetch(self, rows: list[int]) -> None:  # noqa: B027 - a hook: nothing to do for most tiers
+    def prefetch(self, rows: list[int]) -> Future[Any] | None:
         """Start reading images ``rows``' arrays, which are about to be read (a tier read by
-        byte ranges fetches them all at once); tiers in memory or mapped have nothing to do."""
+        byte ranges fetches them all at once): the read it started, whose failure is the caller's
+        (None: nothing to read; tiers in memory or mapped have nothing to do)."""
+        return None
 
     def gray_of(self, i: int) -> np.ndarray:
         """Image i's (256, 256) uint8 grayscale."""
@@ -423,8 +427,10 @@ class PackedCatalog:
         wanted: dict[int, list[int]] = {}
         for row in rows.tolist():
             wanted.setdefault(int(self.block_of[row]), []).append(int(self.local_of[row]))
-        for b, local in wanted.items():  # every block's reads start before the first is waited for
-            self.blocks[b].verification.prefetch(local)
+        started = [self.blocks[b].verification.prefetch(local) for b, local in wanted.items()]
+        for reading in started:  # every block's reads start before the first is waited for
+            if reading is not None:
+                reading.result()  # a failed read fails this gather however soon it failed (not read again)
         chunks, counts = [], []
         for k, (block, i) in enumerate(located):
             grays[k] = block.verification.gray_of(i)

@@ -693,17 +693,18 @@ class RangedTier(VerificationTier):
             )
         return out
 
-    def prefetch(self, rows: list[int]) -> None:
+    def prefetch(self, rows: list[int]) -> Future[dict[int, _Rows]] | None:
         if self._local is not None:
-            return
+            return None
         with self._lock:
             todo = sorted({i for i in rows if i not in self._pending and self._cache.get(self._owner, i) is None})
             if not todo:
-                return
+                return None
             future = _fetches.submit(self._fetch, todo)
             for i in todo:
                 self._pending[i] = future
         future.add_done_callback(lambda f: self._settle(todo, f))
+        return future
 
     def _settle(self, rows: list[int], future: Future[dict[int, _Rows]]) -> None:
         with self._lock:

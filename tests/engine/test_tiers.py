@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
 import zlib
 from dataclasses import replace
@@ -204,10 +205,13 @@ class FileRanges:
         self.data, self.calls = data, 0
         self.ranges: list[tuple[int, int]] = []
         self.short = False
+        self.error: Exception | None = None
 
     def __call__(self, ranges):
         self.calls += 1
         self.ranges += list(ranges)
+        if self.error is not None:
+            raise self.error
         return [self.data[a : b - 1 if self.short else b] for a, b in ranges]
 
 
@@ -389,6 +393,33 @@ def test_rows_read_by_ranges_are_cached_coalesced_and_bounded(entries, segment_f
         tier.gray_of(40)
     read.short = False
     assert np.array_equal(tier.gray_of(40), want.gray_of(40))  # a failed read is tried again
+
+
+def test_a_failed_read_fails_the_gather_that_started_it_once(segment_file, monkeypatch):
+    """A gather waits for the reads it started: one that failed fails it, even when it failed
+    before the gather asked for its first row (the rows are not read a second time for it, as a
+    replaced segment's must not be); the next gather reads them again."""
+    data = segment_file.read_bytes()
+    segment, read = _ranged(data, head=Segment.open(segment_file).header["shortlist_end"])
+    tier = segment.block.verification
+    gray_of = tier.gray_of
+
+    def late(i: int) -> np.ndarray:  # the query's thread asks after the failed read has settled
+        time.sleep(0.05)
+        return gray_of(i)
+
+    monkeypatch.setattr(tier, "gray_of", late)
+    ranged, whole = SearchIndex(), SearchIndex()
+    ranged.add_segment(segment)
+    whole.add_segment(Segment.open(segment_file))
+    rows = np.array([2, 5])
+    read.error = OSError("connection cut mid-read")
+    with pytest.raises(OSError, match="cut mid-read"):
+        ranged.packed().gather(rows)
+    assert read.calls == 1
+    read.error = None
+    grays, _ = ranged.packed().gather(rows)
+    assert read.calls == 2 and np.array_equal(grays, whole.packed().gather(rows)[0])
 
 
 def test_latest_add_or_segment_wins(entries):
