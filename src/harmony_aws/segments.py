@@ -44,8 +44,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,11 +284,8 @@ class SegmentCache:
         path = self._path(ref)
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            try:
+            with self._noting_replaced(ref):
                 self.bucket.download(ref.key, path, max_bytes=MAX_SEGMENT_BYTES, if_match=ref.etag)
-            except S3ObjectChangedError:
-                self._found_replaced(ref)
-                raise
         return path
 
     def _read_ranges(self, ref: SegmentRef, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -296,29 +294,29 @@ class SegmentCache:
         def one(r: tuple[int, int]) -> bytes:
             return self.bucket.read_range(ref.key, r[0], r[1], if_match=ref.etag, size=ref.bytes)
 
-        try:
+        with self._noting_replaced(ref):
             if len(ranges) == 1:
                 return [one(ranges[0])]
             return list(self._ranges.map(one, ranges))
-        except S3ObjectChangedError:
-            self._found_replaced(ref)
-            raise
 
-    def _found_replaced(self, ref: SegmentRef) -> None:
-        self.replaced.add(ref.key)
-        self._ever_replaced.add(ref.key)
+    @contextmanager
+    def _noting_replaced(self, ref: SegmentRef) -> Iterator[None]:
+        """Reads of ``ref``'s objects: one that finds another version marks ``ref`` replaced."""
+        try:
+            yield
+        except S3ObjectChangedError:
+            self.replaced.add(ref.key)
+            self._ever_replaced.add(ref.key)
+            raise
 
     def _head(self, ref: SegmentRef) -> bytes:
         """The first bytes of ``ref``'s file, as many as hold its header and shortlist tier (or a
         guess of that many, from a manifest that does not say): its ``.head`` object when it has one."""
         if ref.shortlist_key and ref.shortlist_bytes and ref.key not in self._ever_replaced:
-            try:
+            with self._noting_replaced(ref):
                 data, _ = self.bucket.read(
                     ref.shortlist_key, max_bytes=ref.shortlist_bytes, if_match=ref.shortlist_etag
                 )
-            except S3ObjectChangedError:
-                self._found_replaced(ref)
-                raise
             return data
         head = min(ref.bytes, ref.shortlist_bytes or ref.images * SHORTLIST_GUESS + 2 * SHORTLIST_GUESS)
         return self._read_ranges(ref, [(0, head)])[0] if head else b""
@@ -599,17 +597,24 @@ class Compactor:
         shortlist = int(Segment.from_bytes(data, name=seg_key).header["shortlist_end"])
         try:
             self.bucket.put(records_key, json.dumps(folded).encode("utf-8"), content_type="application/json")
-            self.bucket.put(seg_key, data, content_type="application/octet-stream")
-            self.bucket.put(head_key, data[:shortlist], content_type="application/octet-stream")
-            seg, head = self.bucket.head(seg_key), self.bucket.head(head_key)
-            if seg is None or head is None:
-                raise StorageError(f"{seg_key} or its head vanished right after it was written")
+            seg_etag = self._put_binary(seg_key, data)
+            head_etag = self._put_binary(head_key, data[:shortlist])
         except BaseException:
             self._delete_quietly([records_key, seg_key, head_key])
             raise
         return SegmentRef(
-            seg_key, seg.etag, records_key, shard, len(records), len(data), shortlist, head_key, head.etag
+            seg_key, seg_etag, records_key, shard, len(records), len(data), shortlist, head_key, head_etag
         )
+
+    def _put_binary(self, key: str, data: bytes) -> str:
+        """Write ``key``; its ETag, from the PUT's answer (a HEAD when the answer gave none)."""
+        etag = self.bucket.put(key, data, content_type="application/octet-stream")
+        if etag:
+            return etag
+        head = self.bucket.head(key)
+        if head is None:
+            raise StorageError(f"{key} vanished right after it was written")
+        return head.etag
 
     def collect(self, named: Iterable[str]) -> int:
         """Delete segment files older than the grace period that are not ``named`` (pass the new
