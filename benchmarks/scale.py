@@ -693,6 +693,27 @@ def _journal_measured(m: dict[str, Any]) -> str:
 COLD_START_TARGET_S = 3.0  # issue 11: a 50k-image shard's cold start from S3 (moto's server here)
 P50_TARGET_MS = 300.0  # issue 11: warm p50 at 100k images with fan-out, on this machine's 2 cores
 SAME_TOP5_TARGET = 0.99  # issue 11: share of queries whose top-5 is one unsharded index's
+MODEL_P50_TARGET_MS = 1000.0  # issue 11: 1M images modelled at <= 1 s p50 warm
+MODEL_USD_TARGET = 1.0  # issue 11: ... and <= $1 per 1,000 queries
+
+
+def _model_targets(million: dict[str, Any]) -> str:
+    """Issue 11's targets for the 1M model, judged on its row."""
+    return _table(
+        ["target (1M images, modelled)", "modelled", "met"],
+        [
+            [
+                f"warm p50 ≤ {MODEL_P50_TARGET_MS / 1000:.0f} s",
+                f"{million['p50_ms']} ms",
+                "yes" if million["p50_ms"] <= MODEL_P50_TARGET_MS else "no",
+            ],
+            [
+                f"≤ ${MODEL_USD_TARGET:.0f} per 1,000 queries",
+                f"${million['usd_per_1000_queries']}",
+                "yes" if million["usd_per_1000_queries"] <= MODEL_USD_TARGET else "no",
+            ],
+        ],
+    )
 
 
 def _shard_section(shard: dict[str, Any], command: str) -> str:
@@ -1043,6 +1064,8 @@ Gateway REST ${APIGW_REQUEST * 1e6:.2f} per 1M, S3 ${S3_GB_MONTH}/GB-month. Step
 used (bulk work runs on SQS-fed Lambda batches).
 
 {modelled}
+
+{_model_targets(big[0])}
 
 The duplicate report's row queries every image once through the sharded search (each query
 as above, without API Gateway). DuplicatesFunction does not fan out over shards yet: it loads

@@ -69,6 +69,13 @@ def test_the_doc_shows_the_measured_and_the_modelled(tmp_path):
     write_doc(path, earlier, "python -m benchmarks.scale --images 10000")  # figures of a run before it
     assert "downloaded whole: " not in path.read_text() and "7.8 KiB" in path.read_text()
     assert f"| shards (ShardFunctions) | {1_000_000 // SHARD_IMAGES} | {10_000_000 // SHARD_IMAGES} |" in text
+    million = model(MEASURED, 1_000_000)
+    p50_met, usd_met = million["p50_ms"] <= 1000, million["usd_per_1000_queries"] <= 1
+    assert f"| warm p50 ≤ 1 s | {million['p50_ms']} ms | {'yes' if p50_met else 'no'} |" in text
+    assert f"| ≤ $1 per 1,000 queries | ${million['usd_per_1000_queries']} | {'yes' if usd_met else 'no'} |" in text
+    write_doc(path, {**MEASURED, "p50_ms_unsharded": 10 * MEASURED["p50_ms_unsharded"]}, "cmd")  # 50k: slower
+    slow = path.read_text().split("| target (1M images, modelled)")[1].split("\n\n")[0]
+    assert slow.count("| no |") == 2
 
 
 ONE_SHARD: dict[str, Any] = {
