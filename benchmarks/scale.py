@@ -726,7 +726,19 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
     pages = (shard.get("cold_list_pages_per_shard") or [0])[0]
     segments_ms = (shard.get("cold_segments_ms_per_shard") or [None])[0]
     rest = cold - listing
-    met = "met" if rest <= COLD_START_TARGET_S else "not met"
+    judged, when, steady_rows = rest, "once its changes are older than the journal's cursor", []
+    if shard.get("cold_start_s_per_shard_steady"):
+        steady, steady_listing, steady_ms, steady_pages = _slowest_cold_start(shard, "_steady")
+        judged, when = steady, "in the steady state, measured after the next compaction"
+        steady_rows = [
+            [
+                f"cold start in the steady state (after the next compaction, {shard['recompaction_s']:.0f} s: the "
+                f"cursor past the ingest's changes): listing the journal ({steady_pages} LIST "
+                f"page{'s' if steady_pages != 1 else ''}) / the manifest and segment heads",
+                f"{steady:.1f} s ({steady_listing:.1f} / {(steady_ms or 0.0) / 1000:.1f} s)",
+            ]
+        ]
+    met = "met" if judged <= COLD_START_TARGET_S else "not met"
     rows = [
         [
             "cold start: manifest, each segment's header and shortlist tier "
@@ -760,6 +772,7 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
             if segments_ms is not None
             else []
         ),
+        *steady_rows,
         ["shortlist tier fetched per image", f"{shard['shortlist_bytes_per_image_fetched'] / kib:.1f} KiB"],
         [
             "cold start, segments downloaded whole",
@@ -796,7 +809,7 @@ at this size (its cold start GETs every record and holds ~180 KiB an image: ~9 G
 {_table(["", f"one shard of {shard['images']:,} images"], rows)}
 
 Issue 11's target, a {shard["images"]:,}-image shard's cold start ≤ {COLD_START_TARGET_S:.0f} s from
-moto's server: {rest:.1f} s once its changes are older than the journal's cursor ({met}); {cold:.1f} s
+moto's server: {judged:.1f} s {when} ({met}); {cold:.1f} s
 right after indexing the catalog, when a cold reader lists the ingest's changes in the journal
 (a LIST page took {1000 * listing / max(1, pages):.0f} ms on moto's server here, which goes through
 every key of the bucket for each page).
