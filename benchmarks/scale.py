@@ -481,12 +481,16 @@ def shard_answer_ms(m: dict[str, Any]) -> tuple[float, float]:
     return m["p50_ms_one_shard"], m["p99_ms_one_shard"]
 
 
+def _cores(m: dict[str, Any]) -> int:
+    """The cores ``m`` was measured on."""
+    return int(m.get("cores") or MEASURED_CORES)
+
+
 def lambda_slowdown(m: dict[str, Any]) -> float:
     """How much longer a ShardFunction (SHARD_GB) takes than ``m``'s machine: the kernels' threads
     (up to 4) use every core the run had, and a function of SHARD_GB gets SHARD_GB / 1.769 GB of a
     vCPU's time (CPU-bound: the search time scales with it; never faster than measured)."""
-    cores = min(4, int(m.get("cores") or MEASURED_CORES))
-    return max(1.0, cores / (SHARD_GB * 1000 / LAMBDA_MB_PER_VCPU))
+    return max(1.0, min(4, _cores(m)) / (SHARD_GB * 1000 / LAMBDA_MB_PER_VCPU))
 
 
 def measured_shard(shard: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -507,15 +511,15 @@ def model(m: dict[str, Any], images: int, *, shard: dict[str, Any] | None = None
         shard_p50, shard_p99 = shard_answer_ms(big)
         tail = shard_p99 / max(1e-9, shard_p50)
         memory = big["memory_bytes_per_image"]
-        shard_p50 *= lambda_slowdown(big)
     else:
         small, large = m["images"] / m["shards"], m["images"]
         one_p50, one_p99 = shard_answer_ms(m)
         slope = max(0.0, (m["p50_ms_unsharded"] - one_p50) / max(1.0, large - small))
         base = one_p50 - slope * small
-        shard_p50 = (base + slope * SHARD_IMAGES) * lambda_slowdown(m)
+        shard_p50 = base + slope * SHARD_IMAGES
         tail = one_p99 / max(1e-9, one_p50)
         memory = m["memory_bytes_per_image"]
+    shard_p50 *= lambda_slowdown(big if big is not None else m)
     shards = -(-images // SHARD_IMAGES)
     p50 = shard_p50 + FAN_OUT_ROUNDS * INVOKE_MS  # shard_p50: both rounds of one shard
     p99 = shard_p50 * tail + FAN_OUT_ROUNDS * INVOKE_MS  # the slowest of the shards decides
@@ -942,9 +946,24 @@ def _shard_basis(m: dict[str, Any], shard: dict[str, Any] | None) -> str:
         basis += (
             f", times {slowdown:.2f}: a {SHARD_GB * 1000:.0f} MB function gets "
             f"{SHARD_GB * 1000 / LAMBDA_MB_PER_VCPU:.2f} vCPU of CPU time ({LAMBDA_MB_PER_VCPU:,} MB a vCPU), the "
-            f"run had {int(big.get('cores') or MEASURED_CORES)} cores"
+            f"run had {_cores(big)} cores"
         )
     return basis
+
+
+def _shard_answers(m: dict[str, Any]) -> str:
+    """Each shard's answer, p50 / p99: all of the run's shards answering at once and, when the run
+    timed it, one shard's with the cores to itself (with one shard they are the same)."""
+    at_once = f"{m['p50_ms_one_shard']:.0f} / {m['p99_ms_one_shard']:.0f} ms"
+    if m["shards"] == 1:
+        return f"each shard's answer {at_once}"
+    if "p50_ms_shard_alone" not in m:
+        return f"each shard's answer {at_once} (the {m['shards']} at once)"
+    alone = f"{m['p50_ms_shard_alone']:.0f} / {m['p99_ms_shard_alone']:.0f} ms"
+    return (
+        f"each shard's answer, the {m['shards']} at once, {at_once}; "
+        f"one shard's answer with the cores to itself {alone}"
+    )
 
 
 def _measured_table(m: dict[str, Any]) -> str:
@@ -985,15 +1004,7 @@ def _measured_table(m: dict[str, Any]) -> str:
             [
                 "warm `default` query, p50 / p99",
                 f"{m['p50_ms_unsharded']:.0f} / {m['p99_ms_unsharded']:.0f} ms (one index)",
-                f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} ms (fan-out, threads on 2 cores); "
-                + (
-                    f"each shard's answer, the {m['shards']} at once, {m['p50_ms_one_shard']:.0f} / "
-                    f"{m['p99_ms_one_shard']:.0f} ms; one shard's answer with the cores to itself "
-                    f"{m['p50_ms_shard_alone']:.0f} / {m['p99_ms_shard_alone']:.0f} ms"
-                    if "p50_ms_shard_alone" in m and m["shards"] > 1
-                    else f"each shard's answer {m['p50_ms_one_shard']:.0f} / {m['p99_ms_one_shard']:.0f} ms"
-                    + (f" (the {m['shards']} at once)" if m["shards"] > 1 else "")
-                ),
+                f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} ms (fan-out, threads on 2 cores); {_shard_answers(m)}",
             ],
             [
                 "top-5 identical to one index's",
