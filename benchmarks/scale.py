@@ -389,6 +389,7 @@ def _run(args: argparse.Namespace, endpoint: str, work: Path) -> dict[str, Any]:
         "cursor_margin_s": CURSOR_MARGIN_SECONDS,
         "index_images_per_s": round(len(catalog) / index_s, 1),
         "compaction_images_per_s": round(len(catalog) / compact_s, 1),
+        "compaction_journal_skipped": compaction.journal_skipped,
         "s3_bytes_per_image": {
             "records": round(rec_bytes / len(catalog)),
             "segments": round(seg_bytes / len(catalog)),

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time as _real_time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -110,6 +111,19 @@ def as_older_manifest(client: Any, bucket: str) -> None:
     assert body.pop("journal_cursor", None), "the manifest had no journal cursor"
     body.pop("journal_shards", None)
     client.put_object(Bucket=bucket, Key="index/segments.json", Body=json.dumps(body).encode())
+
+
+class ShiftedClock:
+    """The ``time`` module of a host whose clock runs ``seconds`` ahead (negative: behind)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return _real_time.time() + self.seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_real_time, name)
 
 
 def record_writer(bucket: Bucket, *, shards: int = 1) -> RecordWriter:

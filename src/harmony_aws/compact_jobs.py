@@ -25,8 +25,9 @@ the result. Layout under ``reports/compact/``::
     reports/compact/latest.json          the last job planned: none is planned while it runs
 
 Readers see the old manifest until the last item publishes, then the whole new one; its journal
-cursor is the plan's (taken before the records were listed), so readers find every change made
-while the job ran, however long it ran (harmony_aws.journal). When another
+cursor is the plan's (taken before the records were listed), moved past the entries that name
+what its segments hold (Compactor.later_cursor), so readers find every change made while the job
+ran, however long it ran, and list none it folded (harmony_aws.journal). When another
 compaction published meanwhile (a one-call one, by hand), the job's conditional write fails and
 it gives up (state ``lost``, counted): the catalog stays as the other published it, the job's
 files are left to a later compaction's collection (kept :data:`~harmony_aws.segments.JOB_SECONDS`
@@ -261,6 +262,7 @@ class CompactionJobs:
             journal_cursor=job.get("journal_cursor"),
             previous_shards=int(job.get("previous_shards", 1)),
         )
+        manifest, skipped = compactor.later_cursor(manifest)
         won = compactor.publish(manifest, if_match=job["manifest_etag"])
         deleted = compactor.collect([*files_of(manifest.segments), *job["previous"]]) if won else 0
         trimmed = journal.trim(self.bucket, before=job["previous_cursor"]) if won and job.get("previous_cursor") else 0
@@ -275,6 +277,7 @@ class CompactionJobs:
             "written": len(written),
             "deleted": deleted,
             "journal_trimmed": trimmed,
+            "journal_skipped": skipped,
             "records": job["records"],
             "todo": job["todo"],
             "items": job["items"],

@@ -26,7 +26,9 @@ Why no change is missed:
   than :data:`LATE_SECONDS` (botocore retries): an entry lands at most LATE_SECONDS after its stamp;
 * a compaction's manifest names a cursor :data:`CURSOR_MARGIN_SECONDS` before it began listing
   the records: a change its listing missed was written after that, so its entry sorts after the
-  cursor;
+  cursor. When it publishes, the cursor moves on past the entries that name versions its
+  segments hold (:func:`covered_to`), up to the margin before then: a reader would skip them, and
+  an entry stamped before that has landed (each lands within :data:`LATE_SECONDS`);
 * a warm reader lists from :data:`OVERLAP_SECONDS` before its previous listing began (and skips
   the entries it has seen): an entry that landed after that listing is stamped after that.
 
@@ -54,7 +56,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -78,8 +80,10 @@ the listing missed was written after the listing began, and its entry is stamped
 within milliseconds; :data:`OVERLAP_SECONDS` allows 15 s), and a skew beyond it delays a change
 until the next compaction, which lists every record, but never loses one. The margin costs LIST
 pages: a cold reader lists the entries of the margin again (entries whose ETag is the one the
-segments hold need no request), so right after a bulk load it lists the load's last 2 minutes
-(was 15: 19 LIST pages on a 50,000-image load, docs/SCALE.md)."""
+segments hold need no request), so right after a bulk load it would list the load's last 2
+minutes (was 15: 19 LIST pages on a 50,000-image load, docs/SCALE.md) — unless the compaction
+took longer than the margin: its cursor then moves past them
+(:meth:`~harmony_aws.segments.Compactor.later_cursor`)."""
 PUT_ATTEMPTS = 3
 """Entries written for one change at most (each one after a PUT that took longer than LATE_SECONDS)."""
 WRITER_SHARDS_SECONDS = 60.0
@@ -256,6 +260,28 @@ def since(bucket: Bucket, after: str, folders: Iterable[str]) -> Iterator[Entry]
             entry = parse(o["Key"])
             if entry is not None:
                 yield entry
+
+
+def covered_to(
+    bucket: Bucket, after: str, folders: Iterable[str], *, until: str, serves: Callable[[str], str | None]
+) -> tuple[str, int]:
+    """How far past cursor ``after`` (at most to cursor ``until``) a manifest's cursor may move: to
+    the first entry of ``folders`` that is not a put of the version ``serves`` names for its record
+    (a delete, or a put of another ETag). A reader that serves those versions skips every entry
+    before it (it reads a record again only for such an entry), so it need not list them. Also how
+    many entries the move skips. StorageError when listing fails."""
+    if until <= after:
+        return after, 0
+    cursor, skipped = until, []
+    for folder in folders:
+        for entry in since(bucket, after, [folder]):
+            if entry.position >= cursor:
+                break
+            if entry.action != "put" or entry.etag is None or serves(entry.record_key) != entry.etag:
+                cursor = entry.position[: len(JOURNAL_PREFIX) + _STAMP_LEN]  # lists this entry again
+                break
+            skipped.append(entry.position)
+    return cursor, sum(1 for position in skipped if position < cursor)
 
 
 def trim(bucket: Bucket, before: str) -> int:

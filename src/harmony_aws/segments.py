@@ -26,7 +26,8 @@ published by the last.
 Readers load the manifest, the segments of their shard and, one by one, the records that differ
 from what the segments hold (:mod:`harmony_aws.reader`): those the change journal names after
 the manifest's ``journal_cursor`` (taken :data:`~harmony_aws.journal.CURSOR_MARGIN_SECONDS` before
-the compaction began listing the records; :mod:`harmony_aws.journal`), or, under a manifest
+the compaction began listing the records, then moved past the entries that name what its
+segments hold: :meth:`Compactor.later_cursor`, :mod:`harmony_aws.journal`), or, under a manifest
 without one (written by older code), those a listing of every record shows. A segment not yet on local disk is
 opened without its verification tier (:class:`SegmentCache`): one GET of its ``.head`` for its
 header and shortlist tier (a ranged GET of the file's start for a segment written before there
@@ -47,7 +48,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,8 @@ class CompactionReport:
     """What a compaction did: ``won`` (its manifest was published) and its ``generation``;
     ``records`` listed; ``segments`` in the new manifest, of which ``kept`` from the last one and
     ``written`` new; records ``rejected`` (unreadable, left to be read one by one); old segment
-    files ``deleted``; journal entries ``journal_trimmed`` (older than the replaced manifest's cursor)."""
+    files ``deleted``; journal entries ``journal_trimmed`` (older than the replaced manifest's cursor)
+    and ``journal_skipped`` (that readers of the new one need not list: :meth:`Compactor.later_cursor`)."""
 
     generation: int = 0
     won: bool = False
@@ -381,6 +383,7 @@ class CompactionReport:
     rejected: int = 0
     deleted: int = 0
     journal_trimmed: int = 0
+    journal_skipped: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -464,6 +467,7 @@ class Compactor:
                 journal_cursor=cursor,
                 previous_shards=plan.old.shards if plan.old else 1,
             )
+            manifest, report.journal_skipped = self.later_cursor(manifest)
             report.won = self.publish(manifest, if_match=plan.old.etag if plan.old else None)
         except BaseException:
             self.discard(written)
@@ -557,6 +561,41 @@ class Compactor:
         return SegmentsManifest(
             generation, self.shards, segments, writer, journal_cursor=journal_cursor, journal_shards=counts
         )
+
+    def later_cursor(self, manifest: SegmentsManifest) -> tuple[SegmentsManifest, int]:
+        """``manifest`` with its journal cursor moved past the entries that name versions its
+        segments fold (:func:`~harmony_aws.journal.covered_to`), up to
+        :data:`~harmony_aws.journal.CURSOR_MARGIN_SECONDS` before now: so that a cold reader does
+        not list again what the compaction already folded (right after a bulk load, every entry of
+        the load's last minutes). Also how many entries that skips. Best effort: when the journal
+        or a segment's folded records cannot be read, ``manifest`` as it is (its cursor is right,
+        only earlier)."""
+        if manifest.journal_cursor is None:
+            return manifest, 0
+        until = journal.cursor_at(time.time() - journal.CURSOR_MARGIN_SECONDS)  # every entry before it has landed
+        folded: dict[int, dict[str, str]] = {}  # per shard, read when an entry of that shard is first met
+
+        def serves(rk: str) -> str | None:
+            key = catalog_key_of_record(rk)
+            if key is None:  # a hashed name: its shard is in its metadata; not worth a GET here
+                return None
+            shard = shard_of(key, self.shards)
+            if shard not in folded:
+                refs = manifest.of_shard(shard)
+                with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(refs)))) as pool:
+                    maps = list(pool.map(lambda ref: read_folded(self.bucket, ref), refs))
+                folded[shard] = {r: etag for m in maps for r, (etag, _) in m.items()}
+            return folded[shard].get(rk)
+
+        folders = journal.partitions(manifest.journal_counts(), None)
+        try:
+            cursor, skipped = journal.covered_to(
+                self.bucket, manifest.journal_cursor, folders, until=until, serves=serves
+            )
+        except (StorageError, IndexFormatError) as exc:
+            log.warning("the journal cursor stays where the records were listed: %s", exc)
+            return manifest, 0
+        return replace(manifest, journal_cursor=cursor), skipped
 
     def publish(self, manifest: SegmentsManifest, *, if_match: str | None) -> bool:
         """Write ``manifest`` if the current one's ETag is still ``if_match`` (None: if there is

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time as _real_time
 
 import pytest
 
-from harmony_aws import journal, runtime
+from harmony_aws import journal, runtime, segments
 from harmony_aws import records as records_mod
 from harmony_aws.errors import StorageError
 from harmony_aws.layout import (
@@ -30,6 +29,7 @@ from harmony_image import IndexFormatError, extract_features
 from tests.support import (
     BUCKET,
     CATALOG_NAMES,
+    ShiftedClock,
     all_keys,
     answers,
     as_older_manifest,
@@ -334,19 +334,6 @@ def test_a_record_written_while_compaction_runs_is_seen(bucket, images, tmp_path
         assert answers(index, images) == answers(reference, images)
 
 
-class LaggingClock:
-    """The ``time`` module of a host whose clock runs ``behind`` seconds late."""
-
-    def __init__(self, behind: float) -> None:
-        self.behind = behind
-
-    def time(self) -> float:
-        return _real_time.time() - self.behind
-
-    def __getattr__(self, name: str):
-        return getattr(_real_time, name)
-
-
 def test_a_writer_whose_clock_lags_past_the_margin_is_late_by_one_compaction_never_lost(
     bucket, images, tmp_path, monkeypatch
 ):
@@ -361,7 +348,7 @@ def test_a_writer_whose_clock_lags_past_the_margin_is_late_by_one_compaction_nev
         out = plan(self, report)  # the records are listed
         client.put_object(Bucket=name, Key="catalog/new/rocket.jpg", Body=images["rocket.jpg"])
         with monkeypatch.context() as m:
-            m.setattr(journal, "time", LaggingClock(journal.CURSOR_MARGIN_SECONDS + 60))
+            m.setattr(journal, "time", ShiftedClock(-(journal.CURSOR_MARGIN_SECONDS + 60)))
             writer(name).reconcile("catalog/new/rocket.jpg")
         return out
 
@@ -379,6 +366,93 @@ def test_a_writer_whose_clock_lags_past_the_margin_is_late_by_one_compaction_nev
     index = reader(name, tmp_path, "folded")[0].index()
     assert "catalog/new/rocket.jpg" in index
     assert sorted(index.keys()) == sorted(reader(name, tmp_path, "all", use_journal=False)[0].index().keys())
+
+
+A_LONG_COMPACTION = journal.CURSOR_MARGIN_SECONDS + 60
+"""Seconds between a compaction's listing of the records and its manifest, as a large catalog's
+takes: the catalog's puts, a moment before the listing, then lie more than a margin back."""
+
+
+def taking_long(monkeypatch, change=lambda: None) -> None:
+    """Compactions made to take :data:`A_LONG_COMPACTION`: the compactor's clock moves on once
+    its segments are written, after ``change`` (made to the catalog then)."""
+    later = Compactor.later_cursor
+
+    def change_then_move(self, manifest):
+        change()
+        monkeypatch.setattr(segments, "time", ShiftedClock(A_LONG_COMPACTION))
+        return later(self, manifest)
+
+    monkeypatch.setattr(Compactor, "later_cursor", change_then_move)
+
+
+def test_a_manifest_names_a_cursor_past_the_entries_its_segments_fold(bucket, images, tmp_path, monkeypatch):
+    """The catalog was indexed just before the compaction listed the records, within the cursor's
+    margin. When it publishes, those entries are more than a margin old and each names the
+    version a segment holds: the cursor moves past them, so a cold reader lists none of them and
+    serves what a listing of every record serves."""
+    _, name = bucket
+    b = Bucket(name)
+    taking_long(monkeypatch)
+    report = Compactor(b, segment_images=4).compact()
+    assert report.won and report.journal_skipped == len(CATALOG_NAMES)
+    cursor = read_manifest(b).journal_cursor
+    entries = list(journal.since(b, journal.cursor_at(0), manifest_folders(b)))
+    assert cursor is not None and len(entries) == len(CATALOG_NAMES) and all(e.position < cursor for e in entries)
+    cold, _ = reader(name, tmp_path, "cold")
+    index = cold.index()
+    assert cold.last_refresh["journal_entries"] == 0 and cold.last_refresh["read"] == 0
+    reference = reader(name, tmp_path, "all", use_journal=False)[0].index()
+    assert sorted(index.keys()) == sorted(reference.keys()) == sorted("catalog/" + n for n in CATALOG_NAMES)
+    assert answers(index, images) == answers(reference, images)
+    assert cold.status == {"complete": True, "missing": 0}
+
+
+def test_the_cursor_stops_at_the_first_change_the_segments_do_not_hold(bucket, images, tmp_path, monkeypatch):
+    """Once the segments are written an image is replaced and another deleted: the cursor moves
+    past the catalog's puts and stops at the first of those two entries, which every reader
+    then lists and reads."""
+    client, name = bucket
+    b = Bucket(name)
+
+    def change() -> None:
+        client.put_object(Bucket=name, Key="catalog/camera.jpg", Body=images["coins.jpg"])
+        client.delete_object(Bucket=name, Key="catalog/brick.jpg")
+        for key in ("catalog/camera.jpg", "catalog/brick.jpg"):
+            writer(name).reconcile(key)
+
+    taking_long(monkeypatch, change)
+    report = Compactor(b, segment_images=4).compact()
+    assert report.won and report.journal_skipped == len(CATALOG_NAMES)
+    assert sum(s.images for s in read_manifest(b).segments) == len(CATALOG_NAMES)  # the old camera and brick
+    cold, _ = reader(name, tmp_path, "cold")
+    index = cold.index()
+    assert cold.last_refresh["journal_entries"] == 2 and cold.last_refresh["read"] == 2
+    assert cold.last_refresh["loaded"] == 1 and cold.last_refresh["removed"] == 1
+    assert "catalog/brick.jpg" not in index
+    assert index.get("catalog/camera.jpg").features.sha256 == extract_features(images["coins.jpg"]).sha256
+    reference = reader(name, tmp_path, "all", use_journal=False)[0].index()
+    assert sorted(index.keys()) == sorted(reference.keys())
+    assert answers(index, images) == answers(reference, images)
+
+
+def test_a_journal_that_cannot_be_listed_leaves_the_cursor_where_the_records_were_listed(bucket, tmp_path, monkeypatch):
+    """Moving the cursor is an optimisation: when the journal cannot be listed the compaction
+    still publishes, with the cursor a margin before its listing, and readers list from there."""
+    _, name = bucket
+    b = Bucket(name)
+    taking_long(monkeypatch)
+
+    def cannot_list(*args, **kwargs):
+        raise StorageError("listing index/journal/ failed: injected")
+
+    with monkeypatch.context() as m:
+        m.setattr(journal, "since", cannot_list)
+        report = Compactor(b, segment_images=4).compact()
+    assert report.won and report.journal_skipped == 0
+    cold, _ = reader(name, tmp_path, "cold")
+    cold.index()
+    assert cold.last_refresh["journal_entries"] == len(CATALOG_NAMES) and cold.last_refresh["read"] == 0
 
 
 def test_a_manifest_without_a_cursor_is_read_by_listing_every_record(bucket, images, tmp_path):

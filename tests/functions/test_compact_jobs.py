@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from harmony_aws import compact_jobs, runtime
+from harmony_aws import compact_jobs, journal, runtime, segments
 from harmony_aws import s3 as s3mod
 from harmony_aws.errors import BadRequestError
 from harmony_aws.jobs import BadJobIdError, JobNotFoundError
@@ -29,7 +29,7 @@ from tests.aws.test_segments import answers, reader
 from tests.faultproxy import FaultProxy
 from tests.functions import test_reindex_jobs
 from tests.functions.test_reindex_jobs import receive
-from tests.support import CATALOG_NAMES, all_keys, load_event, record_writer
+from tests.support import CATALOG_NAMES, ShiftedClock, all_keys, load_event, record_writer
 
 SHARDS = 3
 SEGMENT = 2
@@ -184,6 +184,30 @@ def test_planned_compaction_publishes_every_record_once_as_the_one_call_does(
     from_single = reader(catalog, tmp_path, "single").index()
     assert sorted(from_single.keys()) == sorted(from_planned.keys()) == sorted("catalog/" + n for n in CATALOG_NAMES)
     assert answers(from_planned, images) == answers(from_single, images)
+
+
+def test_a_planned_compaction_names_a_cursor_past_the_entries_it_folded(
+    s3_server: Any,
+    catalog: str,
+    sqs_queue: dict[str, Any],
+    index_fn: Any,
+    lambda_context: Any,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's last item publishes more than a cursor margin after the catalog was indexed (the
+    items took minutes, as a large catalog's do): its manifest's cursor lies past every entry,
+    which names what a segment holds, so a cold reader lists none."""
+    started = index_fn.lambda_handler({"action": "compact"}, lambda_context)
+    assert started["planned"] is True, started
+    monkeypatch.setattr(segments, "time", ShiftedClock(journal.CURSOR_MARGIN_SECONDS + 60))
+    for m in receive(sqs_queue):
+        assert deliver(index_fn, lambda_context, sqs_queue, m) == {"batchItemFailures": []}
+    done = status(index_fn, lambda_context, started["id"])
+    assert done["result"]["won"] is True and done["result"]["journal_skipped"] == len(CATALOG_NAMES), done
+    cold = reader(catalog, tmp_path, "cold")
+    assert sorted(cold.index().keys()) == sorted("catalog/" + n for n in CATALOG_NAMES)
+    assert cold.last_refresh["journal_entries"] == 0 and cold.last_refresh["segment_records"] == len(CATALOG_NAMES)
 
 
 def test_a_failing_item_is_retried_alone_and_nothing_is_published_before_it_succeeds(
