@@ -731,6 +731,7 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
     pages = (shard.get("cold_list_pages_per_shard") or [0])[0]
     segments_ms = (shard.get("cold_segments_ms_per_shard") or [None])[0]
     rest = cold - listing
+    skipped = shard.get("compaction_journal_skipped", 0)  # entries the compaction's cursor moved past
     judged, when, steady_rows = rest, "once its changes are older than the journal's cursor", []
     if shard.get("cold_start_s_per_shard_steady"):
         steady, steady_listing, steady_ms, steady_pages = _slowest_cold_start(shard, "_steady")
@@ -744,6 +745,12 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
             ]
         ]
     met = "met" if judged <= COLD_START_TARGET_S else "not met"
+    right_after = "met" if cold <= COLD_START_TARGET_S else "not met"
+    after_ingest = (
+        f"the compaction having moved its cursor past the {skipped:,} entries of the ingest its segments fold"
+        if skipped
+        else "when a cold reader lists the ingest's changes in the journal"
+    )
     rows = [
         [
             "cold start: manifest, each segment's header and shortlist tier "
@@ -754,7 +761,10 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
         [
             f"… of which listing the journal ({entries:,} entries, {pages} LIST page{'s' if pages != 1 else ''}: "
             + (
-                "the whole catalog was indexed within the cursor's margin)"
+                f"the changes after the compaction's cursor, which it moved past the {skipped:,} entries its "
+                "segments fold)"
+                if skipped
+                else "the whole catalog was indexed within the cursor's margin)"
                 if entries >= shard["images"]
                 else f"the ingest's changes of its last {shard['cursor_margin_s'] // 60} min, the cursor's margin)"
             )
@@ -762,10 +772,17 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
             else "… of which listing",
             f"{listing:.1f} s",
         ],
-        [
-            "… the rest: a cold start once the catalog's changes are older than the cursor (less a LIST page or so)",
-            f"{rest:.1f} s",
-        ],
+        *(
+            []
+            if steady_rows  # measured, not estimated
+            else [
+                [
+                    "… the rest: a cold start once the catalog's changes are older than the cursor (less a LIST "
+                    "page or so)",
+                    f"{rest:.1f} s",
+                ]
+            ]
+        ),
         *(
             [
                 [
@@ -815,7 +832,7 @@ at this size (its cold start GETs every record and holds ~180 KiB an image: ~9 G
 
 Issue 11's target, a {shard["images"]:,}-image shard's cold start ≤ {COLD_START_TARGET_S:.0f} s from
 moto's server: {judged:.1f} s {when} ({met}); {cold:.1f} s
-right after indexing the catalog, when a cold reader lists the ingest's changes in the journal
+right after indexing the catalog ({right_after}), {after_ingest}
 (a LIST page took {1000 * listing / max(1, pages):.0f} ms on moto's server here, which goes through
 every key of the bucket for each page).
 """
