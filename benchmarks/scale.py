@@ -1123,7 +1123,8 @@ whole object for every ranged GET (S3 does not): the model prices it from the ro
 A cold reader finds the records newer than the segments in the change journal: every record
 write and delete puts one small entry in its shard's folder of `index/journal/`, named by time,
 and the manifest names a cursor {CURSOR_MARGIN_SECONDS // 60} min before its compaction began
-listing the records; a shard's reader lists its folder after it (LIST pages that follow its
+listing the records, moved on when it publishes past the entries that name what its segments
+hold; a shard's reader lists its folder after it (LIST pages that follow its
 shard's changes, not the catalog's size) and reads only the records whose entries name a version
 it does not serve.{_journal_measured(m)} Writers partition by the manifest's shard count, and
 before the first compaction (no manifest) by the deployment's, so a catalog indexed before it (as
