@@ -592,7 +592,7 @@ class Compactor:
             cursor, skipped = journal.covered_to(
                 self.bucket, manifest.journal_cursor, folders, until=until, serves=serves
             )
-        except (StorageError, IndexFormatError) as exc:
+        except HarmonyError as exc:  # S3 failed, or a folded-records object is missing or damaged
             log.warning("the journal cursor stays where the records were listed: %s", exc)
             return manifest, 0
         return replace(manifest, journal_cursor=cursor), skipped

@@ -11,7 +11,7 @@ import pytest
 
 from harmony_aws import journal, runtime, segments
 from harmony_aws import records as records_mod
-from harmony_aws.errors import StorageError
+from harmony_aws.errors import S3ObjectNotFoundError, StorageError
 from harmony_aws.layout import (
     JOURNAL_PREFIX,
     RECORDS_PREFIX,
@@ -436,18 +436,28 @@ def test_the_cursor_stops_at_the_first_change_the_segments_do_not_hold(bucket, i
     assert answers(index, images) == answers(reference, images)
 
 
-def test_a_journal_that_cannot_be_listed_leaves_the_cursor_where_the_records_were_listed(bucket, tmp_path, monkeypatch):
-    """Moving the cursor is an optimisation: when the journal cannot be listed the compaction
-    still publishes, with the cursor a margin before its listing, and readers list from there."""
+def cannot_list(*args, **kwargs):
+    raise StorageError("listing index/journal/ failed: injected")
+
+
+def cannot_read(bucket, ref, **kwargs):
+    raise S3ObjectNotFoundError(f"{ref.records_key} does not exist: injected")
+
+
+@pytest.mark.parametrize(
+    ("module", "attribute", "fault"), [(journal, "since", cannot_list), (segments, "read_folded", cannot_read)]
+)
+def test_a_journal_or_folded_list_that_cannot_be_read_leaves_the_cursor_where_the_records_were_listed(
+    bucket, tmp_path, monkeypatch, module, attribute, fault
+):
+    """Moving the cursor is an optimisation: when the journal cannot be listed, or a segment's
+    list of folded records cannot be read, the compaction still publishes, with the cursor a
+    margin before its listing, and readers list from there."""
     _, name = bucket
     b = Bucket(name)
     taking_long(monkeypatch)
-
-    def cannot_list(*args, **kwargs):
-        raise StorageError("listing index/journal/ failed: injected")
-
     with monkeypatch.context() as m:
-        m.setattr(journal, "since", cannot_list)
+        m.setattr(module, attribute, fault)
         report = Compactor(b, segment_images=4).compact()
     assert report.won and report.journal_skipped == 0
     cold, _ = reader(name, tmp_path, "cold")
