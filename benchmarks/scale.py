@@ -721,6 +721,18 @@ def _model_targets(million: dict[str, Any]) -> str:
     )
 
 
+def _what_was_listed(shard: dict[str, Any], entries: int) -> str:
+    """Which journal entries a one-shard run's cold start right after the ingest listed."""
+    if shard.get("compaction_journal_skipped"):
+        skipped = shard["compaction_journal_skipped"]
+        return (
+            f"the changes after the compaction's cursor, which it moved past the {skipped:,} entries its segments fold"
+        )
+    if entries >= shard["images"]:
+        return "the whole catalog was indexed within the cursor's margin"
+    return f"the ingest's changes of its last {shard['cursor_margin_s'] // 60} min, the cursor's margin"
+
+
 def _shard_section(shard: dict[str, Any], command: str) -> str:
     """The section of a one-shard run (make bench-scale-50k): what a shard of the model's size
     costs measured, not modelled."""
@@ -760,14 +772,7 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
         ],
         [
             f"… of which listing the journal ({entries:,} entries, {pages} LIST page{'s' if pages != 1 else ''}: "
-            + (
-                f"the changes after the compaction's cursor, which it moved past the {skipped:,} entries its "
-                "segments fold)"
-                if skipped
-                else "the whole catalog was indexed within the cursor's margin)"
-                if entries >= shard["images"]
-                else f"the ingest's changes of its last {shard['cursor_margin_s'] // 60} min, the cursor's margin)"
-            )
+            f"{_what_was_listed(shard, entries)})"
             if entries is not None
             else "… of which listing",
             f"{listing:.1f} s",

@@ -497,9 +497,7 @@ class Compactor:
         kept: list[SegmentRef] = []
         covered: set[str] = set()
         if old is not None and old.shards == self.shards:
-            with ThreadPoolExecutor(max_workers=min(self.workers, max(1, len(old.segments)))) as pool:
-                folded_of = list(pool.map(lambda ref: read_folded(bucket, ref), old.segments))
-            for ref, folded in zip(old.segments, folded_of, strict=True):
+            for ref, folded in zip(old.segments, self._folded_of(old.segments), strict=True):
                 if all(listing.get(rk) == etag for rk, (etag, _) in folded.items()) and not covered & folded.keys():
                     kept.append(ref)
                     covered |= folded.keys()
@@ -513,6 +511,11 @@ class Compactor:
             for chunk in slices_of(rks, max_keys=self.segment_images)
         ]
         return CompactionPlan(old, listing, kept, chunks, cursor)
+
+    def _folded_of(self, refs: Sequence[SegmentRef]) -> list[Folded]:
+        """The records folded into each of ``refs`` (:func:`read_folded`), read at once."""
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(refs)))) as pool:
+            return list(pool.map(lambda ref: read_folded(self.bucket, ref), refs))
 
     def _shard_of_record(self, rk: str) -> int:
         """The shard of record ``rk``'s catalog key: from its name, or (a hashed name) its metadata."""
@@ -581,9 +584,7 @@ class Compactor:
                 return None
             shard = shard_of(key, self.shards)
             if shard not in folded:
-                refs = manifest.of_shard(shard)
-                with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(refs)))) as pool:
-                    maps = list(pool.map(lambda ref: read_folded(self.bucket, ref), refs))
+                maps = self._folded_of(manifest.of_shard(shard))
                 folded[shard] = {r: etag for m in maps for r, (etag, _) in m.items()}
             return folded[shard].get(rk)
 

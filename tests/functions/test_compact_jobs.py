@@ -18,13 +18,14 @@ from urllib.parse import quote
 
 import pytest
 
-from harmony_aws import compact_jobs, journal, runtime, segments
+from harmony_aws import compact_jobs, runtime, segments
 from harmony_aws import s3 as s3mod
 from harmony_aws.errors import BadRequestError
 from harmony_aws.jobs import BadJobIdError, JobNotFoundError
 from harmony_aws.layout import RECORDS_PREFIX, SEGMENTS_MANIFEST_KEY, SEGMENTS_PREFIX, shard_of
 from harmony_aws.s3 import Bucket
 from harmony_aws.segments import Compactor, SegmentsManifest, files_of, read_folded, read_manifest
+from tests.aws.test_journal import A_LONG_COMPACTION
 from tests.aws.test_segments import answers, reader
 from tests.faultproxy import FaultProxy
 from tests.functions import test_reindex_jobs
@@ -200,7 +201,7 @@ def test_a_planned_compaction_names_a_cursor_past_the_entries_it_folded(
     which names what a segment holds, so a cold reader lists none."""
     started = index_fn.lambda_handler({"action": "compact"}, lambda_context)
     assert started["planned"] is True, started
-    monkeypatch.setattr(segments, "time", ShiftedClock(journal.CURSOR_MARGIN_SECONDS + 60))
+    monkeypatch.setattr(segments, "time", ShiftedClock(A_LONG_COMPACTION))
     for m in receive(sqs_queue):
         assert deliver(index_fn, lambda_context, sqs_queue, m) == {"batchItemFailures": []}
     done = status(index_fn, lambda_context, started["id"])
