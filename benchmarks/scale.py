@@ -152,12 +152,18 @@ def child(mode: str, shards: int, cache: str, query: str) -> dict[str, Any]:
         p["first_query_fetched_bytes"], p["first_query_gets"] = fetched[0] - f0, fetched[1] - g0
         p["first_query_rows"] = len(r.segments.rows)  # images whose verification rows it read
     images = sum(p["images"] for p in per_shard)
+    # after the first queries: with what they derive (region thumbnails, vote keys) and the
+    # verification rows they read (a bounded cache)
+    serving = memory_mb()["VmRSS"] - before
+    tier = sum(r.index().packed().shortlist_nbytes for r in readers)
     return {
         "mode": mode,
         "seconds": round(seconds, 3),
         "images": images,
         "rss_mb": round(grown, 1),
         "rss_bytes_per_image": round(grown * 1024 * 1024 / max(1, images)),
+        "rss_bytes_per_image_serving": round(serving * 1024 * 1024 / max(1, images)),
+        "shortlist_tier_bytes_per_image": round(tier / max(1, images)),
         "shards": per_shard,
     }
 
@@ -397,6 +403,8 @@ def _run(args: argparse.Namespace, endpoint: str, work: Path) -> dict[str, Any]:
         },
         "memory_bytes_per_image": ranged_cold["rss_bytes_per_image"],
         "memory_bytes_per_image_downloaded": segments_cold["rss_bytes_per_image"],
+        "memory_bytes_per_image_serving": ranged_cold["rss_bytes_per_image_serving"],
+        "shortlist_tier_bytes_per_image": ranged_cold["shortlist_tier_bytes_per_image"],
         "cold_start_s": ranged_cold["seconds"],
         "cold_start_s_per_shard": [s["seconds"] for s in ranged_cold["shards"]],
         "cold_start_s_downloaded": segments_cold["seconds"],
@@ -599,6 +607,20 @@ def _ranged_model(m: dict[str, Any], images: int) -> dict[str, Any]:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _serving_rows(m: dict[str, Any]) -> list[list[str]]:
+    """The memory rows after the first query (runs before issue 11's hashed votes did not record them)."""
+    if "memory_bytes_per_image_serving" not in m:
+        return []
+    kib = 1024
+    return [
+        [
+            "… after the first query: RSS growth / the shortlist tier's own arrays (with the region thumbnails and "
+            "vote keys it derives)",
+            f"{m['memory_bytes_per_image_serving'] / kib:.1f} / {m['shortlist_tier_bytes_per_image'] / kib:.1f} KiB",
+        ]
+    ]
 
 
 def _cold_rows(m: dict[str, Any]) -> list[list[str]]:
@@ -809,6 +831,7 @@ def _shard_section(shard: dict[str, Any], command: str) -> str:
             "process memory per image (RSS growth): ranged / downloaded whole",
             f"{shard['memory_bytes_per_image'] / kib:.1f} / {shard['memory_bytes_per_image_downloaded'] / kib:.1f} KiB",
         ],
+        *_serving_rows(shard),
         [
             "a cold shard's first query (ranged; its candidates' verification rows)",
             f"{shard['first_query_ms_cold'][0]:.0f} ms ({shard['first_query_rows_cold'][0]} images, "
@@ -1014,6 +1037,7 @@ def _measured_table(m: dict[str, Any]) -> str:
                     else ""
                 ),
             ],
+            *[[label, "", value] for label, value in _serving_rows(m)],
             [
                 "S3 bytes per image",
                 f"{m['s3_bytes_per_image']['records'] / kib:.0f} KiB (records)",

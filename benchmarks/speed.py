@@ -32,7 +32,7 @@ from harmony_image.features import (
     seed_orb,
     thumbnail,
 )
-from harmony_image.packed import VOTE_DESCRIPTORS, subsample
+from harmony_image.packed import VOTE_DESCRIPTORS, VOTE_KEY_BITS, subsample
 
 from . import metrics, seed_method
 
@@ -156,11 +156,24 @@ def _kernels_per_image(
     """ms per catalog image of each kernel at the level in use."""
     pack = kernels.DescriptorPack([f.descriptors for f in catalog])
     votes = kernels.DescriptorPack([subsample(f.descriptors, VOTE_DESCRIPTORS) for f in catalog])
+    vote_keys = kernels.pack_keys(votes, VOTE_KEY_BITS)
     n = len(catalog)
     return {
         "ssim": _per_image(queries, lambda q: kernels.ssim_scores(q.gray, grays), n, reps),
         "cross_check": _per_image(queries, lambda q: kernels.cross_check_counts(q.descriptors, pack), n, reps),
         "votes": _per_image(
+            queries,
+            lambda q: kernels.hashed_close(
+                subsample(q.descriptors, scoring.VOTE_QUERY_DESCRIPTORS),
+                votes,
+                vote_keys,
+                VOTE_KEY_BITS,
+                scoring.VOTE_THRESHOLD,
+            ),
+            n,
+            reps,
+        ),
+        "votes_every_pair": _per_image(
             queries,
             lambda q: kernels.count_close(
                 subsample(q.descriptors, scoring.VOTE_QUERY_DESCRIPTORS), votes, scoring.VOTE_THRESHOLD

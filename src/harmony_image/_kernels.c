@@ -1292,6 +1292,149 @@ T_AVX2 static void regions_madd(const int8_t *rows, int64_t n, const int16_t *wi
 #endif
 /* AArch64: Advanced SIMD is baseline, so the portable copies are already the NEON ones */
 
+/* ---------------------------------------------------------------- hashed votes */
+
+/* Keypoint votes through bit-sampling keys (kernels.hashed_close): a query row votes for an
+ * image when one of the image's descriptors shares one of its keys and lies within the
+ * threshold.  The query's keys go in per-table bitmaps and chains (head/next), so each catalog
+ * descriptor costs a few bit tests; the distance is computed only for the few that share a key. */
+enum { HASH_MAX_TABLES = 8, HASH_MAX_BITS = 16 };
+
+typedef struct {
+    uint64_t *bitmap; /* tables * (1 << bits) / 64 */
+    int16_t *head;    /* tables * (1 << bits): first query row with the key, -1 for none */
+    int16_t *next;    /* tables * nq */
+    int64_t *stamp;   /* nq: the last image the row voted for */
+} hash_work;
+
+static int hash_work_alloc(hash_work *w, int64_t tables, int64_t bits, int64_t nq)
+{
+    size_t slots = (size_t)tables << bits;
+    w->bitmap = calloc(slots / 64 + 1, sizeof(uint64_t));
+    w->head = malloc(slots * sizeof(int16_t));
+    w->next = malloc((size_t)(tables * nq + 1) * sizeof(int16_t));
+    w->stamp = malloc((size_t)(nq + 1) * sizeof(int64_t));
+    if (w->head)
+        memset(w->head, 0xFF, slots * sizeof(int16_t));
+    return w->bitmap && w->head && w->next && w->stamp;
+}
+
+static void hash_work_free(hash_work *w)
+{
+    free(w->bitmap);
+    free(w->head);
+    free(w->next);
+    free(w->stamp);
+}
+
+/* Keys by lookup: for each of the descriptor's 32 bytes that holds a sampled bit, a table of what
+ * each byte value adds to the keys (key t in bits 16t..16t+15 of a 64-bit word; up to 4 tables
+ * a word, so up to 2 words). */
+typedef struct {
+    int nbytes;           /* bytes that hold a sampled bit */
+    int byte_at[32];      /* which byte of the descriptor (0-31: byte b of word b / 8) */
+    uint64_t add[32][2][256];
+} key_lookup;
+
+static void key_lookup_init(key_lookup *lk, const int32_t *bits, int64_t tables, int64_t nbits)
+{
+    int used[32] = {0};
+    for (int64_t i = 0; i < tables * nbits; i++)
+        used[bits[i] >> 3] = 1;
+    lk->nbytes = 0;
+    int slot_of[32];
+    for (int b = 0; b < 32; b++)
+        if (used[b]) {
+            slot_of[b] = lk->nbytes;
+            lk->byte_at[lk->nbytes++] = b;
+        }
+    memset(lk->add, 0, sizeof(lk->add[0]) * (size_t)lk->nbytes);
+    for (int64_t t = 0; t < tables; t++)
+        for (int64_t j = 0; j < nbits; j++) {
+            int32_t b = bits[t * nbits + j];
+            uint64_t *add = lk->add[slot_of[b >> 3]][t >> 2];
+            for (int v = 0; v < 256; v++)
+                if ((v >> (b & 7)) & 1)
+                    add[v] |= 1ull << (16 * (t & 3) + j);
+        }
+}
+
+HK_INLINE void keys_by_lookup(const key_lookup *lk, const uint64_t *words, int64_t tables, uint16_t *out)
+{
+    uint64_t acc[2] = {0, 0};
+    for (int i = 0; i < lk->nbytes; i++) {
+        int b = lk->byte_at[i];
+        unsigned v = (unsigned)(words[b >> 3] >> (8 * (b & 7))) & 0xFF;
+        acc[0] |= lk->add[i][0][v];
+        acc[1] |= lk->add[i][1][v];
+    }
+    for (int64_t t = 0; t < tables; t++)
+        out[t] = (uint16_t)(acc[t >> 2] >> (16 * (t & 3)));
+}
+
+HK_INLINE void hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
+                           int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold,
+                           hash_work *w, int32_t *counts, const int hw)
+{
+    const int64_t slots = (int64_t)1 << nbits;
+    uint64_t *restrict bitmap = w->bitmap;
+    int16_t *restrict head = w->head, *restrict next = w->next;
+    int64_t *restrict stamp = w->stamp;
+    for (int64_t i = nq - 1; i >= 0; i--) {
+        for (int64_t t = 0; t < tables; t++) {
+            int64_t slot = t * slots + qkeys[i * tables + t];
+            bitmap[slot >> 6] |= 1ull << (slot & 63);
+            next[t * nq + i] = head[slot];
+            head[slot] = (int16_t)i;
+        }
+        stamp[i] = -1;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t lo = off[j], nc = off[j + 1] - off[j];
+        const uint64_t *pj = p + 4 * lo;
+        int32_t count = 0;
+        for (int64_t k = 0; k < nc; k++) {
+            const uint16_t *key = keys + (lo + k) * tables;
+            uint32_t shared = 0; /* bit t: the query has a row with key t of this descriptor */
+            for (int64_t t = 0; t < tables; t++) {
+                int64_t slot = t * slots + key[t];
+                shared |= (uint32_t)((bitmap[slot >> 6] >> (slot & 63)) & 1u) << t;
+            }
+            while (shared) {
+                int64_t t = __builtin_ctz(shared);
+                shared &= shared - 1;
+                for (int64_t i = head[t * slots + key[t]]; i >= 0; i = next[t * nq + i]) {
+                    if (stamp[i] == j)
+                        continue;
+                    const uint64_t *qi = q + 4 * i;
+                    uint32_t d = dist4(pj[k] ^ qi[0], pj[nc + k] ^ qi[1], pj[2 * nc + k] ^ qi[2],
+                                       pj[3 * nc + k] ^ qi[3], hw);
+                    if (d <= threshold) {
+                        stamp[i] = j;
+                        count++;
+                    }
+                }
+            }
+        }
+        counts[j] = count;
+    }
+}
+
+#define HASHED(NAME, TARGET, HW)                                                                                   \
+    TARGET static void NAME(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p,               \
+                            const int64_t *off, int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits,    \
+                            uint32_t threshold, hash_work *w, int32_t *counts)                                     \
+    {                                                                                                              \
+        hashed_body(q, nq, qkeys, p, off, n, keys, tables, nbits, threshold, w, counts, HW);                       \
+    }
+
+HASHED(hashed_portable, , 0)
+#if defined(HK_X86)
+HASHED(hashed_popcnt, T_POPCNT, 1)
+#elif defined(HK_ARM)
+HASHED(hashed_neon, , 1)
+#endif
+
 /* ---------------------------------------------------------------- levels */
 
 typedef struct {
@@ -1308,6 +1451,10 @@ typedef struct {
     void (*crops)(const int8_t *rows, int64_t n, int64_t side, const float *taps, const int32_t *sizes,
                   const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,
                   int32_t *which);
+    /* votes by hashed keys (scalar: a few distances per catalog descriptor) */
+    void (*hashed)(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
+                   int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold, hash_work *w,
+                   int32_t *counts);
 } level_t;
 
 static int always(void) { return 1; }
@@ -1336,13 +1483,15 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512},
-    {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_madd, crops_avx2},
-    {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt},
+    {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512, hashed_popcnt},
+    {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_madd, crops_avx2, hashed_popcnt},
+    {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt, hashed_popcnt},
 #elif defined(HK_ARM)
-    {"neon", always, pass_neon, close_neon, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
+    {"neon", always, pass_neon, close_neon, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable,
+     hashed_neon},
 #endif
-    {"portable", always, pass_portable, close_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable},
+    {"portable", always, pass_portable, close_portable, prepare_portable, ssim_portable, dots_portable, regions_portable, crops_portable,
+     hashed_portable},
 };
 #define NLEVELS ((int)(sizeof(LEVELS) / sizeof(LEVELS[0])))
 
@@ -1740,7 +1889,188 @@ done:
 
 static PyObject *use(PyObject *module, PyObject *arg);
 
+static int hash_shape(Py_buffer *bits, int64_t tables, int64_t *nbits, const char *name)
+{
+    if (tables < 1 || tables > HASH_MAX_TABLES || bits->len % (Py_ssize_t)(tables * sizeof(int32_t)) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: expects 1 to %d tables of int32 bit positions", name, HASH_MAX_TABLES);
+        return 0;
+    }
+    *nbits = bits->len / (Py_ssize_t)(tables * sizeof(int32_t));
+    const int32_t *b = (const int32_t *)bits->buf;
+    if (*nbits < 1 || *nbits > HASH_MAX_BITS) {
+        PyErr_Format(PyExc_ValueError, "%s: keys of 1 to %d bits", name, HASH_MAX_BITS);
+        return 0;
+    }
+    for (int64_t i = 0; i < tables * *nbits; i++)
+        if (b[i] < 0 || b[i] > 255) {
+            PyErr_Format(PyExc_ValueError, "%s: bit positions are 0 to 255", name);
+            return 0;
+        }
+    return 1;
+}
+
+/* vote_keys(rows, bits, tables, out): the keys of nq descriptors given as rows of 4 words */
+static PyObject *vote_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer rows, bits, out;
+    int64_t tables, nbits;
+    if (!PyArg_ParseTuple(args, "y*y*Lw*", &rows, &bits, &tables, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (!hash_shape(&bits, tables, &nbits, "vote_keys"))
+        goto done;
+    int64_t nr = rows.len / 32;
+    if (rows.len % 32 != 0 || out.len < nr * tables * (Py_ssize_t)sizeof(uint16_t)) {
+        PyErr_SetString(PyExc_ValueError, "vote_keys: buffer sizes do not match");
+        goto done;
+    }
+    const uint64_t *r = (const uint64_t *)rows.buf;
+    key_lookup *lk = malloc(sizeof(key_lookup));
+    if (!lk) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    key_lookup_init(lk, (const int32_t *)bits.buf, tables, nbits);
+    for (int64_t i = 0; i < nr; i++)
+        keys_by_lookup(lk, r + 4 * i, tables, (uint16_t *)out.buf + i * tables);
+    Py_END_ALLOW_THREADS
+    free(lk);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&bits);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* pack_keys(planes, offsets, bits, tables, out): the keys of every packed descriptor, in order */
+static PyObject *pack_keys(PyObject *self, PyObject *args)
+{
+    Py_buffer planes, offsets, bits, out;
+    int64_t tables, nbits;
+    if (!PyArg_ParseTuple(args, "y*y*y*Lw*", &planes, &offsets, &bits, &tables, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (!hash_shape(&bits, tables, &nbits, "pack_keys"))
+        goto done;
+    int64_t n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
+    const int64_t *off = (const int64_t *)offsets.buf;
+    if (planes.len % 32 != 0 || n < 0 || out.len < total * tables * (Py_ssize_t)sizeof(uint16_t)) {
+        PyErr_SetString(PyExc_ValueError, "pack_keys: buffer sizes do not match");
+        goto done;
+    }
+    for (int64_t j = 0; j < n; j++)
+        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
+            PyErr_SetString(PyExc_ValueError, "pack_keys: offsets out of range");
+            goto done;
+        }
+    const uint64_t *p = (const uint64_t *)planes.buf;
+    uint16_t *o = (uint16_t *)out.buf;
+    key_lookup *lk = malloc(sizeof(key_lookup));
+    if (!lk) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    key_lookup_init(lk, (const int32_t *)bits.buf, tables, nbits);
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t lo = off[j], nc = off[j + 1] - off[j];
+        for (int64_t k = 0; k < nc; k++) {
+            const uint64_t *pj = p + 4 * lo;
+            uint64_t words[4] = {pj[k], pj[nc + k], pj[2 * nc + k], pj[3 * nc + k]};
+            keys_by_lookup(lk, words, tables, o + (lo + k) * tables);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(lk);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&planes);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&bits);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* hashed_close(query, query_keys, planes, offsets, keys, tables, nbits, threshold, out) */
+static PyObject *hashed_close(PyObject *self, PyObject *args)
+{
+    Py_buffer query, qkeys, planes, offsets, keys, out;
+    int64_t tables, nbits;
+    int threshold;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*LLiw*", &query, &qkeys, &planes, &offsets, &keys, &tables, &nbits,
+                          &threshold, &out))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
+    const int64_t *off = (const int64_t *)offsets.buf;
+    if (tables < 1 || tables > HASH_MAX_TABLES || nbits < 1 || nbits > HASH_MAX_BITS || nq > 32767 ||
+        threshold < 0) {
+        PyErr_SetString(PyExc_ValueError, "hashed_close: 1-8 tables of 1-16 bits, at most 32767 query rows, "
+                                          "a threshold >= 0");
+        goto done;
+    }
+    if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || qkeys.len < nq * tables * (Py_ssize_t)sizeof(uint16_t) ||
+        keys.len < total * tables * (Py_ssize_t)sizeof(uint16_t) || out.len < n * (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "hashed_close: buffer sizes do not match");
+        goto done;
+    }
+    const uint16_t *qk = (const uint16_t *)qkeys.buf, *ck = (const uint16_t *)keys.buf;
+    for (int64_t i = 0; i < nq * tables; i++)
+        if (qk[i] >> nbits) {
+            PyErr_SetString(PyExc_ValueError, "hashed_close: a query key has more bits than the keys");
+            goto done;
+        }
+    for (int64_t j = 0; j < n; j++)
+        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
+            PyErr_SetString(PyExc_ValueError, "hashed_close: offsets out of range");
+            goto done;
+        }
+    if (n > 0)
+        for (int64_t i = off[0] * tables; i < off[n] * tables; i++)
+            if (ck[i] >> nbits) {
+                PyErr_SetString(PyExc_ValueError, "hashed_close: a catalog key has more bits than the keys");
+                goto done;
+            }
+    hash_work w;
+    if (!hash_work_alloc(&w, tables, nbits, nq)) {
+        hash_work_free(&w);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    L->hashed((const uint64_t *)query.buf, nq, qk, (const uint64_t *)planes.buf, off, n, ck, tables, nbits,
+              (uint32_t)threshold, &w, (int32_t *)out.buf);
+    Py_END_ALLOW_THREADS
+    hash_work_free(&w);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&query);
+    PyBuffer_Release(&qkeys);
+    PyBuffer_Release(&planes);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"vote_keys", vote_keys, METH_VARARGS,
+     "vote_keys(rows, bits, tables, out) -> None\n\n"
+     "rows: n x 32 bytes; bits: int32[tables * nbits] bit positions (0-255); out: writable uint16[n * tables]:\n"
+     "bit j of key t of row i is bit bits[t * nbits + j] of the row (bit b of 64-bit word b / 64)."},
+    {"pack_keys", pack_keys, METH_VARARGS,
+     "pack_keys(planes, offsets, bits, tables, out) -> None\n\n"
+     "vote_keys of every descriptor of a pack (planes and offsets as cross_check_counts), in order."},
+    {"hashed_close", hashed_close, METH_VARARGS,
+     "hashed_close(query, query_keys, planes, offsets, keys, tables, nbits, threshold, out) -> None\n\n"
+     "out[j] = how many query rows share a key (in one of the tables) with a descriptor of image j\n"
+     "within threshold bits; keys and query_keys from pack_keys and vote_keys."},
     {"cross_check_counts", cross_check_counts, METH_VARARGS,
      "cross_check_counts(query, planes, offsets, out) -> None\n\n"
      "query: nq x 32 bytes; planes: per image j, rows offsets[j]..offsets[j+1] stored as four\n"

@@ -16,5 +16,19 @@ def region_max(rows: Buffer, windows: Buffer, scale: Buffer, out: Buffer, which:
 def crop_max(
     rows: Buffer, side: int, taps: Buffer, sizes: Buffer, sums: Buffer, scale: Buffer, out: Buffer, which: Buffer, /
 ) -> None: ...
+def vote_keys(rows: Buffer, bits: Buffer, tables: int, out: Buffer, /) -> None: ...
+def pack_keys(planes: Buffer, offsets: Buffer, bits: Buffer, tables: int, out: Buffer, /) -> None: ...
+def hashed_close(
+    query: Buffer,
+    query_keys: Buffer,
+    planes: Buffer,
+    offsets: Buffer,
+    keys: Buffer,
+    tables: int,
+    nbits: int,
+    threshold: int,
+    out: Buffer,
+    /,
+) -> None: ...
 def count_close(query: Buffer, planes: Buffer, offsets: Buffer, threshold: int, out: Buffer, /) -> None: ...
 def nearest_two(query: Buffer, planes: Buffer, out_idx: Buffer, out_d1: Buffer, out_d2: Buffer, /) -> None: ...

@@ -391,6 +391,107 @@ def count_close(query: np.ndarray, pack: DescriptorPack, threshold: int) -> np.n
     return out
 
 
+def _bit_keys(words: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """(n, tables) uint16 keys of descriptors given as (n, 4) uint64 words."""
+    keys = np.zeros((len(words), len(bits)), dtype=np.uint16)
+    for t, positions in enumerate(bits.tolist()):
+        for j, b in enumerate(positions):
+            keys[:, t] |= (((words[:, b // 64] >> np.uint64(b % 64)) & np.uint64(1)) << np.uint64(j)).astype(np.uint16)
+    return keys
+
+
+def _checked_bits(bits: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(bits, dtype=np.int32)
+    if bits.ndim != 2 or not 1 <= bits.shape[0] <= 8 or not 1 <= bits.shape[1] <= 16:
+        raise ValueError(f"bits must be (tables, key bits) with 1-8 tables of 1-16 bits, got shape {bits.shape}")
+    if bits.min() < 0 or bits.max() > 255:
+        raise ValueError("bits must be bit positions of a 256-bit descriptor (0-255)")
+    return bits
+
+
+def vote_keys(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Bit-sampling keys of descriptor ``rows`` ((n, 32) uint8): (n, tables) uint16, bit j of key t
+    being bit ``bits[t, j]`` of the descriptor (bit b of its 64-bit little-endian word b // 64).
+    Two descriptors ``d`` bits apart share a key of ``m`` sampled bits with probability
+    ``(1 - d / 256) ** m`` (Indyk and Motwani, 1998)."""
+    bits = _checked_bits(bits)
+    rows = np.ascontiguousarray(rows, dtype=np.uint8).reshape(-1, 32)
+    if _kernels is None:
+        return _bit_keys(rows.view(np.uint64).reshape(-1, 4), bits)
+    out = np.empty((len(rows), len(bits)), dtype=np.uint16)
+    _kernels.vote_keys(rows, bits, len(bits), out)
+    return out
+
+
+def pack_keys(pack: DescriptorPack, bits: np.ndarray) -> np.ndarray:
+    """:func:`vote_keys` of every descriptor of ``pack``, in packed order: (total, tables) uint16."""
+    bits = _checked_bits(bits)
+    total = int(pack.offsets[-1])
+    if _kernels is None:
+        return _bit_keys(_pack_words(pack), bits)
+    out = np.empty((total, len(bits)), dtype=np.uint16)
+    kernel, tables = _kernels, len(bits)
+    _parallel(lambda lo, hi: kernel.pack_keys(pack.planes, pack.offsets[lo : hi + 1], bits, tables, out), len(pack))
+    return out
+
+
+def _pack_words(pack: DescriptorPack) -> np.ndarray:
+    """Every descriptor of ``pack`` as (total, 4) uint64 words, in packed order."""
+    counts = np.diff(pack.offsets)
+    owner = np.repeat(np.arange(len(pack)), counts)
+    row = np.arange(int(pack.offsets[-1]))
+    start, count = pack.offsets[owner], counts[owner]
+    return np.stack([pack.planes[4 * start + w * count + (row - start)] for w in range(4)], axis=1)
+
+
+def hashed_close(
+    query: np.ndarray, pack: DescriptorPack, keys: np.ndarray, bits: np.ndarray, threshold: int
+) -> np.ndarray:
+    """Per packed image: how many rows of ``query`` share a key with one of its descriptors (in
+    any table: ``keys`` is :func:`pack_keys` of ``pack`` with the same ``bits``) and lie within
+    ``threshold`` bits of it. :func:`count_close` counted every row within the threshold, over
+    every pair; this reads only the pairs that share a key (locality-sensitive hashing by bit
+    sampling: Gionis, Indyk and Motwani, VLDB 1999), so its cost grows with those, and it counts
+    close pairs the more often the closer they are."""
+    bits = _checked_bits(bits)
+    n = len(pack)
+    out = np.zeros(n, dtype=np.int32)
+    if n == 0 or len(query) == 0 or threshold < 0:
+        return out
+    query = np.ascontiguousarray(query, dtype=np.uint8)
+    query_keys = vote_keys(query, bits)
+    keys = np.ascontiguousarray(keys, dtype=np.uint16)
+    if keys.shape != (int(pack.offsets[-1]), len(bits)):
+        raise ValueError(f"keys must be pack_keys of the pack with these bits: shape {keys.shape}")
+    if _kernels is not None:
+        kernel, tables, width = _kernels, len(bits), bits.shape[1]
+        _parallel(
+            lambda lo, hi: kernel.hashed_close(
+                query, query_keys, pack.planes, pack.offsets[lo : hi + 1], keys, tables, width, threshold, out[lo:hi]
+            ),
+            n,
+        )
+        return out
+    words, q_words = _pack_words(pack), query.view(np.uint64).reshape(-1, 4)
+    owner = np.repeat(np.arange(n), np.diff(pack.offsets))
+    voted = []
+    for t in range(len(bits)):
+        order = np.argsort(query_keys[:, t], kind="stable")
+        sorted_keys = query_keys[order, t]
+        lo = np.searchsorted(sorted_keys, keys[:, t], "left")
+        hi = np.searchsorted(sorted_keys, keys[:, t], "right")
+        sharing = hi - lo
+        row = np.repeat(np.arange(len(words)), sharing)
+        rank = np.arange(len(row)) - np.repeat(np.cumsum(sharing) - sharing, sharing)
+        rows = order[np.repeat(lo, sharing) + rank]
+        dist = sum(np.bitwise_count(q_words[rows, w] ^ words[row, w]).astype(np.int32) for w in range(4))
+        close = dist <= threshold
+        voted.append(rows[close].astype(np.int64) * n + owner[row[close]])
+    pairs = np.unique(np.concatenate(voted))
+    out += np.bincount(pairs % n, minlength=n).astype(np.int32)
+    return out
+
+
 def nearest_two(query: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each row of ``query``: index of its nearest descriptor in ``planes`` ((4, n) uint64,
     see :meth:`DescriptorPack.words`; first index on ties), and the two smallest distances

@@ -1,6 +1,6 @@
 """Every kernel level this machine runs gives the same numbers: bit-identical to each other, the
-cross-check equal to OpenCV's BFMatcher(NORM_HAMMING, crossCheck=True), votes and 2-NN equal to
-numpy brute force, SSIM within 1e-5 of scikit-image; HARMONY_KERNEL picks or refuses a level.
+cross-check equal to OpenCV's BFMatcher(NORM_HAMMING, crossCheck=True), votes (exhaustive and
+hashed) and 2-NN equal to numpy brute force, SSIM within 1e-5 of scikit-image; HARMONY_KERNEL picks or refuses a level.
 
 Self-contained on purpose (no conftest fixtures, no AWS packages): `make arm64-test` runs this
 file under qemu-aarch64 against the arm64 layer's cross-compiled kernels
@@ -11,6 +11,7 @@ KERNEL_TEST_PYTHON gives that command.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shlex
 import subprocess
@@ -32,19 +33,28 @@ from harmony_image.kernels import (
     cross_check_counts,
     dot_max,
     from_bfloat16,
+    hashed_close,
     match_two,
     nearest_two,
+    pack_keys,
     region_max,
     ssim_pair,
     ssim_scores,
     to_bfloat16,
+    vote_keys,
 )
+from harmony_image.packed import VOTE_KEY_BITS
 
 IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "harmony_local" / "samples"
 COMPILED = [level for level in kernels.levels() if level != "numpy"]
 ALL_LEVELS = kernels.levels()
 THRESHOLDS = (-1, 0, 30, 50, 64, 255, 256)
+KEY_BITS = {
+    "vote": VOTE_KEY_BITS,  # what the first pass uses
+    "crowded": np.array([[0, 1, 2], [255, 100, 7]]),  # 8 keys: long chains of query rows per key
+    "widest": np.arange(128).reshape(8, 16) * 2 + 1,  # the most tables and bits the kernel takes
+}
 # how to start another Python of the same kind (under qemu-user: through the emulator)
 CHILD_PYTHON = shlex.split(os.environ.get("KERNEL_TEST_PYTHON", "")) or [sys.executable]
 
@@ -176,6 +186,11 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
             out[f"cross/{name}"] = cross_check_counts(q, pack)
             for t in THRESHOLDS:
                 out[f"close/{name}/{t}"] = count_close(q, pack, t)
+            for bits_name, bits in KEY_BITS.items():
+                keys = pack_keys(pack, bits)
+                out[f"keys/{bits_name}"] = keys
+                for t in (0, 50, 256):
+                    out[f"hashed/{name}/{bits_name}/{t}"] = hashed_close(q, pack, keys, bits, t)
             for j, d in enumerate(descriptor_sets()):
                 for part, arr in zip(("idx", "d1", "d2"), nearest_two(q, pack.words(j)), strict=True):
                     out[f"two/{name}/{d}/{part}"] = arr
@@ -244,6 +259,52 @@ def test_count_close_and_nearest_two_equal_brute_force(level):
             got = nearest_two(q, pack.words(j))
             for part, a, b in zip(("idx", "d1", "d2"), got, expected[f"{name}/{j}"], strict=True):
                 assert a.tolist() == b.tolist(), (name, cname, part)
+
+
+def test_hashed_votes_equal_brute_force(level):
+    """hashed_close counts the query rows with a catalog descriptor that shares a key with them and
+    lies within the threshold: no more than count_close, which does not ask for a shared key."""
+    sets = descriptor_sets()
+    pack = DescriptorPack(list(sets.values()))
+    for bits_name, bits in KEY_BITS.items():
+        keys = pack_keys(pack, bits)
+        for j, d in enumerate(sets.values()):
+            assert keys[pack.offsets[j] : pack.offsets[j + 1]].tolist() == vote_keys(d, bits).tolist()
+        for name, q in query_sets().items():
+            sharing = (vote_keys(q, bits)[:, None, :] == keys[None, :, :]).any(axis=2)
+            dist = brute_distances(q, np.concatenate(list(sets.values())))
+            for t in THRESHOLDS:
+                close = sharing & (dist <= t)
+                expected = [int(close[:, lo:hi].any(axis=1).sum()) for lo, hi in itertools.pairwise(pack.offsets)]
+                got = hashed_close(q, pack, keys, bits, t)
+                assert got.tolist() == expected, (bits_name, name, t)
+                assert (got <= count_close(q, pack, t)).all()
+
+
+def test_hashed_votes_find_a_copy_and_its_close_pairs():
+    """On real photos (some of them copies of others): an image's own descriptors all vote for
+    it, and images the exhaustive vote finds unrelated stay far below."""
+    sets = descriptor_sets()
+    pack = DescriptorPack([d for name, d in sets.items() if name.startswith("real")])
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    for j, q in enumerate(d for name, d in sets.items() if name.startswith("real")):
+        votes = hashed_close(q, pack, keys, VOTE_KEY_BITS, 50)
+        assert votes[j] == votes.max() == len(q)
+        unrelated = count_close(q, pack, 50) < 0.2 * len(q)
+        assert unrelated.sum() >= len(pack) // 2
+        assert (votes[unrelated] < 0.2 * len(q)).all()
+
+
+def test_hashed_votes_refuse_keys_that_do_not_fit():
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    q = query_sets()["real0"]
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    with pytest.raises(ValueError, match="pack_keys of the pack"):
+        hashed_close(q, pack, keys[:-1], VOTE_KEY_BITS, 50)
+    with pytest.raises(ValueError, match="1-8 tables of 1-16 bits"):
+        hashed_close(q, pack, keys, np.zeros((9, 4), np.int32), 50)
+    with pytest.raises(ValueError, match="0-255"):
+        vote_keys(q, np.array([[256]]))
 
 
 def test_match_two_is_cross_check_and_nearest_two_in_one_pass(level):
@@ -430,6 +491,7 @@ def synthetic_outputs() -> bytes:
     parts = [ssim_scores(g, gs) for g in gs] + list(ssim_pair(gs[0], gs[3], gs))
     for q in sets:
         parts += [cross_check_counts(q, pack), count_close(q, pack, 100), *match_two(q, pack)]
+        parts += [hashed_close(q, pack, pack_keys(pack, KEY_BITS["crowded"]), KEY_BITS["crowded"], 100)]
     parts.append(dot_max(to_bfloat16(rows), rows[3], rows[11]))
     codes = rng.integers(-127, 128, (50, 256), dtype=np.int8)
     parts += list(region_max(codes, codes[:13], rng.uniform(0.1, 1.0, 13).astype(np.float32)))
@@ -440,7 +502,7 @@ def synthetic_outputs() -> bytes:
 
 
 # sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
-SYNTHETIC_SHA256 = "b3fa5cf710d90b59bebeda572e1d4746fac9819682fe6a69fabf82eb4b9f2b11"
+SYNTHETIC_SHA256 = "fc18a13b4d02cceeee1e8807b4360f799ee9796890dc75157c15d89a1dacbd2f"
 
 
 def test_outputs_are_the_same_bytes_on_every_machine(level):
