@@ -616,8 +616,9 @@ def _serving_rows(m: dict[str, Any]) -> list[list[str]]:
     kib = 1024
     return [
         [
-            "… after the first query: RSS growth / the shortlist tier's own arrays (with the region thumbnails and "
-            "vote keys it derives)",
+            "… after the first query: RSS growth (with the verification rows it read, a cache of at most "
+            "128 MiB a process) / the shortlist tier's own arrays (with the region thumbnails and vote keys the "
+            "first query derives)",
             f"{m['memory_bytes_per_image_serving'] / kib:.1f} / {m['shortlist_tier_bytes_per_image'] / kib:.1f} KiB",
         ]
     ]
@@ -954,7 +955,7 @@ def _large_section(large: dict[str, Any], command: str) -> str:
 
 Written by `{command}` (make bench-scale-100k) on {large["cpu"]} (kernels `{large["kernel"]}`),
 S3 server {_s3_server(large)}, {large["queries"]} queries; the per-record design is not measured
-at this size (its cold start GETs every record and holds ~180 KiB an image).
+at this size (its cold start GETs every record and holds ~180 KiB an image).{_before_hashed_votes(large)}
 
 {_measured_table(large)}
 
@@ -967,6 +968,26 @@ Issue 11's targets at this size:
 
 {targets}
 """
+
+
+def _before_hashed_votes(m: dict[str, Any]) -> str:
+    """A note for runs of an earlier engine, told by the figures they did not record yet: before the
+    keypoint votes went through hash keys (the memory after the first query) and before the
+    compaction moved the journal cursor (the entries it moved past)."""
+    earlier = []
+    if "memory_bytes_per_image_serving" not in m:
+        earlier.append(
+            "before the keypoint votes went through hash keys (docs/SCORING.md): its query times are "
+            "those of the vote over every pair"
+        )
+    if "compaction_journal_skipped" not in m:
+        earlier.append(
+            "before the compaction moved the journal cursor past what it folds: its cold start right "
+            "after the ingest lists the ingest's last changes"
+        )
+    if not earlier:
+        return ""
+    return f"\n**Measured at an earlier engine**, {'; and '.join(earlier)}. `make bench-scale-100k` measures it again."
 
 
 def _s3_server(m: dict[str, Any]) -> str:

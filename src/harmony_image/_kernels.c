@@ -1909,42 +1909,6 @@ static int hash_shape(Py_buffer *bits, int64_t tables, int64_t *nbits, const cha
     return 1;
 }
 
-/* vote_keys(rows, bits, tables, out): the keys of nq descriptors given as rows of 4 words */
-static PyObject *vote_keys(PyObject *self, PyObject *args)
-{
-    Py_buffer rows, bits, out;
-    int64_t tables, nbits;
-    if (!PyArg_ParseTuple(args, "y*y*Lw*", &rows, &bits, &tables, &out))
-        return NULL;
-    PyObject *result = NULL;
-    if (!hash_shape(&bits, tables, &nbits, "vote_keys"))
-        goto done;
-    int64_t nr = rows.len / 32;
-    if (rows.len % 32 != 0 || out.len < nr * tables * (Py_ssize_t)sizeof(uint16_t)) {
-        PyErr_SetString(PyExc_ValueError, "vote_keys: buffer sizes do not match");
-        goto done;
-    }
-    const uint64_t *r = (const uint64_t *)rows.buf;
-    key_lookup *lk = malloc(sizeof(key_lookup));
-    if (!lk) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    key_lookup_init(lk, (const int32_t *)bits.buf, tables, nbits);
-    for (int64_t i = 0; i < nr; i++)
-        keys_by_lookup(lk, r + 4 * i, tables, (uint16_t *)out.buf + i * tables);
-    Py_END_ALLOW_THREADS
-    free(lk);
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&bits);
-    PyBuffer_Release(&out);
-    return result;
-}
-
 /* pack_keys(planes, offsets, bits, tables, out): the keys of every packed descriptor, in order */
 static PyObject *pack_keys(PyObject *self, PyObject *args)
 {
@@ -2060,17 +2024,15 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"vote_keys", vote_keys, METH_VARARGS,
-     "vote_keys(rows, bits, tables, out) -> None\n\n"
-     "rows: n x 32 bytes; bits: int32[tables * nbits] bit positions (0-255); out: writable uint16[n * tables]:\n"
-     "bit j of key t of row i is bit bits[t * nbits + j] of the row (bit b of 64-bit word b / 64)."},
     {"pack_keys", pack_keys, METH_VARARGS,
      "pack_keys(planes, offsets, bits, tables, out) -> None\n\n"
-     "vote_keys of every descriptor of a pack (planes and offsets as cross_check_counts), in order."},
+     "planes and offsets as cross_check_counts; bits: int32[tables * nbits] bit positions (0-255); out:\n"
+     "writable uint16[total * tables]: bit j of key t of descriptor i is bit bits[t * nbits + j] of it\n"
+     "(bit b of its 64-bit word b / 64)."},
     {"hashed_close", hashed_close, METH_VARARGS,
      "hashed_close(query, query_keys, planes, offsets, keys, tables, nbits, threshold, out) -> None\n\n"
      "out[j] = how many query rows share a key (in one of the tables) with a descriptor of image j\n"
-     "within threshold bits; keys and query_keys from pack_keys and vote_keys."},
+     "within threshold bits; keys and query_keys from pack_keys."},
     {"cross_check_counts", cross_check_counts, METH_VARARGS,
      "cross_check_counts(query, planes, offsets, out) -> None\n\n"
      "query: nq x 32 bytes; planes: per image j, rows offsets[j]..offsets[j+1] stored as four\n"

@@ -412,15 +412,9 @@ def _checked_bits(bits: np.ndarray) -> np.ndarray:
 def vote_keys(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Bit-sampling keys of descriptor ``rows`` ((n, 32) uint8): (n, tables) uint16, bit j of key t
     being bit ``bits[t, j]`` of the descriptor (bit b of its 64-bit little-endian word b // 64).
-    Two descriptors ``d`` bits apart share a key of ``m`` sampled bits with probability
-    ``(1 - d / 256) ** m`` (Indyk and Motwani, 1998)."""
-    bits = _checked_bits(bits)
-    rows = np.ascontiguousarray(rows, dtype=np.uint8).reshape(-1, 32)
-    if _kernels is None:
-        return _bit_keys(rows.view(np.uint64).reshape(-1, 4), bits)
-    out = np.empty((len(rows), len(bits)), dtype=np.uint16)
-    _kernels.vote_keys(rows, bits, len(bits), out)
-    return out
+    Two descriptors ``d`` bits apart share a key of ``m`` sampled bits with probability about
+    ``(1 - d / 256) ** m``, over the choice of the bits (Indyk and Motwani, 1998)."""
+    return pack_keys(DescriptorPack([np.asarray(rows, dtype=np.uint8).reshape(-1, 32)]), bits)
 
 
 def pack_keys(pack: DescriptorPack, bits: np.ndarray) -> np.ndarray:

@@ -299,3 +299,24 @@ def test_a_shard_answering_alone_is_what_the_model_takes_and_the_doc_shows_both(
     assert "| warm `default` query, p50 / p99 (the shard's ShardFunction answer) | 500 / 800 ms |" in text
     assert "(each shard's answer 1500 ms; here the 2 shards share 2 cores, on Lambda each has its own: one " in text
     assert "shard's answer with the cores to itself 900 ms) | no |" in text
+
+
+def test_the_100k_section_says_when_it_was_measured_at_an_earlier_engine(tmp_path):
+    """A run without the figures that later code records says which changes it predates; a run
+    with them does not, and the memory after the first query is shown."""
+    path = tmp_path / "SCALE.md"
+    write_doc(path, MEASURED, "cmd 10k", large=LARGE, large_command="cmd 100k")
+    large = path.read_text().split("100,000 images, 2 shards")[1].split("## Modelled")[0]
+    assert "**Measured at an earlier engine**, before the keypoint votes went through hash keys" in large
+    assert "; and before the compaction moved the journal cursor" in large
+    assert "after the first query" not in large
+    now = {
+        **LARGE,
+        "compaction_journal_skipped": 4_000,
+        "memory_bytes_per_image_serving": 7_000,
+        "shortlist_tier_bytes_per_image": 5_900,
+    }
+    write_doc(path, MEASURED, "cmd 10k", large=now, large_command="cmd 100k")
+    large = path.read_text().split("100,000 images, 2 shards")[1].split("## Modelled")[0]
+    assert "earlier engine" not in large
+    assert "… after the first query: RSS growth" in large and "| 6.8 / 5.8 KiB |" in large
