@@ -1302,7 +1302,7 @@ enum { HASH_MAX_TABLES = 8, HASH_MAX_BITS = 16 };
 
 typedef struct {
     uint64_t *bitmap; /* tables * (1 << bits) / 64 */
-    int16_t *head;    /* tables * (1 << bits): first query row with the key, -1 for none */
+    int16_t *head;    /* tables * (1 << bits): first query row with the key (read only where bitmap is set) */
     int16_t *next;    /* tables * nq */
     int64_t *stamp;   /* nq: the last image the row voted for */
 } hash_work;
@@ -1314,8 +1314,6 @@ static int hash_work_alloc(hash_work *w, int64_t tables, int64_t bits, int64_t n
     w->head = malloc(slots * sizeof(int16_t));
     w->next = malloc((size_t)(tables * nq + 1) * sizeof(int16_t));
     w->stamp = malloc((size_t)(nq + 1) * sizeof(int64_t));
-    if (w->head)
-        memset(w->head, 0xFF, slots * sizeof(int16_t));
     return w->bitmap && w->head && w->next && w->stamp;
 }
 
@@ -1372,9 +1370,11 @@ HK_INLINE void keys_by_lookup(const key_lookup *lk, const uint64_t *words, int64
         out[t] = (uint16_t)(acc[t >> 2] >> (16 * (t & 3)));
 }
 
-HK_INLINE void hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
-                           int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold,
-                           hash_work *w, int32_t *counts, const int hw)
+/* Returns nonzero when a catalog key has more than nbits bits (the keys are not the pack's for these
+ * bits); such a key is read masked, never out of bounds, and the caller refuses the result. */
+HK_INLINE int hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
+                          int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold,
+                          hash_work *w, int32_t *counts, const int hw)
 {
     const int64_t slots = (int64_t)1 << nbits;
     uint64_t *restrict bitmap = w->bitmap;
@@ -1383,12 +1383,15 @@ HK_INLINE void hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys,
     for (int64_t i = nq - 1; i >= 0; i--) {
         for (int64_t t = 0; t < tables; t++) {
             int64_t slot = t * slots + qkeys[i * tables + t];
+            const int taken = (int)((bitmap[slot >> 6] >> (slot & 63)) & 1u);
             bitmap[slot >> 6] |= 1ull << (slot & 63);
-            next[t * nq + i] = head[slot];
+            next[t * nq + i] = taken ? head[slot] : -1; /* head is unset until its bit is */
             head[slot] = (int16_t)i;
         }
         stamp[i] = -1;
     }
+    const uint32_t mask = (uint32_t)slots - 1;
+    uint32_t seen = 0; /* every catalog key's bits, or-ed */
     for (int64_t j = 0; j < n; j++) {
         const int64_t lo = off[j], nc = off[j + 1] - off[j];
         const uint64_t *pj = p + 4 * lo;
@@ -1397,13 +1400,14 @@ HK_INLINE void hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys,
             const uint16_t *key = keys + (lo + k) * tables;
             uint32_t shared = 0; /* bit t: the query has a row with key t of this descriptor */
             for (int64_t t = 0; t < tables; t++) {
-                int64_t slot = t * slots + key[t];
+                seen |= key[t];
+                int64_t slot = t * slots + (key[t] & mask);
                 shared |= (uint32_t)((bitmap[slot >> 6] >> (slot & 63)) & 1u) << t;
             }
             while (shared) {
                 int64_t t = __builtin_ctz(shared);
                 shared &= shared - 1;
-                for (int64_t i = head[t * slots + key[t]]; i >= 0; i = next[t * nq + i]) {
+                for (int64_t i = head[t * slots + (key[t] & mask)]; i >= 0; i = next[t * nq + i]) {
                     if (stamp[i] == j)
                         continue;
                     const uint64_t *qi = q + 4 * i;
@@ -1418,14 +1422,15 @@ HK_INLINE void hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys,
         }
         counts[j] = count;
     }
+    return (seen & ~mask) != 0;
 }
 
 #define HASHED(NAME, TARGET, HW)                                                                                   \
-    TARGET static void NAME(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p,               \
+    TARGET static int NAME(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p,                \
                             const int64_t *off, int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits,    \
                             uint32_t threshold, hash_work *w, int32_t *counts)                                     \
     {                                                                                                              \
-        hashed_body(q, nq, qkeys, p, off, n, keys, tables, nbits, threshold, w, counts, HW);                       \
+        return hashed_body(q, nq, qkeys, p, off, n, keys, tables, nbits, threshold, w, counts, HW);                \
     }
 
 HASHED(hashed_portable, , 0)
@@ -1452,7 +1457,7 @@ typedef struct {
                   const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,
                   int32_t *which);
     /* votes by hashed keys (scalar: a few distances per catalog descriptor) */
-    void (*hashed)(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
+    int (*hashed)(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
                    int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold, hash_work *w,
                    int32_t *counts);
 } level_t;
@@ -1993,12 +1998,6 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "hashed_close: offsets out of range");
             goto done;
         }
-    if (n > 0)
-        for (int64_t i = off[0] * tables; i < off[n] * tables; i++)
-            if (ck[i] >> nbits) {
-                PyErr_SetString(PyExc_ValueError, "hashed_close: a catalog key has more bits than the keys");
-                goto done;
-            }
     hash_work w;
     if (!hash_work_alloc(&w, tables, nbits, nq)) {
         hash_work_free(&w);
@@ -2006,11 +2005,16 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
         goto done;
     }
     const level_t *L = LEVEL;
+    int wide_key; /* checked in the one pass over the keys, not in a pass of its own */
     Py_BEGIN_ALLOW_THREADS
-    L->hashed((const uint64_t *)query.buf, nq, qk, (const uint64_t *)planes.buf, off, n, ck, tables, nbits,
-              (uint32_t)threshold, &w, (int32_t *)out.buf);
+    wide_key = L->hashed((const uint64_t *)query.buf, nq, qk, (const uint64_t *)planes.buf, off, n, ck, tables, nbits,
+                         (uint32_t)threshold, &w, (int32_t *)out.buf);
     Py_END_ALLOW_THREADS
     hash_work_free(&w);
+    if (wide_key) {
+        PyErr_SetString(PyExc_ValueError, "hashed_close: a catalog key has more bits than the keys");
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:

@@ -439,21 +439,30 @@ def _pack_words(pack: DescriptorPack) -> np.ndarray:
 
 
 def hashed_close(
-    query: np.ndarray, pack: DescriptorPack, keys: np.ndarray, bits: np.ndarray, threshold: int
+    query: np.ndarray,
+    pack: DescriptorPack,
+    keys: np.ndarray,
+    bits: np.ndarray,
+    threshold: int,
+    *,
+    query_keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per packed image: how many rows of ``query`` share a key with one of its descriptors (in
     any table: ``keys`` is :func:`pack_keys` of ``pack`` with the same ``bits``) and lie within
     ``threshold`` bits of it. :func:`count_close` counted every row within the threshold, over
     every pair; this reads only the pairs that share a key (locality-sensitive hashing by bit
     sampling: Gionis, Indyk and Motwani, VLDB 1999), so its cost grows with those, and it counts
-    close pairs the more often the closer they are."""
+    close pairs the more often the closer they are. ``query_keys`` (:func:`vote_keys` of ``query``
+    with ``bits``) spares computing them again for each pack a query meets."""
     bits = _checked_bits(bits)
     n = len(pack)
     out = np.zeros(n, dtype=np.int32)
     if n == 0 or len(query) == 0 or threshold < 0:
         return out
     query = np.ascontiguousarray(query, dtype=np.uint8)
-    query_keys = vote_keys(query, bits)
+    query_keys = vote_keys(query, bits) if query_keys is None else np.ascontiguousarray(query_keys, dtype=np.uint16)
+    if query_keys.shape != (len(query), len(bits)):
+        raise ValueError(f"query_keys must be vote_keys of the query with these bits: shape {query_keys.shape}")
     keys = np.ascontiguousarray(keys, dtype=np.uint16)
     if keys.shape != (int(pack.offsets[-1]), len(bits)):
         raise ValueError(f"keys must be pack_keys of the pack with these bits: shape {keys.shape}")

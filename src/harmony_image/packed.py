@@ -39,6 +39,7 @@ from .kernels import (
     pack_keys,
     ssim_scores,
     to_bfloat16,
+    vote_keys,
 )
 from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, region_thumbs
 
@@ -442,9 +443,12 @@ class PackedCatalog:
 
     def vote_counts(self, query: np.ndarray, threshold: int) -> np.ndarray:
         """:func:`~harmony_image.kernels.hashed_close` of ``query`` with every row's vote descriptors."""
+        query_keys = vote_keys(query, VOTE_KEY_BITS)  # once for every block
         return self._scatter(
             [
-                hashed_close(query, b.shortlist.votes, b.shortlist.vote_keys, VOTE_KEY_BITS, threshold)
+                hashed_close(
+                    query, b.shortlist.votes, b.shortlist.vote_keys, VOTE_KEY_BITS, threshold, query_keys=query_keys
+                )
                 for b in self.blocks
             ],
             np.int32,

@@ -295,12 +295,30 @@ def test_hashed_votes_find_a_copy_and_its_close_pairs():
         assert (votes[unrelated] < 0.2 * len(q)).all()
 
 
+def test_hashed_votes_take_the_query_keys_computed_once(level):
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    for q in query_sets().values():
+        given = hashed_close(q, pack, keys, VOTE_KEY_BITS, 50, query_keys=vote_keys(q, VOTE_KEY_BITS))
+        assert given.tolist() == hashed_close(q, pack, keys, VOTE_KEY_BITS, 50).tolist()
+
+
+def test_hashed_votes_refuse_a_catalog_key_wider_than_the_keys(level):
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    keys[-1, 2] |= 1 << 14  # the last descriptor's third key: a 15th bit
+    with pytest.raises(ValueError, match="a catalog key has more bits than the keys"):
+        hashed_close(query_sets()["real0"], pack, keys, VOTE_KEY_BITS, 50)
+
+
 def test_hashed_votes_refuse_keys_that_do_not_fit():
     pack = DescriptorPack(list(descriptor_sets().values()))
     q = query_sets()["real0"]
     keys = pack_keys(pack, VOTE_KEY_BITS)
     with pytest.raises(ValueError, match="pack_keys of the pack"):
         hashed_close(q, pack, keys[:-1], VOTE_KEY_BITS, 50)
+    with pytest.raises(ValueError, match="vote_keys of the query"):
+        hashed_close(q, pack, keys, VOTE_KEY_BITS, 50, query_keys=vote_keys(q[:-1], VOTE_KEY_BITS))
     with pytest.raises(ValueError, match="1-8 tables of 1-16 bits"):
         hashed_close(q, pack, keys, np.zeros((9, 4), np.int32), 50)
     with pytest.raises(ValueError, match="0-255"):
