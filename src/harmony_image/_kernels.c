@@ -1008,7 +1008,7 @@ HK_INLINE void region_body(const int8_t *row8, const int16_t *windows, int64_t m
  * window's sum and sum of squares (integral images), the numerator and the variance are exact int32;
  * only the ratio is rounded, with the same IEEE float32 operations at every level and in the numpy
  * fallback (-fno-math-errno lets sqrtf vectorise; it changes no result). */
-#define CROP_LANES_MAX 8
+#define CROP_LANES_MAX 16
 #define CROP_SIDE_MAX 32
 #define CROP_SIZE_MAX 12
 #define CROP_TAPS_MAX 4096
@@ -1021,7 +1021,7 @@ typedef struct {
     float taps[CROP_TAPS_MAX]; /* the templates' int8 values as float */
 } crop_work;
 
-/* crop_group_4 and crop_group_8: LANES thumbnails a sweep, one per lane of float vectors of
+/* crop_group_4, _8 and _16: LANES thumbnails a sweep, one per lane of float vectors of
  * LANES x 4 bytes (GCC vector extensions: the same arithmetic at every width) */
 #define CROP_GROUP(LANES) \
 HK_INLINE void crop_group_##LANES(const int8_t *rows, int64_t g, int64_t side, const float *taps, const int32_t *sizes, \
@@ -1095,6 +1095,7 @@ HK_INLINE void crop_group_##LANES(const int8_t *rows, int64_t g, int64_t side, c
 }
 CROP_GROUP(4)
 CROP_GROUP(8)
+CROP_GROUP(16)
 
 #define LEVEL_FUNCTIONS(SUFFIX, TARGET, LANES)                                                                    \
     SSIM_LEVEL(SUFFIX, TARGET)                                                                               \
@@ -1127,7 +1128,7 @@ LEVEL_FUNCTIONS(portable, , 4)
 #if defined(HK_X86)
 LEVEL_FUNCTIONS(popcnt, T_POPCNT, 4)
 LEVEL_FUNCTIONS(avx2, T_AVX2, 8)
-LEVEL_FUNCTIONS(avx512, T_AVX512, 8)
+LEVEL_FUNCTIONS(avx512, T_AVX512, 16)
 
 /* Region looks with AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes and adds each four
  * products into a 32-bit lane, exactly.  Sixteen windows a vector, one per lane: their bytes made
@@ -1139,8 +1140,8 @@ T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *
                                   const float *scale, int16_t *row, float *out, int32_t *which)
 {
     const int64_t blocks = (m + 15) / 16, quads = d / 4;
-    uint8_t *packed = d == 256 ? aligned_alloc(64, (size_t)(blocks * quads * 64)) : NULL;
-    float *scales = d == 256 ? aligned_alloc(64, (size_t)(blocks * 16) * sizeof(float)) : NULL;
+    uint8_t *packed = d % 4 == 0 ? aligned_alloc(64, (size_t)(blocks * quads * 64)) : NULL;
+    float *scales = d % 4 == 0 ? aligned_alloc(64, (size_t)(blocks * 16) * sizeof(float)) : NULL;
     if (!packed || !scales) { /* another size, or no memory: the generic loop */
         free(packed);
         free(scales);
@@ -1200,6 +1201,88 @@ T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *
     }
     free(packed);
     free(scales);
+}
+/* Group maxima with AVX-512 VNNI (region_group_max): as regions_vnni, but each group's blocks of sixteen
+ * windows keep a running maximum per lane, reduced once at the group's end, and no window index is kept.
+ * Returns 0 when it cannot run (d not a multiple of 4, or no memory): the caller runs the generic loop. */
+T_AVX512 static int group_max_vnni(const int8_t *rows, int64_t n, const int16_t *windows, int64_t d,
+                                   const float *scale, const int64_t *ends, int64_t groups, float *out)
+{
+    if (d % 4)
+        return 0;
+    const int64_t quads = d / 4;
+    int64_t blocks = 0;
+    for (int64_t g = 0, lo = 0; g < groups; lo = ends[g++])
+        blocks += (ends[g] - lo + 15) / 16;
+    uint8_t *packed = aligned_alloc(64, (size_t)(blocks * quads * 64));
+    float *scales = aligned_alloc(64, (size_t)(blocks * 16) * sizeof(float));
+    __mmask16 *valid = malloc((size_t)blocks * sizeof(__mmask16));
+    int64_t *first = malloc((size_t)(groups + 1) * sizeof(int64_t)); /* group g's blocks: first[g] to first[g + 1] */
+    if (!packed || !scales || !valid || !first) {
+        free(packed);
+        free(scales);
+        free(valid);
+        free(first);
+        return 0;
+    }
+    memset(packed, 0, (size_t)(blocks * quads * 64));
+    int64_t b = 0;
+    for (int64_t g = 0, lo = 0; g < groups; lo = ends[g++]) {
+        first[g] = b;
+        for (int64_t base = lo; base < ends[g]; base += 16, b++) {
+            const int64_t lanes = MIN_(16, ends[g] - base);
+            valid[b] = (__mmask16)(lanes == 16 ? 0xFFFFu : (1u << lanes) - 1u);
+            for (int64_t l = 0; l < 16; l++)
+                scales[b * 16 + l] = l < lanes ? scale[base + l] : 0.0f;
+            for (int64_t l = 0; l < lanes; l++)
+                for (int64_t k = 0; k < d; k++)
+                    packed[(b * quads + k / 4) * 64 + l * 4 + k % 4] = (uint8_t)(windows[(base + l) * d + k] + 128);
+        }
+    }
+    first[groups] = b;
+    const __m512 none = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += VNNI_ROWS) {
+        const int8_t *r[VNNI_ROWS];
+        int32_t correction[VNNI_ROWS];
+        for (int t = 0; t < VNNI_ROWS; t++) {
+            r[t] = rows + MIN_(i + t, n - 1) * d; /* past the end: the last row again, not stored */
+            int32_t sum = 0;
+            for (int64_t k = 0; k < d; k++)
+                sum += r[t][k];
+            correction[t] = 128 * sum;
+        }
+        for (int64_t g = 0; g < groups; g++) {
+            __m512 top[VNNI_ROWS];
+            for (int t = 0; t < VNNI_ROWS; t++)
+                top[t] = none;
+            for (int64_t c = first[g]; c < first[g + 1]; c++) {
+                __m512i acc[VNNI_ROWS];
+                for (int t = 0; t < VNNI_ROWS; t++)
+                    acc[t] = _mm512_setzero_si512();
+                const uint8_t *w = packed + c * quads * 64;
+                for (int64_t q = 0; q < quads; q++) {
+                    const __m512i unsigned_windows = _mm512_load_si512((const void *)(w + q * 64));
+                    for (int t = 0; t < VNNI_ROWS; t++) {
+                        int32_t four;
+                        memcpy(&four, r[t] + q * 4, sizeof four);
+                        acc[t] = _mm512_dpbusd_epi32(acc[t], unsigned_windows, _mm512_set1_epi32(four));
+                    }
+                }
+                const __m512 sc = _mm512_load_ps(scales + c * 16);
+                for (int t = 0; t < VNNI_ROWS; t++) {
+                    __m512i dots = _mm512_sub_epi32(acc[t], _mm512_set1_epi32(correction[t]));
+                    top[t] = _mm512_mask_max_ps(top[t], valid[c], top[t], _mm512_mul_ps(_mm512_cvtepi32_ps(dots), sc));
+                }
+            }
+            for (int t = 0; t < VNNI_ROWS && i + t < n; t++)
+                out[g * n + i + t] = _mm512_reduce_max_ps(top[t]);
+        }
+    }
+    free(packed);
+    free(scales);
+    free(valid);
+    free(first);
+    return 1;
 }
 /* Region looks with AVX2: vpmaddwd multiplies pairs of int16 and adds each pair into a 32-bit lane,
  * exactly.  Eight windows a vector, one per lane, their taps interleaved by pairs; a row's pair of
@@ -1298,7 +1381,7 @@ T_AVX2 static void regions_madd(const int8_t *rows, int64_t n, const int16_t *wi
  * image when one of the image's descriptors shares one of its keys and lies within the
  * threshold.  The query's keys go in per-table bitmaps and chains (head/next), so each catalog
  * descriptor costs a few bit tests; the distance is computed only for the few that share a key. */
-enum { HASH_MAX_TABLES = 8, HASH_MAX_BITS = 16 };
+enum { HASH_MAX_TABLES = 8, HASH_MAX_BITS = 16, HASH_MAX_GROUPS = 16 };
 
 typedef struct {
     uint64_t *bitmap; /* tables * (1 << bits) / 64 */
@@ -1372,9 +1455,9 @@ HK_INLINE void keys_by_lookup(const key_lookup *lk, const uint64_t *words, int64
 
 /* Returns nonzero when a catalog key has more than nbits bits (the keys are not the pack's for these
  * bits); such a key is read masked, never out of bounds, and the caller refuses the result. */
-HK_INLINE int hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
-                          int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold,
-                          hash_work *w, int32_t *counts, const int hw)
+HK_INLINE int hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint8_t *group, int64_t groups,
+                          const uint64_t *p, const int64_t *off, int64_t n, const uint16_t *keys, int64_t tables,
+                          int64_t nbits, uint32_t threshold, hash_work *w, int32_t *counts, const int hw)
 {
     const int64_t slots = (int64_t)1 << nbits;
     uint64_t *restrict bitmap = w->bitmap;
@@ -1395,7 +1478,7 @@ HK_INLINE int hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, 
     for (int64_t j = 0; j < n; j++) {
         const int64_t lo = off[j], nc = off[j + 1] - off[j];
         const uint64_t *pj = p + 4 * lo;
-        int32_t count = 0;
+        int32_t count[HASH_MAX_GROUPS] = {0};
         for (int64_t k = 0; k < nc; k++) {
             const uint16_t *key = keys + (lo + k) * tables;
             uint32_t shared = 0; /* bit t: the query has a row with key t of this descriptor */
@@ -1415,22 +1498,23 @@ HK_INLINE int hashed_body(const uint64_t *q, int64_t nq, const uint16_t *qkeys, 
                                        pj[3 * nc + k] ^ qi[3], hw);
                     if (d <= threshold) {
                         stamp[i] = j;
-                        count++;
+                        count[group[i]]++;
                     }
                 }
             }
         }
-        counts[j] = count;
+        for (int64_t g = 0; g < groups; g++)
+            counts[j * groups + g] = count[g];
     }
     return (seen & ~mask) != 0;
 }
 
 #define HASHED(NAME, TARGET, HW)                                                                                   \
-    TARGET static int NAME(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p,                \
-                            const int64_t *off, int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits,    \
-                            uint32_t threshold, hash_work *w, int32_t *counts)                                     \
+    TARGET static int NAME(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint8_t *group,             \
+                            int64_t groups, const uint64_t *p, const int64_t *off, int64_t n, const uint16_t *keys,  \
+                            int64_t tables, int64_t nbits, uint32_t threshold, hash_work *w, int32_t *counts)        \
     {                                                                                                              \
-        return hashed_body(q, nq, qkeys, p, off, n, keys, tables, nbits, threshold, w, counts, HW);                \
+        return hashed_body(q, nq, qkeys, group, groups, p, off, n, keys, tables, nbits, threshold, w, counts, HW); \
     }
 
 HASHED(hashed_portable, , 0)
@@ -1457,9 +1541,9 @@ typedef struct {
                   const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,
                   int32_t *which);
     /* votes by hashed keys (scalar: a few distances per catalog descriptor) */
-    int (*hashed)(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint64_t *p, const int64_t *off,
-                   int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits, uint32_t threshold, hash_work *w,
-                   int32_t *counts);
+    int (*hashed)(const uint64_t *q, int64_t nq, const uint16_t *qkeys, const uint8_t *group, int64_t groups,
+                  const uint64_t *p, const int64_t *off, int64_t n, const uint16_t *keys, int64_t tables, int64_t nbits,
+                  uint32_t threshold, hash_work *w, int32_t *counts);
 } level_t;
 
 static int always(void) { return 1; }
@@ -1840,6 +1924,63 @@ done:
     return result;
 }
 
+/* out[g * n + i] = max over the windows of group g (those from ends[g - 1] to ends[g]) of
+ * (row_i . window_j) * scale[j]: region_body's numbers, without the window's index */
+static PyObject *region_group_max(PyObject *self, PyObject *args)
+{
+    Py_buffer rows, windows, scale, ends, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*", &rows, &windows, &scale, &ends, &out))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t m = scale.len / (Py_ssize_t)sizeof(float), groups = ends.len / (Py_ssize_t)sizeof(int64_t);
+    int64_t d = m ? windows.len / (m * (Py_ssize_t)sizeof(int16_t)) : 0;
+    int64_t n = d ? rows.len / d : 0;
+    const int64_t *end = (const int64_t *)ends.buf;
+    int ordered = groups > 0 && end[groups - 1] == m;
+    for (int64_t g = 0; g < groups && ordered; g++)
+        ordered = end[g] > (g ? end[g - 1] : 0);
+    int16_t *row = NULL;
+    int32_t *which = NULL;
+    if (m == 0 || d == 0 || windows.len != m * d * (Py_ssize_t)sizeof(int16_t) || rows.len != n * d || !ordered ||
+        out.len < groups * n * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "region_group_max: expects int8 rows of d, m int16 windows of d, m float32 "
+                                          "scales, int64 group ends rising to m, float32 out of groups x n");
+        goto done;
+    }
+    row = malloc((size_t)d * sizeof(int16_t));
+    which = malloc((size_t)(n + 1) * sizeof(int32_t));
+    if (!row || !which) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const level_t *L = LEVEL;
+    float *o = (float *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int done_fast = 0;
+#if defined(HK_X86)
+    if (L->regions == regions_vnni)
+        done_fast = group_max_vnni((const int8_t *)rows.buf, n, (const int16_t *)windows.buf, d, (const float *)scale.buf,
+                                   end, groups, o);
+#endif
+    for (int64_t g = 0; g < groups && !done_fast; g++) {
+        const int64_t lo = g ? end[g - 1] : 0;
+        L->regions((const int8_t *)rows.buf, n, (const int16_t *)windows.buf + lo * d, end[g] - lo, d,
+                   (const float *)scale.buf + lo, row, o + g * n, which);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(row);
+    free(which);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&windows);
+    PyBuffer_Release(&scale);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 /* out[i], which[i] = the best template position of thumbnail i (crop_group) */
 static PyObject *crop_max(PyObject *self, PyObject *args)
 {
@@ -1967,30 +2108,37 @@ done:
 /* hashed_close(query, query_keys, planes, offsets, keys, tables, nbits, threshold, out) */
 static PyObject *hashed_close(PyObject *self, PyObject *args)
 {
-    Py_buffer query, qkeys, planes, offsets, keys, out;
-    int64_t tables, nbits;
+    Py_buffer query, qkeys, groups_of, planes, offsets, keys, out;
+    int64_t groups, tables, nbits;
     int threshold;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*LLiw*", &query, &qkeys, &planes, &offsets, &keys, &tables, &nbits,
-                          &threshold, &out))
+    if (!PyArg_ParseTuple(args, "y*y*y*Ly*y*y*LLiw*", &query, &qkeys, &groups_of, &groups, &planes, &offsets, &keys,
+                          &tables, &nbits, &threshold, &out))
         return NULL;
     PyObject *result = NULL;
     int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
     const int64_t *off = (const int64_t *)offsets.buf;
     if (tables < 1 || tables > HASH_MAX_TABLES || nbits < 1 || nbits > HASH_MAX_BITS || nq > 32767 ||
-        threshold < 0) {
-        PyErr_SetString(PyExc_ValueError, "hashed_close: 1-8 tables of 1-16 bits, at most 32767 query rows, "
-                                          "a threshold >= 0");
+        threshold < 0 || groups < 1 || groups > HASH_MAX_GROUPS) {
+        PyErr_SetString(PyExc_ValueError, "hashed_close: 1-8 tables of 1-16 bits, at most 32767 query rows in 1-16 "
+                                          "groups, a threshold >= 0");
         goto done;
     }
     if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || qkeys.len < nq * tables * (Py_ssize_t)sizeof(uint16_t) ||
-        keys.len < total * tables * (Py_ssize_t)sizeof(uint16_t) || out.len < n * (Py_ssize_t)sizeof(int32_t)) {
+        groups_of.len < nq || keys.len < total * tables * (Py_ssize_t)sizeof(uint16_t) ||
+        out.len < n * groups * (Py_ssize_t)sizeof(int32_t)) {
         PyErr_SetString(PyExc_ValueError, "hashed_close: buffer sizes do not match");
         goto done;
     }
     const uint16_t *qk = (const uint16_t *)qkeys.buf, *ck = (const uint16_t *)keys.buf;
+    const uint8_t *group = (const uint8_t *)groups_of.buf;
     for (int64_t i = 0; i < nq * tables; i++)
         if (qk[i] >> nbits) {
             PyErr_SetString(PyExc_ValueError, "hashed_close: a query key has more bits than the keys");
+            goto done;
+        }
+    for (int64_t i = 0; i < nq; i++)
+        if (group[i] >= groups) {
+            PyErr_SetString(PyExc_ValueError, "hashed_close: a query row's group is past the groups");
             goto done;
         }
     for (int64_t j = 0; j < n; j++)
@@ -2007,8 +2155,8 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
     const level_t *L = LEVEL;
     int wide_key; /* checked in the one pass over the keys, not in a pass of its own */
     Py_BEGIN_ALLOW_THREADS
-    wide_key = L->hashed((const uint64_t *)query.buf, nq, qk, (const uint64_t *)planes.buf, off, n, ck, tables, nbits,
-                         (uint32_t)threshold, &w, (int32_t *)out.buf);
+    wide_key = L->hashed((const uint64_t *)query.buf, nq, qk, group, groups, (const uint64_t *)planes.buf, off, n, ck,
+                         tables, nbits, (uint32_t)threshold, &w, (int32_t *)out.buf);
     Py_END_ALLOW_THREADS
     hash_work_free(&w);
     if (wide_key) {
@@ -2020,6 +2168,7 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
 done:
     PyBuffer_Release(&query);
     PyBuffer_Release(&qkeys);
+    PyBuffer_Release(&groups_of);
     PyBuffer_Release(&planes);
     PyBuffer_Release(&offsets);
     PyBuffer_Release(&keys);
@@ -2034,9 +2183,9 @@ static PyMethodDef methods[] = {
      "writable uint16[total * tables]: bit j of key t of descriptor i is bit bits[t * nbits + j] of it\n"
      "(bit b of its 64-bit word b / 64)."},
     {"hashed_close", hashed_close, METH_VARARGS,
-     "hashed_close(query, query_keys, planes, offsets, keys, tables, nbits, threshold, out) -> None\n\n"
-     "out[j] = how many query rows share a key (in one of the tables) with a descriptor of image j\n"
-     "within threshold bits; keys and query_keys from pack_keys."},
+     "hashed_close(query, query_keys, group, groups, planes, offsets, keys, tables, nbits, threshold, out) -> None\n\n"
+     "out[j * groups + g] = how many query rows of group g (group: uint8[nq], each row's) share a key (in\n"
+     "one of the tables) with a descriptor of image j within threshold bits; keys and query_keys from pack_keys."},
     {"cross_check_counts", cross_check_counts, METH_VARARGS,
      "cross_check_counts(query, planes, offsets, out) -> None\n\n"
      "query: nq x 32 bytes; planes: per image j, rows offsets[j]..offsets[j+1] stored as four\n"
@@ -2061,6 +2210,11 @@ static PyMethodDef methods[] = {
      "region_max(rows, windows, scale, out, which) -> None\n\n"
      "rows: n x d int8; windows: m x d int16 (int8 values); scale: float32[m]; out: writable float32[n] of\n"
      "max_j (row . window_j) * scale[j]; which: writable int32[n], the first such j."},
+    {"region_group_max", region_group_max, METH_VARARGS,
+     "region_group_max(rows, windows, scale, ends, out) -> None\n\n"
+     "rows: n x d int8; windows: m x d int16 (int8 values) in groups, group g ending at ends[g] (int64, rising\n"
+     "to m); scale: float32[m]; out: writable float32[groups * n], out[g * n + i] = max over group g's\n"
+     "windows of (row_i . window_j) * scale[j]."},
     {"crop_max", crop_max, METH_VARARGS,
      "crop_max(rows, side, taps, sizes, sums, scale, out, which) -> None\n\n"
      "rows: n x side x side int8 thumbnails; taps: the m templates' int8 values (int16), template j\n"

@@ -13,6 +13,7 @@ def match_two(
 ) -> None: ...
 def dot_max(rows: Buffer, query_a: Buffer, query_b: Buffer, out: Buffer, /) -> None: ...
 def region_max(rows: Buffer, windows: Buffer, scale: Buffer, out: Buffer, which: Buffer, /) -> None: ...
+def region_group_max(rows: Buffer, windows: Buffer, scale: Buffer, ends: Buffer, out: Buffer, /) -> None: ...
 def crop_max(
     rows: Buffer, side: int, taps: Buffer, sizes: Buffer, sums: Buffer, scale: Buffer, out: Buffer, which: Buffer, /
 ) -> None: ...
@@ -20,6 +21,8 @@ def pack_keys(planes: Buffer, offsets: Buffer, bits: Buffer, tables: int, out: B
 def hashed_close(
     query: Buffer,
     query_keys: Buffer,
+    group: Buffer,
+    groups: int,
     planes: Buffer,
     offsets: Buffer,
     keys: Buffer,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import ModuleType
@@ -237,6 +237,35 @@ def region_max(rows: np.ndarray, windows: np.ndarray, scale: np.ndarray) -> tupl
     return scaled[np.arange(n), at], at
 
 
+def region_group_max(rows: np.ndarray, windows: np.ndarray, scale: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """:func:`region_max` of ``rows`` with each group of ``windows`` — the windows from
+    ``ends[g - 1]`` (0 for the first) to ``ends[g]`` — without the window's index: (groups, n)
+    float32, the same numbers as :func:`region_max` of each group's windows alone."""
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    if len(ends) == 0 or ends[-1] != len(windows) or (np.diff(ends, prepend=0) <= 0).any():
+        raise ValueError(f"ends must rise from above 0 to the {len(windows)} windows, one per group: {ends.tolist()}")
+    n = rows.shape[0]
+    out = np.empty((len(ends), n), dtype=np.float32)
+    if n == 0:
+        return out
+    rows = np.ascontiguousarray(rows, dtype=np.int8)
+    scale = np.ascontiguousarray(scale, dtype=np.float32)
+    if _kernels is not None:
+        kernel = _kernels
+        wide = np.ascontiguousarray(windows, dtype=np.int16)
+
+        def run(lo: int, hi: int) -> None:
+            part = np.empty((len(ends), hi - lo), dtype=np.float32)
+            kernel.region_group_max(rows[lo:hi], wide, scale, ends, part)
+            out[:, lo:hi] = part
+
+        _parallel(run, n, 64)
+        return out
+    for g, (lo, hi) in enumerate(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)):
+        out[g] = region_max(rows, windows[lo:hi], scale[lo:hi])[0]
+    return out
+
+
 def crop_max(
     rows: np.ndarray, side: int, taps: np.ndarray, sizes: np.ndarray, scale: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +467,10 @@ def _pack_words(pack: DescriptorPack) -> np.ndarray:
     return np.stack([pack.planes[4 * start + w * count + (row - start)] for w in range(4)], axis=1)
 
 
+HASH_MAX_GROUPS = 16
+"""Most groups of query rows :func:`hashed_close` counts apart in one pass."""
+
+
 def hashed_close(
     query: np.ndarray,
     pack: DescriptorPack,
@@ -446,6 +479,7 @@ def hashed_close(
     threshold: int,
     *,
     query_keys: np.ndarray | None = None,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Per packed image: how many rows of ``query`` share a key with one of its descriptors (in
     any table: ``keys`` is :func:`pack_keys` of ``pack`` with the same ``bits``) and lie within
@@ -453,12 +487,25 @@ def hashed_close(
     every pair; this reads only the pairs that share a key (locality-sensitive hashing by bit
     sampling: Gionis, Indyk and Motwani, VLDB 1999), so its cost grows with those, and it counts
     close pairs the more often the closer they are. ``query_keys`` (:func:`vote_keys` of ``query``
-    with ``bits``) spares computing them again for each pack a query meets."""
+    with ``bits``) spares computing them again for each pack a query meets.
+
+    ``groups`` counts several sets of query rows in one pass over the catalog's keys: ``query``
+    holds their rows one after the other, ``groups[g]`` of set g (1 to :data:`HASH_MAX_GROUPS`
+    sets, any of them empty). The result is then (n, len(groups)), each column the counts of
+    one set's rows alone."""
     bits = _checked_bits(bits)
     n = len(pack)
-    out = np.zeros(n, dtype=np.int32)
+    sizes = [len(query)] if groups is None else [int(g) for g in groups]
+    if not 1 <= len(sizes) <= HASH_MAX_GROUPS or min(sizes) < 0 or sum(sizes) != len(query):
+        raise ValueError(
+            f"groups must be 1 to {HASH_MAX_GROUPS} sizes of row sets that add up to the {len(query)} query rows, "
+            f"not {sizes}"
+        )
+    width = len(sizes)
+    group = np.repeat(np.arange(width, dtype=np.uint8), sizes)
+    out = np.zeros((n, width), dtype=np.int32)
     if n == 0 or len(query) == 0 or threshold < 0:
-        return out
+        return out if groups is not None else out[:, 0]
     query = np.ascontiguousarray(query, dtype=np.uint8)
     query_keys = vote_keys(query, bits) if query_keys is None else np.ascontiguousarray(query_keys, dtype=np.uint16)
     if query_keys.shape != (len(query), len(bits)):
@@ -467,14 +514,24 @@ def hashed_close(
     if keys.shape != (int(pack.offsets[-1]), len(bits)):
         raise ValueError(f"keys must be pack_keys of the pack with these bits: shape {keys.shape}")
     if _kernels is not None:
-        kernel, tables, width = _kernels, len(bits), bits.shape[1]
+        kernel, tables, nbits = _kernels, len(bits), bits.shape[1]
         _parallel(
             lambda lo, hi: kernel.hashed_close(
-                query, query_keys, pack.planes, pack.offsets[lo : hi + 1], keys, tables, width, threshold, out[lo:hi]
+                query,
+                query_keys,
+                group,
+                width,
+                pack.planes,
+                pack.offsets[lo : hi + 1],
+                keys,
+                tables,
+                nbits,
+                threshold,
+                out[lo:hi],
             ),
             n,
         )
-        return out
+        return out if groups is not None else out[:, 0]
     words, q_words = _pack_words(pack), query.view(np.uint64).reshape(-1, 4)
     owner = np.repeat(np.arange(n), np.diff(pack.offsets))
     voted = []
@@ -491,8 +548,9 @@ def hashed_close(
         close = dist <= threshold
         voted.append(rows[close].astype(np.int64) * n + owner[row[close]])
     pairs = np.unique(np.concatenate(voted))
-    out += np.bincount(pairs % n, minlength=n).astype(np.int32)
-    return out
+    image, voter = pairs % n, pairs // n
+    out += np.bincount(image * width + group[voter], minlength=n * width).reshape(n, width).astype(np.int32)
+    return out if groups is not None else out[:, 0]
 
 
 def nearest_two(query: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

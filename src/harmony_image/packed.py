@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -41,7 +42,18 @@ from .kernels import (
     to_bfloat16,
     vote_keys,
 )
-from .regions import QueryRegions, RegionThumbs, best_crops, best_windows, region_thumbs
+from .regions import (
+    REGION_SIDE,
+    CoarseThumbs,
+    QueryRegions,
+    RegionThumbs,
+    best_crops,
+    best_looks,
+    best_windows,
+    coarse_thumbs,
+    region_bounds,
+    region_thumbs,
+)
 
 VOTE_DESCRIPTORS = 96
 """Catalog descriptors per image that take part in the shortlist's keypoint vote."""
@@ -152,6 +164,12 @@ class ShortlistTier:
         return region_thumbs(self.thumbs)
 
     @cached_property
+    def coarse(self) -> CoarseThumbs:
+        """The region thumbnails' coarse copies, which bound the region looks, derived when first
+        read, as :attr:`regions` are."""
+        return coarse_thumbs(self.regions)
+
+    @cached_property
     def vote_keys(self) -> np.ndarray:
         """The vote descriptors' hash keys (:data:`VOTE_KEY_BITS`), derived when first read, as
         :attr:`regions` are."""
@@ -172,7 +190,9 @@ class ShortlistTier:
         arrays: tuple[np.ndarray, ...] = (self.sha256, self.thumbs, self.colours, self.votes.planes, self.votes.offsets)
         arrays += (self.descriptor_offsets, self.detail_offsets, self.sizes)
         keys = sum(len(k.encode()) for k in self.keys)
-        derived = sum(self.__dict__[name].nbytes for name in ("regions", "vote_keys") if name in self.__dict__)
+        derived = sum(
+            self.__dict__[name].nbytes for name in ("regions", "coarse", "vote_keys") if name in self.__dict__
+        )
         return int(sum(a.nbytes for a in arrays) + derived + self.urls.nbytes + keys)
 
 
@@ -407,9 +427,10 @@ class PackedCatalog:
         block, i = self._locate(row)
         return CatalogEntry(key=self.keys[row], url=block.shortlist.url(i), features=block.features(i))
 
-    def _scatter(self, per_block: list[np.ndarray], dtype: type) -> np.ndarray:
-        """Per-block results (one per block entry) placed at the rows of the live entries."""
-        out: np.ndarray = np.empty(len(self), dtype=dtype)
+    def _scatter(self, per_block: list[np.ndarray], dtype: type, columns: tuple[int, ...] = ()) -> np.ndarray:
+        """Per-block results (one per block entry, each of shape ``columns``) placed at the rows of
+        the live entries."""
+        out: np.ndarray = np.empty((len(self), *columns), dtype=dtype)
         for rows, values in zip(self.rows_of, per_block, strict=True):
             live = rows >= 0
             out[rows[live]] = values[live]
@@ -419,9 +440,35 @@ class PackedCatalog:
         """:func:`~harmony_image.kernels.dot_max` of every row's thumbnail with two query thumbnails."""
         return self._scatter([dot_max(b.shortlist.thumbs, query_a, query_b) for b in self.blocks], np.float32)
 
-    def region_looks(self, query: QueryRegions) -> np.ndarray:
-        """:func:`~harmony_image.regions.best_windows` of every row: its best region look."""
-        return self._scatter([best_windows(b.shortlist.regions, query)[0] for b in self.blocks], np.float32)
+    @cached_property
+    def _coarse(self) -> tuple[CoarseThumbs, np.ndarray]:
+        """Every block's :attr:`ShortlistTier.coarse`, one after the other, and each entry's row
+        (-1: it does not take part): the bounds in one call for the whole catalog, not one a
+        block (measured: a third of the time on a catalog of 50 blocks)."""
+        return (
+            CoarseThumbs.concatenate([b.shortlist.coarse for b in self.blocks]),
+            np.concatenate(self.rows_of or [_NONE]),
+        )
+
+    def region_looks(self, query: QueryRegions, *, keep: int) -> np.ndarray:
+        """:func:`~harmony_image.regions.best_windows` of the rows that can be among the ``keep``
+        best by it, NaN for the others (:func:`~harmony_image.regions.best_looks`: each row's look
+        bounded by :func:`~harmony_image.regions.region_bounds`, the exact one computed for the
+        rows whose bound reaches the best)."""
+        coarse, rows = self._coarse
+        live = rows >= 0
+        bounds = np.empty(len(self), dtype=np.float32)
+        bounds[rows[live]] = region_bounds(coarse, query.groups)[live]
+        return best_looks(bounds, lambda at: self.region_looks_at(at, query), keep)
+
+    def region_looks_at(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
+        """:func:`~harmony_image.regions.best_windows` of ``rows``: their best region looks (for
+        more than half the catalog, of every row, block by block, rather than gathered)."""
+        if len(rows) > len(self) // 2:
+            every = self._scatter([best_windows(b.shortlist.regions, query)[0] for b in self.blocks], np.float32)
+            looks: np.ndarray = every[rows]
+            return looks
+        return best_windows(self._region_rows(rows), query)[0]
 
     def crop_looks(self, query: QueryRegions) -> np.ndarray:
         """:func:`~harmony_image.regions.best_crops` of every row: its best crop look."""
@@ -436,23 +483,35 @@ class PackedCatalog:
         return best_windows(self._region_rows(rows), query)[1]
 
     def _region_rows(self, rows: np.ndarray) -> RegionThumbs:
-        located = [self._locate(row) for row in rows.tolist()]
-        codes = np.array([b.shortlist.regions.codes[i] for b, i in located]).reshape(len(rows), -1)
-        inverse = np.array([b.shortlist.regions.inverse_norms[i] for b, i in located], dtype=np.float32)
-        return RegionThumbs(codes.astype(np.int8), inverse)
+        rows = np.asarray(rows, dtype=np.int64)
+        codes = np.empty((len(rows), REGION_SIDE * REGION_SIDE), dtype=np.int8)
+        inverse = np.empty(len(rows), dtype=np.float32)
+        blocks = self.block_of[rows]
+        for b in np.unique(blocks).tolist():
+            at = np.flatnonzero(blocks == b)
+            regions, local = self.blocks[b].shortlist.regions, self.local_of[rows[at]]
+            codes[at], inverse[at] = regions.codes[local], regions.inverse_norms[local]
+        return RegionThumbs(codes, inverse)
 
-    def vote_counts(self, query: np.ndarray, threshold: int) -> np.ndarray:
-        """:func:`~harmony_image.kernels.hashed_close` of ``query`` with every row's vote descriptors."""
+    def vote_counts(self, queries: Sequence[np.ndarray], threshold: int) -> np.ndarray:
+        """:func:`~harmony_image.kernels.hashed_close` of each of ``queries`` (sets of descriptor
+        rows) with every row's vote descriptors: (rows, len(queries)), all sets in one pass."""
+        query = np.concatenate([np.asarray(q, dtype=np.uint8).reshape(-1, DESCRIPTOR_BYTES) for q in queries])
+        sizes = [len(q) for q in queries]
         query_keys = vote_keys(query, VOTE_KEY_BITS)  # once for every block
-        return self._scatter(
-            [
-                hashed_close(
-                    query, b.shortlist.votes, b.shortlist.vote_keys, VOTE_KEY_BITS, threshold, query_keys=query_keys
-                )
-                for b in self.blocks
-            ],
-            np.int32,
-        )
+        per_block = [
+            hashed_close(
+                query,
+                b.shortlist.votes,
+                b.shortlist.vote_keys,
+                VOTE_KEY_BITS,
+                threshold,
+                query_keys=query_keys,
+                groups=sizes,
+            )
+            for b in self.blocks
+        ]
+        return self._scatter(per_block, np.int32, (len(queries),))
 
     def seed_scores(self, gray: np.ndarray, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SSIM with ``gray`` and cross-checked match counts of ``descriptors``, every row: the
@@ -507,9 +566,11 @@ class PackedCatalog:
 
     @property
     def shortlist_nbytes(self) -> int:
-        """Bytes of the shortlist tier's arrays, plus this catalog's row maps (8 B per row)."""
+        """Bytes of the shortlist tier's arrays, plus this catalog's row maps (8 B per row) and, once
+        a query has read them, the coarse copies of every block together (:meth:`region_looks`)."""
         short = sum(b.shortlist.nbytes for b in self.blocks)
-        return int(short + self.block_of.nbytes + self.local_of.nbytes)
+        together = self.__dict__["_coarse"][0].nbytes if "_coarse" in self.__dict__ else 0
+        return int(short + self.block_of.nbytes + self.local_of.nbytes + together)
 
     @property
     def nbytes(self) -> int:

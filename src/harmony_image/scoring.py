@@ -291,7 +291,9 @@ class FirstPass:
     """The same for the query's detail (512 px) descriptors."""
     regions: np.ndarray
     """Region look (:mod:`~harmony_image.regions`): the best correlation of the row's thumbnail
-    with a window of the query or its mirror."""
+    with a window of the query or its mirror. Of every row of a shortlist (:func:`shortlist`); of
+    a whole catalog (:func:`first_pass`), NaN where it cannot be among the best
+    :data:`REGION_ROWS` (:meth:`~harmony_image.packed.PackedCatalog.region_looks`)."""
     crops: np.ndarray
     """Crop look (:mod:`~harmony_image.regions`): the best correlation of the query or its
     mirror with a window of the row's thumbnail."""
@@ -337,21 +339,26 @@ def first_pass(
     regions: QueryRegions | None = None,
 ) -> FirstPass:
     """Every row's thumbnail correlation (``looks``: :func:`look_scores`, computed unless given),
-    region and crop looks (of the query's ``regions``, computed unless given) and keypoint votes
-    (:class:`FirstPass`)."""
+    region looks (those that can be among the best :data:`REGION_ROWS`) and crop looks (of the
+    query's ``regions``, computed unless given) and keypoint votes: the query's, its mirror's and
+    its detail rows' in one pass (:class:`FirstPass`)."""
     clock = clock or _Clock()
     correlation = look_scores(query, mirror, packed) if looks is None else looks
     clock.lap("thumbnails")
     regions = regions or query_regions(query.gray)
-    region_looks = packed.region_looks(regions)
+    region_looks = packed.region_looks(regions, keep=REGION_ROWS)
     clock.lap("region looks")
     crop_looks = packed.crop_looks(regions)
     clock.lap("crop looks")
-    votes = np.maximum(
-        packed.vote_counts(subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
-        packed.vote_counts(subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS), VOTE_THRESHOLD),
+    counts = packed.vote_counts(
+        [
+            subsample(query.descriptors, VOTE_QUERY_DESCRIPTORS),
+            subsample(mirror.descriptors, VOTE_QUERY_DESCRIPTORS),
+            subsample(query.detail_descriptors, DETAIL_VOTE_DESCRIPTORS),
+        ],
+        VOTE_THRESHOLD,
     )
-    detail_votes = packed.vote_counts(subsample(query.detail_descriptors, DETAIL_VOTE_DESCRIPTORS), VOTE_THRESHOLD)
+    votes, detail_votes = np.maximum(counts[:, 0], counts[:, 1]), counts[:, 2]
     clock.lap("votes")
     return FirstPass(correlation, votes, detail_votes, region_looks, crop_looks)
 
@@ -394,10 +401,15 @@ def shortlist(
     (:func:`first_pass`, :func:`shortlist_cut`) and their votes."""
     require_default_features(query)
     clock = clock or _Clock()
+    regions = regions or query_regions(query.gray)
     first = first_pass(query, mirror, packed, clock=clock, looks=looks, regions=regions)
     rows = shortlist_cut(first, size)
+    taken = first.take(rows)
+    unseen = np.flatnonzero(np.isnan(taken.regions))  # shortlisted by another vote
+    if len(unseen):
+        taken.regions[unseen] = packed.region_looks_at(rows[unseen], regions)
     clock.lap("shortlist cut")
-    return rows, first.take(rows)
+    return rows, taken
 
 
 def verified_inliers(

@@ -37,6 +37,7 @@ from harmony_image.kernels import (
     match_two,
     nearest_two,
     pack_keys,
+    region_group_max,
     region_max,
     ssim_pair,
     ssim_scores,
@@ -201,6 +202,13 @@ def outputs_at(level: str) -> dict[str, np.ndarray]:
         out["ssim_pair/0"], out["ssim_pair/1"] = ssim_pair(grays()[0], grays()[-1], stack)
         out["dot_max"] = dot_max(*thumbnails())
         out["region_max/best"], out["region_max/which"] = region_max(*region_inputs())
+        rows, windows, scale = region_inputs()
+        out["region_group_max"] = region_group_max(rows, windows, scale, np.array([1, 16, 17, 23]))
+        sets = list(query_sets().values())
+        grouped = np.concatenate([sets[0], sets[1]])
+        out["hashed/grouped"] = hashed_close(
+            grouped, pack, pack_keys(pack, VOTE_KEY_BITS), VOTE_KEY_BITS, 50, groups=[len(sets[0]), 0, len(sets[1])]
+        )
         out["crop_max/best"], out["crop_max/which"] = crop_max(*crop_inputs())
         return out
 
@@ -301,6 +309,30 @@ def test_hashed_votes_take_the_query_keys_computed_once(level):
     for q in query_sets().values():
         given = hashed_close(q, pack, keys, VOTE_KEY_BITS, 50, query_keys=vote_keys(q, VOTE_KEY_BITS))
         assert given.tolist() == hashed_close(q, pack, keys, VOTE_KEY_BITS, 50).tolist()
+
+
+def test_hashed_votes_count_groups_of_rows_apart_in_one_pass(level):
+    """Sets of query rows counted together (the first pass's query, mirror and detail rows) get
+    each set's own counts, as if each were counted alone; an empty set counts nothing."""
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    sets = [q for q in query_sets().values() if len(q)]
+    parts = [sets[0], sets[1][:0], sets[1], sets[0][:1], sets[-1]]
+    together = hashed_close(np.concatenate(parts), pack, keys, VOTE_KEY_BITS, 50, groups=[len(p) for p in parts])
+    assert together.shape == (len(pack), len(parts)) and together.dtype == np.int32
+    for g, part in enumerate(parts):
+        assert together[:, g].tolist() == hashed_close(part, pack, keys, VOTE_KEY_BITS, 50).tolist(), g
+    assert together[:, 1].tolist() == [0] * len(pack)
+    assert together.sum() > 0
+
+
+def test_hashed_votes_refuse_groups_that_do_not_fit():
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    keys = pack_keys(pack, VOTE_KEY_BITS)
+    q = query_sets()["real0"]
+    for groups in ([len(q) - 1], [len(q), 1], [], [len(q) + 1, -1], [0] * 16 + [len(q)]):
+        with pytest.raises(ValueError, match="sizes of row sets that add up to the"):
+            hashed_close(q, pack, keys, VOTE_KEY_BITS, 50, groups=groups)
 
 
 def test_hashed_votes_refuse_a_catalog_key_wider_than_the_keys(level):
@@ -411,6 +443,31 @@ def test_region_max_at_other_row_lengths(level, d):
     assert np.array_equal(best, exact.max(axis=1)) and np.array_equal(which, exact.argmax(axis=1))
 
 
+@pytest.mark.parametrize("d", [64, 256, 17])
+def test_region_group_max_is_each_groups_best(level, d):
+    """Each group's best window product, as region_max of its windows alone: groups of whole and
+    partial vectors of sixteen windows, of one window, and rows of other lengths."""
+    rng = np.random.default_rng(d)
+    rows = rng.integers(-127, 128, (29, d), dtype=np.int8)
+    rows[3] = 0
+    windows = rng.integers(-127, 128, (50, d), dtype=np.int8)
+    scale = rng.uniform(0.5, 2.0, len(windows)).astype(np.float32)
+    ends = np.array([1, 17, 33, 40, 50])
+    best = region_group_max(rows, windows, scale, ends)
+    assert best.shape == (len(ends), len(rows)) and best.dtype == np.float32
+    for g, (lo, hi) in enumerate(itertools.pairwise([0, *ends.tolist()])):
+        exact = (rows.astype(np.int64) @ windows[lo:hi].astype(np.int64).T).astype(np.float32) * scale[lo:hi]
+        assert np.array_equal(best[g], exact.max(axis=1)), g
+        assert np.array_equal(best[g], region_max(rows, windows[lo:hi], scale[lo:hi])[0]), g
+
+
+def test_region_group_max_refuses_groups_that_do_not_cover_the_windows():
+    rows, windows, scale = region_inputs()
+    for ends in ([], [5], [0, 23], [10, 9, 23], [23, 24]):
+        with pytest.raises(ValueError, match="ends must rise"):
+            region_group_max(rows, windows, scale, np.array(ends, dtype=np.int64))
+
+
 def _template_scale(taps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     out = []
     for t in np.split(taps.astype(np.int64), np.cumsum(sizes.astype(np.int64) ** 2)[:-1]):
@@ -513,6 +570,12 @@ def synthetic_outputs() -> bytes:
     parts.append(dot_max(to_bfloat16(rows), rows[3], rows[11]))
     codes = rng.integers(-127, 128, (50, 256), dtype=np.int8)
     parts += list(region_max(codes, codes[:13], rng.uniform(0.1, 1.0, 13).astype(np.float32)))
+    coarse = codes[:, :64]
+    parts.append(
+        region_group_max(coarse, coarse[:40], rng.uniform(0.1, 1.0, 40).astype(np.float32), np.array([16, 35, 40]))
+    )
+    grouped = np.concatenate([sets[3], sets[4]])
+    parts.append(hashed_close(grouped, pack, pack_keys(pack, VOTE_KEY_BITS), VOTE_KEY_BITS, 60, groups=[100, 0, 333]))
     sizes = np.array([3, 7, 9, 12], dtype=np.int32)
     taps = np.concatenate([codes[20 + i, : s * s] for i, s in enumerate(sizes.tolist())]).astype(np.int16)
     parts += list(crop_max(codes, 16, taps, sizes, _template_scale(taps, sizes)))
@@ -520,7 +583,7 @@ def synthetic_outputs() -> bytes:
 
 
 # sha256 of synthetic_outputs(), recorded on x86_64; `make arm64-test` checks it on aarch64
-SYNTHETIC_SHA256 = "fc18a13b4d02cceeee1e8807b4360f799ee9796890dc75157c15d89a1dacbd2f"
+SYNTHETIC_SHA256 = "0725eb156732a093c8f182fd7b80ca45e986ed7b6557d6468d9926a1514fc5ea"
 
 
 def test_outputs_are_the_same_bytes_on_every_machine(level):

@@ -12,15 +12,21 @@ import numpy as np
 import pytest
 from skimage import data as skimage_photos
 
-from harmony_image import SearchIndex, SearchParams, extract_features
-from harmony_image.features import SEED_SIDE
+from harmony_image import SearchIndex, SearchParams, extract_features, scoring
+from harmony_image import regions as regions_module
+from harmony_image.features import SEED_SIDE, thumbnail
 from harmony_image.kernels import to_bfloat16
 from harmony_image.regions import (
+    QueryRegions,
+    RegionThumbs,
     best_crops,
+    best_looks,
     best_windows,
+    coarse_thumbs,
     query_regions,
     refine,
     refine_crop,
+    region_bounds,
     region_thumbs,
 )
 from harmony_image.scoring import (
@@ -28,7 +34,9 @@ from harmony_image.scoring import (
     CROP_LOOK_FLOOR,
     REGION_FLOOR,
     REGION_MATCH_FLOOR,
+    REGION_ROWS,
     SAME_IMAGE_THRESHOLD,
+    best_rows,
 )
 
 AREA = 1 / 3
@@ -195,3 +203,115 @@ def test_default_scoring_finds_a_heavy_crop_of_a_smooth_photo_as_a_copy(catalog_
     top = index.search(extract_features(heavy_crop(colour_chart, at=at, mirror=mirror)), SearchParams(k=5))
     assert top[0].key == "color.jpg" and top[0].score >= SAME_IMAGE_THRESHOLD, top
     assert all(r.score < SAME_IMAGE_THRESHOLD for r in top[1:]), top
+
+
+# ------------------------------------------------------------------ region looks bounded, exact where they count
+
+
+@pytest.fixture(scope="module")
+def crop_thumbs(catalog_photos) -> RegionThumbs:
+    """Region thumbnails of real pictures: 40 crops of each sample photo, at random places and
+    sizes (a few hundred rows, more than :data:`FIRST_LOOKED`)."""
+    rng = np.random.default_rng(5)
+    thumbs = []
+    for data in catalog_photos.values():
+        gray = cv2.cvtColor(_bgr(data), cv2.COLOR_BGR2GRAY)
+        h, w = gray.shape
+        for _ in range(40):
+            part = rng.uniform(0.3, 1.0)
+            ch, cw = max(16, int(h * part)), max(16, int(w * part))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            small = cv2.resize(gray[y : y + ch, x : x + cw], (SEED_SIDE, SEED_SIDE), interpolation=cv2.INTER_AREA)
+            thumbs.append(thumbnail(small))
+    thumbs.append(thumbnail(np.full((SEED_SIDE, SEED_SIDE), 128, np.uint8)))  # flat
+    return region_thumbs(to_bfloat16(np.stack(thumbs)))
+
+
+def _queries(catalog, images) -> dict[str, QueryRegions]:
+    flat = cv2.imdecode(np.frombuffer(images["flat_gray.png"], np.uint8), cv2.IMREAD_GRAYSCALE)
+    noise = np.random.default_rng(3).integers(0, 256, (SEED_SIDE, SEED_SIDE), dtype=np.uint8)
+    grays = {name: catalog[name].gray for name in sorted(catalog)[:4]}
+    grays |= {"flat": cv2.resize(flat, (SEED_SIDE, SEED_SIDE)), "noise": noise}
+    return {name: query_regions(gray) for name, gray in grays.items()}
+
+
+def _exact(thumbs: RegionThumbs, query) -> np.ndarray:
+    sums = thumbs.codes.astype(np.int64) @ query.codes.astype(np.int64).T
+    return (sums.astype(np.float32) * query.inverse_norms).max(axis=1) * thumbs.inverse_norms
+
+
+def test_region_bounds_are_never_below_the_look(crop_thumbs, catalog, images):
+    """The coarse bound of every real thumbnail with every query's windows is at least its exact
+    region look, and it leaves most rows out for photos of large shapes (not for the brick wall's
+    texture or noise, whose windows vary within their 2x2 blocks as much as the bound allows)."""
+    coarse = coarse_thumbs(crop_thumbs)
+    assert coarse.codes.dtype == np.int8 and len(coarse) == len(crop_thumbs)
+    for name, query in _queries(catalog, images).items():
+        bounds, exact = region_bounds(coarse, query.groups), _exact(crop_thumbs, query)
+        assert (bounds >= exact).all(), name
+        if name in ("astronaut.jpg", "camera.jpg", "chelsea.jpg"):
+            kth = np.sort(exact)[-REGION_ROWS]
+            assert (bounds < kth).mean() > 0.8, name
+
+
+@pytest.mark.parametrize("keep", [1, REGION_ROWS, 100, 10_000])
+def test_best_looks_are_the_exact_best_and_leave_out_only_worse_rows(crop_thumbs, catalog, images, keep):
+    coarse = coarse_thumbs(crop_thumbs)
+    for name, query in _queries(catalog, images).items():
+        exact = _exact(crop_thumbs, query)
+        asked: list[np.ndarray] = []
+
+        def looks_of(rows: np.ndarray, query=query, asked=asked) -> np.ndarray:
+            asked.append(rows)
+            return best_windows(RegionThumbs(crop_thumbs.codes[rows], crop_thumbs.inverse_norms[rows]), query)[0]
+
+        looks = best_looks(region_bounds(coarse, query.groups), looks_of, keep)
+        seen = ~np.isnan(looks)
+        np.testing.assert_array_equal(looks[seen], exact[seen])
+        kth = np.sort(exact)[-min(keep, len(exact))]
+        assert (exact[~seen] < kth).all(), name
+        assert sorted(best_rows(looks, keep).tolist()) == sorted(best_rows(exact, keep).tolist()), name
+        assert len(np.concatenate(asked)) == seen.sum()  # each row looked at once
+
+
+def test_best_looks_keep_every_row_that_ties_with_the_cut():
+    """Two rows at 0.9 and 600 at 0.7 (more than the first look takes): the third best is 0.7,
+    so every row at 0.7 is looked at (a tie at the cut is broken by position, not by chance)."""
+    exact = np.array([0.5, 0.7, 0.7, 0.2, 0.7, 0.1] * 300 + [0.9, 0.9], dtype=np.float32)
+    looks = best_looks(exact.astype(np.float64), lambda rows: exact[rows], 3)
+    assert not np.isnan(looks[exact >= 0.7]).any()
+    assert np.isnan(looks[exact < 0.7]).all()
+    assert np.isnan(best_looks(exact, lambda rows: exact[rows], 0)).all()
+
+
+def test_one_index_with_the_bound_gives_the_same_answers_as_without(catalog_photos, monkeypatch):
+    """The first pass prunes region looks by their bound; the shortlist's region looks are all
+    exact and its answers unchanged. Here the region looks shortlist 2 rows, and the bound is
+    trusted from the fourth row on, so a small catalog prunes: the sample photos and a quarter of
+    each at four places."""
+    index = SearchIndex()
+    for name, data in catalog_photos.items():
+        index.add(name, extract_features(data, query=False))
+        img = _bgr(data)
+        h, w = img.shape[:2]
+        for i, (fy, fx) in enumerate([(0, 0), (0.5, 0.5), (0, 0.5), (0.5, 0)]):
+            y, x = int(fy * h / 2), int(fx * w / 2)
+            index.add(f"{name}.quarter{i}", extract_features(_jpeg(img[y : y + h // 2, x : x + w // 2]), query=False))
+    query = extract_features(inset(catalog_photos["rocket.jpg"], catalog_photos["chelsea.jpg"], at=(0.2, 0.6))[0])
+    monkeypatch.setattr(scoring, "REGION_ROWS", 2)
+    monkeypatch.setattr(regions_module, "FIRST_LOOKED", 10_000)  # every row looked at
+    whole = index.search(query, SearchParams(k=5))
+    pass_whole = index.first_pass(query, k=5)
+    monkeypatch.setattr(regions_module, "FIRST_LOOKED", 3)
+    regions = query_regions(query.gray)
+    first = scoring.first_pass(query, scoring.mirrored(query, detail=False), index.packed(), regions=regions)
+    assert np.isnan(first.regions).mean() > 0.5
+    pruned = index.first_pass(query, k=5)
+    assert pruned.keys == pass_whole.keys
+    np.testing.assert_array_equal(pruned.first.regions, pass_whole.first.regions)
+    assert index.search(query, SearchParams(k=5)) == whole
+    packed, some = index.packed(), np.array([1, 7, 30])
+    every = packed.region_looks_at(np.arange(len(packed)), regions)  # more than half: block by block
+    np.testing.assert_array_equal(every[some], packed.region_looks_at(some, regions))  # gathered
+    seen = ~np.isnan(first.regions)
+    np.testing.assert_array_equal(every[seen], first.regions[seen])
