@@ -1202,6 +1202,133 @@ T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *
     free(packed);
     free(scales);
 }
+/* Crop looks with AVX-512 VNNI: sixteen thumbnails a sweep, one per 32-bit lane, each lane holding
+ * four neighbouring pixels of its thumbnail made unsigned (+128); a template row's taps, four at a
+ * time (zero past its end), are broadcast, so vpdpbusd adds four products to each of sixteen
+ * thumbnails' sums.  sum((v + 128) t) - 128 sum(t) = sum(v t): the same integers as crop_group's
+ * (exact in float there, exact in int32 here), then the same float arithmetic, in the same order of
+ * templates and positions, so the same numbers. */
+#define VNNI_CROP_PAD 64
+T_AVX512 static void crops_vnni(const int8_t *rows, int64_t n, int64_t side, const float *taps, const int32_t *sizes,
+                                const int32_t *template_sums, const float *scale, int64_t m, crop_work *w, float *out,
+                                int32_t *which)
+{
+    typedef float vf __attribute__((vector_size(64)));
+    typedef int32_t vi __attribute__((vector_size(64)));
+    const int64_t d = side * side, stride = side + 1;
+    int64_t words = 0; /* four-tap words of every template row */
+    for (int64_t j = 0; j < m; j++)
+        words += sizes[j] * ((sizes[j] + 3) / 4);
+    __m512i *quads = aligned_alloc(64, (size_t)(d + VNNI_CROP_PAD) * sizeof(__m512i));
+    int32_t *tap_words = malloc((size_t)(words + 1) * sizeof(int32_t));
+    uint8_t *lanes = malloc((size_t)(d + VNNI_CROP_PAD + 4) * 16);
+    if (!quads || !tap_words || !lanes) { /* no memory: the float sweep */
+        free(quads);
+        free(tap_words);
+        free(lanes);
+        crops_avx512(rows, n, side, taps, sizes, template_sums, scale, m, w, out, which);
+        return;
+    }
+    {
+        const float *t = taps;
+        int32_t *tw = tap_words;
+        for (int64_t j = 0; j < m; j++) {
+            const int64_t s = sizes[j];
+            for (int64_t ty = 0; ty < s; ty++)
+                for (int64_t q = 0; q < (s + 3) / 4; q++) {
+                    uint32_t word = 0;
+                    for (int64_t k = 0; k < 4; k++)
+                        if (4 * q + k < s)
+                            word |= (uint32_t)(uint8_t)(int8_t)t[ty * s + 4 * q + k] << (8 * k);
+                    *tw++ = (int32_t)word;
+                }
+            t += s * s;
+        }
+    }
+    vi *restrict sums = (vi *)w->sums, *restrict squares = (vi *)w->squares;
+    const vi zero = {0};
+    memset(lanes, 128, (size_t)(d + VNNI_CROP_PAD + 4) * 16); /* past the end: value 0 */
+    for (int64_t i = 0; i < n; i += 16) {
+        const int64_t g = MIN_(16, n - i);
+        const int8_t *group = rows + i * d;
+        for (int64_t p = 0; p < d; p++)
+            for (int64_t l = 0; l < 16; l++)
+                lanes[p * 16 + l] = (uint8_t)((l < g ? group[l * d + p] : 0) + 128);
+        for (int64_t p = 0; p < d + VNNI_CROP_PAD; p++) { /* lane l: pixels p..p+3 of thumbnail l */
+            const __m128i a = _mm_loadu_si128((const __m128i *)(lanes + p * 16)),
+                          b = _mm_loadu_si128((const __m128i *)(lanes + (p + 1) * 16)),
+                          c = _mm_loadu_si128((const __m128i *)(lanes + (p + 2) * 16)),
+                          e = _mm_loadu_si128((const __m128i *)(lanes + (p + 3) * 16));
+            const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+            const __m128i ce_lo = _mm_unpacklo_epi8(c, e), ce_hi = _mm_unpackhi_epi8(c, e);
+            __m512i v = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, ce_lo));
+            v = _mm512_inserti32x4(v, _mm_unpackhi_epi16(ab_lo, ce_lo), 1);
+            v = _mm512_inserti32x4(v, _mm_unpacklo_epi16(ab_hi, ce_hi), 2);
+            quads[p] = _mm512_inserti32x4(v, _mm_unpackhi_epi16(ab_hi, ce_hi), 3);
+        }
+        for (int64_t k = 0; k < stride * stride; k++)
+            sums[k] = squares[k] = zero;
+        for (int64_t y = 0; y < side; y++)
+            for (int64_t x = 0; x < side; x++) {
+                const int64_t k = (y + 1) * stride + x + 1;
+                vi c;
+                for (int64_t l = 0; l < 16; l++)
+                    c[l] = (int32_t)lanes[(y * side + x) * 16 + l] - 128;
+                sums[k] = c + sums[k - 1] + sums[k - stride] - sums[k - stride - 1];
+                squares[k] = c * c + squares[k - 1] + squares[k - stride] - squares[k - stride - 1];
+            }
+        vf best;
+        vi at = zero;
+        for (int l = 0; l < 16; l++)
+            best[l] = -INFINITY;
+        const int32_t *tw = tap_words;
+        for (int64_t j = 0; j < m; j++) {
+            const int32_t s = sizes[j], s2 = s * s, per_row = (s + 3) / 4;
+            const vi correction = zero + 128 * template_sums[j];
+            for (int64_t y = 0; y + s <= side; y++)
+                for (int64_t x0 = 0; x0 + s <= side; x0 += CROP_BLOCK) {
+                    __m512i acc[CROP_BLOCK];
+                    for (int q = 0; q < CROP_BLOCK; q++)
+                        acc[q] = _mm512_setzero_si512();
+                    for (int64_t ty = 0; ty < s; ty++) {
+                        const __m512i *c = quads + (y + ty) * side + x0;
+                        for (int64_t wq = 0; wq < per_row; wq++) {
+                            const __m512i tap = _mm512_set1_epi32(tw[ty * per_row + wq]);
+                            for (int q = 0; q < CROP_BLOCK; q++)
+                                acc[q] = _mm512_dpbusd_epi32(acc[q], c[4 * wq + q], tap);
+                        }
+                    }
+                    for (int q = 0; q < CROP_BLOCK && x0 + q + s <= side; q++) {
+                        const int64_t x = x0 + q;
+                        const int64_t a = y * stride + x, b = a + s, c0 = a + s * stride, c1 = c0 + s;
+                        vi sum = sums[c1] - sums[b] - sums[c0] + sums[a];
+                        vi sq = squares[c1] - squares[b] - squares[c0] + squares[a];
+                        vi variance = s2 * sq - sum * sum; /* s^4 x the window's variance */
+                        vi num = s2 * ((vi)acc[q] - correction) - template_sums[j] * sum;
+                        vf spread = __builtin_convertvector(variance, vf), root;
+                        for (int l = 0; l < 16; l++)
+                            root[l] = sqrtf(spread[l]);
+                        vf v = __builtin_convertvector(num, vf) * scale[j] / root;
+                        vi counted = variance >= s2 * s2; /* flatter windows score 0 */
+                        v = (vf)((vi)v & counted);
+                        vi better = v > best;
+                        best = (vf)(((vi)v & better) | ((vi)best & ~better));
+                        vi here = zero + (int32_t)(j * d + y * side + x);
+                        at = (here & better) | (at & ~better);
+                    }
+                }
+            tw += s * per_row;
+        }
+        for (int64_t l = 0; l < g; l++) {
+            out[i + l] = best[l];
+            which[i + l] = at[l];
+        }
+    }
+    free(quads);
+    free(tap_words);
+    free(lanes);
+}
+
 /* Group maxima with AVX-512 VNNI (region_group_max): as regions_vnni, but each group's blocks of sixteen
  * windows keep a running maximum per lane, reduced once at the group's end, and no window index is kept.
  * Returns 0 when it cannot run (d not a multiple of 4, or no memory): the caller runs the generic loop. */
@@ -1572,7 +1699,7 @@ static int has_avx512(void)
 /* fastest first */
 static const level_t LEVELS[] = {
 #if defined(HK_X86)
-    {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_avx512, hashed_popcnt},
+    {"avx512", has_avx512, pass_avx512, close_avx512, prepare_avx512, ssim_avx512, dots_avx512, regions_vnni, crops_vnni, hashed_popcnt},
     {"avx2", has_avx2, pass_avx2, close_avx2, prepare_avx2, ssim_avx2, dots_avx2, regions_madd, crops_avx2, hashed_popcnt},
     {"popcnt", has_popcnt, pass_popcnt, close_popcnt, prepare_popcnt, ssim_popcnt, dots_popcnt, regions_popcnt, crops_popcnt, hashed_popcnt},
 #elif defined(HK_ARM)
