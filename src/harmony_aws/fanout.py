@@ -119,13 +119,13 @@ def encode_query(features: ImageFeatures, mirror: ImageFeatures | None = None) -
     and the colour grid (the colours of the part of the query a catalog image lies in); and
     ``mirror``, the query's :func:`~harmony_image.scoring.mirrored` features, when given (made
     once by SearchFunction, not by every shard in both rounds)."""
-    out = {"features": base64.b64encode(features.to_bytes()).decode("ascii")}
+    out = {"features": base64.b64encode(features.to_bytes(compress=False)).decode("ascii")}
     if features.detail_image is not None:
         out["detail_image"] = _npy(features.detail_image)
     if features.colour_cells is not None:
         out["colour_cells"] = _npy(features.colour_cells)
     if mirror is not None:
-        out["mirror"] = base64.b64encode(mirror.to_bytes()).decode("ascii")
+        out["mirror"] = base64.b64encode(mirror.to_bytes(compress=False)).decode("ascii")
     return out
 
 

@@ -230,13 +230,15 @@ class ImageFeatures:
     def keypoint_count(self) -> int:
         return int(self.descriptors.shape[0])
 
-    def to_bytes(self) -> bytes:
-        """Serialise as a versioned ``.npz`` record (no pickle)."""
+    def to_bytes(self, *, compress: bool = True) -> bytes:
+        """Serialise as a versioned ``.npz`` record (no pickle); ``compress=False`` for bytes that
+        travel once and are read at once (a query sent to shards): zlib costs ~6 ms a query and
+        saves a third of ~0.2 MB."""
         meta = {"version": FEATURE_VERSION, "sha256": self.sha256, "width": self.width, "height": self.height}
         if self.seed_only:  # a query's, sent to shards; catalog records never are
             meta["seed_only"] = True
         buffer = io.BytesIO()
-        np.savez_compressed(
+        (np.savez_compressed if compress else np.savez)(
             buffer,
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             gray=self.gray,

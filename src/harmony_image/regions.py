@@ -160,26 +160,24 @@ BOUND_SLACK = 1e-5
 terms and of the look it bounds (~1e-7 relative each) stays far below it."""
 
 
-def _block_means(codes: np.ndarray) -> np.ndarray:
-    """(n, COARSE_SIDE**2) float64 means of the 2x2 blocks of (n, REGION_SIDE**2) ``codes``."""
-    blocks = codes.astype(np.float64).reshape(-1, COARSE_SIDE, 2, COARSE_SIDE, 2)
-    means: np.ndarray = blocks.mean(axis=(2, 4)).reshape(len(codes), COARSE_SIDE**2)
-    return means
-
-
 def _coarse_parts(codes: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, ...]:
     """``q`` (int8 values) and, times ``inverse``, ``|m|``, ``|q|``, ``|e|`` and ``|f|`` of each row
     of ``codes`` (:class:`CoarseThumbs`)."""
-    means = _block_means(codes)
-    rounded = np.round(means)
-    squares = (codes.astype(np.float64) ** 2).sum(axis=1)
-    fine = np.sqrt(np.maximum(squares - 4.0 * (means**2).sum(axis=1), 0.0))
-
-    def norm(rows: np.ndarray) -> np.ndarray:
-        values: np.ndarray = np.sqrt((rows**2).sum(axis=1)) * inverse
-        return values
-
-    return rounded, norm(means), norm(rounded), norm(means - rounded), fine * inverse
+    pixels = codes.reshape(len(codes), REGION_SIDE, REGION_SIDE).astype(np.int32)
+    sums = pixels[:, 0::2, 0::2] + pixels[:, 0::2, 1::2] + pixels[:, 1::2, 0::2] + pixels[:, 1::2, 1::2]
+    sums = sums.reshape(len(codes), COARSE_SIDE**2)  # exact: 4 x the block means
+    rounded = np.round(sums / 4.0)
+    squares = (pixels.reshape(len(codes), -1) ** 2).sum(axis=1).astype(np.float64)
+    sum_squares = (sums.astype(np.float64) ** 2).sum(axis=1)
+    fine = np.sqrt(np.maximum(squares - sum_squares / 4.0, 0.0))  # |a|^2 = 4 |m|^2 + |f|^2
+    error = np.sqrt(((sums / 4.0 - rounded) ** 2).sum(axis=1))
+    return (
+        rounded,
+        np.sqrt(sum_squares) / 4.0 * inverse,
+        np.sqrt((rounded**2).sum(axis=1)) * inverse,
+        error * inverse,
+        fine * inverse,
+    )
 
 
 def coarse_thumbs(thumbs: RegionThumbs) -> CoarseThumbs:
