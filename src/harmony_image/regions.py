@@ -153,8 +153,9 @@ products cost a quarter of the thumbnail's."""
 BOUND_GROUPS = 8
 """The query's windows are bounded in this many groups, by the share of each that varies within
 its blocks: the bound adds the group's largest share, so windows of like share go together.
-Measured on 30,000 real photos and 40 queries: the median query's best 12 region looks needed the
-exact look of 39% of the images with one group, 10% with 4, 5% with 8."""
+In a one-off study on 30,000 of the benchmark's photos and 40 of its queries, the median query's
+best 12 region looks needed the exact look of 39% of the images with one group, 10% with 4, 5%
+with 8."""
 BOUND_SLACK = 1e-5
 """Added to every bound, and as much again relatively: the float32 rounding of the bound's few
 terms and of the look it bounds (~1e-7 relative each) stays far below it."""
