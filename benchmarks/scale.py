@@ -42,6 +42,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -241,6 +242,23 @@ def s3_server_process() -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def _major_faults() -> int:
+    """This process's major page faults so far: pages read from disk, here the verification rows
+    of memory-mapped segments that were not in the page cache."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def _available_gb() -> float | None:
+    """The kernel's estimate of memory available without swapping (MemAvailable), GB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return round(int(line.split()[1]) / 1e6, 1)
+    except OSError:
+        pass
+    return None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark; its segment caches (up to twice the segments' bytes) are removed at the end."""
     with s3_server_process() as endpoint, tempfile.TemporaryDirectory(prefix="harmony-scale-") as work:
@@ -355,18 +373,24 @@ def _run(args: argparse.Namespace, endpoint: str, work: Path) -> dict[str, Any]:
     shard_ms: list[float] = []
     alone_ms: list[float] = []
     score_diff = 0.0
+    faults: dict[str, list[int]] = {"one index": [], "fan-out": [], "shard alone": []}
+    available_gb = _available_gb()
     for q in queries:
         feats = extract_features(q.read_bytes())
-        s0 = time.perf_counter()
+        f0, s0 = _major_faults(), time.perf_counter()
         exhaustive = whole.search(feats, params)
         whole_ms.append((time.perf_counter() - s0) * 1000)
+        faults["one index"].append(_major_faults() - f0)
         shards.spent_ms.clear()
-        s0 = time.perf_counter()
+        f0, s0 = _major_faults(), time.perf_counter()
         merged, _, _ = fan.search(feats, params)
         fan_ms.append((time.perf_counter() - s0) * 1000)
+        faults["fan-out"].append(_major_faults() - f0)
         shard_ms.extend(shards.spent_ms.values())  # what each ShardFunction spent on this query
         alone_shards.spent_ms.clear()
+        f0 = _major_faults()
         alone.search(feats, params)
+        faults["shard alone"].append(_major_faults() - f0)
         alone_ms.extend(alone_shards.spent_ms.values())
         want = [r.key for r in exhaustive]
         got = [r.key for r in merged]
@@ -437,6 +461,8 @@ def _run(args: argparse.Namespace, endpoint: str, work: Path) -> dict[str, Any]:
         "p99_ms": round(float(p(fan_ms, 99)), 1),
         "p50_ms_one_shard": round(float(p(shard_ms, 50)), 1),
         "p99_ms_one_shard": round(float(p(shard_ms, 99)), 1),
+        "major_faults_per_query": {name: int(np.median(values)) for name, values in faults.items()},
+        "memory_available_gb_at_queries": available_gb,
         "p50_ms_shard_alone": round(float(p(alone_ms, 50)), 1),
         "p99_ms_shard_alone": round(float(p(alone_ms, 99)), 1),
         "p50_ms_unsharded": round(float(p(whole_ms, 50)), 1),
@@ -1030,6 +1056,20 @@ def _shard_answers(m: dict[str, Any]) -> str:
     return (
         f"each shard's answer, the {m['shards']} at once, {at_once}; "
         f"one shard's answer with the cores to itself {alone}"
+    ) + _faults(m)
+
+
+def _faults(m: dict[str, Any]) -> str:
+    """Pages a query read from disk, when the run counted them."""
+    if "major_faults_per_query" not in m:
+        return ""
+    f = m["major_faults_per_query"]
+    memory = m.get("memory_available_gb_at_queries")
+    return (
+        f" (pages read from disk a query, median — the verification rows of memory-mapped segments not in "
+        f"the page cache: one index {f['one index']}, fan-out {f['fan-out']}, one shard alone {f['shard alone']}, "
+        f"which runs after the fan-out on the same shards' files"
+        + (f"; {memory} GB of memory available when the queries began)" if memory is not None else ")")
     )
 
 

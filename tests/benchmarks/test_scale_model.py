@@ -320,3 +320,24 @@ def test_the_100k_section_says_when_it_was_measured_at_an_earlier_engine(tmp_pat
     large = path.read_text().split("100,000 images, 2 shards")[1].split("## Modelled")[0]
     assert "earlier engine" not in large
     assert "… after the first query: RSS growth" in large and "| 6.8 / 5.8 KiB |" in large
+
+
+def test_the_doc_shows_the_pages_a_query_read_from_disk_when_the_run_counted_them(tmp_path):
+    """A query's verification rows come from memory-mapped segments: pages not in the page cache
+    are read from disk, which a run counts (major page faults) beside the memory left to cache them."""
+    counted = {
+        **MEASURED,
+        "p50_ms_shard_alone": 40.0,
+        "p99_ms_shard_alone": 60.0,
+        "major_faults_per_query": {"one index": 700, "fan-out": 650, "shard alone": 3},
+        "memory_available_gb_at_queries": 2.5,
+    }
+    path = tmp_path / "SCALE.md"
+    write_doc(path, counted, "python -m benchmarks.scale --images 10000")
+    text = path.read_text()
+    assert "one index 700, fan-out 650, one shard alone 3" in text
+    assert "2.5 GB of memory available when the queries began" in text
+    write_doc(path, {**counted, "memory_available_gb_at_queries": None}, "cmd")
+    assert "one shard alone 3, which runs after the fan-out on the same shards' files) |" in path.read_text()
+    write_doc(path, {**MEASURED, "p50_ms_shard_alone": 40.0, "p99_ms_shard_alone": 60.0}, "cmd")  # a run before
+    assert "pages read from disk" not in path.read_text()
