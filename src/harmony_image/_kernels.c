@@ -1136,6 +1136,34 @@ LEVEL_FUNCTIONS(avx512, T_AVX512, 16)
  * sixteen windows' sums; row . w = sum((w + 128) r) - 128 sum(r), the same integers as region_body,
  * so the same floats.  Eight rows share each window load (eight sums in flight hide the latency). */
 #define VNNI_ROWS 8
+/* The sums (plus 128 times each row's sum) of VNNI_ROWS rows with the sixteen windows of one packed block,
+ * `quads` groups of four bytes each: regions_vnni's and group_max_vnni's inner loop. */
+/* Rows i.. i + VNNI_ROWS - 1 (past the end: the last row again, not stored) and 128 times each one's sum,
+ * which vnni_block_sums' sums hold besides the products. */
+HK_INLINE void vnni_rows(const int8_t *rows, int64_t n, int64_t d, int64_t i, const int8_t **r, int32_t *correction)
+{
+    for (int t = 0; t < VNNI_ROWS; t++) {
+        r[t] = rows + MIN_(i + t, n - 1) * d;
+        int32_t sum = 0;
+        for (int64_t k = 0; k < d; k++)
+            sum += r[t][k];
+        correction[t] = 128 * sum;
+    }
+}
+
+static inline __attribute__((always_inline)) T_AVX512 void vnni_block_sums(const uint8_t *w, int64_t quads, const int8_t *const *r, __m512i *acc)
+{
+    for (int t = 0; t < VNNI_ROWS; t++)
+        acc[t] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < quads; q++) {
+        const __m512i unsigned_windows = _mm512_load_si512((const void *)(w + q * 64));
+        for (int t = 0; t < VNNI_ROWS; t++) {
+            int32_t four;
+            memcpy(&four, r[t] + q * 4, sizeof four);
+            acc[t] = _mm512_dpbusd_epi32(acc[t], unsigned_windows, _mm512_set1_epi32(four));
+        }
+    }
+}
 T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *windows, int64_t m, int64_t d,
                                   const float *scale, int16_t *row, float *out, int32_t *which)
 {
@@ -1160,28 +1188,14 @@ T_AVX512 static void regions_vnni(const int8_t *rows, int64_t n, const int16_t *
         const int8_t *r[VNNI_ROWS];
         int32_t correction[VNNI_ROWS], at[VNNI_ROWS];
         float best[VNNI_ROWS];
+        vnni_rows(rows, n, d, i, r, correction);
         for (int t = 0; t < VNNI_ROWS; t++) {
-            r[t] = rows + MIN_(i + t, n - 1) * d; /* past the end: the last row again, not stored */
-            int32_t sum = 0;
-            for (int64_t k = 0; k < d; k++)
-                sum += r[t][k];
-            correction[t] = 128 * sum;
             best[t] = -INFINITY;
             at[t] = 0;
         }
         for (int64_t b = 0; b < blocks; b++) {
             __m512i acc[VNNI_ROWS];
-            for (int t = 0; t < VNNI_ROWS; t++)
-                acc[t] = _mm512_setzero_si512();
-            const uint8_t *w = packed + b * quads * 64;
-            for (int64_t q = 0; q < quads; q++) {
-                const __m512i unsigned_windows = _mm512_load_si512((const void *)(w + q * 64));
-                for (int t = 0; t < VNNI_ROWS; t++) {
-                    int32_t four;
-                    memcpy(&four, r[t] + q * 4, sizeof four);
-                    acc[t] = _mm512_dpbusd_epi32(acc[t], unsigned_windows, _mm512_set1_epi32(four));
-                }
-            }
+            vnni_block_sums(packed + b * quads * 64, quads, r, acc);
             const __m512 sc = _mm512_load_ps(scales + b * 16);
             const __mmask16 valid = b == blocks - 1 ? last : (__mmask16)0xFFFF;
             for (int t = 0; t < VNNI_ROWS; t++) {
@@ -1371,30 +1385,14 @@ T_AVX512 static int group_max_vnni(const int8_t *rows, int64_t n, const int16_t 
     for (int64_t i = 0; i < n; i += VNNI_ROWS) {
         const int8_t *r[VNNI_ROWS];
         int32_t correction[VNNI_ROWS];
-        for (int t = 0; t < VNNI_ROWS; t++) {
-            r[t] = rows + MIN_(i + t, n - 1) * d; /* past the end: the last row again, not stored */
-            int32_t sum = 0;
-            for (int64_t k = 0; k < d; k++)
-                sum += r[t][k];
-            correction[t] = 128 * sum;
-        }
+        vnni_rows(rows, n, d, i, r, correction);
         for (int64_t g = 0; g < groups; g++) {
             __m512 top[VNNI_ROWS];
             for (int t = 0; t < VNNI_ROWS; t++)
                 top[t] = none;
             for (int64_t c = first[g]; c < first[g + 1]; c++) {
                 __m512i acc[VNNI_ROWS];
-                for (int t = 0; t < VNNI_ROWS; t++)
-                    acc[t] = _mm512_setzero_si512();
-                const uint8_t *w = packed + c * quads * 64;
-                for (int64_t q = 0; q < quads; q++) {
-                    const __m512i unsigned_windows = _mm512_load_si512((const void *)(w + q * 64));
-                    for (int t = 0; t < VNNI_ROWS; t++) {
-                        int32_t four;
-                        memcpy(&four, r[t] + q * 4, sizeof four);
-                        acc[t] = _mm512_dpbusd_epi32(acc[t], unsigned_windows, _mm512_set1_epi32(four));
-                    }
-                }
+                vnni_block_sums(packed + c * quads * 64, quads, r, acc);
                 const __m512 sc = _mm512_load_ps(scales + c * 16);
                 for (int t = 0; t < VNNI_ROWS; t++) {
                     __m512i dots = _mm512_sub_epi32(acc[t], _mm512_set1_epi32(correction[t]));
