@@ -266,10 +266,20 @@ class SegmentCache:
                 return self._open_ranged(ref)
             self.download(ref).result()
         try:
-            return Segment.open(path)
+            segment = Segment.open(path)
         except IndexFormatError:
             path.unlink(missing_ok=True)  # damaged on disk or in S3: fetched again next time
             raise
+        self.read_ahead(path)
+        return segment
+
+    def read_ahead(self, path: Path) -> Future[None]:
+        """Ask the kernel to read the file at ``path`` into the page cache, in the background (done
+        when the reads are asked for, not when they are complete). The verification rows of a query's
+        candidates are then read from memory, not from disk one page at a time — a mapped file's
+        pages are otherwise read only when touched, so a warm reader's queries would go on reading
+        from disk for as long as it serves. The kernel gives the memory back under pressure."""
+        return self._downloads_pool.submit(_read_ahead, path)
 
     def download(self, ref: SegmentRef) -> Future[Path]:
         """The whole file of ``ref`` in the cache: its path once there (one download at a time per
@@ -341,7 +351,9 @@ class SegmentCache:
     def _attach(self, ref: SegmentRef, segment: Segment, done: Future[Path], attached: Future[None]) -> None:
         """Once the whole file is on disk, the segment reads every row from its mapping."""
         try:
-            segment.attach(done.result())
+            path = done.result()
+            segment.attach(path)
+            self.read_ahead(path)
         except (StorageError, HarmonyError, OSError) as exc:  # ranged reads go on; seed tries again
             log.warning("segment %s stays read by ranges: %s", ref.key, exc)
         finally:
@@ -364,6 +376,19 @@ class SegmentCache:
         for path in self.folder.glob("*.seg"):
             if path.name not in wanted:
                 path.unlink(missing_ok=True)
+
+
+def _read_ahead(path: Path) -> None:
+    if not hasattr(os, "posix_fadvise"):  # not on macOS: pages are read when touched
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # removed meanwhile (a newer manifest): nothing to read
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -440,3 +440,47 @@ def test_a_reader_gives_back_the_memory_a_load_freed(bucket, images, tmp_path, m
         assert folded == read_folded(b, ref) and len(folded) == len(segment)
         held = {id(k) for k in segment.keys}
         assert all(id(key) in held for _, key in folded.values())
+
+
+def _resident(path) -> float:
+    """The fraction of ``path``'s pages in the page cache (mincore(2) over a mapping of it)."""
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        mapped = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mincore(ctypes.c_void_p(mapped.ctypes.data), ctypes.c_size_t(size), vec) == 0, ctypes.get_errno()
+    return sum(v & 1 for v in vec) / pages
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="mincore(2) and posix_fadvise(2) as Linux has them")
+def test_a_cached_segment_is_read_into_the_page_cache_when_opened(bucket, tmp_path):
+    """A segment file on local disk whose pages the kernel dropped is read back into memory when a
+    reader opens it (in the background): its queries' verification rows then come from memory."""
+    import os
+    import time
+
+    _, name = bucket
+    Compactor(Bucket(name), segment_images=4).compact()
+    reader(name, tmp_path, ranged=False).index()  # downloaded whole before use
+    cached = sorted((tmp_path / "cache").glob("*.seg"))
+    assert len(cached) == 3
+    for path in cached:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if max(_resident(p) for p in cached) > 0.5:
+        pytest.skip("this file system keeps the files in memory (the kernel did not drop their pages)")
+    later = reader(name, tmp_path, ranged=False)
+    assert len(later.index()) == 9 and later.last_refresh["loaded"] == 0  # from the cached files
+    deadline = time.monotonic() + 10
+    while min(_resident(p) for p in cached) < 1.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [_resident(p) for p in cached] == [1.0] * 3

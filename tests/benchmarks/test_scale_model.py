@@ -335,9 +335,14 @@ def test_the_doc_shows_the_pages_a_query_read_from_disk_when_the_run_counted_the
     path = tmp_path / "SCALE.md"
     write_doc(path, counted, "python -m benchmarks.scale --images 10000")
     text = path.read_text()
-    assert "one index 700, fan-out 650, one shard alone 3" in text
-    assert "2.5 GB of memory available when the queries began" in text
+    assert "one index 700, fan-out 650, one shard alone 3; 2.5 GB of memory available when the queries began" in text
+    assert "one shard alone runs after the fan-out on the same shards' files, the one index on a copy" in text
     write_doc(path, {**counted, "memory_available_gb_at_queries": None}, "cmd")
-    assert "one shard alone 3, which runs after the fan-out on the same shards' files) |" in path.read_text()
+    assert "one shard alone 3; one shard alone runs after the fan-out" in path.read_text()
+    write_doc(path, {**counted, "segment_files_gb_in_page_cache": 10.63}, "cmd")  # runs since the read-ahead
+    text = path.read_text()
+    assert "one shard alone 3; 2.5 GB of memory available when the queries began. The one index and" in text
+    assert "map the same segment files, 10.6 GB, read into the page cache before the queries" in text
+    assert "on a copy of its own" not in text
     write_doc(path, {**MEASURED, "p50_ms_shard_alone": 40.0, "p99_ms_shard_alone": 60.0}, "cmd")  # a run before
     assert "pages read from disk" not in path.read_text()
