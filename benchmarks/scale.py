@@ -24,10 +24,11 @@ photos plus generated distractors) and its queries. Steps, all through the real 
    the journal), then the ranged cold start again;
 5. queries: the per-record (unsharded) index's ``default`` top-5 against SearchFunction's
    fan-out over the shards (``ShardFanOut``: a shortlist round, then a verification round of the
-   catalog's shortlist; each shard answered in this process by ShardFunction's ``answer_shard``,
-   JSON both ways, one thread per shard — no network hop): p50/p99 of the fan-out, what one shard
-   spends per query (both rounds), and how often the merged top-5 (and top-1) is the unsharded
-   one — by construction always, with the same scores (``top5_max_score_diff``).
+   catalog's shortlist; each shard answered by a warm process of its own, as each ShardFunction
+   is one, through ShardFunction's ``answer_shard``, JSON both ways — no network hop; moto's
+   server stopped and the segment files in the page cache, which the one index shares): p50/p99
+   of the fan-out, what one shard spends per query (both rounds), and how often the merged top-5
+   (and top-1) is the unsharded one — by construction always, with the same scores (``top5_max_score_diff``).
 
 Memory per image is the process RSS growth over the cold start divided by the images (each
 design and way measured in its own child process, so that one does not inflate another):
@@ -41,6 +42,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import resource
 import socket
@@ -185,32 +187,104 @@ def _cold(mode: str, shards: int, cache: str, query: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the run
-class _InProcessShards:
-    """boto3's Lambda ``invoke`` for SearchFunction's ``ShardFanOut``, answered in this process
-    as each ShardFunction answers (``answer_shard`` over its shard's reader), JSON both ways;
-    milliseconds spent per function since ``spent_ms`` was cleared. ``one_at_a_time``: each
-    answer has the machine's cores to itself, as a ShardFunction has its own on Lambda (else
-    the shards answer at once and share them)."""
+def _shard_worker(conn: Any, shard: tuple[int, int], cache: str) -> None:
+    """A warm ShardFunction: its shard's reader, loaded from S3 (segment files in ``cache``, which
+    the other readers share), then each request answered as ShardFunction answers it
+    (``answer_shard``), JSON both ways: payload bytes in; the answer's bytes, the milliseconds it
+    took and the pages it read from disk (major page faults) out. None ends it."""
+    from harmony_aws.fanout import answer_shard
+    from harmony_aws.reader import IndexReader
+    from harmony_aws.s3 import Bucket
+    from harmony_aws.urls import ResultUrls
 
-    def __init__(self, readers: list[Any], *, one_at_a_time: bool = False) -> None:
-        self.readers = {f"Shard{i}": r for i, r in enumerate(readers)}
+    bucket = Bucket(BUCKET)
+    reader = IndexReader(
+        bucket, ResultUrls(bucket, presign_seconds=900), ttl=1e9, cache_dir=cache, shard=shard, ranged=False
+    )
+    reader.index()
+    conn.send("ready")
+    while (payload := conn.recv()) is not None:
+        f0, s0 = _major_faults(), time.perf_counter()
+        try:
+            body, error = json.dumps(answer_shard(json.loads(payload), reader)).encode(), None
+        except Exception as exc:  # noqa: BLE001 - answered as Lambda answers a function's error
+            body, error = json.dumps({"errorMessage": f"{type(exc).__name__}: {exc}"}).encode(), "Unhandled"
+        conn.send((body, error, (time.perf_counter() - s0) * 1000, _major_faults() - f0))
+
+
+class _ShardWorkers:
+    """One process per shard (:func:`_shard_worker`), as each ShardFunction is a process of its own
+    on Lambda (its own interpreter lock); started, and their readers loaded, before the clock
+    starts. :meth:`client` answers SearchFunction's ``ShardFanOut`` through them."""
+
+    def __init__(self, shards: int, cache: str) -> None:
+        context = multiprocessing.get_context("spawn")  # not a fork of this process's threads
+        self._conns: dict[str, Any] = {}
+        self._procs: list[Any] = []
+        for i in range(shards):
+            mine, theirs = context.Pipe()
+            proc = context.Process(target=_shard_worker, args=(theirs, (i, shards), cache), daemon=True)
+            proc.start()
+            self._conns[f"Shard{i}"], self._procs = mine, [*self._procs, proc]
+        self._locks = {name: threading.Lock() for name in self._conns}
+        for name, conn in self._conns.items():
+            if conn.recv() != "ready":
+                raise RuntimeError(f"{name} did not load")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._conns)
+
+    def ask(self, name: str, payload: bytes) -> tuple[bytes, str | None, float, int]:
+        """The answer of shard ``name`` to ``payload``: its bytes, its function error (or None), the
+        milliseconds it took in the shard's process and the pages it read from disk."""
+        with self._locks[name]:
+            self._conns[name].send(payload)
+            answer: tuple[bytes, str | None, float, int] = self._conns[name].recv()
+            return answer
+
+    def client(self, *, one_at_a_time: bool = False) -> _WorkersClient:
+        return _WorkersClient(self, one_at_a_time=one_at_a_time)
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+
+class _WorkersClient:
+    """boto3's Lambda ``invoke``, answered by :class:`_ShardWorkers`; the milliseconds each shard
+    spent and the pages it read from disk since :meth:`clear`. ``one_at_a_time``: each answer has
+    the machine's cores to itself, as a ShardFunction has its own on Lambda (else the shards
+    answer at once and share them)."""
+
+    def __init__(self, workers: _ShardWorkers, *, one_at_a_time: bool) -> None:
+        self.workers = workers
         self.spent_ms: dict[str, float] = {}
+        self.faults = 0
         self._lock = threading.Lock()
         self._turn: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if one_at_a_time else contextlib.nullcontext()
         )
 
-    def invoke(self, *, FunctionName: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803 - boto3's names
-        from harmony_aws.fanout import answer_shard
-
-        with self._turn:
-            s0 = time.perf_counter()
-            body = json.dumps(answer_shard(json.loads(Payload), self.readers[FunctionName])).encode()
-            spent_ms = (time.perf_counter() - s0) * 1000
+    def clear(self) -> None:
         with self._lock:
-            spent = self.spent_ms.get(FunctionName, 0.0)
-            self.spent_ms[FunctionName] = spent + spent_ms
-        return {"StatusCode": 200, "Payload": io.BytesIO(body)}
+            self.spent_ms, self.faults = {}, 0
+
+    def invoke(self, *, FunctionName: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        with self._turn:
+            body, error, spent_ms, faults = self.workers.ask(FunctionName, Payload)
+        with self._lock:
+            self.spent_ms[FunctionName] = self.spent_ms.get(FunctionName, 0.0) + spent_ms
+            self.faults += faults
+        answer: dict[str, Any] = {"StatusCode": 200, "Payload": io.BytesIO(body)}
+        if error:
+            answer["FunctionError"] = error
+        return answer
 
 
 class S3Server:
@@ -289,14 +363,86 @@ def _in_page_cache(folder: Path) -> float:
     return read / 1e9
 
 
-def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, Any]:
+def _queries(queries: list[Path], truth: dict[Path, str | None], whole: Any, workers: _ShardWorkers) -> dict[str, Any]:
+    """Each query's ``default`` top-5 from one index (``whole``, in this process), from
+    SearchFunction's fan-out over the shards' ``workers`` answering at once, and from the same with
+    one shard answering at a time: times, the pages each read from disk, and how the answers agree."""
     from harmony_aws.fanout import ShardFanOut
+    from harmony_image import SearchParams, extract_features
+
+    fan_client, alone_client = workers.client(), workers.client(one_at_a_time=True)
+    fan, alone = ShardFanOut(fan_client, workers.names), ShardFanOut(alone_client, workers.names)
+    params = SearchParams(k=5)
+    warm_up = extract_features(queries[0].read_bytes())
+    whole.search(warm_up, params)
+    fan.search(warm_up, params)
+    alone.search(warm_up, params)
+    same = same_top1 = 0
+    found = {"one index": 0, "shards": 0}
+    copies = sum(1 for q in queries if truth.get(q))
+    recall = []
+    fan_ms: list[float] = []
+    whole_ms: list[float] = []
+    shard_ms: list[float] = []
+    alone_ms: list[float] = []
+    score_diff = 0.0
+    faults: dict[str, list[int]] = {"one index": [], "fan-out": [], "shard alone": []}
+    available_gb = _available_gb()
+    for q in queries:
+        feats = extract_features(q.read_bytes())
+        f0, s0 = _major_faults(), time.perf_counter()
+        exhaustive = whole.search(feats, params)
+        whole_ms.append((time.perf_counter() - s0) * 1000)
+        faults["one index"].append(_major_faults() - f0)
+        fan_client.clear()
+        s0 = time.perf_counter()
+        merged, _, _ = fan.search(feats, params)
+        fan_ms.append((time.perf_counter() - s0) * 1000)
+        faults["fan-out"].append(fan_client.faults)
+        shard_ms.extend(fan_client.spent_ms.values())  # what each ShardFunction spent on this query
+        alone_client.clear()
+        alone.search(feats, params)
+        faults["shard alone"].append(alone_client.faults)
+        alone_ms.extend(alone_client.spent_ms.values())
+        want = [r.key for r in exhaustive]
+        got = [r.key for r in merged]
+        same += got == want
+        same_top1 += got[:1] == want[:1]
+        if got == want:
+            score_diff = max([score_diff, *(abs(a.score - b.score) for a, b in zip(merged, exhaustive, strict=True))])
+        if truth.get(q):
+            found["one index"] += want[:1] == [truth[q]]
+            found["shards"] += got[:1] == [truth[q]]
+        recall.append(len(set(got) & set(want)) / max(1, len(want)))
+    p = np.percentile
+    return {
+        "p50_ms": round(float(p(fan_ms, 50)), 1),
+        "p99_ms": round(float(p(fan_ms, 99)), 1),
+        "p50_ms_one_shard": round(float(p(shard_ms, 50)), 1),
+        "p99_ms_one_shard": round(float(p(shard_ms, 99)), 1),
+        "major_faults_per_query": {name: int(np.median(values)) for name, values in faults.items()},
+        "memory_available_gb_at_queries": available_gb,
+        "p50_ms_shard_alone": round(float(p(alone_ms, 50)), 1),
+        "p99_ms_shard_alone": round(float(p(alone_ms, 99)), 1),
+        "p50_ms_unsharded": round(float(p(whole_ms, 50)), 1),
+        "p99_ms_unsharded": round(float(p(whole_ms, 99)), 1),
+        "recall_vs_exhaustive": round(float(np.mean(recall)), 4),
+        "same_top5_as_unsharded": round(same / max(1, len(queries)), 4),
+        "same_top1_as_unsharded": round(same_top1 / max(1, len(queries)), 4),
+        "top5_max_score_diff": score_diff,
+        "copies": copies,
+        "copies_found_top1": found,
+        "shard_workers": "processes",
+    }
+
+
+def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, Any]:
     from harmony_aws.reader import IndexReader
     from harmony_aws.records import RecordWriter
     from harmony_aws.s3 import Bucket, s3_client
     from harmony_aws.segments import CompactionReport, Compactor
     from harmony_aws.urls import ResultUrls
-    from harmony_image import DEFAULT_MAX_PIXELS, SearchParams, extract_features, kernels
+    from harmony_image import DEFAULT_MAX_PIXELS, kernels
 
     catalog, queries, truth = catalog_and_queries(args)
     os.environ.update(
@@ -365,73 +511,17 @@ def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, An
     cache = str(work / "warm")
     unsharded = IndexReader(bucket, ResultUrls(bucket, presign_seconds=900), ttl=1e9, cache_dir=cache, ranged=False)
     whole = unsharded.index()
-    shard_readers = [
-        IndexReader(
-            bucket,
-            ResultUrls(bucket, presign_seconds=900),
-            ttl=1e9,
-            cache_dir=cache,
-            shard=(i, args.shards),
-            ranged=False,
-        )
-        for i in range(args.shards)
-    ]
-    for reader in shard_readers:  # loaded before the clock starts, as the unsharded one is
-        reader.index()
-    # Warm readers ask S3 for nothing: moto's server, which holds every object in memory (more
-    # than half of this machine's at 100k), stops here, so that the segment files stay in the
-    # page cache as they do in a shard's own function.
-    server.stop()
-    page_cache_gb = _in_page_cache(Path(cache))
-    log(f"[scale] S3 server stopped; {page_cache_gb:.1f} GB of segment files read into the page cache")
-    shards = _InProcessShards(shard_readers)
-    fan = ShardFanOut(shards, tuple(shards.readers))
-    alone_shards = _InProcessShards(shard_readers, one_at_a_time=True)
-    alone = ShardFanOut(alone_shards, tuple(alone_shards.readers))
-    params = SearchParams(k=5)
-    warm_up = extract_features(queries[0].read_bytes())
-    whole.search(warm_up, params)
-    fan.search(warm_up, params)
-    alone.search(warm_up, params)
-    same = same_top1 = 0
-    found = {"one index": 0, "shards": 0}
-    copies = sum(1 for q in queries if truth.get(q))
-    recall = []
-    fan_ms: list[float] = []
-    whole_ms: list[float] = []
-    shard_ms: list[float] = []
-    alone_ms: list[float] = []
-    score_diff = 0.0
-    faults: dict[str, list[int]] = {"one index": [], "fan-out": [], "shard alone": []}
-    available_gb = _available_gb()
-    for q in queries:
-        feats = extract_features(q.read_bytes())
-        f0, s0 = _major_faults(), time.perf_counter()
-        exhaustive = whole.search(feats, params)
-        whole_ms.append((time.perf_counter() - s0) * 1000)
-        faults["one index"].append(_major_faults() - f0)
-        shards.spent_ms.clear()
-        f0, s0 = _major_faults(), time.perf_counter()
-        merged, _, _ = fan.search(feats, params)
-        fan_ms.append((time.perf_counter() - s0) * 1000)
-        faults["fan-out"].append(_major_faults() - f0)
-        shard_ms.extend(shards.spent_ms.values())  # what each ShardFunction spent on this query
-        alone_shards.spent_ms.clear()
-        f0 = _major_faults()
-        alone.search(feats, params)
-        faults["shard alone"].append(_major_faults() - f0)
-        alone_ms.extend(alone_shards.spent_ms.values())
-        want = [r.key for r in exhaustive]
-        got = [r.key for r in merged]
-        same += got == want
-        same_top1 += got[:1] == want[:1]
-        if got == want:
-            score_diff = max([score_diff, *(abs(a.score - b.score) for a, b in zip(merged, exhaustive, strict=True))])
-        if truth.get(q):
-            found["one index"] += want[:1] == [truth[q]]
-            found["shards"] += got[:1] == [truth[q]]
-        recall.append(len(set(got) & set(want)) / max(1, len(want)))
-    p = np.percentile
+    workers = _ShardWorkers(args.shards, cache)  # each loads its shard's reader from the same files
+    try:
+        # Warm readers ask S3 for nothing: moto's server, which holds every object in memory (more
+        # than half of this machine's at 100k), stops here, so that the segment files stay in the
+        # page cache as they do in a shard's own function.
+        server.stop()
+        page_cache_gb = _in_page_cache(Path(cache))
+        log(f"[scale] S3 server stopped; {page_cache_gb:.1f} GB of segment files read into the page cache")
+        warm = _queries(queries, truth, whole, workers)
+    finally:
+        workers.close()
     before: dict[str, Any] = {}  # the per-record design's figures, when measured
     if records_cold is not None:
         before = {
@@ -486,23 +576,8 @@ def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, An
         "cold_listing_ms_per_shard_steady": [s.get("listing_ms") for s in steady_cold["shards"]],
         "cold_segments_ms_per_shard_steady": [s.get("segments_ms") for s in steady_cold["shards"]],
         **before,
-        "p50_ms": round(float(p(fan_ms, 50)), 1),
-        "p99_ms": round(float(p(fan_ms, 99)), 1),
-        "p50_ms_one_shard": round(float(p(shard_ms, 50)), 1),
-        "p99_ms_one_shard": round(float(p(shard_ms, 99)), 1),
-        "major_faults_per_query": {name: int(np.median(values)) for name, values in faults.items()},
-        "memory_available_gb_at_queries": available_gb,
+        **warm,
         "segment_files_gb_in_page_cache": round(page_cache_gb, 2),
-        "p50_ms_shard_alone": round(float(p(alone_ms, 50)), 1),
-        "p99_ms_shard_alone": round(float(p(alone_ms, 99)), 1),
-        "p50_ms_unsharded": round(float(p(whole_ms, 50)), 1),
-        "p99_ms_unsharded": round(float(p(whole_ms, 99)), 1),
-        "recall_vs_exhaustive": round(float(np.mean(recall)), 4),
-        "same_top5_as_unsharded": round(same / max(1, len(queries)), 4),
-        "same_top1_as_unsharded": round(same_top1 / max(1, len(queries)), 4),
-        "top5_max_score_diff": score_diff,
-        "copies": copies,
-        "copies_found_top1": found,
         "kernel": kernels.IMPLEMENTATION,
         "s3_server": "moto, its own process",
     }
@@ -1111,6 +1186,12 @@ def _faults(m: dict[str, Any]) -> str:
     )
 
 
+def _answered_by(m: dict[str, Any]) -> str:
+    if m.get("shard_workers") == "processes":
+        return "each shard answered by a warm process of its own, as each ShardFunction is one"
+    return "each shard answered in this process, a thread each"
+
+
 def _measured_table(m: dict[str, Any]) -> str:
     """A sharded run's figures beside the per-record design's (not measured when it was skipped)."""
     kib = 1024
@@ -1215,7 +1296,7 @@ Compaction: {m["compaction_images_per_s"]:.0f} images/s in one call (`Compactor.
 IndexFunction's compaction with more than 2,048 records to fold is planned instead: one segment
 per invocation through ReindexQueue; README, Bulk ingest).
 
-The fan-out is SearchFunction's `ShardFanOut` (each shard answered in this process, JSON both
+The fan-out is SearchFunction's `ShardFanOut` ({_answered_by(m)}, JSON both
 ways): a shortlist round (each shard's best rows by each first-pass vote, cut to the
 catalog's shortlist), then a verification round (each shard verifies its rows of that shortlist, given all of it
 and returns the per-row evidence; detail choice, calibration and ranking run over all of it), so
