@@ -134,7 +134,7 @@ def child(mode: str, shards: int, cache: str, query: str) -> dict[str, Any]:
         for i in range(shards):
             shard = (i, shards) if shards > 1 else None
             urls = ResultUrls(b, presign_seconds=900)
-            readers.append(IndexReader(b, urls, ttl=1e9, cache_dir=cache, shard=shard, **how))
+            readers.append(IndexReader(b, urls, ttl=1e9, cache_dir=f"{cache}/shard-{i}", shard=shard, **how))
     per_shard = []
     for r in readers:
         s0, f0, l0 = time.perf_counter(), fetched[0], lists[0]
@@ -188,10 +188,10 @@ def _cold(mode: str, shards: int, cache: str, query: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the run
 def _shard_worker(conn: Any, shard: tuple[int, int], cache: str) -> None:
-    """A warm ShardFunction: its shard's reader, loaded from S3 (segment files in ``cache``, which
-    the other readers share), then each request answered as ShardFunction answers it
-    (``answer_shard``), JSON both ways: payload bytes in; the answer's bytes, the milliseconds it
-    took and the pages it read from disk (major page faults) out. None ends it."""
+    """A warm ShardFunction: its shard's reader, loaded from S3 (its segment files in ``cache``),
+    then each request answered as ShardFunction answers it (``answer_shard``), JSON both ways:
+    payload bytes in; the answer's bytes, the milliseconds it took and the pages it read from disk
+    (major page faults) out. None ends it."""
     from harmony_aws.fanout import answer_shard
     from harmony_aws.reader import IndexReader
     from harmony_aws.s3 import Bucket
@@ -217,13 +217,14 @@ class _ShardWorkers:
     on Lambda (its own interpreter lock); started, and their readers loaded, before the clock
     starts. :meth:`client` answers SearchFunction's ``ShardFanOut`` through them."""
 
-    def __init__(self, shards: int, cache: str) -> None:
+    def __init__(self, caches: list[str]) -> None:
+        shards = len(caches)
         context = multiprocessing.get_context("spawn")  # not a fork of this process's threads
         self._conns: dict[str, Any] = {}
         self._procs: list[Any] = []
         for i in range(shards):
             mine, theirs = context.Pipe()
-            proc = context.Process(target=_shard_worker, args=(theirs, (i, shards), cache), daemon=True)
+            proc = context.Process(target=_shard_worker, args=(theirs, (i, shards), caches[i]), daemon=True)
             proc.start()
             self._conns[f"Shard{i}"], self._procs = mine, [*self._procs, proc]
         self._locks = {name: threading.Lock() for name in self._conns}
@@ -511,7 +512,13 @@ def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, An
     cache = str(work / "warm")
     unsharded = IndexReader(bucket, ResultUrls(bucket, presign_seconds=900), ttl=1e9, cache_dir=cache, ranged=False)
     whole = unsharded.index()
-    workers = _ShardWorkers(args.shards, cache)  # each loads its shard's reader from the same files
+    caches = []
+    for i in range(args.shards):  # the one index's files, linked: one copy on disk and in the page cache
+        caches.append(str(folder := work / f"warm-shard-{i}"))
+        folder.mkdir()
+        for path in Path(cache).glob("*.seg"):
+            os.link(path, folder / path.name)
+    workers = _ShardWorkers(caches)  # each loads its shard's reader from its folder
     try:
         # Warm readers ask S3 for nothing: moto's server, which holds every object in memory (more
         # than half of this machine's at 100k), stops here, so that the segment files stay in the
@@ -1176,8 +1183,8 @@ def _faults(m: dict[str, Any]) -> str:
     if "segment_files_gb_in_page_cache" in m:
         return (
             f" (pages read from disk a query, median: {counted}. The one index and the shards map the same "
-            f"segment files, {m['segment_files_gb_in_page_cache']:.1f} GB, read into the page cache before the "
-            "queries — as a shard's own function has them after its read-ahead — with moto's server stopped)"
+            "segment files, which each reader reads ahead into the page cache as it opens them — as a shard's "
+            "own function does — with moto's server stopped before the queries)"
         )
     return (
         " (pages read from disk a query, median — the verification rows of memory-mapped segments not in "
@@ -1194,6 +1201,7 @@ def _answered_by(m: dict[str, Any]) -> str:
 
 def _measured_table(m: dict[str, Any]) -> str:
     """A sharded run's figures beside the per-record design's (not measured when it was skipped)."""
+    workers = "processes" if m.get("shard_workers") == "processes" else "threads"
     kib = 1024
     slowest = max(m["cold_start_s_per_shard"])
     return _table(
@@ -1231,7 +1239,8 @@ def _measured_table(m: dict[str, Any]) -> str:
             [
                 "warm `default` query, p50 / p99",
                 f"{m['p50_ms_unsharded']:.0f} / {m['p99_ms_unsharded']:.0f} ms (one index)",
-                f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} ms (fan-out, threads on 2 cores); {_shard_answers(m)}",
+                f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} ms (fan-out, {workers} on {_cores(m)} cores); "
+                + _shard_answers(m),
             ],
             [
                 "top-5 identical to one index's",

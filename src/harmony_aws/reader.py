@@ -102,7 +102,7 @@ class IndexReader:
         *,
         ttl: float = 10.0,
         load_workers: int = POOL_CONNECTIONS,  # cold loads are latency-bound: one per connection
-        cache_dir: str | Path = SEGMENT_CACHE,
+        cache_dir: str | Path | None = None,
         shard: tuple[int, int] | None = None,
         ranged: bool = True,
         background: bool = True,
@@ -113,7 +113,9 @@ class IndexReader:
         on local disk is read by ranged GETs (else downloaded whole first), and downloaded whole
         in the ``background`` (see :class:`~harmony_aws.segments.SegmentCache`). ``use_journal``:
         False lists every record even under a manifest with a journal cursor (as readers did before
-        the journal: for comparisons)."""
+        the journal: for comparisons). ``cache_dir``: where whole segment files are kept; by default
+        a folder of :data:`SEGMENT_CACHE` for this bucket and shard (a reader removes the files of
+        its folder that its segments no longer name, so two readers never share one)."""
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard[0]} of {shard[1]} does not exist")
         self.shard = shard
@@ -125,6 +127,8 @@ class IndexReader:
         self._lock = threading.Lock()
         self._index = SearchIndex()
         self._records: dict[str, StoredRecord] = {}  # loaded one by one: newer than the segments
+        if cache_dir is None:  # a folder of its own: a cache removes the files it no longer wants
+            cache_dir = SEGMENT_CACHE / (bucket.name + (f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""))
         self._segments = SegmentCache(bucket, cache_dir, ranged=ranged, background=background)
         self._segments_etag: str | None = None  # of the manifest the segments came from
         self._folded: Folded = {}  # records the segments hold

@@ -484,3 +484,23 @@ def test_a_cached_segment_is_read_into_the_page_cache_when_opened(bucket, tmp_pa
     while min(_resident(p) for p in cached) < 1.0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [_resident(p) for p in cached] == [1.0] * 3
+
+
+def test_readers_of_two_shards_keep_their_files_apart(bucket, images, tmp_path, monkeypatch):
+    """Each reader keeps its segment files in a folder of its own by default (a reader removes the
+    files its segments no longer name: in a shared folder one shard's load removed the other's)."""
+    _, name = bucket
+    monkeypatch.setattr(reader_module, "SEGMENT_CACHE", tmp_path / "segments")
+    Compactor(Bucket(name), segment_images=4, shards=2).compact()
+    b = Bucket(name)
+    readers = [IndexReader(b, ResultUrls(b, presign_seconds=900), shard=(i, 2), ranged=False) for i in range(2)]
+    for r in readers:
+        r.index()
+    folders = sorted((tmp_path / "segments").iterdir())
+    assert [f.name for f in folders] == [f"{name}-shard-0-of-2", f"{name}-shard-1-of-2"]
+    manifest = read_manifest(b)
+    assert manifest is not None
+    for i, folder in enumerate(folders):
+        want = {s.etag.strip('"') + ".seg" for s in manifest.of_shard(i)}
+        assert want and {p.name for p in folder.glob("*.seg")} == want
+    assert IndexReader(b, ResultUrls(b, presign_seconds=900)).segments.folder == tmp_path / "segments" / name

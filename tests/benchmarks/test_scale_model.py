@@ -342,7 +342,7 @@ def test_the_doc_shows_the_pages_a_query_read_from_disk_when_the_run_counted_the
     write_doc(path, {**counted, "segment_files_gb_in_page_cache": 10.63}, "cmd")  # runs since the read-ahead
     text = path.read_text()
     assert "one shard alone 3; 2.5 GB of memory available when the queries began. The one index and" in text
-    assert "map the same segment files, 10.6 GB, read into the page cache before the queries" in text
+    assert "map the same segment files, which each reader reads ahead into the page cache as it opens" in text
     assert "on a copy of its own" not in text
     write_doc(path, {**MEASURED, "p50_ms_shard_alone": 40.0, "p99_ms_shard_alone": 60.0}, "cmd")  # a run before
     assert "pages read from disk" not in path.read_text()
