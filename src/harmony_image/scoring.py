@@ -477,9 +477,35 @@ def fitted_inliers(
 ) -> Fit:
     """:func:`verified_inliers` from the query's nearest neighbours among ``keypoints``
     (:func:`~harmony_image.kernels.nearest_two`: index, smallest and second smallest distance)."""
-    good = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
-    if np.count_nonzero(good) <= max(4, floor):
+    good = ratio_test(d1, d2)
+    if np.count_nonzero(good) <= fit_floor(floor):
         return _NO_FIT
+    return ransac_fit(query_keypoints, keypoints, idx, d1, good, homography=homography)
+
+
+def ratio_test(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """Which nearest neighbours count as matches (any shape): Lowe's ratio test (:data:`RATIO`)
+    and at most :data:`MAX_MATCH_DISTANCE` bits apart."""
+    good: np.ndarray = (d1.astype(np.float32) < RATIO * d2) & (d1 <= MAX_MATCH_DISTANCE)
+    return good
+
+
+def fit_floor(floor: float) -> float:
+    """:func:`fitted_inliers` fits nothing to this many matches or fewer (a transform needs at
+    least 4, and fewer inliers than ``floor`` count for nothing)."""
+    return max(4.0, floor)
+
+
+def ransac_fit(
+    query_keypoints: np.ndarray,
+    keypoints: np.ndarray,
+    idx: np.ndarray,
+    d1: np.ndarray,
+    good: np.ndarray,
+    *,
+    homography: bool = False,
+) -> Fit:
+    """The RANSAC fit of :func:`fitted_inliers` to the ``good`` matches (:func:`ratio_test`)."""
     # Closest first: RHO (PROSAC) samples in that order, and RANSAC time grows with matches
     # while the closest carry the signal.
     matches = np.flatnonzero(good)
@@ -815,13 +841,20 @@ def verify_shortlist(
         y0, y1 = np.clip([box[1] * scale[1], box[3] * scale[1]], 0, SEED_SIDE)
         boxes[at_detail, i] = (x0, y0, x1, y1) if v == 0 else (SEED_SIDE - x1, y0, SEED_SIDE - x0, y1)
 
+    # The ratio test of every row in one pass; RANSAC runs (on the kernel threads) only where
+    # :func:`fitted_inliers` would fit: most shortlisted rows have too few matches, and a call
+    # each cost more than the test.
+    fits = np.zeros((2, len(rows)), dtype=bool)
+    good = [ratio_test(d1, d2) for _, _, d1, d2 in matches]
+    for v, view in enumerate(views):
+        if len(view.descriptors) >= 4:
+            fits[v] = (catalog_counts >= 4) & (np.count_nonzero(good[v], axis=1) > fit_floor(INLIER_FLOOR))
+
     def verify(i: int) -> None:
-        if catalog_counts[i] < 4:
-            return
         keypoints = packed.keypoints_of(int(rows[i]))
-        for v, (view, (_, idx, d1, d2)) in enumerate(zip(views, matches, strict=True)):
-            if len(view.descriptors) >= 4:
-                fit = fitted_inliers(view.keypoints, keypoints, idx[i], d1[i], d2[i], floor=INLIER_FLOOR)
+        for v, (view, (_, idx, d1, _)) in enumerate(zip(views, matches, strict=True)):
+            if fits[v, i]:
+                fit = ransac_fit(view.keypoints, keypoints, idx[i], d1[i], good[v][i])
                 inliers[v, i] = len(fit)
                 keep_box(i, fit, v, 0, (SEED_SIDE, SEED_SIDE), (1.0, 1.0))
 
@@ -842,7 +875,7 @@ def verify_shortlist(
             if detail_shape is not None:
                 keep_box(i, fit, v, 1, frame, (SEED_SIDE / detail_shape[1], SEED_SIDE / detail_shape[0]))
 
-    map_threads(verify, range(len(rows)))
+    map_threads(verify, np.flatnonzero(fits.any(axis=0)).tolist())
     clock.lap("verify")
     region = np.zeros((2, len(rows)))
     ones = np.ones(len(rows))
