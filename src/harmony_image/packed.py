@@ -427,11 +427,18 @@ class PackedCatalog:
         block, i = self._locate(row)
         return CatalogEntry(key=self.keys[row], url=block.shortlist.url(i), features=block.features(i))
 
-    def _scatter(self, per_block: list[np.ndarray], dtype: type, columns: tuple[int, ...] = ()) -> np.ndarray:
+    def _scatter(
+        self,
+        per_block: list[np.ndarray],
+        dtype: type,
+        columns: tuple[int, ...] = (),
+        *,
+        rows_of: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Per-block results (one per block entry, each of shape ``columns``) placed at the rows of
-        the live entries."""
+        the live entries (``rows_of``: each part's rows, for parts other than the blocks)."""
         out: np.ndarray = np.empty((len(self), *columns), dtype=dtype)
-        for rows, values in zip(self.rows_of, per_block, strict=True):
+        for rows, values in zip(self.rows_of if rows_of is None else rows_of, per_block, strict=True):
             live = rows >= 0
             out[rows[live]] = values[live]
         return out
@@ -456,9 +463,7 @@ class PackedCatalog:
         bounded by :func:`~harmony_image.regions.region_bounds`, the exact one computed for the
         rows whose bound reaches the best)."""
         coarse, rows = self._coarse
-        live = rows >= 0
-        bounds = np.empty(len(self), dtype=np.float32)
-        bounds[rows[live]] = region_bounds(coarse, query.groups)[live]
+        bounds = self._scatter([region_bounds(coarse, query.groups)], np.float32, rows_of=[rows])
         return best_looks(bounds, lambda at: self.region_looks_at(at, query), keep)
 
     def region_looks_at(self, rows: np.ndarray, query: QueryRegions) -> np.ndarray:
