@@ -1180,7 +1180,7 @@ def _faults(m: dict[str, Any]) -> str:
     counted = f"one index {f['one index']}, fan-out {f['fan-out']}, one shard alone {f['shard alone']}" + (
         f"; {memory} GB of memory available when the queries began" if memory is not None else ""
     )
-    if "segment_files_gb_in_page_cache" in m:
+    if _shards_as_processes(m):
         return (
             f" (pages read from disk a query, median: {counted}. The one index and the shards map the same "
             "segment files, which each reader reads ahead into the page cache as it opens them — as a shard's "
@@ -1193,15 +1193,21 @@ def _faults(m: dict[str, Any]) -> str:
     )
 
 
+def _shards_as_processes(m: dict[str, Any]) -> bool:
+    """Whether each shard answered from a process of its own (runs since ff0aa02, which also read
+    the segment files ahead and stopped moto's server before the queries)."""
+    return bool(m.get("shard_workers") == "processes")
+
+
 def _answered_by(m: dict[str, Any]) -> str:
-    if m.get("shard_workers") == "processes":
+    if _shards_as_processes(m):
         return "each shard answered by a warm process of its own, as each ShardFunction is one"
     return "each shard answered in this process, a thread each"
 
 
 def _measured_table(m: dict[str, Any]) -> str:
     """A sharded run's figures beside the per-record design's (not measured when it was skipped)."""
-    workers = "processes" if m.get("shard_workers") == "processes" else "threads"
+    workers = "processes" if _shards_as_processes(m) else "threads"
     kib = 1024
     slowest = max(m["cold_start_s_per_shard"])
     return _table(

@@ -339,7 +339,7 @@ def test_the_doc_shows_the_pages_a_query_read_from_disk_when_the_run_counted_the
     assert "one shard alone runs after the fan-out on the same shards' files, the one index on a copy" in text
     write_doc(path, {**counted, "memory_available_gb_at_queries": None}, "cmd")
     assert "one shard alone 3; one shard alone runs after the fan-out" in path.read_text()
-    write_doc(path, {**counted, "segment_files_gb_in_page_cache": 10.63}, "cmd")  # runs since the read-ahead
+    write_doc(path, {**counted, "shard_workers": "processes"}, "cmd")  # runs since the read-ahead
     text = path.read_text()
     assert "one shard alone 3; 2.5 GB of memory available when the queries began. The one index and" in text
     assert "map the same segment files, which each reader reads ahead into the page cache as it opens" in text
