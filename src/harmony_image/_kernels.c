@@ -759,7 +759,7 @@ typedef struct {
 /* Column sums over WIN rows starting at row r of x, x*x and, for each of the nq queries, x*y.
  * With two queries (default scoring: the query and its mirror image) the catalog image's own
  * sums are shared. */
-HK_INLINE void column_sums(const uint8_t *x, const query_stats *const *qs, const int nq, int r, int32_t *cx,
+HK_INLINE void column_sums(const uint8_t *x, const query_stats *const *qs, const int nq, int r, int16_t *cx,
                            int32_t *cxx, int32_t (*cxy)[SIDE])
 {
     for (int c = 0; c < SIDE; c++) {
@@ -773,7 +773,7 @@ HK_INLINE void column_sums(const uint8_t *x, const query_stats *const *qs, const
         const uint8_t *xr = x + (r + k) * SIDE;
         for (int c = 0; c < SIDE; c++) {
             int32_t v = xr[c];
-            cx[c] += v;
+            cx[c] = (int16_t)(cx[c] + xr[c]);
             cxx[c] += v * v;
         }
         for (int i = 0; i < nq; i++) {
@@ -785,13 +785,13 @@ HK_INLINE void column_sums(const uint8_t *x, const query_stats *const *qs, const
 }
 
 /* slide the column sums down one row: add row r+WIN, drop row r */
-HK_INLINE void slide_columns(const uint8_t *x, const query_stats *const *qs, const int nq, int r, int32_t *cx,
+HK_INLINE void slide_columns(const uint8_t *x, const query_stats *const *qs, const int nq, int r, int16_t *cx,
                              int32_t *cxx, int32_t (*cxy)[SIDE])
 {
     const uint8_t *xo = x + r * SIDE, *xn = x + (r + WIN) * SIDE;
     for (int c = 0; c < SIDE; c++) {
         int32_t a = xn[c], b = xo[c];
-        cx[c] += a - b;
+        cx[c] = (int16_t)(cx[c] + (int16_t)(xn[c] - xo[c]));
         cxx[c] += a * a - b * b;
     }
     for (int i = 0; i < nq; i++) {
@@ -807,10 +807,17 @@ HK_INLINE void row_window_sums(const int32_t *col, int32_t *out)
         out[c] = col[c] + col[c + 1] + col[c + 2] + col[c + 3] + col[c + 4] + col[c + 5] + col[c + 6];
 }
 
+/* the pixel sums in int16 (a window's is at most 49 * 255 = 12,495): twice the lanes a vector */
+HK_INLINE void row_window_sums16(const int16_t *col, int16_t *out)
+{
+    for (int c = 0; c < VALID; c++)
+        out[c] = (int16_t)(col[c] + col[c + 1] + col[c + 2] + col[c + 3] + col[c + 4] + col[c + 5] + col[c + 6]);
+}
+
 /* Products are formed in int32 (exact: all < 2^31) and converted once, so no float multiply
  * feeds an add and FMA contraction cannot change a value: (float)(2*ss) == 2.0f*(float)ss and
  * (float)(sx*sx) == (float)sx*(float)sx exactly. */
-HK_INLINE void ssim_row(const int32_t *sx, const int32_t *sxx, const int32_t *sxy, const int32_t *sy,
+HK_INLINE void ssim_row(const int16_t *sx, const int32_t *sxx, const int32_t *sxy, const int32_t *sy,
                         const float *ly, const float *vy, float *out)
 {
     for (int c = 0; c < VALID; c++) {
@@ -842,14 +849,15 @@ HK_INLINE double sum_row(const float *v)
 
 HK_INLINE void prepare_query_body(const uint8_t *y, query_stats *q)
 {
-    int32_t cx[SIDE], cxx[SIDE], sx[VALID], sxx[VALID];
+    int16_t cx[SIDE], sx[VALID];
+    int32_t cxx[SIDE], sxx[VALID];
     q->pixels = y;
     for (int r = 0; r < VALID; r++) {
         if (r == 0)
             column_sums(y, NULL, 0, 0, cx, cxx, NULL);
         else
             slide_columns(y, NULL, 0, r - 1, cx, cxx, NULL);
-        row_window_sums(cx, sx);
+        row_window_sums16(cx, sx);
         row_window_sums(cxx, sxx);
         for (int c = 0; c < VALID; c++) {
             int i = r * VALID + c;
@@ -863,7 +871,8 @@ HK_INLINE void prepare_query_body(const uint8_t *y, query_stats *q)
 /* SSIM of catalog image x with each of nq (1 or 2) prepared queries, into score[i] */
 HK_INLINE void ssim_body(const query_stats *const *qs, const int nq, const uint8_t *x, double *score)
 {
-    int32_t cx[SIDE], cxx[SIDE], cxy[2][SIDE], sx[VALID], sxx[VALID], sxy[VALID];
+    int16_t cx[SIDE], sx[VALID];
+    int32_t cxx[SIDE], cxy[2][SIDE], sxx[VALID], sxy[VALID];
     float ratio[VALID];
     double total[2] = {0.0, 0.0};
     for (int r = 0; r < VALID; r++) {
@@ -871,7 +880,7 @@ HK_INLINE void ssim_body(const query_stats *const *qs, const int nq, const uint8
             column_sums(x, qs, nq, 0, cx, cxx, cxy);
         else
             slide_columns(x, qs, nq, r - 1, cx, cxx, cxy);
-        row_window_sums(cx, sx);
+        row_window_sums16(cx, sx);
         row_window_sums(cxx, sxx);
         for (int i = 0; i < nq; i++) {
             const query_stats *q = qs[i];
