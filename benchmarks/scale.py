@@ -507,24 +507,24 @@ def _run(args: argparse.Namespace, server: S3Server, work: Path) -> dict[str, An
         list_s.append(time.perf_counter() - l0)
     list_page_ms = min(list_s) * 1000 / -(-len(catalog) // LIST_PAGE)
 
-    # warm readers (segments downloaded whole before use, as a reader has them after a while),
-    # sharing one folder: the one index maps the same files as the shards, as it holds them all
-    cache = str(work / "warm")
+    # warm readers (segments downloaded whole before use, as a reader has them after a while): the
+    # one index's folder, and a folder a shard holding links to its files (a reader removes the
+    # files its segments do not name), so that every reader maps one copy on disk and in the page cache
+    cache = work / "warm"
     unsharded = IndexReader(bucket, ResultUrls(bucket, presign_seconds=900), ttl=1e9, cache_dir=cache, ranged=False)
     whole = unsharded.index()
-    caches = []
-    for i in range(args.shards):  # the one index's files, linked: one copy on disk and in the page cache
-        caches.append(str(folder := work / f"warm-shard-{i}"))
+    caches = [work / f"warm-shard-{i}" for i in range(args.shards)]
+    for folder in caches:
         folder.mkdir()
-        for path in Path(cache).glob("*.seg"):
+        for path in cache.glob("*.seg"):
             os.link(path, folder / path.name)
-    workers = _ShardWorkers(caches)  # each loads its shard's reader from its folder
+    workers = _ShardWorkers([str(folder) for folder in caches])  # each loads its shard's reader from its folder
     try:
         # Warm readers ask S3 for nothing: moto's server, which holds every object in memory (more
         # than half of this machine's at 100k), stops here, so that the segment files stay in the
         # page cache as they do in a shard's own function.
         server.stop()
-        page_cache_gb = _in_page_cache(Path(cache))
+        page_cache_gb = _in_page_cache(cache)
         log(f"[scale] S3 server stopped; {page_cache_gb:.1f} GB of segment files read into the page cache")
         warm = _queries(queries, truth, whole, workers)
     finally:
