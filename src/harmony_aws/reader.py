@@ -178,6 +178,12 @@ class IndexReader:
     def _try_load(self, rkey: str) -> tuple[str, StoredRecord | BaseException | None]:
         try:
             return rkey, read_record(self.bucket, rkey)
+        except (HarmonyError, RecordRejectedError) as exc:  # S3 failed past its retries, or the record is damaged
+            return rkey, exc
+        except Exception as exc:  # noqa: BLE001 - about neither S3 nor the bytes (an interpreter's fault)
+            log.warning("record %s: %s: %s; loading it once more", rkey, type(exc).__name__, exc)
+        try:
+            return rkey, read_record(self.bucket, rkey)
         except Exception as exc:  # noqa: BLE001 - one record must not take the index down; reported
             return rkey, exc
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -205,6 +207,21 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
     return (small / norm if norm > 0 else small).reshape(-1)
 
 
+# What damaged bytes raise while numpy reads a record: the zip's structure or its deflate stream
+# (BadZipFile, zlib.error, EOFError, OSError), a member, header or field that is missing or malformed
+# (KeyError, ValueError, TypeError, AttributeError). Only these mean "re-index"; see from_bytes.
+_RECORD_DAMAGE: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+
+
 @dataclass(frozen=True)
 class ImageFeatures:
     """Everything the engine keeps about one image. Arrays are read-only by convention."""
@@ -259,7 +276,9 @@ class ImageFeatures:
         ------
         IndexFormatError
             The record is damaged or was written by another :data:`FEATURE_VERSION`;
-            re-extract the features from the image.
+            re-extract the features from the image. Any other exception (``MemoryError``, an
+            interpreter's ``SystemError``) says nothing about the bytes: it propagates, and the
+            caller tries the same record again later.
         """
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -281,9 +300,7 @@ class ImageFeatures:
                     colours=npz["colours"],
                     seed_only=meta.get("seed_only") is True,
                 )
-        except IndexFormatError:
-            raise
-        except Exception as exc:  # zipfile/ValueError/KeyError: any damage means "rebuild"
+        except _RECORD_DAMAGE as exc:
             raise IndexFormatError(f"feature record is damaged ({exc}); re-index the image") from exc
 
 

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 
 from harmony_aws import journal, runtime
@@ -271,6 +272,39 @@ def test_damaged_record_is_skipped_not_fatal(bucket, images):
     # a forced re-index recomputes every record
     assert store.records.reindex(force=True).counts == {"indexed": 2}
     assert sorted(store.reader.index().keys()) == ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_record_that_fails_to_load_for_another_reason_is_loaded_again_not_rejected(
+    bucket, images, monkeypatch, failures
+):
+    """A good record whose load raised something that is not about S3 or its bytes (an
+    interpreter's SystemError, as CPython 3.11's ast module can raise under threads, from numpy's
+    header parse) is not taken for damaged, which would hide it until a re-index: it is loaded once
+    more at once, and when that fails too, at the next refresh."""
+    client, name = bucket
+    store = make_store(client, name, index_ttl=0)
+    put_catalog(client, name, images, names=["chelsea.jpg", "coffee.jpg"])
+    store.records.reconcile("catalog/chelsea.jpg")
+    store.records.reconcile("catalog/coffee.jpg")
+    coffee = extract_features(images["coffee.jpg"]).sha256
+    load = np.load
+    failed: list[str] = []
+
+    def flaky_load(*args, **kwargs):
+        npz = load(*args, **kwargs)
+        if coffee in npz["meta"].tobytes().decode() and len(failed) < failures:
+            failed.append(coffee)
+            raise SystemError("AST constructor recursion depth mismatch")
+        return npz
+
+    monkeypatch.setattr(np, "load", flaky_load)
+    both = ["catalog/chelsea.jpg", "catalog/coffee.jpg"]
+    if failures == 2:
+        assert store.reader.index().keys() == ["catalog/chelsea.jpg"]
+        assert store.reader.status == {"complete": False, "missing": 1}
+    assert sorted(store.reader.index().keys()) == both and len(failed) == failures
+    assert store.reader.status == {"complete": True, "missing": 0}
 
 
 # --------------------------------------------------------------------------- the event storm

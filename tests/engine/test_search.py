@@ -189,6 +189,17 @@ def test_damaged_record_asks_for_reindex(catalog_photos):
         ImageFeatures.from_bytes(b"not a record")
 
 
+def test_a_load_failure_that_is_not_about_the_bytes_is_not_called_damage(catalog_photos, monkeypatch):
+    record = extract_features(catalog_photos["chelsea.jpg"]).to_bytes()
+
+    def failing_load(*args, **kwargs):
+        raise SystemError("AST constructor recursion depth mismatch")
+
+    monkeypatch.setattr(np, "load", failing_load)
+    with pytest.raises(SystemError):  # not IndexFormatError: the caller tries the record again
+        ImageFeatures.from_bytes(record)
+
+
 def _recoloured(data: bytes, hue_shift: int) -> bytes:
     """The same photo in another colourway: hue rotated, lightness and saturation kept."""
     import cv2
