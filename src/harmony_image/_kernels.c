@@ -91,6 +91,16 @@ typedef struct {
     uint16_t *d1, *d2;  /* per query row: smallest and second smallest distance */
 } work_t;
 
+static void work_free(work_t *w)
+{
+    free(w->cat);
+    free(w->colkey);
+    free(w->arg);
+    free(w->d1);
+    free(w->d2);
+}
+
+/* with the GIL: 0 and a MemoryError when any part cannot be had (nothing left to free) */
 static int work_alloc(work_t *w, int64_t nq, int64_t maxc)
 {
     int64_t ncp = (maxc + PAD - 1) / PAD * PAD + PAD;
@@ -105,16 +115,11 @@ static int work_alloc(work_t *w, int64_t nq, int64_t maxc)
     w->arg = malloc(sizeof(int32_t) * (size_t)(nq + PAD));
     w->d1 = malloc(sizeof(uint16_t) * (size_t)(nq + PAD));
     w->d2 = malloc(sizeof(uint16_t) * (size_t)(nq + PAD));
-    return w->cat && w->colkey && w->arg && w->d1 && w->d2;
-}
-
-static void work_free(work_t *w)
-{
-    free(w->cat);
-    free(w->colkey);
-    free(w->arg);
-    free(w->d1);
-    free(w->d2);
+    if (w->cat && w->colkey && w->arg && w->d1 && w->d2)
+        return 1;
+    work_free(w);
+    PyErr_NoMemory();
+    return 0;
 }
 
 /* copy one image's 4 planes (stride nc) to w->cat (stride ncp), zero padded */
@@ -1722,53 +1727,126 @@ static const level_t *LEVEL = NULL;
 
 /* ---------------------------------------------------------------- Python functions */
 
+/* Every wrapper releases all its buffers on the way out (PyArg_ParseTuple fills all or none). */
+static void release_buffers(Py_buffer *const *bufs)
+{
+    for (; *bufs; bufs++)
+        PyBuffer_Release(*bufs);
+}
+#define RELEASE(...) release_buffers((Py_buffer *const[]){__VA_ARGS__, NULL})
+
+/* n + 1 int64 offsets into planes of `total` descriptors, rising and in range: 1 and the most
+ * descriptors an image has, or 0 with a ValueError naming `name` */
+static int check_offsets(const int64_t *off, int64_t n, int64_t total, const char *name, int64_t *most)
+{
+    *most = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
+            PyErr_Format(PyExc_ValueError, "%s: offsets out of range", name);
+            return 0;
+        }
+        *most = MAX_(*most, off[j + 1] - off[j]);
+    }
+    return 1;
+}
+
+/* One image's pass (`mode`) over its pairs with every query row, without the GIL: the
+ * cross-check count (0 when either side has no descriptor) and, where idx is given, each query
+ * row's nearest index (first on ties) and two smallest distances (-1 and 0xFFFF: none). */
+static int32_t image_pass(const level_t *L, const uint64_t *q, int64_t nq, const uint64_t *p, int64_t nc, work_t *w,
+                          int mode, int32_t *idx, uint16_t *d1, uint16_t *d2)
+{
+    if (nq > 0 && nc > 0) {
+        int32_t count = L->pass(q, nq, p, nc, w, mode);
+        if (idx) {
+            memcpy(idx, w->arg, (size_t)nq * sizeof(int32_t));
+            memcpy(d1, w->d1, (size_t)nq * sizeof(uint16_t));
+            memcpy(d2, w->d2, (size_t)nq * sizeof(uint16_t));
+        }
+        return count;
+    }
+    for (int64_t i = 0; idx && i < nq; i++) {
+        idx[i] = -1;
+        d1[i] = d2[i] = 0xFFFF;
+    }
+    return 0;
+}
+
+/* cross_check_counts (two == NULL) and match_two (two: the idx, d1, d2 outputs of n x nq): every
+ * image's pass, images by offsets into the planes */
+static PyObject *image_passes(Py_buffer *query, Py_buffer *planes, Py_buffer *offsets, Py_buffer *out, Py_buffer *two,
+                              const char *name)
+{
+    int64_t nq = query->len / 32, n = offsets->len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes->len / 32, most;
+    const int64_t *off = (const int64_t *)offsets->buf;
+    if (query->len % 32 != 0 || planes->len % 32 != 0 || n < 0 || out->len < n * (Py_ssize_t)sizeof(int32_t) ||
+        (two && (two[0].len < n * nq * (Py_ssize_t)sizeof(int32_t) || two[1].len < n * nq * (Py_ssize_t)sizeof(uint16_t) ||
+                 two[2].len < n * nq * (Py_ssize_t)sizeof(uint16_t)))) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer sizes do not match", name);
+        return NULL;
+    }
+    work_t w;
+    if (!check_offsets(off, n, total, name, &most) || !work_alloc(&w, nq, most))
+        return NULL;
+    const uint64_t *q = (const uint64_t *)query->buf, *p = (const uint64_t *)planes->buf;
+    int32_t *counts = (int32_t *)out->buf, *idx = two ? (int32_t *)two[0].buf : NULL;
+    uint16_t *d1 = two ? (uint16_t *)two[1].buf : NULL, *d2 = two ? (uint16_t *)two[2].buf : NULL;
+    const int mode = two ? PASS_CROSS_TWO : PASS_CROSS;
+    const level_t *L = LEVEL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t j = 0; j < n; j++)
+        counts[j] = image_pass(L, q, nq, p + 4 * off[j], off[j + 1] - off[j], &w, mode, two ? idx + j * nq : NULL,
+                               two ? d1 + j * nq : NULL, two ? d2 + j * nq : NULL);
+    Py_END_ALLOW_THREADS
+    work_free(&w);
+    Py_RETURN_NONE;
+}
+
 static PyObject *cross_check_counts(PyObject *self, PyObject *args)
 {
     Py_buffer query, planes, offsets, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &query, &planes, &offsets, &out))
         return NULL;
+    PyObject *result = image_passes(&query, &planes, &offsets, &out, NULL, "cross_check_counts");
+    RELEASE(&query, &planes, &offsets, &out);
+    return result;
+}
+
+/* For each image j: the cross-check count (as cross_check_counts) and, per query row, the
+ * nearest descriptor of image j (index within the image, first on ties) and the two smallest
+ * distances (as nearest_two) -- one pass over the pairs instead of two. */
+static PyObject *match_two(PyObject *self, PyObject *args)
+{
+    Py_buffer query, planes, offsets, out, two[3];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*w*", &query, &planes, &offsets, &out, &two[0], &two[1], &two[2]))
+        return NULL;
+    PyObject *result = image_passes(&query, &planes, &offsets, &out, two, "match_two");
+    RELEASE(&query, &planes, &offsets, &out, &two[0], &two[1], &two[2]);
+    return result;
+}
+
+/* For one image: each query descriptor's nearest catalog descriptor (first index) and the two
+ * smallest distances, for Lowe's ratio test. */
+static PyObject *nearest_two(PyObject *self, PyObject *args)
+{
+    Py_buffer query, planes, out_idx, out_d1, out_d2;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*w*", &query, &planes, &out_idx, &out_d1, &out_d2))
+        return NULL;
     PyObject *result = NULL;
-    int64_t nq = query.len / 32;
-    int64_t n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1;
-    const int64_t *off = (const int64_t *)offsets.buf;
-    if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t)) {
-        PyErr_SetString(PyExc_ValueError, "cross_check_counts: buffer sizes do not match");
-        goto done;
-    }
-    int64_t maxc = 0, total = planes.len / 32;
-    for (int64_t j = 0; j < n; j++) {
-        int64_t nc = off[j + 1] - off[j];
-        if (nc < 0 || off[j] < 0 || off[j + 1] > total) {
-            PyErr_SetString(PyExc_ValueError, "cross_check_counts: offsets out of range");
-            goto done;
-        }
-        if (nc > maxc)
-            maxc = nc;
-    }
+    int64_t nq = query.len / 32, nc = planes.len / 32;
     work_t w;
-    if (!work_alloc(&w, nq, maxc)) {
+    if (query.len % 32 != 0 || planes.len % 32 != 0 || out_idx.len < nq * 4 || out_d1.len < nq * 2 || out_d2.len < nq * 2)
+        PyErr_SetString(PyExc_ValueError, "nearest_two: buffer sizes do not match");
+    else if (work_alloc(&w, nq, nc)) {
+        const level_t *L = LEVEL;
+        Py_BEGIN_ALLOW_THREADS
+        image_pass(L, (const uint64_t *)query.buf, nq, (const uint64_t *)planes.buf, nc, &w, PASS_TWO,
+                   (int32_t *)out_idx.buf, (uint16_t *)out_d1.buf, (uint16_t *)out_d2.buf);
+        Py_END_ALLOW_THREADS
         work_free(&w);
-        PyErr_NoMemory();
-        goto done;
+        result = Py_NewRef(Py_None);
     }
-    const uint64_t *q = (const uint64_t *)query.buf;
-    const uint64_t *p = (const uint64_t *)planes.buf;
-    int32_t *counts = (int32_t *)out.buf;
-    const level_t *L = LEVEL;
-    Py_BEGIN_ALLOW_THREADS
-    for (int64_t j = 0; j < n; j++) {
-        int64_t nc = off[j + 1] - off[j];
-        counts[j] = (nq == 0 || nc == 0) ? 0 : L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_CROSS);
-    }
-    Py_END_ALLOW_THREADS
-    work_free(&w);
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&out);
+    RELEASE(&query, &planes, &out_idx, &out_d1, &out_d2);
     return result;
 }
 
@@ -1803,9 +1881,7 @@ static PyObject *ssim_scores(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*w*", &query, &images, &out))
         return NULL;
     PyObject *result = ssim_run(&query, &images, &out, 1, "ssim_scores");
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&images);
-    PyBuffer_Release(&out);
+    RELEASE(&query, &images, &out);
     return result;
 }
 
@@ -1815,11 +1891,7 @@ static PyObject *ssim_pair(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &query[0], &query[1], &images, &out[0], &out[1]))
         return NULL;
     PyObject *result = ssim_run(query, &images, out, 2, "ssim_pair");
-    for (int i = 0; i < 2; i++) {
-        PyBuffer_Release(&query[i]);
-        PyBuffer_Release(&out[i]);
-    }
-    PyBuffer_Release(&images);
+    RELEASE(&query[0], &query[1], &images, &out[0], &out[1]);
     return result;
 }
 
@@ -1831,164 +1903,25 @@ static PyObject *count_close(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*y*iw*", &query, &planes, &offsets, &threshold, &out))
         return NULL;
     PyObject *result = NULL;
-    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
+    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32, most;
     const int64_t *off = (const int64_t *)offsets.buf;
-    if (query.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t)) {
+    work_t w;
+    if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t))
         PyErr_SetString(PyExc_ValueError, "count_close: buffer sizes do not match");
-        goto done;
-    }
-    int64_t maxc = 0;
-    for (int64_t j = 0; j < n; j++) {
-        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
-            PyErr_SetString(PyExc_ValueError, "count_close: offsets out of range");
-            goto done;
+    else if (check_offsets(off, n, total, "count_close", &most) && work_alloc(&w, nq, most)) {
+        const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
+        int32_t *counts = (int32_t *)out.buf;
+        const level_t *L = LEVEL;
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t nc = off[j + 1] - off[j];
+            counts[j] = nc > 0 && nq > 0 && threshold >= 0 ? L->close(q, nq, p + 4 * off[j], nc, &w, (uint32_t)threshold) : 0;
         }
-        if (off[j + 1] - off[j] > maxc)
-            maxc = off[j + 1] - off[j];
-    }
-    work_t w;
-    if (!work_alloc(&w, nq, maxc)) {
+        Py_END_ALLOW_THREADS
         work_free(&w);
-        PyErr_NoMemory();
-        goto done;
+        result = Py_NewRef(Py_None);
     }
-    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
-    int32_t *counts = (int32_t *)out.buf;
-    const level_t *L = LEVEL;
-    Py_BEGIN_ALLOW_THREADS
-    for (int64_t j = 0; j < n; j++) {
-        int64_t nc = off[j + 1] - off[j];
-        int32_t count = 0;
-        if (nc > 0 && nq > 0 && threshold >= 0) {
-            count = L->close(q, nq, p + 4 * off[j], nc, &w, (uint32_t)threshold);
-        }
-        counts[j] = count;
-    }
-    Py_END_ALLOW_THREADS
-    work_free(&w);
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&out);
-    return result;
-}
-
-/* For one image: each query descriptor's nearest catalog descriptor (first index) and the two
- * smallest distances, for Lowe's ratio test. */
-static PyObject *nearest_two(PyObject *self, PyObject *args)
-{
-    Py_buffer query, planes, out_idx, out_d1, out_d2;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*w*", &query, &planes, &out_idx, &out_d1, &out_d2))
-        return NULL;
-    PyObject *result = NULL;
-    int64_t nq = query.len / 32, nc = planes.len / 32;
-    if (query.len % 32 != 0 || planes.len % 32 != 0 || out_idx.len < nq * 4 || out_d1.len < nq * 2 || out_d2.len < nq * 2) {
-        PyErr_SetString(PyExc_ValueError, "nearest_two: buffer sizes do not match");
-        goto done;
-    }
-    work_t w;
-    if (!work_alloc(&w, nq, nc)) {
-        work_free(&w);
-        PyErr_NoMemory();
-        goto done;
-    }
-    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
-    int32_t *idx = (int32_t *)out_idx.buf;
-    uint16_t *d1 = (uint16_t *)out_d1.buf, *d2 = (uint16_t *)out_d2.buf;
-    const level_t *L = LEVEL;
-    Py_BEGIN_ALLOW_THREADS
-    if (nq > 0 && nc > 0) {
-        L->pass(q, nq, p, nc, &w, PASS_TWO);
-        memcpy(idx, w.arg, (size_t)nq * sizeof(int32_t));
-        memcpy(d1, w.d1, (size_t)nq * sizeof(uint16_t));
-        memcpy(d2, w.d2, (size_t)nq * sizeof(uint16_t));
-    } else {
-        for (int64_t i = 0; i < nq; i++) {
-            idx[i] = -1;
-            d1[i] = d2[i] = 0xFFFF;
-        }
-    }
-    Py_END_ALLOW_THREADS
-    work_free(&w);
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&out_idx);
-    PyBuffer_Release(&out_d1);
-    PyBuffer_Release(&out_d2);
-    return result;
-}
-
-/* For each image j: the cross-check count (as cross_check_counts) and, per query row, the
- * nearest descriptor of image j (index within the image, first on ties) and the two smallest
- * distances (as nearest_two) -- one pass over the pairs instead of two. */
-static PyObject *match_two(PyObject *self, PyObject *args)
-{
-    Py_buffer query, planes, offsets, out, out_idx, out_d1, out_d2;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*w*", &query, &planes, &offsets, &out, &out_idx, &out_d1, &out_d2))
-        return NULL;
-    PyObject *result = NULL;
-    int64_t nq = query.len / 32, n = offsets.len / (Py_ssize_t)sizeof(int64_t) - 1, total = planes.len / 32;
-    const int64_t *off = (const int64_t *)offsets.buf;
-    if (query.len % 32 != 0 || planes.len % 32 != 0 || n < 0 || out.len < n * (Py_ssize_t)sizeof(int32_t) ||
-        out_idx.len < n * nq * (Py_ssize_t)sizeof(int32_t) || out_d1.len < n * nq * (Py_ssize_t)sizeof(uint16_t) ||
-        out_d2.len < n * nq * (Py_ssize_t)sizeof(uint16_t)) {
-        PyErr_SetString(PyExc_ValueError, "match_two: buffer sizes do not match");
-        goto done;
-    }
-    int64_t maxc = 0;
-    for (int64_t j = 0; j < n; j++) {
-        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
-            PyErr_SetString(PyExc_ValueError, "match_two: offsets out of range");
-            goto done;
-        }
-        maxc = MAX_(maxc, off[j + 1] - off[j]);
-    }
-    work_t w;
-    if (!work_alloc(&w, nq, maxc)) {
-        work_free(&w);
-        PyErr_NoMemory();
-        goto done;
-    }
-    const uint64_t *q = (const uint64_t *)query.buf, *p = (const uint64_t *)planes.buf;
-    int32_t *counts = (int32_t *)out.buf, *idx = (int32_t *)out_idx.buf;
-    uint16_t *d1 = (uint16_t *)out_d1.buf, *d2 = (uint16_t *)out_d2.buf;
-    const level_t *L = LEVEL;
-    Py_BEGIN_ALLOW_THREADS
-    for (int64_t j = 0; j < n; j++) {
-        int64_t nc = off[j + 1] - off[j];
-        int32_t *ij = idx + j * nq;
-        uint16_t *d1j = d1 + j * nq, *d2j = d2 + j * nq;
-        if (nq > 0 && nc > 0) {
-            counts[j] = L->pass(q, nq, p + 4 * off[j], nc, &w, PASS_CROSS_TWO);
-            memcpy(ij, w.arg, (size_t)nq * sizeof(int32_t));
-            memcpy(d1j, w.d1, (size_t)nq * sizeof(uint16_t));
-            memcpy(d2j, w.d2, (size_t)nq * sizeof(uint16_t));
-        } else {
-            counts[j] = 0;
-            for (int64_t i = 0; i < nq; i++) {
-                ij[i] = -1;
-                d1j[i] = d2j[i] = 0xFFFF;
-            }
-        }
-    }
-    Py_END_ALLOW_THREADS
-    work_free(&w);
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&out_idx);
-    PyBuffer_Release(&out_d1);
-    PyBuffer_Release(&out_d2);
+    RELEASE(&query, &planes, &offsets, &out);
     return result;
 }
 
@@ -2009,13 +1942,9 @@ static PyObject *dot_max(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     L->dots((const uint16_t *)rows.buf, n, d, (const float *)qa.buf, (const float *)qb.buf, (float *)out.buf);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&qa);
-    PyBuffer_Release(&qb);
-    PyBuffer_Release(&out);
+    RELEASE(&rows, &qa, &qb, &out);
     return result;
 }
 
@@ -2046,15 +1975,10 @@ static PyObject *region_max(PyObject *self, PyObject *args)
     L->regions((const int8_t *)rows.buf, n, (const int16_t *)windows.buf, m, d, (const float *)scale.buf, row,
                (float *)out.buf, (int32_t *)which.buf);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
     free(row);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&windows);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&which);
+    RELEASE(&rows, &windows, &scale, &out, &which);
     return result;
 }
 
@@ -2102,16 +2026,11 @@ static PyObject *region_group_max(PyObject *self, PyObject *args)
                    (const float *)scale.buf + lo, row, o + g * n, which);
     }
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
     free(row);
     free(which);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&windows);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&ends);
-    PyBuffer_Release(&out);
+    RELEASE(&rows, &windows, &scale, &ends, &out);
     return result;
 }
 
@@ -2153,17 +2072,10 @@ static PyObject *crop_max(PyObject *self, PyObject *args)
     L->crops((const int8_t *)rows.buf, n, side, w->taps, (const int32_t *)sizes.buf,
              (const int32_t *)sums.buf, (const float *)scale.buf, m, w, (float *)out.buf, (int32_t *)which.buf);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
     free(w);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&taps);
-    PyBuffer_Release(&sizes);
-    PyBuffer_Release(&sums);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&which);
+    RELEASE(&rows, &taps, &sizes, &sums, &scale, &out, &which);
     return result;
 }
 
@@ -2205,11 +2117,9 @@ static PyObject *pack_keys(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "pack_keys: buffer sizes do not match");
         goto done;
     }
-    for (int64_t j = 0; j < n; j++)
-        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
-            PyErr_SetString(PyExc_ValueError, "pack_keys: offsets out of range");
-            goto done;
-        }
+    int64_t most;
+    if (!check_offsets(off, n, total, "pack_keys", &most))
+        goto done;
     const uint64_t *p = (const uint64_t *)planes.buf;
     uint16_t *o = (uint16_t *)out.buf;
     key_lookup *lk = malloc(sizeof(key_lookup));
@@ -2229,13 +2139,9 @@ static PyObject *pack_keys(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     free(lk);
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&bits);
-    PyBuffer_Release(&out);
+    RELEASE(&planes, &offsets, &bits, &out);
     return result;
 }
 
@@ -2275,11 +2181,9 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "hashed_close: a query row's group is past the groups");
             goto done;
         }
-    for (int64_t j = 0; j < n; j++)
-        if (off[j] < 0 || off[j + 1] < off[j] || off[j + 1] > total) {
-            PyErr_SetString(PyExc_ValueError, "hashed_close: offsets out of range");
-            goto done;
-        }
+    int64_t most;
+    if (!check_offsets(off, n, total, "hashed_close", &most))
+        goto done;
     hash_work w;
     if (!hash_work_alloc(&w, tables, nbits, nq)) {
         hash_work_free(&w);
@@ -2297,16 +2201,9 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "hashed_close: a catalog key has more bits than the keys");
         goto done;
     }
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&query);
-    PyBuffer_Release(&qkeys);
-    PyBuffer_Release(&groups_of);
-    PyBuffer_Release(&planes);
-    PyBuffer_Release(&offsets);
-    PyBuffer_Release(&keys);
-    PyBuffer_Release(&out);
+    RELEASE(&query, &qkeys, &groups_of, &planes, &offsets, &keys, &out);
     return result;
 }
 

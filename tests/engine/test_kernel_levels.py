@@ -233,6 +233,60 @@ def test_cross_check_on_an_offsets_subrange(level):
     assert out.tolist() == opencv_counts()["real0"][lo:hi]
 
 
+def _offset_calls(
+    module: Any, q: np.ndarray, planes: np.ndarray, offsets: np.ndarray, short: int = 0
+) -> dict[str, Any]:
+    """Each compiled function that reads images by offsets into the planes, its outputs sized for
+    ``offsets`` (n + 1 of them: n images; every descriptor's keys), less ``short`` images or keys."""
+    n, nq = len(offsets) - 1 - short, len(q)
+    keys = np.zeros((planes.size // 4 - short, 1), np.uint16)
+    bits = np.arange(8, dtype=np.int32)
+    return {
+        "cross_check_counts": lambda: module.cross_check_counts(q, planes, offsets, np.zeros(n, np.int32)),
+        "match_two": lambda: module.match_two(
+            q,
+            planes,
+            offsets,
+            np.zeros(n, np.int32),
+            np.zeros((n, nq), np.int32),
+            np.zeros((n, nq), np.uint16),
+            np.zeros((n, nq), np.uint16),
+        ),
+        "count_close": lambda: module.count_close(q, planes, offsets, 50, np.zeros(n, np.int32)),
+        "pack_keys": lambda: module.pack_keys(planes, offsets, bits, 1, keys),
+        "hashed_close": lambda: module.hashed_close(
+            q,
+            np.zeros((nq, 1), np.uint16),
+            np.zeros(nq, np.uint8),
+            1,
+            planes,
+            offsets,
+            keys,
+            1,
+            8,
+            50,
+            np.zeros(n, np.int32),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["cross_check_counts", "match_two", "count_close", "pack_keys", "hashed_close"])
+def test_compiled_functions_refuse_offsets_outside_the_planes_and_short_outputs(level, name):
+    """What kernels.py never sends, the C functions still refuse with a ValueError that names
+    them, rather than read or write past a buffer: offsets past the planes, falling or negative,
+    and outputs shorter than the offsets ask for."""
+    module = kernels._module
+    assert module is not None
+    pack = DescriptorPack(list(descriptor_sets().values()))
+    q, total = query_sets()["real0"], int(pack.offsets[-1])
+    _offset_calls(module, q, pack.planes, pack.offsets)[name]()  # as kernels.py calls them
+    for bad in ([0, total + 1], [0, 5, 3], [-1, 3], [0, total, total + 32]):
+        with pytest.raises(ValueError, match=f"{name}: offsets out of range"):
+            _offset_calls(module, q, pack.planes, np.array(bad, np.int64))[name]()
+    with pytest.raises(ValueError, match=f"{name}: buffer sizes do not match"):
+        _offset_calls(module, q, pack.planes, pack.offsets, short=1)[name]()
+
+
 @functools.cache
 def brute_force() -> dict[str, tuple[np.ndarray, ...]]:
     """Per query: count_close per threshold, and per catalog set the first nearest index and the
