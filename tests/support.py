@@ -6,6 +6,7 @@ Pytest fixtures built on these live in tests/conftest.py.
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.server
 import importlib.util
 import json
@@ -79,6 +80,44 @@ def s3_event(name: str, bucket: str, key: str | None = None, event_name: str | N
         if event_name is not None:
             rec["eventName"] = event_name
     return ev
+
+
+def receive_all(q: dict[str, Any], url: str | None = None) -> list[dict[str, Any]]:
+    """Every message visible now in the queue ``q`` (``{"client": sqs, "url": ...}``; or in the
+    one at ``url``), with its attributes (the receive count)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        got = q["client"].receive_message(
+            QueueUrl=url or q["url"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+        )
+        if not got.get("Messages"):
+            return out
+        out += got["Messages"]
+
+
+def sqs_delivery(event: str, message: dict[str, Any]) -> dict[str, Any]:
+    """events/``event`` (one SQS record: the functions' BatchSize is 1) carrying ``message`` as
+    ReceiveMessage returned it: its id, receipt handle, body and its MD5, receive count."""
+    ev = copy.deepcopy(load_event(event))
+    rec = ev["Records"][0]
+    rec.update(messageId=message["MessageId"], receiptHandle=message["ReceiptHandle"], body=message["Body"])
+    rec["md5OfBody"] = hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest()
+    rec["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
+    return ev
+
+
+def deliver(handler: Any, ctx: Any, q: dict[str, Any], message: dict[str, Any], *, event: str) -> dict[str, Any]:
+    """One delivery of ``message`` to ``handler`` as Lambda's SQS event source makes it: deleted
+    unless the answer reports it failed, and then back in the queue (its visibility timeout is
+    over at once here)."""
+    out = dict(handler.lambda_handler(sqs_delivery(event, message), ctx))
+    if not out["batchItemFailures"]:
+        q["client"].delete_message(QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"])
+    else:
+        q["client"].change_message_visibility(
+            QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    return out
 
 
 def load_function(name: str) -> ModuleType:

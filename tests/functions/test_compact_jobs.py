@@ -10,8 +10,7 @@ records here (1,024 deployed), so a full compaction is 5 items, one shard's reco
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import functools
 import json
 from typing import Any
 from urllib.parse import quote
@@ -29,8 +28,18 @@ from tests.aws.test_journal import A_LONG_COMPACTION
 from tests.aws.test_segments import answers, reader
 from tests.faultproxy import FaultProxy
 from tests.functions import test_reindex_jobs
-from tests.functions.test_reindex_jobs import receive
-from tests.support import CATALOG_NAMES, ShiftedClock, all_keys, load_event, record_writer
+from tests.support import (
+    CATALOG_NAMES,
+    ShiftedClock,
+    all_keys,
+    load_event,
+    receive_all,
+    record_writer,
+    sqs_delivery,
+)
+from tests.support import (
+    deliver as deliver_message,
+)
 
 SHARDS = 3
 SEGMENT = 2
@@ -38,6 +47,8 @@ ITEMS = 5  # shards of 2, 2 and 5 records, 2 a segment
 
 
 queue = test_reindex_jobs.queue  # the fixture: ReindexQueue and its dead-letter queue in moto
+item_event = functools.partial(sqs_delivery, "sqs-compact-item.json")
+deliver = functools.partial(deliver_message, event="sqs-compact-item.json")
 
 
 @pytest.fixture
@@ -67,29 +78,6 @@ def catalog(
     monkeypatch.setattr(compact_jobs, "INLINE_RECORDS", SEGMENT)
     runtime.reset()
     return bucket
-
-
-def item_event(message: dict[str, Any]) -> dict[str, Any]:
-    """events/sqs-compact-item.json carrying ``message`` (one record: the BatchSize is 1)."""
-    ev = copy.deepcopy(load_event("sqs-compact-item.json"))
-    rec = ev["Records"][0]
-    rec.update(messageId=message["MessageId"], receiptHandle=message["ReceiptHandle"], body=message["Body"])
-    rec["md5OfBody"] = hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest()
-    rec["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
-    return ev
-
-
-def deliver(index_fn: Any, ctx: Any, q: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    """One delivery as the SQS event source makes it: deleted unless reported failed, which comes
-    back (its visibility timeout is over at once here)."""
-    out = index_fn.lambda_handler(item_event(message), ctx)
-    if not out["batchItemFailures"]:
-        q["client"].delete_message(QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"])
-    else:
-        q["client"].change_message_visibility(
-            QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-        )
-    return dict(out)
 
 
 def status(index_fn: Any, ctx: Any, job_id: str) -> dict[str, Any]:
@@ -137,7 +125,7 @@ def test_planned_compaction_publishes_every_record_once_as_the_one_call_does(
     assert started["queued"] is True and started["planned"] is True and started["state"] == "queued", started
     assert (started["records"], started["todo"], started["items"], started["kept"]) == (9, 9, ITEMS, 0)
     job_id = started["id"]
-    messages = receive(sqs_queue)
+    messages = receive_all(sqs_queue)
     assert len(messages) == ITEMS
     bodies = [json.loads(m["Body"]) for m in messages]
     assert sorted(rk for b in bodies for rk in b["records"]) == sorted(all_keys(s3_server, catalog, RECORDS_PREFIX))
@@ -202,7 +190,7 @@ def test_a_planned_compaction_names_a_cursor_past_the_entries_it_folded(
     started = index_fn.lambda_handler({"action": "compact"}, lambda_context)
     assert started["planned"] is True, started
     monkeypatch.setattr(segments, "time", ShiftedClock(A_LONG_COMPACTION))
-    for m in receive(sqs_queue):
+    for m in receive_all(sqs_queue):
         assert deliver(index_fn, lambda_context, sqs_queue, m) == {"batchItemFailures": []}
     done = status(index_fn, lambda_context, started["id"])
     assert done["result"]["won"] is True and done["result"]["journal_skipped"] == len(CATALOG_NAMES), done
@@ -236,12 +224,12 @@ def test_a_failing_item_is_retried_alone_and_nothing_is_published_before_it_succ
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         runtime.reset()
         job_id = index_fn.lambda_handler({"action": "compact"}, lambda_context)["id"]
-        messages = receive(sqs_queue)
+        messages = receive_all(sqs_queue)
         bad_msg = next(m for m in messages if json.loads(m["Body"])["shard"] == 2)
         bad = json.loads(bad_msg["Body"])["records"][0]
         proxy.fail("denied", quote(bad, safe="/"), method="GET", times=2)
         for receives in (1, 2):
-            for m in messages if receives == 1 else receive(sqs_queue):
+            for m in messages if receives == 1 else receive_all(sqs_queue):
                 out = deliver(index_fn, lambda_context, sqs_queue, m)
                 want = [{"itemIdentifier": m["MessageId"]}] if m["MessageId"] == bad_msg["MessageId"] else []
                 assert out == {"batchItemFailures": want}, out
@@ -250,7 +238,7 @@ def test_a_failing_item_is_retried_alone_and_nothing_is_published_before_it_succ
             running = status(index_fn, lambda_context, job_id)
             assert (running["state"], running["items_done"]) == ("running", ITEMS - 1), running
         assert len(folds) == ITEMS + 1  # each item once, the failing one again alone
-        (m,) = receive(sqs_queue)
+        (m,) = receive_all(sqs_queue)
         assert deliver(index_fn, lambda_context, sqs_queue, m) == {"batchItemFailures": []}
         assert proxy.counts["denied"] == 2
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server_url)
@@ -274,18 +262,18 @@ def test_an_item_failing_every_delivery_fails_the_job_and_nothing_is_published(
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         runtime.reset()
         job_id = index_fn.lambda_handler({"action": "compact"}, lambda_context)["id"]
-        messages = receive(sqs_queue)
+        messages = receive_all(sqs_queue)
         bad_msg = messages[-1]
         proxy.fail("denied", quote(json.loads(bad_msg["Body"])["records"][-1], safe="/"), method="GET")
         for m in messages:
             deliver(index_fn, lambda_context, sqs_queue, m)
         for receives in range(2, compact_jobs.MAX_RECEIVES + 1):
-            (m,) = receive(sqs_queue)
+            (m,) = receive_all(sqs_queue)
             assert m["Attributes"]["ApproximateReceiveCount"] == str(receives)
             out = deliver(index_fn, lambda_context, sqs_queue, m)
             assert out == {"batchItemFailures": [{"itemIdentifier": m["MessageId"]}]}, out
-        assert receive(sqs_queue) == []  # moved to the dead-letter queue
-        (dead,) = receive(sqs_queue, sqs_queue["dlq"])
+        assert receive_all(sqs_queue) == []  # moved to the dead-letter queue
+        (dead,) = receive_all(sqs_queue, sqs_queue["dlq"])
         assert dead["Body"] == bad_msg["Body"]
         failed = status(index_fn, lambda_context, job_id)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server_url)
@@ -310,7 +298,7 @@ def test_a_one_call_compaction_racing_the_job_never_corrupts_the_manifest(
     (state lost) and the manifest stays the one call's. Then the job publishes while a one call
     is about to: the one call gives up and removes only the files it wrote."""
     lost_id = index_fn.lambda_handler({"action": "compact"}, lambda_context)["id"]
-    messages = receive(sqs_queue)
+    messages = receive_all(sqs_queue)
     deliver(index_fn, lambda_context, sqs_queue, messages[0])
     one = index_fn.lambda_handler({"action": "compact", "queued": False}, lambda_context)
     assert one["won"] is True and one["generation"] == 1, one
@@ -333,7 +321,7 @@ def test_a_one_call_compaction_racing_the_job_never_corrupts_the_manifest(
 
     def late_put_if(*args: Any, **kw: Any) -> Any:
         files.append(set(all_keys(s3_server, catalog, SEGMENTS_PREFIX)))  # with the one call's
-        for m in receive(sqs_queue):
+        for m in receive_all(sqs_queue):
             deliver(index_fn, lambda_context, sqs_queue, m)  # the job publishes meanwhile
         return put_if(*args, **kw)
 
@@ -380,7 +368,7 @@ def test_small_compactions_run_in_the_call_and_a_running_job_is_not_planned_twic
     assert job["planned"] is True and (job["items"], job["kept"]) == (1, ITEMS - 1), job
     again = index_fn.lambda_handler({"action": "compact"}, lambda_context)  # the schedule, an hour on
     assert again["planned"] is False and again["id"] == job["id"] and again["state"] == "queued", again
-    assert len(receive(sqs_queue)) == 1  # planned once
+    assert len(receive_all(sqs_queue)) == 1  # planned once
     with pytest.raises(BadRequestError, match='"queued" must be true or false'):
         index_fn.lambda_handler({"action": "compact", "queued": "yes"}, lambda_context)
     with pytest.raises(BadJobIdError):
@@ -402,7 +390,7 @@ def test_two_overlapping_deliveries_of_an_item_leave_one_segment(
     from harmony_aws.jobs import JobStore
 
     job_id = index_fn.lambda_handler({"action": "compact"}, lambda_context)["id"]
-    first = receive(sqs_queue)[0]
+    first = receive_all(sqs_queue)[0]
     put_if_absent = JobStore.put_if_absent
     nested: list[dict[str, Any]] = []
     overlapping = [True]

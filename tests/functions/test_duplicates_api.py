@@ -9,8 +9,7 @@ re-encoded at JPEG quality 40, the fixture astronaut__jpeg_q20.jpg (astronaut.jp
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import functools
 import json
 from typing import Any
 
@@ -21,7 +20,22 @@ import pytest
 from harmony_aws import duplicate_jobs, runtime
 from harmony_aws.duplicate_jobs import MAX_RECEIVES, report_key
 from tests.functions.test_search_function import api_event, call
-from tests.support import BUCKET, CATALOG_NAMES, TEMPLATE, all_keys, load_event, load_function
+from tests.support import (
+    BUCKET,
+    CATALOG_NAMES,
+    TEMPLATE,
+    all_keys,
+    load_event,
+    load_function,
+    receive_all,
+    sqs_delivery,
+)
+from tests.support import (
+    deliver as deliver_message,
+)
+
+sqs_event = functools.partial(sqs_delivery, "sqs-duplicates-slice.json")
+deliver = functools.partial(deliver_message, event="sqs-duplicates-slice.json")
 
 SLICE_KEYS = 4  # 13 keys -> 4 slices
 PLANTED = {
@@ -85,42 +99,6 @@ def without_urls(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "groups": [{**g, "members": [m | {"url": None} for m in g["members"]]} for g in report["groups"]]}
 
 
-def receive(q: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        got = (
-            q["client"]
-            .receive_message(QueueUrl=q["url"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
-            .get("Messages", [])
-        )
-        if not got:
-            return out
-        out += got
-
-
-def sqs_event(message: dict[str, Any]) -> dict[str, Any]:
-    """events/sqs-duplicates-slice.json carrying ``message`` (one record: the BatchSize is 1)."""
-    ev = copy.deepcopy(load_event("sqs-duplicates-slice.json"))
-    rec = ev["Records"][0]
-    rec["messageId"], rec["receiptHandle"], rec["body"] = (
-        message["MessageId"],
-        message["ReceiptHandle"],
-        message["Body"],
-    )
-    rec["md5OfBody"] = hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest()
-    rec["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
-    return ev
-
-
-def deliver(duplicates_fn, lambda_context, q, message) -> dict[str, Any]:
-    """One delivery as Lambda's SQS event source makes it: the message is deleted unless the
-    answer reports it failed."""
-    out = duplicates_fn.lambda_handler(sqs_event(message), lambda_context)
-    if not out["batchItemFailures"]:
-        q["client"].delete_message(QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"])
-    return out
-
-
 def start(search_fn, lambda_context, query=None) -> tuple[int, dict[str, Any], dict[str, Any]]:
     resp = search_fn.lambda_handler(api_event("POST", None, query=query, path="/duplicates"), lambda_context)
     return resp["statusCode"], resp["multiValueHeaders"] | resp.get("headers", {}), json.loads(resp["body"])
@@ -144,7 +122,7 @@ def test_planted_duplicates_are_found_and_nothing_else(s3, queue, catalog, searc
     assert job["state"] == "queued" and job["keys"] == len(catalog) and job["slices"] == 4
     assert (job["min_score"], job["keep"], job["mutual"], job["slices_done"]) == (0.5, "largest", False, 0)
 
-    messages = receive(queue)
+    messages = receive_all(queue)
     assert len(messages) == 4
     bodies = [json.loads(m["Body"]) for m in messages]
     assert sorted(k for b in bodies for k in b["keys"]) == sorted(catalog)  # every key in one slice
@@ -220,7 +198,7 @@ def test_a_slice_failing_on_its_last_delivery_fails_the_job(
     status, _, job = start(search_fn, lambda_context)
     assert status == 202
     monkeypatch.setattr(duplicate_jobs, "find_edges", s3_down)
-    msg = next(m for m in receive(queue) if json.loads(m["Body"])["slice"] == 1)
+    msg = next(m for m in receive_all(queue) if json.loads(m["Body"])["slice"] == 1)
     for receives in range(1, MAX_RECEIVES + 1):
         msg["Attributes"]["ApproximateReceiveCount"] = str(receives)
         # the batch's only record failed: the invocation fails, SQS delivers the message again
@@ -238,7 +216,7 @@ def test_an_empty_catalog_is_done_at_once(s3, queue, search_fn, lambda_context):
     assert status == 202 and job["state"] == "done" and job["slices"] == 0
     assert job["report"]["groups"] == [] and job["report"]["images"] == 0
     assert (job["report"]["keep"], job["report"]["min_score"], job["report"]["mutual"]) == ("shortest", 0.7, True)
-    assert receive(queue) == []
+    assert receive_all(queue) == []
 
 
 def test_a_slice_of_an_unknown_job_is_dropped(s3, queue, duplicates_fn, lambda_context):

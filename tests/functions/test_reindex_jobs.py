@@ -10,8 +10,7 @@ of 3 keys here (100 deployed), so the 11 keys make 4 slices.
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import functools
 import json
 import uuid
 from typing import Any
@@ -25,7 +24,11 @@ from harmony_aws.errors import BadRequestError, StorageError
 from harmony_aws.jobs import BadJobIdError, JobNotFoundError
 from harmony_aws.records import RecordWriter
 from tests.faultproxy import FaultProxy
-from tests.support import CATALOG_NAMES, all_keys, load_event
+from tests.support import CATALOG_NAMES, all_keys, load_event, receive_all, sqs_delivery
+from tests.support import deliver as deliver_message
+
+slice_event = functools.partial(sqs_delivery, "sqs-reindex-slice.json")
+deliver = functools.partial(deliver_message, event="sqs-reindex-slice.json")
 
 SLICE = 3
 NOT_IMAGES = ("catalog/zz/notes.txt", "catalog/zz/truncated.jpg")
@@ -62,46 +65,8 @@ def queue(s3_server: Any, moto_server_url: str, monkeypatch: pytest.MonkeyPatch)
     return {"client": sqs, "url": url, "dlq": dlq}
 
 
-def receive(q: dict[str, Any], url: str | None = None) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        got = q["client"].receive_message(
-            QueueUrl=url or q["url"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-        )
-        if not got.get("Messages"):
-            return out
-        out += got["Messages"]
-
-
-def slice_event(message: dict[str, Any]) -> dict[str, Any]:
-    """events/sqs-reindex-slice.json carrying ``message`` (one record: the BatchSize is 1)."""
-    ev = copy.deepcopy(load_event("sqs-reindex-slice.json"))
-    rec = ev["Records"][0]
-    rec["messageId"], rec["receiptHandle"], rec["body"] = (
-        message["MessageId"],
-        message["ReceiptHandle"],
-        message["Body"],
-    )
-    rec["md5OfBody"] = hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest()
-    rec["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
-    return ev
-
-
-def deliver(index_fn: Any, ctx: Any, q: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    """One delivery as the SQS event source makes it: deleted unless reported failed, which comes
-    back (its visibility timeout is over at once here)."""
-    out = index_fn.lambda_handler(slice_event(message), ctx)
-    if not out["batchItemFailures"]:
-        q["client"].delete_message(QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"])
-    else:
-        q["client"].change_message_visibility(
-            QueueUrl=q["url"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-        )
-    return out
-
-
 def drain(index_fn: Any, ctx: Any, q: dict[str, Any]) -> None:
-    while messages := receive(q):
+    while messages := receive_all(q):
         for m in messages:
             deliver(index_fn, ctx, q, m)
 
@@ -138,7 +103,7 @@ def test_planned_reindex_indexes_every_image_and_counts_each_key_once(
     assert (started["keys"], started["slices"], started["slices_done"]) == (len(keys), 4, 0)
     job_id = started["id"]
 
-    messages = receive(queue)
+    messages = receive_all(queue)
     assert len(messages) == 4
     bodies = [json.loads(m["Body"]) for m in messages]
     assert sorted(k for b in bodies for k in b["keys"]) == keys  # every key in one slice
@@ -200,7 +165,7 @@ def test_a_failing_key_is_retried_alone_then_counted_failed(
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         runtime.reset()
         job_id = index_fn.lambda_handler({"action": "reindex"}, lambda_context)["id"]
-        messages = receive(queue)
+        messages = receive_all(queue)
         (bad_msg,) = [m for m in messages if bad in json.loads(m["Body"])["keys"]]
         bad_slice = json.loads(bad_msg["Body"])["keys"]
         for m in messages:
@@ -211,15 +176,15 @@ def test_a_failing_key_is_retried_alone_then_counted_failed(
         assert status(index_fn, lambda_context, job_id)["state"] == "running"
 
         for receives in range(2, reindex_jobs.MAX_RECEIVES + 1):
-            (m,) = receive(queue)
+            (m,) = receive_all(queue)
             assert m["Attributes"]["ApproximateReceiveCount"] == str(receives)
             out = deliver(index_fn, lambda_context, queue, m)
             assert out == {"batchItemFailures": [{"itemIdentifier": m["MessageId"]}]}
         # only the failing key was tried again, once per delivery
         assert calls.count(bad) == reindex_jobs.MAX_RECEIVES
         assert all(calls.count(k) == 1 for k in bad_slice if k != bad)
-        assert receive(queue) == []  # moved to the dead-letter queue
-        (dead,) = receive(queue, queue["dlq"])
+        assert receive_all(queue) == []  # moved to the dead-letter queue
+        (dead,) = receive_all(queue, queue["dlq"])
         assert json.loads(dead["Body"])["keys"] == bad_slice
 
         done = status(index_fn, lambda_context, job_id)
@@ -266,7 +231,7 @@ def test_small_catalog_another_bucket_or_queued_false_reindex_in_the_call(
     s3_server.create_bucket(Bucket=other)
     out = index_fn.lambda_handler({"action": "reindex", "bucket": other}, lambda_context)
     assert "queued" not in out and out["keys"] == 0 and out["complete"] is True, out
-    assert receive(queue) == []  # nothing was sent
+    assert receive_all(queue) == []  # nothing was sent
     planned = index_fn.lambda_handler({"action": "reindex", "queued": True}, lambda_context)
     assert planned["queued"] is True and planned["slices"] == 2, planned
 
@@ -314,7 +279,7 @@ def test_a_slice_out_of_time_comes_back_and_a_deleted_image_is_removed(
     s3_server.delete_object(Bucket=s3_server.harmony_bucket, Key=gone)
 
     job_id = index_fn.lambda_handler({"action": "reindex"}, lambda_context)["id"]
-    messages = receive(queue)
+    messages = receive_all(queue)
     out = deliver(index_fn, LambdaContext("IndexFunction", deadline=time.time()), queue, messages[0])
     assert out == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
     assert status(index_fn, lambda_context, job_id)["slices_done"] == 0
@@ -346,4 +311,4 @@ def test_a_reindex_whose_slices_cannot_be_sent_fails_and_says_why(
     assert len(failed) == 1
     state = status(index_fn, lambda_context, failed[0].split("/")[2])
     assert state["state"] == "failed" and "enqueueing failed" in json.dumps(state), state
-    assert receive(queue) == []  # nothing was sent to the real queue either
+    assert receive_all(queue) == []  # nothing was sent to the real queue either
