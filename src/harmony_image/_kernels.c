@@ -1529,6 +1529,15 @@ typedef struct {
     int64_t *stamp;   /* nq: the last image the row voted for */
 } hash_work;
 
+static void hash_work_free(hash_work *w)
+{
+    free(w->bitmap);
+    free(w->head);
+    free(w->next);
+    free(w->stamp);
+}
+
+/* with the GIL, as work_alloc: 0 and a MemoryError when any part cannot be had */
 static int hash_work_alloc(hash_work *w, int64_t tables, int64_t bits, int64_t nq)
 {
     size_t slots = (size_t)tables << bits;
@@ -1536,15 +1545,11 @@ static int hash_work_alloc(hash_work *w, int64_t tables, int64_t bits, int64_t n
     w->head = malloc(slots * sizeof(int16_t));
     w->next = malloc((size_t)(tables * nq + 1) * sizeof(int16_t));
     w->stamp = malloc((size_t)(nq + 1) * sizeof(int64_t));
-    return w->bitmap && w->head && w->next && w->stamp;
-}
-
-static void hash_work_free(hash_work *w)
-{
-    free(w->bitmap);
-    free(w->head);
-    free(w->next);
-    free(w->stamp);
+    if (w->bitmap && w->head && w->next && w->stamp)
+        return 1;
+    hash_work_free(w);
+    PyErr_NoMemory();
+    return 0;
 }
 
 /* Keys by lookup: for each of the descriptor's 32 bytes that holds a sampled bit, a table of what
@@ -2185,11 +2190,8 @@ static PyObject *hashed_close(PyObject *self, PyObject *args)
     if (!check_offsets(off, n, total, "hashed_close", &most))
         goto done;
     hash_work w;
-    if (!hash_work_alloc(&w, tables, nbits, nq)) {
-        hash_work_free(&w);
-        PyErr_NoMemory();
+    if (!hash_work_alloc(&w, tables, nbits, nq))
         goto done;
-    }
     const level_t *L = LEVEL;
     int wide_key; /* checked in the one pass over the keys, not in a pass of its own */
     Py_BEGIN_ALLOW_THREADS
